@@ -1,0 +1,32 @@
+# The two entry points of a fresh machine: `make demo` and `make test`.
+# Both create ./.venv with the interpreter named by PYTHON (3.10+).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# A fixed demo window so the demo is reproducible.
+DEMO_ENTITY ?= drugs_hcp
+
+.PHONY: demo test install install-test clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+demo: install
+	$(BIN)/bidopt db upgrade
+	$(BIN)/bidopt db seed-demo
+	$(BIN)/bidopt entities show $(DEMO_ENTITY)
+	$(BIN)/bidopt runs create $(DEMO_ENTITY) -c target_win_rate=0.4 -c max_bid_cpm=20
+	$(BIN)/bidopt runs list --entity $(DEMO_ENTITY)
+
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-demo:
+	rm -rf .bidopt

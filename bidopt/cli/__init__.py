@@ -1,0 +1,1 @@
+"""The ``bidopt`` command line."""

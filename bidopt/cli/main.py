@@ -1,0 +1,206 @@
+"""``bidopt``: thin commands that parse, call a library function and print."""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from bidopt.cli.output import print_json, print_mapping, print_table
+from bidopt.configs import RUN_CONFIG_SPECS, parse_key_value_pairs
+from bidopt.db import queries as q
+from bidopt.db.engine import get_engine, session_scope
+from bidopt.db.migrate import upgrade_database
+from bidopt.db.seed import seed_demo_catalogue
+from bidopt.errors import BidoptError
+from bidopt.settings import get_settings
+from bidopt.views import entity_view, run_detail_view, run_row_view
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+class BidoptGroup(click.Group):
+    """Turns expected errors into a one-line message and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BidoptError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (OperationalError, ProgrammingError) as exc:
+            text = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+            if "no such table" in text or "does not exist" in text:
+                raise click.ClickException(
+                    "the metadata database has no schema yet: run `bidopt db upgrade`") from None
+            raise click.ClickException(f"database error: {text.splitlines()[0]}") from None
+
+
+def _session():
+    return session_scope(get_engine(get_settings().database_url))
+
+
+def _default_user() -> str:
+    try:
+        return os.environ.get("BIDOPT_USER") or getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "cli"
+
+
+@click.group(cls=BidoptGroup)
+@click.version_option(package_name="bidopt")
+def cli() -> None:
+    """bidopt: bid optimisation on Ray.
+
+    Backends are chosen by the BIDOPT_* environment variables (see `bidopt settings`);
+    by default everything is embedded under ./.bidopt/.
+    """
+
+
+@cli.command("settings")
+@json_option
+def settings_cmd(as_json: bool) -> None:
+    """Show the settings in force, with passwords hidden."""
+    values = get_settings().redacted()
+    print_json(values) if as_json else print_mapping(values)
+
+
+# ----------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """The metadata database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the latest revision."""
+    url = get_settings().database_url
+    upgrade_database(url)
+    click.echo("database is at the latest revision")
+
+
+@db.command("seed-demo")
+def db_seed_demo() -> None:
+    """Add the demo catalogue (ADX exchange, version v1, drugs_hcp and auto_intenders)."""
+    with _session() as s:
+        added = seed_demo_catalogue(s)
+    click.echo("added: " + ", ".join(added) if added else "demo catalogue already present")
+
+
+# ----------------------------------------------------------------------------- entities
+
+
+@cli.group()
+def entities() -> None:
+    """Advertiser lines the optimizer buys for."""
+
+
+@entities.command("list")
+@json_option
+def entities_list(as_json: bool) -> None:
+    """List entities with their static settings."""
+    with _session() as s:
+        rows = [entity_view(s, e) for e in q.list_entities(s)]
+    if as_json:
+        print_json(rows)
+        return
+    flat = [{**{k: v for k, v in r.items() if k != "static_configs"}, **r["static_configs"]} for r in rows]
+    print_table(flat, ["entity_code", "name", "supply_source", "current_version",
+                       "floor_available", "npi_enabled", "domain_enabled"])
+
+
+@entities.command("show")
+@click.argument("entity_code")
+@json_option
+def entities_show(entity_code: str, as_json: bool) -> None:
+    """Show one entity, its static settings and its latest runs."""
+    with _session() as s:
+        view = entity_view(s, q.get_entity_by_code(s, entity_code))
+        runs = [run_row_view(r) for r in q.list_runs(s, entity_code=entity_code, limit=10)]
+    if as_json:
+        print_json({**view, "latest_runs": runs})
+        return
+    print_mapping(view)
+    click.echo("\nlatest runs:")
+    print_table(runs, ["run_id", "status", "validation_status", "segments_count", "bid_median"])
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@cli.group()
+def runs() -> None:
+    """Optimizer runs."""
+
+
+def _config_help() -> str:
+    lines = [f"{k} ({s.section}, {s.value_type}, default {s.default})" for k, s in RUN_CONFIG_SPECS.items()]
+    return "Run config as key=value, repeatable. Keys: " + "; ".join(lines)
+
+
+@runs.command("create")
+@click.argument("entity_code")
+@click.option("--config", "-c", "config_pairs", multiple=True, metavar="KEY=VALUE", help=_config_help())
+@click.option("--by", "triggered_by", default=None, help="Who asks for the run (default: $BIDOPT_USER or login).")
+@json_option
+def runs_create(entity_code: str, config_pairs: tuple[str, ...], triggered_by: str | None, as_json: bool) -> None:
+    """Create a pending run for ENTITY_CODE; the optimizer picks it up."""
+    configs = parse_key_value_pairs(config_pairs)
+    with _session() as s:
+        run = q.create_run(s, entity_code, configs, triggered_by=triggered_by or _default_user(),
+                           trigger_type="manual")
+        view = run_detail_view(s, run)
+    if as_json:
+        print_json(view)
+    else:
+        click.echo(f"created pending run {view['run_id']} for {entity_code}")
+
+
+@runs.command("list")
+@click.option("--entity", "entity_code", default=None, help="Only this entity's runs.")
+@click.option("--status", default=None, help="pending, running, completed or failed.")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+def runs_list(entity_code: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first."""
+    with _session() as s:
+        rows = [run_row_view(r) for r in q.list_runs(s, entity_code=entity_code, status=status, limit=limit)]
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["run_id", "entity_code", "status", "validation_status", "triggered_by",
+                           "segments_count", "bid_median", "bid_min", "bid_max"])
+
+
+@runs.command("show")
+@click.argument("run_id")
+@json_option
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show a run: configs by section, features, metrics and summary stats."""
+    with _session() as s:
+        view = run_detail_view(s, q.get_run(s, run_id))
+    if as_json:
+        print_json(view)
+        return
+    summary = {k: v for k, v in view.items() if k not in ("configs", "metrics", "features", "validation_details")}
+    print_mapping(summary)
+    if view["validation_details"]:
+        click.echo("validation:")
+        for line in view["validation_details"]:
+            click.echo(f"  - {line}")
+    click.echo("configs:")
+    print_mapping(view["configs"], indent=2)
+    if view["features"]:
+        click.echo("features:")
+        print_table(view["features"], ["feature_order", "feature_name", "is_anchor", "signal_score",
+                                       "macro_template"])
+    if view["metrics"]:
+        click.echo("metrics:")
+        print_mapping(view["metrics"], indent=2)
+
+
+if __name__ == "__main__":
+    cli()

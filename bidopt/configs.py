@@ -1,0 +1,197 @@
+"""The config keys an operator may set, their types, ranges and sections.
+
+Run configs are stored as text in ``opt_run_configs`` / ``opt_entity_configs``
+with their ``value_type``; this module is the one place that knows how to
+parse and validate them, used alike by the CLI, the API and the optimizer
+(which validates again before doing any work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bidopt.errors import InvalidConfig
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    key: str
+    value_type: str  # bool | int | float | str
+    section: str  # business | technical | static
+    default: Any
+    description: str
+    min_value: float | None = None
+    max_value: float | None = None
+    min_inclusive: bool = True
+    max_inclusive: bool = True
+    choices: tuple[str, ...] = field(default_factory=tuple)
+
+    def parse(self, raw: Any) -> Any:
+        """Parse a raw value (text from a CLI/API or a native value) and check its range."""
+        value = _coerce(self, raw)
+        if self.choices and value not in self.choices:
+            raise InvalidConfig(f"{self.key} must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.min_value is not None:
+            bad = value < self.min_value if self.min_inclusive else value <= self.min_value
+            if bad:
+                op = ">=" if self.min_inclusive else ">"
+                raise InvalidConfig(f"{self.key} must be {op} {self.min_value}, got {value}")
+        if self.max_value is not None:
+            bad = value > self.max_value if self.max_inclusive else value >= self.max_value
+            if bad:
+                op = "<=" if self.max_inclusive else "<"
+                raise InvalidConfig(f"{self.key} must be {op} {self.max_value}, got {value}")
+        return value
+
+    def to_text(self, value: Any) -> str:
+        if self.value_type == "bool":
+            return "true" if value else "false"
+        return str(value)
+
+
+def _coerce(spec: ConfigSpec, raw: Any) -> Any:
+    t = spec.value_type
+    try:
+        if t == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError
+        if t == "int":
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise ValueError
+                return int(raw)
+            return int(str(raw).strip())
+        if t == "float":
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(str(raw).strip()) if not isinstance(raw, (int, float)) else float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return value
+        if t == "str":
+            if not isinstance(raw, str):
+                raise ValueError
+            return raw.strip()
+    except (TypeError, ValueError):
+        pass
+    raise InvalidConfig(f"{spec.key} must be a {_TYPE_WORDS[t]}, got {raw!r}")
+
+
+_TYPE_WORDS = {"bool": "boolean (true/false)", "int": "whole number", "float": "number", "str": "text"}
+
+
+def _spec(*args, **kwargs) -> ConfigSpec:
+    return ConfigSpec(*args, **kwargs)
+
+
+RUN_CONFIG_SPECS: dict[str, ConfigSpec] = {
+    s.key: s
+    for s in [
+        # --- business: what the buyer wants ---
+        _spec("target_win_rate", "float", "business", 0.35,
+              "Win rate each segment's bid should reach", 0.0, 1.0, False, False),
+        _spec("max_bid_cpm", "float", "business", 25.0,
+              "No suggested bid exceeds this CPM", 0.0, 10_000.0, False, True),
+        _spec("min_bid_cpm", "float", "business", 0.10,
+              "No suggested bid is below this CPM", 0.0, 10_000.0),
+        _spec("exploration_mode", "str", "business", "optimistic",
+              "How thin segments explore: none, uplift (fixed uplift) or optimistic "
+              "(upper confidence bound of the needed bid)", choices=("none", "uplift", "optimistic")),
+        _spec("aggressive_exploration", "bool", "business", False,
+              "Explore harder: twice the uplift and a wider thin-segment threshold"),
+        # --- technical: how the optimizer works ---
+        _spec("lookback_days", "int", "technical", 28, "Days of bid logs to read", 1, 365),
+        _spec("holdout_fraction", "float", "technical", 0.2,
+              "Latest share of the window held out to evaluate the models", 0.05, 0.5),
+        _spec("max_features", "int", "technical", 4,
+              "Most segment features, anchor included", 1, 8),
+        _spec("min_segment_bids", "int", "technical", 200,
+              "Bids a segment needs to be fully trusted; fewer means it explores", 1, 10_000_000),
+        _spec("bid_bucket_cpm", "float", "technical", 0.25,
+              "Width of the bid buckets the warehouse aggregates into", 0.0, 100.0, False, True),
+        _spec("exploration_uplift", "float", "technical", 0.15,
+              "Relative bid uplift for thin segments", 0.0, 2.0),
+        _spec("min_domain_bids", "int", "technical", 500,
+              "Bids a domain needs to get its own multiplier", 1, 10_000_000),
+        _spec("domain_multiplier_min", "float", "technical", 0.5,
+              "Lowest domain multiplier", 0.0, 1.0, False, True),
+        _spec("domain_multiplier_max", "float", "technical", 2.0,
+              "Highest domain multiplier", 1.0, 10.0),
+        _spec("xgb_num_rounds", "int", "technical", 200, "XGBoost boosting rounds", 10, 5000),
+        _spec("xgb_max_depth", "int", "technical", 6, "XGBoost tree depth", 1, 16),
+        _spec("xgb_learning_rate", "float", "technical", 0.1,
+              "XGBoost learning rate", 0.0, 1.0, False, True),
+    ]
+}
+
+ENTITY_CONFIG_SPECS: dict[str, ConfigSpec] = {
+    s.key: s
+    for s in [
+        _spec("floor_available", "bool", "static", False,
+              "Exchanges send floors: floors are a feature and bids never sit below the typical floor"),
+        _spec("npi_enabled", "bool", "static", False,
+              "Requests carry an NPI (prescriber) match: the npi_matched signal is used"),
+        _spec("domain_enabled", "bool", "static", False,
+              "Per-domain bid multipliers are written and applied"),
+    ]
+}
+
+
+def parse_run_configs(raw: dict[str, Any], *, fill_defaults: bool = True) -> dict[str, Any]:
+    """Validate operator-supplied run configs; unknown keys and bad values raise ``InvalidConfig``."""
+    unknown = sorted(set(raw) - set(RUN_CONFIG_SPECS))
+    if unknown:
+        raise InvalidConfig(
+            f"unknown config key{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+            f"(known: {', '.join(RUN_CONFIG_SPECS)})"
+        )
+    values = {k: RUN_CONFIG_SPECS[k].parse(v) for k, v in raw.items()}
+    if fill_defaults:
+        for key, spec in RUN_CONFIG_SPECS.items():
+            values.setdefault(key, spec.default)
+    check_run_config_relations(values)
+    return values
+
+
+def check_run_config_relations(values: dict[str, Any]) -> None:
+    """Rules that involve more than one key."""
+    lo, hi = values.get("min_bid_cpm"), values.get("max_bid_cpm")
+    if lo is not None and hi is not None and lo >= hi:
+        raise InvalidConfig(f"min_bid_cpm ({lo}) must be below max_bid_cpm ({hi})")
+
+
+def parse_key_value_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` with a clear error for malformed items."""
+    out: dict[str, str] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidConfig(f"expected key=value, got {item!r}")
+        if key in out:
+            raise InvalidConfig(f"config key {key} given twice")
+        out[key] = value
+    return out
+
+
+def typed_value(value_type: str, text: str) -> Any:
+    """Read back a value stored as text with its ``value_type``."""
+    if value_type == "bool":
+        return text.strip().lower() in _TRUE
+    if value_type == "int":
+        return int(text)
+    if value_type == "float":
+        return float(text)
+    return text

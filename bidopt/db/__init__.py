@@ -1,0 +1,1 @@
+"""Metadata database: typed models, Alembic migrations and the named queries."""

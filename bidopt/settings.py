@@ -1,0 +1,81 @@
+"""One settings object for every backend, read from ``BIDOPT_*`` env vars.
+
+Each backend is chosen by the scheme of its URL; the defaults are embedded
+backends under ``./.bidopt/`` so that a new user needs no servers. No ``.env``
+file is read: configuration comes from the environment only, so what a
+process runs with is visible in its environment.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _home() -> Path:
+    return Path(os.environ.get("BIDOPT_HOME", ".bidopt")).resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BIDOPT_", env_file=None, extra="ignore")
+
+    home: Path = Field(default_factory=_home, description="Folder of the embedded backends")
+    database_url: str = Field(default="", description="SQLAlchemy URL of the metadata DB")
+    warehouse_url: str = Field(default="", description="duckdb:///folder or snowflake://...")
+    artifact_url: str = Field(default="", description="file:///folder or s3://bucket/prefix")
+    cache_url: str = Field(default="memory://", description="memory:// or memcached://host:port")
+    ray_address: str | None = Field(default=None, description="Ray address; unset = local Ray")
+    require_services: bool = Field(
+        default=False, description="Tests fail instead of skipping when a server is missing"
+    )
+
+    def model_post_init(self, __context) -> None:  # fill defaults that depend on home
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'bidopt.db'}"
+        if not self.warehouse_url:
+            self.warehouse_url = f"duckdb:///{self.home / 'warehouse'}"
+        if not self.artifact_url:
+            self.artifact_url = f"file://{self.home / 'artifacts'}"
+
+    def __repr__(self) -> str:  # a settings object in a log or traceback shows no password
+        return f"Settings({self.redacted()!r})"
+
+    __str__ = __repr__
+
+    def redacted(self) -> dict[str, str | None]:
+        """The settings with every password replaced, safe to print or log."""
+        return {
+            "home": str(self.home),
+            "database_url": redact_url(self.database_url),
+            "warehouse_url": redact_url(self.warehouse_url),
+            "artifact_url": redact_url(self.artifact_url),
+            "cache_url": redact_url(self.cache_url),
+            "ray_address": redact_url(self.ray_address) if self.ray_address else None,
+        }
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``; other URLs unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Tests and the CLI re-read the environment after changing it."""
+    get_settings.cache_clear()

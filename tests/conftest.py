@@ -1,0 +1,109 @@
+"""Shared fixtures.
+
+Servers a test needs are found or started here; when one is missing the test
+skips with the reason, except under ``BIDOPT_REQUIRE_SERVICES=1`` (CI), where
+a skip for a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bidopt.settings import reset_settings_cache
+
+PG_ADMIN_URL = os.environ.get("BIDOPT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def services_required() -> bool:
+    return os.environ.get("BIDOPT_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def missing_service(reason: str) -> None:
+    """Skip (developer machine) or fail (CI) because a server the test needs is not there."""
+    if services_required():
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own embedded backends and no BIDOPT_* leaking in from outside."""
+    for key in list(os.environ):
+        if key.startswith("BIDOPT_") and key not in ("BIDOPT_REQUIRE_SERVICES", "BIDOPT_TEST_PG_URL"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("BIDOPT_HOME", str(tmp_path / "bidopt_home"))
+    reset_settings_cache()
+    yield
+    reset_settings_cache()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_engine():
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        engine.dispose()
+        return exc
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_admin_engine):
+    """A URL whose connections see only a fresh schema of their own (dropped afterwards)."""
+    from sqlalchemy import text
+
+    if isinstance(pg_admin_engine, Exception):
+        missing_service(f"PostgreSQL at {PG_ADMIN_URL} not reachable: {pg_admin_engine}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    from bidopt.db.engine import dispose_engines
+
+    dispose_engines()
+    with pg_admin_engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'meta.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def engine(db_url):
+    """An upgraded, seeded metadata database on SQLite and on PostgreSQL."""
+    from bidopt.db.engine import make_engine, session_scope
+    from bidopt.db.migrate import upgrade_database
+    from bidopt.db.seed import seed_demo_catalogue
+
+    upgrade_database(db_url)
+    eng = make_engine(db_url)
+    with session_scope(eng) as s:
+        seed_demo_catalogue(s)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA

@@ -1,0 +1,90 @@
+"""The CLI end to end on the embedded SQLite default: parse, call, print; bad input -> one line, exit 1."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bidopt.cli.main import cli
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def seeded(run):
+    assert run("db", "upgrade").exit_code == 0
+    assert run("db", "seed-demo").exit_code == 0
+    return run
+
+
+def test_seed_is_idempotent_and_entities_show_static_settings(seeded):
+    assert "already present" in seeded("db", "seed-demo").output
+    out = seeded("entities", "list").output
+    assert "drugs_hcp" in out and "auto_intenders" in out
+    view = json.loads(seeded("entities", "show", "drugs_hcp", "--json").output)
+    assert view["static_configs"] == {"floor_available": False, "npi_enabled": True, "domain_enabled": True}
+    assert view["supply_source"] == "ADX" and view["anchor_feature"] == "geo_region_name"
+
+
+def test_create_list_show_run(seeded):
+    res = seeded("runs", "create", "drugs_hcp", "-c", "target_win_rate=0.4", "-c", "max_bid_cpm=20",
+                 "--by", "alice", "--json")
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.output)
+    assert run["status"] == "pending" and run["triggered_by"] == "alice"
+    assert run["configs"]["business"]["target_win_rate"] == 0.4
+    listed = json.loads(seeded("runs", "list", "--entity", "drugs_hcp", "--json").output)
+    assert [r["run_id"] for r in listed] == [run["run_id"]]
+    shown = seeded("runs", "show", run["run_id"]).output
+    assert "target_win_rate" in shown and "pending" in shown
+
+
+@pytest.mark.parametrize("args,message", [
+    (("runs", "create", "nope"), "unknown entity: nope"),
+    (("runs", "create", "drugs_hcp", "-c", "colour=red"), "unknown config key: colour"),
+    (("runs", "create", "drugs_hcp", "-c", "max_bid_cpm=lots"), "max_bid_cpm must be a number"),
+    (("runs", "create", "drugs_hcp", "-c", "target_win_rate"), "expected key=value"),
+    (("runs", "show", "20990101_000000"), "unknown run"),
+    (("runs", "list", "--status", "sleeping"), "status must be one of"),
+    (("entities", "show", "nope"), "unknown entity: nope"),
+])
+def test_bad_input_is_one_line_and_non_zero(seeded, args, message):
+    res = seeded(*args)
+    assert res.exit_code == 1
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], res.output
+    # nothing was written
+    assert json.loads(seeded("runs", "list", "--json").output) == []
+
+
+def test_missing_schema_says_what_to_do(run):
+    res = run("entities", "list")
+    assert res.exit_code == 1 and "bidopt db upgrade" in res.output
+
+
+def test_settings_never_print_secrets(run, monkeypatch):
+    from bidopt.settings import reset_settings_cache
+
+    monkeypatch.setenv("BIDOPT_DATABASE_URL", "postgresql+psycopg://bid:s3cr3t@db.example:5432/meta")
+    monkeypatch.setenv("BIDOPT_WAREHOUSE_URL", "snowflake://svc:hunter2@acct/db/schema?warehouse=wh")
+    reset_settings_cache()
+    for args in (("settings",), ("settings", "--json")):
+        out = run(*args).output
+        assert "s3cr3t" not in out and "hunter2" not in out
+        assert "bid:***@db.example:5432" in out and "svc:***@acct" in out
+
+
+def test_settings_repr_hides_passwords(monkeypatch):
+    from bidopt.settings import get_settings, reset_settings_cache
+
+    monkeypatch.setenv("BIDOPT_CACHE_URL", "memcached://u:pw123@127.0.0.1:11211")
+    reset_settings_cache()
+    assert "pw123" not in repr(get_settings()) and "pw123" not in str(get_settings())
