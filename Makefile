@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# A fixed demo window so the demo is reproducible.
 DEMO_ENTITY ?= drugs_hcp
 
 .PHONY: demo test install install-test clean-demo
@@ -22,6 +21,7 @@ demo: install
 	$(BIN)/bidopt db upgrade
 	$(BIN)/bidopt db seed-demo
 	$(BIN)/bidopt entities show $(DEMO_ENTITY)
+	$(BIN)/bidopt data generate $(DEMO_ENTITY) --rows 500000
 	$(BIN)/bidopt runs create $(DEMO_ENTITY) -c target_win_rate=0.4 -c max_bid_cpm=20
 	$(BIN)/bidopt runs list --entity $(DEMO_ENTITY)
 

@@ -107,3 +107,43 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server():
+    """fakesnow in server mode: the real snowflake connector talks to it over HTTP."""
+    try:
+        import fakesnow
+        import snowflake.connector  # noqa: F401
+    except ImportError as exc:
+        return exc
+    with fakesnow.server() as kwargs:
+        yield kwargs
+
+
+@pytest.fixture
+def snowflake_url(fakesnow_server):
+    if isinstance(fakesnow_server, Exception):
+        missing_service(f"fakesnow / snowflake connector not importable: {fakesnow_server}")
+    import snowflake.connector
+
+    schema = f"T_{uuid.uuid4().hex[:10].upper()}"
+    conn = snowflake.connector.connect(**fakesnow_server)
+    conn.cursor().execute("CREATE DATABASE IF NOT EXISTS BIDS")
+    conn.cursor().execute(f"CREATE SCHEMA IF NOT EXISTS BIDS.{schema}")
+    conn.close()
+    kw = fakesnow_server
+    return (f"snowflake://{kw['user']}:{kw['password']}@{kw['account']}/BIDS/{schema}"
+            f"?host={kw['host']}&port={kw['port']}&protocol={kw['protocol']}")
+
+
+@pytest.fixture(params=["duckdb", "snowflake"])
+def warehouse(request, tmp_path):
+    """An empty warehouse of each backend."""
+    from bidopt.warehouse import open_warehouse
+
+    url = (f"duckdb:///{tmp_path / 'warehouse'}" if request.param == "duckdb"
+           else request.getfixturevalue("snowflake_url"))
+    wh = open_warehouse(url)
+    yield wh
+    wh.close()

@@ -43,8 +43,12 @@ from bidopt.errors import Conflict, InvalidConfig, NotFound
 # --------------------------------------------------------------------------- entities
 
 
+def find_entity_by_code(session: Session, entity_code: str) -> OptEntity | None:
+    return session.scalar(select(OptEntity).where(OptEntity.entity_code == entity_code))
+
+
 def get_entity_by_code(session: Session, entity_code: str) -> OptEntity:
-    entity = session.scalar(select(OptEntity).where(OptEntity.entity_code == entity_code))
+    entity = find_entity_by_code(session, entity_code)
     if entity is None:
         raise NotFound(f"unknown entity: {entity_code}")
     return entity

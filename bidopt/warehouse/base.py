@@ -1,0 +1,213 @@
+"""The warehouse interface and the SQL both backends share.
+
+The optimizer never pulls raw bid logs into Python: it asks the warehouse for
+aggregates (per segment x bid bucket: bids, wins, clicks, spend), which run as
+SQL inside the warehouse. Column names in the SQL come from a whitelist (the
+contract); every value (entity, time window, bucket width) is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bidopt.errors import InvalidConfig
+from bidopt.warehouse.contract import (
+    DERIVED_FEATURES,
+    FEATURE_COLUMNS,
+    UNKNOWN,
+    floor_bucket_sql,
+)
+
+ENTITY_CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+# Columns of every aggregate, after the group-by columns.
+AGGREGATE_COLUMNS = ("bid_bucket", "bids", "wins", "clicks", "spend_cpm", "bid_sum")
+
+
+def check_entity_code(entity_code: str) -> str:
+    """Entity codes name folders and partitions: lower-case letters, digits, ``_`` and ``-``."""
+    if not isinstance(entity_code, str) or not ENTITY_CODE_RE.match(entity_code):
+        raise InvalidConfig(f"entity code must match {ENTITY_CODE_RE.pattern}, got {entity_code!r}")
+    return entity_code
+
+
+def group_expression(name: str) -> str:
+    """The SQL of a group-by feature, from the whitelist only."""
+    if name in FEATURE_COLUMNS:
+        return name
+    if name == "floor_bucket":
+        return floor_bucket_sql()
+    raise InvalidConfig(
+        f"unknown feature {name!r}: features are {', '.join(FEATURE_COLUMNS + DERIVED_FEATURES)}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """``[start, end)`` of event_time, naive UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise InvalidConfig(f"empty time window: {self.start} .. {self.end}")
+
+
+def aggregate_sql(source: str, group_by: Sequence[str], *, holdout: bool) -> str:
+    """Per (group_by..., [is_holdout], bid bucket): bids, wins, clicks, spend, sum of bids.
+
+    Parameters, in order: [holdout_from], bucket width, entity_code, start, end.
+    """
+    exprs = [f"{group_expression(g)} AS {g}" for g in group_by]
+    if holdout:
+        exprs.append("CASE WHEN event_time >= CAST(? AS TIMESTAMP) THEN 1 ELSE 0 END AS is_holdout")
+    exprs.append("CAST(FLOOR(bid_cpm / CAST(? AS DOUBLE)) AS BIGINT) AS bid_bucket")
+    n_keys = len(exprs)
+    return (
+        "SELECT " + ", ".join(exprs) + ",\n"
+        "  COUNT(*) AS bids,\n"
+        "  SUM(CASE WHEN won THEN 1 ELSE 0 END) AS wins,\n"
+        "  SUM(CASE WHEN won AND clicked THEN 1 ELSE 0 END) AS clicks,\n"
+        "  SUM(CASE WHEN won THEN COALESCE(clearing_price_cpm, 0) ELSE 0 END) AS spend_cpm,\n"
+        "  SUM(bid_cpm) AS bid_sum\n"
+        f"FROM {source}\n"
+        "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)\n"
+        "GROUP BY " + ", ".join(str(i) for i in range(1, n_keys + 1))
+    )
+
+
+def floor_sql(source: str, group_by: Sequence[str]) -> str:
+    """Per group: median floor and how many bids carried one. Parameters: entity_code, start, end."""
+    exprs = [f"{group_expression(g)} AS {g}" for g in group_by]
+    select = ", ".join(exprs + ["MEDIAN(floor_cpm) AS typical_floor", "COUNT(floor_cpm) AS floors"])
+    group = " GROUP BY " + ", ".join(str(i) for i in range(1, len(exprs) + 1)) if exprs else ""
+    return (f"SELECT {select} FROM {source} "
+            "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)"
+            + group)
+
+
+def summary_sql(source: str) -> str:
+    """Rows and time range of one entity. Parameter: entity_code."""
+    return (f"SELECT COUNT(*) AS bids, MIN(event_time) AS first_time, MAX(event_time) AS last_time "
+            f"FROM {source} WHERE entity_code = ?")
+
+
+def tidy_aggregate(table: pa.Table, group_by: Sequence[str], *, holdout: bool) -> pa.Table:
+    """Same names and types from every backend: lower-case names, features as normalised
+    strings (``unknown`` for nulls), counts as int64, money as float64."""
+    table = table.rename_columns([c.lower() for c in table.column_names])
+    cols, fields = [], []
+    for name in group_by:
+        col = table.column(name)
+        if pa.types.is_boolean(col.type):
+            col = pc.if_else(col, "true", "false")
+        elif not pa.types.is_string(col.type):
+            col = col.cast(pa.string())
+        col = pc.fill_null(pc.utf8_lower(col.cast(pa.string())), UNKNOWN)
+        cols.append(col)
+        fields.append(pa.field(name, pa.string()))
+    if holdout:
+        cols.append(pc.cast(table.column("is_holdout"), pa.bool_()))
+        fields.append(pa.field("is_holdout", pa.bool_()))
+    for name in AGGREGATE_COLUMNS:
+        typ = pa.float64() if name in ("spend_cpm", "bid_sum") else pa.int64()
+        cols.append(pc.cast(table.column(name), typ))
+        fields.append(pa.field(name, typ))
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+class BidLogWarehouse(ABC):
+    """Where an entity's bid logs live. One implementation per URL scheme."""
+
+    url: str
+
+    @abstractmethod
+    def load_bid_logs(self, table: pa.Table) -> int:
+        """Append rows in the contract's layout (extra columns are dropped); returns rows loaded."""
+
+    @abstractmethod
+    def _query(self, sql: str, params: Sequence[object]) -> pa.Table:
+        """Run one parameterised query (``?`` placeholders) and return Arrow."""
+
+    @abstractmethod
+    def _source(self, entity_code: str) -> str | None:
+        """The FROM clause for an entity's logs, or None when the warehouse has none."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need nothing
+        """Release connections."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ queries
+
+    def summary(self, entity_code: str) -> dict[str, object]:
+        """``{"bids": n, "first_time": t0, "last_time": t1}`` of the entity's logs (zeros/None if none)."""
+        source = self._source(check_entity_code(entity_code))
+        if source is None:
+            return {"bids": 0, "first_time": None, "last_time": None}
+        row = self._query(summary_sql(source), [entity_code]).to_pylist()[0]
+        row = {k.lower(): v for k, v in row.items()}
+        return {"bids": int(row["bids"] or 0), "first_time": row["first_time"], "last_time": row["last_time"]}
+
+    def aggregate_bids(
+        self,
+        entity_code: str,
+        window: Window,
+        group_by: Sequence[str],
+        *,
+        bid_bucket_cpm: float,
+        holdout_from: datetime | None = None,
+    ) -> pa.Table:
+        """Counts per (group_by..., [is_holdout], bid_bucket) inside ``window``.
+
+        ``bid_bucket`` is ``floor(bid_cpm / bid_bucket_cpm)``; ``bid_sum / bids`` is
+        the mean bid of the bucket. With ``holdout_from``, rows at or after it are
+        flagged ``is_holdout`` (the time slice the models are evaluated on).
+        """
+        if not bid_bucket_cpm > 0:
+            raise InvalidConfig(f"bid_bucket_cpm must be > 0, got {bid_bucket_cpm}")
+        if len(set(group_by)) != len(group_by):
+            raise InvalidConfig(f"feature named twice in {list(group_by)}")
+        holdout = holdout_from is not None
+        source = self._source(check_entity_code(entity_code))
+        if source is None:
+            return _empty_aggregate(group_by, holdout=holdout)
+        params: list[object] = [holdout_from] if holdout else []
+        params += [float(bid_bucket_cpm), entity_code, window.start, window.end]
+        table = self._query(aggregate_sql(source, group_by, holdout=holdout), params)
+        if table.num_rows == 0:
+            return _empty_aggregate(group_by, holdout=holdout)
+        return tidy_aggregate(table, group_by, holdout=holdout)
+
+    def typical_floors(self, entity_code: str, window: Window, group_by: Sequence[str]) -> pa.Table:
+        """Median floor (null where no bid had a floor) and floor count per group."""
+        source = self._source(check_entity_code(entity_code))
+        names = list(group_by) + ["typical_floor", "floors"]
+        if source is None:
+            return pa.table({n: pa.array([], pa.string()) for n in group_by}
+                            | {"typical_floor": pa.array([], pa.float64()), "floors": pa.array([], pa.int64())})
+        table = self._query(floor_sql(source, group_by), [entity_code, window.start, window.end])
+        table = table.rename_columns([c.lower() for c in table.column_names]).select(names)
+        cols = [pc.fill_null(pc.utf8_lower(table[g].cast(pa.string())), UNKNOWN) for g in group_by]
+        cols += [table["typical_floor"].cast(pa.float64()), table["floors"].cast(pa.int64())]
+        return pa.Table.from_arrays(cols, names=names)
+
+
+def _empty_aggregate(group_by: Sequence[str], *, holdout: bool) -> pa.Table:
+    cols = {g: pa.array([], pa.string()) for g in group_by}
+    if holdout:
+        cols["is_holdout"] = pa.array([], pa.bool_())
+    for name in AGGREGATE_COLUMNS:
+        cols[name] = pa.array([], pa.float64() if name in ("spend_cpm", "bid_sum") else pa.int64())
+    return pa.table(cols)

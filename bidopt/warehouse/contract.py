@@ -1,0 +1,129 @@
+"""The bid-log contract: one row per bid placed, the same layout in every warehouse.
+
+| column               | type            | meaning                                                   |
+|----------------------|-----------------|-----------------------------------------------------------|
+| `event_time`         | timestamp (UTC) | when the bid was placed                                   |
+| `entity_code`        | string          | the advertiser line that bid                              |
+| `request_id`         | string          | the exchange's bid request id                             |
+| `user_id`            | string, null    | the exchange user id (or device id)                       |
+| `geo_region_name`    | string, null    | region / state of the device                              |
+| `os_code`            | string, null    | operating system                                          |
+| `browser_code`       | string, null    | browser family                                            |
+| `device_type`        | string, null    | mobile, desktop, tablet, ctv, ...                         |
+| `domain`             | string, null    | site domain or app bundle                                 |
+| `npi_matched`        | boolean         | the user matched the buyer's NPI (prescriber) list        |
+| `floor_cpm`          | double, null    | the impression's floor price, if the exchange sent one    |
+| `bid_cpm`            | double          | our bid, CPM                                              |
+| `won`                | boolean         | whether we won the impression                             |
+| `clearing_price_cpm` | double, null    | what we paid, CPM (null when lost)                        |
+| `clicked`            | boolean         | the won impression was clicked                            |
+
+Feature values are stored normalised (``normalise_feature_value``): lower case,
+trimmed, ``|`` replaced (it separates the values of a segment key). The bidder
+applies the same function to bid-request fields, so keys built from requests
+match keys learnt from logs. Missing values become ``unknown`` at aggregation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bidopt.errors import InvalidConfig
+
+BID_LOG_SCHEMA = pa.schema([
+    pa.field("event_time", pa.timestamp("us"), nullable=False),
+    pa.field("entity_code", pa.string(), nullable=False),
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("user_id", pa.string()),
+    pa.field("geo_region_name", pa.string()),
+    pa.field("os_code", pa.string()),
+    pa.field("browser_code", pa.string()),
+    pa.field("device_type", pa.string()),
+    pa.field("domain", pa.string()),
+    pa.field("npi_matched", pa.bool_(), nullable=False),
+    pa.field("floor_cpm", pa.float64()),
+    pa.field("bid_cpm", pa.float64(), nullable=False),
+    pa.field("won", pa.bool_(), nullable=False),
+    pa.field("clearing_price_cpm", pa.float64()),
+    pa.field("clicked", pa.bool_(), nullable=False),
+])
+
+CONTRACT_COLUMNS = tuple(BID_LOG_SCHEMA.names)
+
+# Columns that can be segment features (candidates are the active macros whose
+# feature_name is one of these).
+FEATURE_COLUMNS = ("geo_region_name", "os_code", "browser_code", "device_type", "domain", "npi_matched")
+
+# Features derived from contract columns inside the warehouse's SQL.
+# floor_bucket: the floor price in fixed CPM bands (used when an entity's exchange sends floors).
+FLOOR_BUCKET_EDGES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+DERIVED_FEATURES = ("floor_bucket",)
+
+UNKNOWN = "unknown"
+
+
+def normalise_feature_value(value: Any) -> str:
+    """The one normalisation of feature values, for logs and bid requests alike."""
+    if value is None:
+        return UNKNOWN
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower().replace("|", "/")
+    return text or UNKNOWN
+
+
+def floor_bucket_label(floor_cpm: float | None) -> str:
+    """The band of a floor price: ``none``, ``lt0.5``, ``0.5-1``, ..., ``ge16``."""
+    if floor_cpm is None or floor_cpm != floor_cpm or floor_cpm <= 0:
+        return "none"
+    if floor_cpm < FLOOR_BUCKET_EDGES[0]:
+        return f"lt{_num(FLOOR_BUCKET_EDGES[0])}"
+    for lo, hi in zip(FLOOR_BUCKET_EDGES, FLOOR_BUCKET_EDGES[1:]):
+        if floor_cpm < hi:
+            return f"{_num(lo)}-{_num(hi)}"
+    return f"ge{_num(FLOOR_BUCKET_EDGES[-1])}"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def floor_bucket_sql(column: str = "floor_cpm") -> str:
+    """SQL CASE computing ``floor_bucket_label`` (edges are code constants, not input)."""
+    parts = [f"WHEN {column} IS NULL OR {column} <= 0 THEN 'none'",
+             f"WHEN {column} < {FLOOR_BUCKET_EDGES[0]!r} THEN 'lt{_num(FLOOR_BUCKET_EDGES[0])}'"]
+    for lo, hi in zip(FLOOR_BUCKET_EDGES, FLOOR_BUCKET_EDGES[1:]):
+        parts.append(f"WHEN {column} < {hi!r} THEN '{_num(lo)}-{_num(hi)}'")
+    parts.append(f"ELSE 'ge{_num(FLOOR_BUCKET_EDGES[-1])}'")
+    return "CASE " + " ".join(parts) + " END"
+
+
+def conform_bid_logs(table: pa.Table) -> pa.Table:
+    """Check ``table`` against the contract and return it with exactly the contract's columns and types.
+
+    Extra columns (e.g. the simulator's ``truth_*``) are dropped; a missing column,
+    a value that cannot be cast, or a null in a required column raises
+    ``InvalidConfig`` naming the column.
+    """
+    missing = [c for c in CONTRACT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InvalidConfig(f"bid logs lack column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    columns = []
+    for field in BID_LOG_SCHEMA:
+        col = table.column(field.name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        try:
+            col = col.cast(field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InvalidConfig(f"bid-log column {field.name} cannot be read as {field.type}: {exc}") from None
+        if not field.nullable and col.null_count:
+            raise InvalidConfig(f"bid-log column {field.name} has {col.null_count} empty values")
+        columns.append(col)
+    out = pa.Table.from_arrays(columns, schema=BID_LOG_SCHEMA)
+    if pc.any(pc.less(out["bid_cpm"], 0)).as_py():
+        raise InvalidConfig("bid-log column bid_cpm has negative bids")
+    return out

@@ -1,0 +1,139 @@
+"""The warehouse layer: the same cases on DuckDB/Parquet and on Snowflake (fakesnow server)."""
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from bidopt.errors import InvalidConfig
+from bidopt.simulator import MarketSpec, simulate_market
+from bidopt.warehouse import Window, open_warehouse
+from bidopt.warehouse.contract import CONTRACT_COLUMNS, conform_bid_logs, floor_bucket_label
+
+END = datetime(2026, 1, 31)
+FULL = Window(datetime(2025, 1, 1), datetime(2027, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def logs():
+    a = simulate_market(MarketSpec("drugs_hcp", rows=4000, days=10, end_time=END, seed=3,
+                                   floor_available=True, npi_enabled=True, n_domains=50))
+    b = simulate_market(MarketSpec("auto_intenders", rows=1500, days=10, end_time=END, seed=4, n_domains=50))
+    return a, b
+
+
+def _expected(table: pa.Table, entity: str, group_by, bucket: float, window: Window, holdout_from=None):
+    df = table.to_pandas()
+    for col in ("geo_region_name", "os_code", "browser_code", "device_type", "domain"):
+        df[col] = df[col].astype(str)
+    df = df[(df.entity_code == entity) & (df.event_time >= window.start) & (df.event_time < window.end)]
+    df = df.assign(bid_bucket=(df.bid_cpm // bucket).astype("int64"),
+                   floor_bucket=[floor_bucket_label(None if pd.isna(f) else f) for f in df.floor_cpm],
+                   npi_matched=df.npi_matched.map({True: "true", False: "false"}),
+                   spend=df.clearing_price_cpm.fillna(0.0), click_won=df.clicked & df.won)
+    keys = list(group_by)
+    if holdout_from is not None:
+        df["is_holdout"] = df.event_time >= holdout_from
+        keys.append("is_holdout")
+    keys.append("bid_bucket")
+    return df.groupby(keys).agg(bids=("bid_cpm", "size"), wins=("won", "sum"), clicks=("click_won", "sum"),
+                                spend_cpm=("spend", "sum"), bid_sum=("bid_cpm", "sum")).reset_index()
+
+
+def _sorted(df, keys):
+    return df.sort_values(keys).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("group_by", [["geo_region_name"], ["geo_region_name", "device_type", "npi_matched"],
+                                      ["os_code", "floor_bucket"], []])
+def test_aggregate_matches_an_independent_groupby(warehouse, logs, group_by):
+    a, b = logs
+    warehouse.load_bid_logs(a)
+    warehouse.load_bid_logs(b)
+    window = Window(END - timedelta(days=6), END - timedelta(days=1))
+    got = warehouse.aggregate_bids("drugs_hcp", window, group_by, bid_bucket_cpm=0.5).to_pandas()
+    want = _expected(a, "drugs_hcp", group_by, 0.5, window)
+    keys = group_by + ["bid_bucket"]
+    got, want = _sorted(got, keys), _sorted(want, keys)
+    assert len(got) == len(want) > 0
+    for col in keys + ["bids", "wins", "clicks"]:
+        assert got[col].tolist() == want[col].astype(got[col].dtype).tolist(), col
+    for col in ("spend_cpm", "bid_sum"):
+        assert got[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-9)
+
+
+def test_holdout_flag_and_entity_isolation(warehouse, logs):
+    a, b = logs
+    warehouse.load_bid_logs(a)
+    warehouse.load_bid_logs(b)
+    holdout_from = END - timedelta(days=2)
+    got = warehouse.aggregate_bids("auto_intenders", FULL, ["device_type"], bid_bucket_cpm=1.0,
+                                   holdout_from=holdout_from).to_pandas()
+    want = _expected(b, "auto_intenders", ["device_type"], 1.0, FULL, holdout_from)
+    keys = ["device_type", "is_holdout", "bid_bucket"]
+    assert _sorted(got, keys)[keys + ["bids", "wins"]].values.tolist() == \
+        _sorted(want, keys)[keys + ["bids", "wins"]].values.tolist()
+    assert got["bids"].sum() == b.num_rows  # nothing of drugs_hcp leaks in
+    assert got[got.is_holdout]["bids"].sum() == (b.to_pandas().event_time >= holdout_from).sum()
+
+
+def test_summary_floors_and_empty_entities(warehouse, logs):
+    a, _ = logs
+    assert warehouse.summary("drugs_hcp") == {"bids": 0, "first_time": None, "last_time": None}
+    assert warehouse.aggregate_bids("drugs_hcp", FULL, ["os_code"], bid_bucket_cpm=1.0).num_rows == 0
+    warehouse.load_bid_logs(a)
+    summary = warehouse.summary("drugs_hcp")
+    df = a.to_pandas()
+    assert summary["bids"] == len(df)
+    assert abs((summary["first_time"] - df.event_time.min().to_pydatetime()).total_seconds()) < 1e-3
+    floors = warehouse.typical_floors("drugs_hcp", FULL, ["device_type"]).to_pandas().set_index("device_type")
+    want = df.assign(device_type=df.device_type.astype(str)).groupby("device_type").floor_cpm.median()
+    for device, median in want.items():
+        assert floors.loc[device, "typical_floor"] == pytest.approx(median)
+    assert floors["floors"].sum() == df.floor_cpm.notna().sum()
+
+
+@pytest.mark.parametrize("bad", [["domain; DROP TABLE bid_logs"], ["bid_cpm"], ["os_code", "os_code"]])
+def test_feature_names_come_from_the_whitelist(warehouse, logs, bad):
+    warehouse.load_bid_logs(logs[0])
+    with pytest.raises(InvalidConfig):
+        warehouse.aggregate_bids("drugs_hcp", FULL, bad, bid_bucket_cpm=1.0)
+
+
+@pytest.mark.parametrize("entity", ["x' OR '1'='1", "../etc", "UPPER", ""])
+def test_hostile_entity_codes_are_rejected(warehouse, entity):
+    with pytest.raises(InvalidConfig, match="entity code"):
+        warehouse.summary(entity)
+
+
+def test_quotes_in_values_are_data_not_sql(warehouse, logs):
+    """Values with quotes and the separator go through bindings and are normalised, not executed."""
+    t = logs[1].slice(0, 5).to_pandas()
+    t["domain"] = ["o'reilly.com", "a|b.com", "x\"; DROP TABLE bid_logs; --", "ok.com", "ok.com"]
+    warehouse.load_bid_logs(pa.Table.from_pandas(t, preserve_index=False))
+    got = warehouse.aggregate_bids("auto_intenders", FULL, ["domain"], bid_bucket_cpm=1000.0).to_pandas()
+    assert sorted(got.domain) == sorted({"o'reilly.com", "a|b.com", "x\"; drop table bid_logs; --", "ok.com"})
+    assert warehouse.summary("auto_intenders")["bids"] == 5
+
+
+def test_contract_errors_name_the_column(logs):
+    a = logs[0]
+    with pytest.raises(InvalidConfig, match="lack column: won"):
+        conform_bid_logs(a.drop_columns(["won"]))
+    with pytest.raises(InvalidConfig, match="bid_cpm has 1 empty"):
+        conform_bid_logs(a.set_column(a.column_names.index("bid_cpm"), "bid_cpm",
+                                      pa.array([None] + [1.0] * (a.num_rows - 1), pa.float64())))
+    with pytest.raises(InvalidConfig, match="won cannot be read"):
+        conform_bid_logs(a.set_column(a.column_names.index("won"), "won", pa.array(["maybe"] * a.num_rows)))
+    out = conform_bid_logs(a)
+    assert out.column_names == list(CONTRACT_COLUMNS)  # truth_* columns are dropped
+
+
+def test_unknown_warehouse_urls():
+    with pytest.raises(InvalidConfig, match="unknown warehouse URL scheme"):
+        open_warehouse("mysql://x/y")
+    with pytest.raises(InvalidConfig, match="snowflake URL must look like"):
+        open_warehouse("snowflake://acct/db")
+    with pytest.raises(InvalidConfig, match="unknown snowflake URL parameter"):
+        open_warehouse("snowflake://u:p@acct/db/sch?colour=red")
