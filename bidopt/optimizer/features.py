@@ -1,0 +1,112 @@
+"""Segment feature selection: an anchor, then features ranked by a signal score.
+
+The signal score of a candidate feature, given the features already chosen, is
+the share (in percent, 0-100) of the remaining held-out log-loss of winning *at
+a given bid* that splitting the segments by the candidate removes. Win rates are
+estimated on the training slice per (chosen features, candidate, bid bin) with
+shrinkage towards the coarser cell, and scored on the held-out slice, so a
+high-cardinality feature that only memorises noise scores about 0. Features are
+added greedily, best first, while their score is at least ``MIN_SIGNAL_SCORE``
+and the segments keep enough support: at least ``MIN_SUPPORTED_SHARE`` of the
+training bids must fall in segments with ``min_segment_bids`` bids or more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+MIN_SIGNAL_SCORE = 0.5
+MIN_SUPPORTED_SHARE = 0.8
+PRIOR_STRENGTH = 20.0  # pseudo-bids pulling a cell towards its parent cell
+BID_BIN_LOG_WIDTH = 0.2  # bid bins ~22% wide for scoring
+
+
+@dataclass(frozen=True)
+class FeatureChoice:
+    name: str
+    is_anchor: bool
+    signal_score: float | None
+    support: float  # share of training bids in well-supported segments
+
+
+def _bid_bin(df: pd.DataFrame) -> np.ndarray:
+    bid = df["bid_sum"].to_numpy(float) / np.maximum(df["bids"].to_numpy(float), 1)
+    return np.floor(np.log(np.maximum(bid, 1e-6)) / BID_BIN_LOG_WIDTH).astype(np.int64)
+
+
+def _cell_predictions(train: pd.DataFrame, test: pd.DataFrame, keys: list[str],
+                      prior_test: np.ndarray) -> np.ndarray:
+    """Shrunk training win rate of each test row's cell, towards ``prior_test``."""
+    cells = train.groupby(keys, observed=True)[["wins", "bids"]].sum()
+    joined = test[keys].merge(cells, left_on=keys, right_index=True, how="left")
+    wins = joined["wins"].fillna(0).to_numpy(float)
+    bids = joined["bids"].fillna(0).to_numpy(float)
+    return (wins + PRIOR_STRENGTH * prior_test) / (bids + PRIOR_STRENGTH)
+
+
+def _log_loss(p: np.ndarray, test: pd.DataFrame) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    wins, bids = test["wins"].to_numpy(float), test["bids"].to_numpy(float)
+    return float(-(wins * np.log(p) + (bids - wins) * np.log(1 - p)).sum() / max(bids.sum(), 1))
+
+
+def signal_score(df: pd.DataFrame, chosen: Sequence[str], candidate: str) -> float:
+    """Percent of the held-out log-loss (given ``chosen`` and the bid) removed by ``candidate``."""
+    df = df.assign(_bin=_bid_bin(df))
+    train, test = df[~df["is_holdout"]], df[df["is_holdout"]]
+    if len(train) == 0 or len(test) == 0:
+        return 0.0
+    global_rate = train["wins"].sum() / max(train["bids"].sum(), 1)
+    by_bin = _cell_predictions(train, test, ["_bin"], np.full(len(test), global_rate))
+    coarse = _cell_predictions(train, test, [*chosen, "_bin"], by_bin) if chosen else by_bin
+    fine = _cell_predictions(train, test, [*chosen, candidate, "_bin"], coarse)
+    base_loss = _log_loss(coarse, test)
+    if base_loss <= 0:
+        return 0.0
+    return float(np.clip(100.0 * (base_loss - _log_loss(fine, test)) / base_loss, 0.0, 100.0))
+
+
+def segment_support(df: pd.DataFrame, features: Sequence[str], min_segment_bids: int) -> float:
+    train = df[~df["is_holdout"]] if "is_holdout" in df else df
+    if not features:
+        return 1.0
+    sizes = train.groupby(list(features), observed=True)["bids"].sum()
+    total = sizes.sum()
+    return float(sizes[sizes >= min_segment_bids].sum() / total) if total else 0.0
+
+
+def select_features(
+    aggregate: Callable[[list[str]], pd.DataFrame],
+    anchor: str,
+    candidates: Sequence[str],
+    *,
+    max_features: int,
+    min_segment_bids: int,
+    on_score: Callable[[str, float, float], None] | None = None,
+) -> list[FeatureChoice]:
+    """Greedy selection. ``aggregate(features)`` returns the warehouse aggregate (with
+    ``is_holdout``) grouped by ``features``; it is called once per candidate per round."""
+    anchor_df = aggregate([anchor])
+    chosen = [FeatureChoice(anchor, True, None, segment_support(anchor_df, [anchor], min_segment_bids))]
+    remaining = [c for c in candidates if c != anchor]
+    while remaining and len(chosen) < max_features:
+        names = [c.name for c in chosen]
+        scored = []
+        for cand in remaining:
+            df = aggregate([*names, cand])
+            score = signal_score(df, names, cand)
+            support = segment_support(df, [*names, cand], min_segment_bids)
+            if on_score:
+                on_score(cand, score, support)
+            scored.append((score, support, cand))
+        eligible = [s for s in scored if s[0] >= MIN_SIGNAL_SCORE and s[1] >= MIN_SUPPORTED_SHARE]
+        if not eligible:
+            break
+        score, support, best = max(eligible)
+        chosen.append(FeatureChoice(best, False, round(score, 3), support))
+        remaining.remove(best)
+    return chosen

@@ -1,0 +1,208 @@
+"""One optimizer run from warehouse aggregates to a validated bid table (no Ray, no database).
+
+``optimize(warehouse, spec)`` is what a Ray task runs for one run; the job layer
+(``bidopt.jobs.optimize``) reads ``RunSpec`` from the database, writes the
+``RunResult`` to the artifact store and the database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+
+from bidopt.configs import parse_run_configs
+from bidopt.errors import InvalidConfig
+from bidopt.optimizer import bids as B
+from bidopt.optimizer import features as F
+from bidopt.optimizer import models as M
+from bidopt.warehouse import BidLogWarehouse, Window
+from bidopt.warehouse.contract import FEATURE_COLUMNS
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    entity_code: str
+    anchor_feature: str
+    macro_ids: dict[str, int | None]  # active macros: feature name -> macro id
+    static: dict  # floor_available, npi_enabled, domain_enabled
+    configs: dict  # run configs (validated again here)
+    thresholds: dict  # min_win_auc, max_win_ece, min_bid_coverage
+
+
+@dataclass
+class RunResult:
+    features: list[F.FeatureChoice]
+    metrics: dict[str, dict[str, float | None]]
+    bids: pd.DataFrame
+    multipliers: pd.DataFrame | None
+    win_model: bytes
+    ctr_model: bytes | None
+    validation_status: str
+    validation_reasons: list[str]
+    window: Window
+    feature_scores: list[dict] = field(default_factory=list)
+
+    @property
+    def segment_bids(self) -> pd.Series:
+        return self.bids.loc[self.bids["level"] == "segment", "bid_cpm"]
+
+
+def candidate_features(spec: RunSpec) -> list[str]:
+    """Columns the run may segment by. ``domain`` is priced by multipliers, not segments;
+    ``npi_matched`` only with ``npi_enabled``; ``floor_bucket`` only with ``floor_available``."""
+    names = [n for n in spec.macro_ids if n in FEATURE_COLUMNS and n != "domain"]
+    if not spec.static.get("npi_enabled"):
+        names = [n for n in names if n != "npi_matched"]
+    if spec.static.get("floor_available"):
+        names.append("floor_bucket")
+    return names
+
+
+def run_window(warehouse: BidLogWarehouse, entity_code: str, cfg: dict) -> tuple[Window, object]:
+    """``lookback_days`` back from the newest log row; the latest ``holdout_fraction`` is held out."""
+    summary = warehouse.summary(entity_code)
+    if not summary["bids"]:
+        raise InvalidConfig(f"the warehouse has no bid logs for {entity_code}")
+    end = summary["last_time"] + timedelta(microseconds=1)
+    start = max(summary["first_time"], end - timedelta(days=cfg["lookback_days"]))
+    window = Window(start, end)
+    holdout_from = end - (end - start) * cfg["holdout_fraction"]
+    return window, holdout_from
+
+
+def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lambda _: None) -> RunResult:
+    cfg = parse_run_configs(spec.configs)  # fails before any work on a bad config
+    candidates = candidate_features(spec)
+    if spec.anchor_feature not in candidates:
+        raise InvalidConfig(f"anchor feature {spec.anchor_feature} is not an active feature of "
+                            f"{spec.entity_code} (candidates: {', '.join(candidates) or 'none'})")
+    window, holdout_from = run_window(warehouse, spec.entity_code, cfg)
+    bucket = cfg["bid_bucket_cpm"]
+
+    def aggregate(group_by: list[str]) -> pd.DataFrame:
+        return warehouse.aggregate_bids(spec.entity_code, window, group_by, bid_bucket_cpm=bucket,
+                                        holdout_from=holdout_from).to_pandas()
+
+    progress(f"selecting features from {', '.join(candidates)}")
+    scores: list[dict] = []
+    chosen = F.select_features(
+        aggregate, spec.anchor_feature, candidates, max_features=cfg["max_features"],
+        min_segment_bids=cfg["min_segment_bids"],
+        on_score=lambda name, score, support: scores.append(
+            {"feature": name, "signal_score": score, "support": support}))
+    features = [c.name for c in chosen]
+
+    progress(f"training the win-rate model on {'+'.join(features)} x bid")
+    agg = aggregate(features)
+    train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
+    if train.empty:
+        raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
+    win = M.train_win_model(train, features, cfg)
+    win_metrics = M.evaluate_win_model(win, test)
+
+    progress("training the CTR model")
+    ctr = M.train_ctr_model(train, features, cfg)
+    ctr_metrics = M.evaluate_ctr_model(ctr, train, test)
+
+    progress("fitting the bid landscape")
+    landscape = M.fit_bid_landscape(train, spec.anchor_feature)
+
+    progress("writing suggested bids")
+    policy = B.BidPolicy.from_configs(cfg, use_floors=bool(spec.static.get("floor_available")))
+    segments = train.groupby(features, observed=True, as_index=False)["bids"].sum()
+    if policy.use_floors:
+        floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas()
+        segments = segments.merge(floors[[*features, "typical_floor"]], on=features, how="left")
+    bid_table = B.suggest_bids(win, segments, features, policy)
+
+    multipliers = None
+    if spec.static.get("domain_enabled"):
+        progress("computing domain multipliers")
+        dom = warehouse.aggregate_bids(spec.entity_code, window, [*features, "domain"],
+                                       bid_bucket_cpm=bucket).to_pandas()
+        multipliers = B.domain_multipliers(
+            win, dom, features, landscape["bid_coefficient"], min_domain_bids=cfg["min_domain_bids"],
+            lower=cfg["domain_multiplier_min"], upper=cfg["domain_multiplier_max"])
+
+    total_bids, total_wins = float(agg["bids"].sum()), float(agg["wins"].sum())
+    seg_bids = bid_table.loc[bid_table["level"] == "segment"]
+    metrics = {
+        "win_rate_model": win_metrics | {"features": float(len(features))},
+        "ctr_model": ctr_metrics,
+        "bid_landscape": landscape,
+        "global_stats": {
+            "bids": total_bids, "wins": total_wins,
+            "win_rate": total_wins / total_bids if total_bids else None,
+            "clicks": float(agg["clicks"].sum()),
+            "avg_clearing_price_cpm": float(agg["spend_cpm"].sum()) / total_wins if total_wins else None,
+            "segments": float(len(seg_bids)),
+            "explored_segments": float(seg_bids["explored"].sum()),
+            "capped_segments": float(seg_bids["capped"].sum()),
+            "domain_multipliers": float(len(multipliers)) if multipliers is not None else None,
+        },
+    }
+    status, reasons = validate(bid_table, multipliers, metrics, test, features, cfg, spec.thresholds)
+    metrics["validation"] = {"bid_coverage": _coverage(bid_table, test, features)}
+    return RunResult(
+        features=chosen, metrics=metrics, bids=bid_table, multipliers=multipliers,
+        win_model=bytes(win.booster.save_raw("ubj")),
+        ctr_model=bytes(ctr.booster.save_raw("ubj")) if ctr is not None else None,
+        validation_status=status, validation_reasons=reasons, window=window, feature_scores=scores,
+    )
+
+
+def _coverage(bid_table: pd.DataFrame, test: pd.DataFrame, features: list[str]) -> float | None:
+    """Share of held-out bids whose full segment key has a row of its own."""
+    if test.empty:
+        return None
+    keys = set(bid_table.loc[bid_table["level"] == "segment", "segment_key"])
+    test_keys = [B.segment_key(v) for v in test[features].astype(str).itertuples(index=False)]
+    hit = np.array([k in keys for k in test_keys])
+    w = test["bids"].to_numpy(float)
+    return float((w * hit).sum() / w.sum())
+
+
+def validate(bid_table: pd.DataFrame, multipliers: pd.DataFrame | None, metrics: dict, test: pd.DataFrame,
+             features: list[str], cfg: dict, thresholds: dict) -> tuple[str, list[str]]:
+    """Checks on bids and models; ``("passed" | "failed", reasons)``. Every check adds a line."""
+    reasons: list[str] = []
+    failed = False
+
+    def check(ok: bool, text: str) -> None:
+        nonlocal failed
+        failed |= not ok
+        reasons.append(("ok: " if ok else "FAILED: ") + text)
+
+    bids = bid_table["bid_cpm"].to_numpy(float)
+    check(bool(np.isfinite(bids).all()), "every bid is finite")
+    check(bool(((bids >= cfg["min_bid_cpm"] - 1e-9) & (bids <= cfg["max_bid_cpm"] + 1e-9)).all()),
+          f"every bid within [{cfg['min_bid_cpm']}, {cfg['max_bid_cpm']}]")
+    check(bool((bid_table["level"] == "default").sum() == 1), "one entity default row")
+    check(not bid_table["segment_key"].duplicated().any(), "segment keys are unique")
+    coverage = _coverage(bid_table, test, features)
+    check(coverage is not None and coverage >= thresholds["min_bid_coverage"],
+          f"bid coverage of held-out traffic {_fmt(coverage)} >= {thresholds['min_bid_coverage']}")
+    auc = metrics["win_rate_model"].get("auc")
+    check(auc is not None and auc >= thresholds["min_win_auc"],
+          f"win-rate model AUC {_fmt(auc)} >= {thresholds['min_win_auc']}")
+    ece = metrics["win_rate_model"].get("ece")
+    check(ece is not None and ece <= thresholds["max_win_ece"],
+          f"win-rate model ECE {_fmt(ece)} <= {thresholds['max_win_ece']}")
+    if multipliers is not None and len(multipliers):
+        m = multipliers["multiplier"].to_numpy(float)
+        check(bool(np.isfinite(m).all() and (m >= cfg["domain_multiplier_min"] - 1e-9).all()
+                   and (m <= cfg["domain_multiplier_max"] + 1e-9).all()),
+              f"domain multipliers within [{cfg['domain_multiplier_min']}, {cfg['domain_multiplier_max']}]")
+    return ("failed" if failed else "passed"), reasons
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
