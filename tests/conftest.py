@@ -147,3 +147,49 @@ def warehouse(request, tmp_path):
     wh = open_warehouse(url)
     yield wh
     wh.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 in server mode on loopback; boto3 reaches it through BIDOPT_S3_ENDPOINT_URL."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        return exc
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server, monkeypatch):
+    """A fresh bucket on the moto server; returns its name."""
+    if isinstance(moto_server, Exception):
+        missing_service(f"moto server not importable: {moto_server}")
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "BIDOPT_S3_ENDPOINT_URL": moto_server}.items():
+        monkeypatch.setenv(key, value)
+    name = f"bidopt-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def platform_db(db_url, monkeypatch):
+    """Settings pointing at an upgraded, seeded metadata DB (SQLite and PostgreSQL)."""
+    from bidopt.db.engine import dispose_engines, get_engine, session_scope
+    from bidopt.db.migrate import upgrade_database
+    from bidopt.db.seed import seed_demo_catalogue
+
+    monkeypatch.setenv("BIDOPT_DATABASE_URL", db_url)
+    reset_settings_cache()
+    upgrade_database(db_url)
+    engine = get_engine(db_url)
+    with session_scope(engine) as s:
+        seed_demo_catalogue(s)
+    yield engine
+    dispose_engines()

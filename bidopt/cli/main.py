@@ -311,5 +311,42 @@ def data_summary(entity_code: str, as_json: bool) -> None:
     print_json(summary) if as_json else print_mapping(summary)
 
 
+# ----------------------------------------------------------------------------- optimizer
+
+
+@cli.group()
+def optimizer() -> None:
+    """The optimizer job that turns pending runs into bid tables."""
+
+
+@optimizer.command("run")
+@click.option("--once", is_flag=True, help="Drain the pending queue and exit (default: keep polling).")
+@click.option("--poll-seconds", default=10.0, show_default=True, help="Wait between polls of an empty queue.")
+@click.option("--parallel", default=2, show_default=True, help="Runs optimised at the same time (Ray tasks).")
+@click.option("--max-runs", type=int, default=None, help="Stop after this many runs.")
+@click.option("--no-ray", is_flag=True, help="Run in this process, one run at a time, without Ray.")
+def optimizer_run(once: bool, poll_seconds: float, parallel: int, max_runs: int | None, no_ray: bool) -> None:
+    """Claim pending runs oldest first and optimise them, one Ray task per run.
+
+    Progress lines name the run and its step; each finished run prints a summary.
+    Exits non-zero with --once when any run failed.
+    """
+    from bidopt.jobs.optimize import run_optimizer
+
+    def show(result: dict) -> None:
+        if result["status"] == "completed":
+            click.echo(f"run {result['run_id']} completed: {result['segments_count']} segments, "
+                       f"median bid {result['bid_median']:.2f}, validation {result['validation_status']}")
+        else:
+            click.echo(f"run {result['run_id']} failed: {result['error']}")
+
+    report = run_optimizer(once=once, poll_seconds=poll_seconds, parallel=max(parallel, 1),
+                           use_ray=not no_ray, on_result=show, max_runs=max_runs)
+    if not report.processed:
+        click.echo("no pending runs")
+    if once and report.failed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     cli()

@@ -144,27 +144,42 @@ def domain_multipliers(
 ) -> pd.DataFrame:
     """``domain, multiplier, bids, observed_win_rate, expected_win_rate`` for domains with enough bids.
 
-    ``domain_rows`` are aggregates by (features..., domain, bid bucket). A domain's
-    observed wins are compared with what the win model expects for the same
-    segments and bids; the gap in logits, divided by the landscape's bid
-    coefficient, is the log of the bid factor that closes it:
-    ``multiplier = exp(-(logit(observed) - logit(expected)) / bid_coefficient)``,
-    clipped to ``[lower, upper]``. A domain that is easier to win than its
-    segments suggest gets a multiplier below 1.
+    ``domain_rows`` are aggregates by (features..., domain, bid bucket). For each
+    domain we find the logit offset ``delta`` that makes the win model's expected
+    wins on the domain's own rows (same segments, same bids) equal its observed
+    wins: a one-dimensional maximum-likelihood fit by Newton's method, with a weak
+    N(0, 1) prior so a domain with few bids stays near 0. A bid factor ``m`` moves
+    the logit by ``bid_coefficient * ln(m)``, so ``m = exp(-delta / bid_coefficient)``
+    cancels the offset; it is clipped to ``[lower, upper]``. A domain that is
+    easier to win than its segments suggest gets a multiplier below 1.
     """
     cols = ["domain", "multiplier", "bids", "observed_win_rate", "expected_win_rate"]
     if domain_rows.empty or bid_coefficient <= 0:
         return pd.DataFrame(columns=cols)
-    expected = model.predict(domain_rows[list(features)], mean_bid(domain_rows)) * domain_rows["bids"].to_numpy()
-    per = domain_rows.assign(expected=expected).groupby("domain", observed=True)[["bids", "wins", "expected"]].sum()
-    per = per[(per["bids"] >= min_domain_bids) & (per.index != "unknown")]
-    if per.empty:
+    rows = domain_rows.reset_index(drop=True)
+    per = rows.groupby("domain", observed=True)[["bids", "wins"]].sum()
+    keep = per.index[(per["bids"] >= min_domain_bids) & (per.index != "unknown")]
+    rows = rows[rows["domain"].isin(keep)].reset_index(drop=True)
+    if rows.empty:
         return pd.DataFrame(columns=cols)
-    obs = ((per["wins"] + 0.5) / (per["bids"] + 1)).clip(1e-4, 1 - 1e-4)
-    exp_ = ((per["expected"] + 0.5) / (per["bids"] + 1)).clip(1e-4, 1 - 1e-4)
-    gap = np.log(obs / (1 - obs)) - np.log(exp_ / (1 - exp_))
-    mult = np.clip(np.exp(-gap / bid_coefficient), lower, upper)
-    out = pd.DataFrame({"domain": per.index.astype(str), "multiplier": np.round(mult.to_numpy(), 4),
-                        "bids": per["bids"].to_numpy(np.int64), "observed_win_rate": np.round(obs.to_numpy(), 4),
-                        "expected_win_rate": np.round(exp_.to_numpy(), 4)})
+    p0 = np.clip(model.predict(rows[list(features)], mean_bid(rows)), 1e-6, 1 - 1e-6)
+    eta = np.log(p0 / (1 - p0))
+    codes, domains = pd.factorize(rows["domain"])
+    k = len(domains)
+    n, wins = rows["bids"].to_numpy(float), rows["wins"].to_numpy(float)
+    observed_wins = np.bincount(codes, wins, k)
+    delta = np.zeros(k)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(eta + delta[codes])))
+        grad = observed_wins - np.bincount(codes, n * p, k) - delta  # prior N(0, 1)
+        hess = np.bincount(codes, n * p * (1 - p), k) + 1.0
+        step = grad / hess
+        delta += step
+        if np.abs(step).max() < 1e-9:
+            break
+    bids = np.bincount(codes, n, k)
+    mult = np.clip(np.exp(-delta / bid_coefficient), lower, upper)
+    out = pd.DataFrame({"domain": domains.astype(str), "multiplier": np.round(mult, 4),
+                        "bids": bids.astype(np.int64), "observed_win_rate": np.round(observed_wins / bids, 4),
+                        "expected_win_rate": np.round(np.bincount(codes, n * p0, k) / bids, 4)})
     return out.sort_values("bids", ascending=False).reset_index(drop=True)

@@ -1,0 +1,28 @@
+"""Connecting to Ray the same way from every entry point."""
+
+from __future__ import annotations
+
+import os
+
+from bidopt.settings import get_settings
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's resolved settings for Ray workers, which may run elsewhere or in another
+    folder: relative defaults (``./.bidopt``) become absolute URLs here."""
+    s = get_settings()
+    env = {k: v for k, v in os.environ.items() if k.startswith("BIDOPT_") or k.startswith("AWS_")}
+    env.update({"BIDOPT_HOME": str(s.home), "BIDOPT_DATABASE_URL": s.database_url,
+                "BIDOPT_WAREHOUSE_URL": s.warehouse_url, "BIDOPT_ARTIFACT_URL": s.artifact_url,
+                "BIDOPT_CACHE_URL": s.cache_url})
+    return env
+
+
+def ensure_ray(**init_kwargs) -> None:
+    """``ray.init`` at ``BIDOPT_RAY_ADDRESS`` (unset: a local Ray), once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=get_settings().ray_address, runtime_env={"env_vars": worker_env()},
+             log_to_driver=True, **init_kwargs)

@@ -1,0 +1,166 @@
+"""The optimizer's maths, without Ray or a database: metrics, models, features, bids."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidopt.configs import parse_run_configs
+from bidopt.optimizer import bids as B
+from bidopt.optimizer import features as F
+from bidopt.optimizer import models as M
+from bidopt.simulator import MarketSpec, oracle_bid, simulate_market
+from bidopt.warehouse import Window, open_warehouse
+
+CFG = parse_run_configs({"xgb_num_rounds": 60})
+
+
+def test_weighted_auc_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    s, y, w = rng.random(60).round(1), rng.integers(0, 2, 60), rng.integers(1, 4, 60).astype(float)
+    num = den = 0.0
+    for i in range(60):
+        for j in range(60):
+            if y[i] == 1 and y[j] == 0:
+                den += w[i] * w[j]
+                num += w[i] * w[j] * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+    assert M.weighted_auc(s, y, w) == pytest.approx(num / den)
+    assert M.weighted_auc(s, np.ones(60), w) is None
+
+
+def test_ece():
+    p = np.array([0.1, 0.1, 0.9, 0.9])
+    assert M.expected_calibration_error(p, np.array([0, 0, 1, 1]), np.ones(4)) == pytest.approx(0.1)
+    assert M.expected_calibration_error(p, np.array([0, 1, 0, 1]), np.ones(4)) == pytest.approx(0.4)
+
+
+def test_landscape_recovers_a_known_slope():
+    rng = np.random.default_rng(1)
+    bids = np.exp(rng.uniform(-1, 2, 4000))
+    g = rng.integers(0, 3, 4000)
+    p = 1 / (1 + np.exp(-(np.array([-1.0, 0.0, 0.5])[g] + 1.7 * np.log(bids))))
+    df = pd.DataFrame({"geo": g.astype(str), "bids": 50, "wins": rng.binomial(50, p), "bid_sum": 50 * bids})
+    assert M.fit_bid_landscape(df, "geo")["bid_coefficient"] == pytest.approx(1.7, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    spec = MarketSpec("e", rows=300_000, seed=21, npi_enabled=True)
+    table = simulate_market(spec)
+    wh = open_warehouse(f"duckdb:///{tmp_path_factory.mktemp('wh')}")
+    wh.load_bid_logs(table)
+    s = wh.summary("e")
+    window = Window(s["first_time"], s["last_time"] + pd.Timedelta(microseconds=1))
+    holdout = s["last_time"] - pd.Timedelta(days=5)
+    yield table.to_pandas(), wh, window, holdout
+    wh.close()
+
+
+def test_signal_scores_rank_real_signal_above_noise(market):
+    _, wh, window, holdout = market
+
+    def agg(fs):
+        return wh.aggregate_bids("e", window, fs, bid_bucket_cpm=0.25, holdout_from=holdout).to_pandas()
+
+    # geo moves prices a lot in the simulator, the browser hardly at all
+    geo = F.signal_score(agg(["geo_region_name"]), [], "geo_region_name")
+    browser = F.signal_score(agg(["browser_code"]), [], "browser_code")
+    assert geo > 5 * max(browser, 0.1)
+    chosen = F.select_features(agg, "geo_region_name", ["geo_region_name", "os_code", "browser_code",
+                                                       "device_type", "npi_matched"],
+                               max_features=4, min_segment_bids=200)
+    names = [c.name for c in chosen]
+    assert names[0] == "geo_region_name" and chosen[0].is_anchor and chosen[0].signal_score is None
+    assert "browser_code" not in names and "npi_matched" in names
+    assert all(0 <= c.signal_score <= 100 for c in chosen[1:])
+    one = F.select_features(agg, "geo_region_name", ["geo_region_name", "os_code"], max_features=1,
+                            min_segment_bids=200)
+    assert [c.name for c in one] == ["geo_region_name"]
+
+
+def test_win_model_is_monotone_calibrated_and_bids_hit_the_target(market):
+    df, wh, window, holdout = market
+    features = ["geo_region_name", "device_type"]
+    agg = wh.aggregate_bids("e", window, features, bid_bucket_cpm=0.25, holdout_from=holdout).to_pandas()
+    train, test = agg[~agg.is_holdout], agg[agg.is_holdout]
+    model = M.train_win_model(train, features, CFG)
+    metrics = M.evaluate_win_model(model, test)
+    assert metrics["auc"] > 0.7 and metrics["ece"] < 0.03
+    segs = train.groupby(features, as_index=False)["bids"].sum()
+    grid = np.geomspace(0.1, 50, 64)
+    assert (np.diff(model.curves(segs[features], grid), axis=1) >= -1e-6).all()
+
+    policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none"}, use_floors=False)
+    table = B.suggest_bids(model, segs, features, policy)
+    seg_rows = table[table.level == "segment"].set_index("segment_key")
+    # the suggested bid of big segments is close to the simulator's oracle bid
+    errors = []
+    for (geo, device), part in df.groupby(["geo_region_name", "device_type"], observed=True):
+        if len(part) < 3000:
+            continue
+        oracle = oracle_bid(0.5, part.truth_mu.to_numpy(), part.truth_sigma.to_numpy())
+        errors.append(abs(seg_rows.loc[f"{geo}|{device}", "bid_cpm"] / oracle - 1))
+    assert len(errors) > 10 and np.median(errors) < 0.1
+    # back-off rows: one per anchor value and one default, so every key finds a bid
+    assert (table.level == "default").sum() == 1 and table.loc[table.level == "default", "segment_key"].item() == "*|*"
+    assert set(table.loc[table.level == "anchor", "segment_key"]) == {f"{g}|*" for g in segs.geo_region_name.unique()}
+
+
+def _toy_model(slope=2.0):
+    """A win model over one feature whose curves we know: two segments, 'a' cheaper than 'b'."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for seg, mu in (("a", 0.0), ("b", 1.0)):
+        for bid in np.geomspace(0.2, 20, 40):
+            p = 1 / (1 + np.exp(-slope * (np.log(bid) - mu)))
+            rows.append({"f": seg, "bids": 400, "wins": rng.binomial(400, p), "bid_sum": 400 * bid})
+    df = pd.DataFrame(rows)
+    return M.train_win_model(df, ["f"], CFG), df
+
+
+def test_caps_minimum_floors_and_exploration():
+    model, _ = _toy_model()
+    segs = pd.DataFrame({"f": ["a", "b"], "bids": [10_000, 50], "typical_floor": [np.nan, 2.0]})
+    base = CFG | {"target_win_rate": 0.5, "min_bid_cpm": 0.5, "max_bid_cpm": 2.5, "min_segment_bids": 200}
+
+    def table(**kw):
+        return B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(base | kw, use_floors=False)) \
+            .set_index("segment_key")
+
+    none = table(exploration_mode="none")
+    assert none.loc["a", "bid_cpm"] == pytest.approx(1.0, rel=0.15)  # logit 0 at ln(bid) = 0
+    assert none.loc["b", "bid_cpm"] == pytest.approx(np.e, rel=0.15) or none.loc["b", "capped"]
+    assert none["bid_cpm"].max() <= 2.5 and none["bid_cpm"].min() >= 0.5
+    assert not none.loc["b", "explored"]
+    uplift = table(exploration_mode="uplift")
+    assert uplift.loc["b", "explored"] and not uplift.loc["a", "explored"]
+    low = table(exploration_mode="uplift", max_bid_cpm=100, target_win_rate=0.3)
+    low_none = table(exploration_mode="none", max_bid_cpm=100, target_win_rate=0.3)
+    assert low.loc["b", "bid_cpm"] == pytest.approx(low_none.loc["b", "bid_cpm"] * 1.15, rel=1e-3)
+    aggressive = table(exploration_mode="uplift", max_bid_cpm=100, target_win_rate=0.3, aggressive_exploration=True)
+    assert aggressive.loc["b", "bid_cpm"] == pytest.approx(low_none.loc["b", "bid_cpm"] * 1.30, rel=1e-3)
+    optimistic = table(exploration_mode="optimistic", max_bid_cpm=100, target_win_rate=0.3)
+    assert optimistic.loc["b", "bid_cpm"] > low_none.loc["b", "bid_cpm"]
+    assert optimistic.loc["a", "bid_cpm"] == low_none.loc["a", "bid_cpm"]  # well supported: no exploration
+    floors = B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(
+        base | {"exploration_mode": "none", "target_win_rate": 0.2, "max_bid_cpm": 100}, use_floors=True)
+    ).set_index("segment_key")
+    assert floors.loc["b", "bid_cpm"] >= 2.0 and floors.loc["a", "bid_cpm"] < 2.0
+
+
+def test_domain_multipliers_follow_the_gap_and_are_clipped():
+    model, df = _toy_model()
+    rows = []
+    for domain, shift in (("easy.com", -0.5), ("hard.com", 0.5), ("huge_gap.com", 5.0), ("tiny.com", 0.0)):
+        part = df.copy()
+        part["domain"] = domain
+        p = 1 / (1 + np.exp(-2.0 * (np.log(part.bid_sum / part.bids) - np.where(part.f == "a", 0.0, 1.0) - shift)))
+        part["wins"] = np.round(part.bids * p).astype(int)
+        if domain == "tiny.com":
+            part = part.head(1).assign(bids=10, wins=5)
+        rows.append(part)
+    mult = B.domain_multipliers(model, pd.concat(rows), ["f"], 2.0, min_domain_bids=500,
+                                lower=0.5, upper=2.0).set_index("domain")
+    assert "tiny.com" not in mult.index
+    assert mult.loc["easy.com", "multiplier"] < 1 < mult.loc["hard.com", "multiplier"]
+    assert mult.loc["hard.com", "multiplier"] == pytest.approx(np.exp(0.5), rel=0.25)
+    assert mult.loc["huge_gap.com", "multiplier"] == 2.0
