@@ -164,3 +164,14 @@ def test_domain_multipliers_follow_the_gap_and_are_clipped():
     assert mult.loc["easy.com", "multiplier"] < 1 < mult.loc["hard.com", "multiplier"]
     assert mult.loc["hard.com", "multiplier"] == pytest.approx(np.exp(0.5), rel=0.25)
     assert mult.loc["huge_gap.com", "multiplier"] == 2.0
+
+
+def test_predict_many_is_exactly_predict(market):
+    df, wh, window, holdout = market
+    features = ["geo_region_name", "os_code"]
+    agg = wh.aggregate_bids("e", window, features, bid_bucket_cpm=0.25).to_pandas()
+    model = M.train_win_model(agg, features, CFG)
+    rows = df.sample(20_000, random_state=0)[features + ["bid_cpm"]].astype({"geo_region_name": str, "os_code": str})
+    rows.iloc[:50, 0] = "atlantis"  # a value the model never saw
+    bids = rows.bid_cpm.to_numpy() * np.random.default_rng(0).uniform(0.5, 2, len(rows))
+    assert np.array_equal(model.predict_many(rows[features], bids), model.predict(rows[features], bids))

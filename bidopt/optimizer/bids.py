@@ -162,7 +162,7 @@ def domain_multipliers(
     rows = rows[rows["domain"].isin(keep)].reset_index(drop=True)
     if rows.empty:
         return pd.DataFrame(columns=cols)
-    p0 = np.clip(model.predict(rows[list(features)], mean_bid(rows)), 1e-6, 1 - 1e-6)
+    p0 = np.clip(model.predict_many(rows[list(features)], mean_bid(rows)), 1e-6, 1 - 1e-6)
     eta = np.log(p0 / (1 - p0))
     codes, domains = pd.factorize(rows["domain"])
     k = len(domains)

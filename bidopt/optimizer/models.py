@@ -85,9 +85,13 @@ def mean_bid(df: pd.DataFrame) -> np.ndarray:
     return df["bid_sum"].to_numpy(dtype=float) / np.maximum(df["bids"].to_numpy(dtype=float), 1)
 
 
-def _win_matrix(encoder: CategoryEncoder, df: pd.DataFrame, bids: np.ndarray) -> xgb.DMatrix:
+def _log_bid(bids) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(bids, dtype=float), 1e-6)).astype(np.float32)
+
+
+def _win_matrix(encoder: CategoryEncoder, df: pd.DataFrame, log_bids: np.ndarray) -> xgb.DMatrix:
     """Segment feature codes (categorical) and ln(bid) (numeric, the monotone column)."""
-    x = np.column_stack([encoder.encode(df), np.log(np.maximum(bids, 1e-6))]).astype(np.float32)
+    x = np.column_stack([encoder.encode(df), log_bids]).astype(np.float32)
     return xgb.DMatrix(x, feature_types=["c"] * len(encoder.features) + ["q"], enable_categorical=True)
 
 
@@ -99,13 +103,43 @@ class WinRateModel:
     encoder: CategoryEncoder
 
     def predict(self, df: pd.DataFrame, bids: np.ndarray) -> np.ndarray:
-        return self.booster.predict(_win_matrix(self.encoder, df, np.asarray(bids, dtype=float)))
+        return self.booster.predict(_win_matrix(self.encoder, df, _log_bid(bids)))
+
+    def bid_thresholds(self) -> np.ndarray:
+        """The ln(bid) split values of all trees: the model is constant in the bid between them."""
+        trees = self.booster.trees_to_dataframe()
+        bid_feature = f"f{len(self.encoder.features)}"
+        return np.unique(trees.loc[trees["Feature"] == bid_feature, "Split"].to_numpy(np.float32))
+
+    def predict_many(self, df: pd.DataFrame, bids: np.ndarray) -> np.ndarray:
+        """``predict`` for many rows that share few segments, exactly and much faster: every tree
+        sends ``ln(bid) < split`` left, so within a segment the prediction only changes at the
+        bid split values. Each segment is predicted once per interval between them."""
+        x = _log_bid(bids)
+        codes = self.encoder.encode(df).astype(np.int64) + 1  # UNSEEN (-1) -> 0
+        radix = np.array([len(self.encoder.categories[f]) + 1 for f in self.encoder.features], dtype=np.int64)
+        packed = (codes * np.r_[np.cumprod(radix[::-1])[::-1][1:], 1]).sum(axis=1) if len(radix) else \
+            np.zeros(len(df), dtype=np.int64)
+        keys, inverse = np.unique(packed, return_inverse=True)
+        first_row = np.zeros(len(keys), dtype=np.int64)
+        first_row[inverse[::-1]] = np.arange(len(df))[::-1]
+        segments = df.iloc[first_row].reset_index(drop=True)
+        splits = self.bid_thresholds()
+        # one representative ln(bid) per interval: below the first split, then each split value
+        points = np.r_[np.float32(splits[0] - 1.0) if len(splits) else np.float32(0.0), splits].astype(np.float32)
+        curves = self._curves_log(segments, points)
+        interval = np.searchsorted(splits, x, side="right")
+        return curves[inverse.ravel(), interval]
 
     def curves(self, segments: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
         """Predicted win rate of every segment (rows) at every grid bid (columns)."""
-        rep = segments.loc[segments.index.repeat(len(grid))]
-        bids = np.tile(grid, len(segments))
-        return self.predict(rep, bids).reshape(len(segments), len(grid))
+        return self._curves_log(segments, _log_bid(grid))
+
+    def _curves_log(self, segments: pd.DataFrame, log_grid: np.ndarray) -> np.ndarray:
+        segments = segments.reset_index(drop=True)
+        rep = segments.loc[segments.index.repeat(len(log_grid))]
+        dm = _win_matrix(self.encoder, rep, np.tile(log_grid, len(segments)))
+        return self.booster.predict(dm).reshape(len(segments), len(log_grid))
 
 
 @dataclass
@@ -133,7 +167,7 @@ def train_win_model(train: pd.DataFrame, features: Sequence[str], cfg: dict) -> 
     """XGBoost on the aggregated training rows, monotone-increasing in log(bid)."""
     encoder = CategoryEncoder.fit(train, features)
     rows, labels, weights = expand_binary(train, "wins", "bids")
-    dtrain = _win_matrix(encoder, rows, mean_bid(rows))
+    dtrain = _win_matrix(encoder, rows, _log_bid(mean_bid(rows)))
     dtrain.set_label(labels)
     dtrain.set_weight(weights)
     monotone = "(" + ",".join(["0"] * len(features) + ["1"]) + ")"
@@ -145,7 +179,7 @@ def evaluate_win_model(model: WinRateModel, test: pd.DataFrame) -> dict[str, flo
     rows, labels, weights = expand_binary(test, "wins", "bids")
     if len(rows) == 0:
         return {"auc": None, "ece": None, "holdout_bids": 0.0, "holdout_win_rate": None}
-    probs = model.predict(rows, mean_bid(rows))
+    probs = model.predict_many(rows, mean_bid(rows))
     return {
         "auc": weighted_auc(probs, labels, weights),
         "ece": expected_calibration_error(probs, labels, weights),

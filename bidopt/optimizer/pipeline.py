@@ -49,6 +49,8 @@ class RunResult:
     validation_reasons: list[str]
     window: Window
     feature_scores: list[dict] = field(default_factory=list)
+    holdout_from: object = None
+    model: M.WinRateModel | None = field(default=None, repr=False)  # in memory only, for evaluation
 
     @property
     def segment_bids(self) -> pd.Series:
@@ -156,6 +158,7 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
         win_model=bytes(win.booster.save_raw("ubj")),
         ctr_model=bytes(ctr.booster.save_raw("ubj")) if ctr is not None else None,
         validation_status=status, validation_reasons=reasons, window=window, feature_scores=scores,
+        holdout_from=holdout_from, model=win,
     )
 
 

@@ -1,0 +1,197 @@
+"""Quality benchmark: the optimizer on markets with known truth, and on the real iPinYou sample.
+
+Simulated markets (``bidopt.simulator``): the optimizer runs through the same
+pipeline as a real run. On the held-out time slice (raw rows) it prints
+
+* the win-rate model's AUC next to the Bayes-limit AUC (the AUC of the true win
+  probabilities on the same rows) and its ECE;
+* per segment of the run's features, the true win rate at the suggested bid
+  against the target (traffic-weighted mean absolute gap) and the suggested /
+  oracle bid ratio (traffic-weighted mean |ratio - 1| and median ratio),
+
+each next to two baselines computed in the same run from the same training rows:
+a single global bid (the lowest bid whose pooled, isotonic-smoothed empirical win
+rate reaches the target) and per-segment empirical win rates without a model (the
+same rule per segment, falling back to the global bid). Bids are measured with
+exploration off, so that what is measured is the estimate itself.
+
+iPinYou 2259 (``../shared/data/ipinyou_2259_DLF``, skipped if absent): trains on
+the train file and prints the win AUC on the test file next to the published
+0.6807 (bid-only ranking), and the bid-only AUC our harness computes on the same
+rows.
+
+    python benchmarks/quality.py [--rows 1000000] [--target 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bidopt.optimizer.models import expected_calibration_error, weighted_auc
+from bidopt.optimizer.pipeline import RunSpec, optimize
+from bidopt.simulator import MarketSpec, oracle_bid, simulate_market, true_win_probability
+from bidopt.warehouse import Window, open_warehouse
+from bidopt.warehouse.contract import floor_bucket_label
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MACROS = {n: i for i, n in enumerate(
+    ["geo_region_name", "os_code", "browser_code", "device_type", "domain", "npi_matched"], start=1)}
+THRESHOLDS = {"min_win_auc": 0.55, "max_win_ece": 0.05, "min_bid_coverage": 0.95}
+
+
+def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Pool-adjacent-violators: the non-decreasing fit of ``y`` with weights ``w``."""
+    vals, wts, sizes = [], [], []
+    for yi, wi in zip(y, w):
+        vals.append(yi)
+        wts.append(wi)
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            tw = wts[-2] + wts[-1]
+            v = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / tw if tw else 0.0
+            vals[-2:], wts[-2:], sizes[-2:] = [v], [tw], [sizes[-2] + sizes[-1]]
+    return np.repeat(vals, sizes)
+
+
+def empirical_bid(rows: pd.DataFrame, target: float, max_bid: float) -> float:
+    """Lowest mean bid of a bucket whose isotonic empirical win rate reaches ``target``."""
+    by = rows.groupby("bid_bucket")[["bids", "wins", "bid_sum"]].sum().sort_index()
+    if by.empty:
+        return float("nan")
+    rate = isotonic((by.wins / by.bids).to_numpy(), by.bids.to_numpy(float))
+    hit = np.flatnonzero(rate >= target)
+    return float(by.bid_sum.iloc[hit[0]] / by.bids.iloc[hit[0]]) if len(hit) else max_bid
+
+
+def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) -> None:
+    print(f"\n== {name}: {spec.rows:,} simulated bids, {spec.auction_type}, "
+          f"floors {'on' if spec.floor_available else 'off'}, target win rate {target}")
+    table = simulate_market(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        wh = open_warehouse(f"duckdb:///{tmp}")
+        wh.load_bid_logs(table)
+        configs = {"target_win_rate": target, "max_bid_cpm": 50.0, "exploration_mode": "none"}
+        run = RunSpec("bench", spec.entity_code, "geo_region_name", MACROS, static, configs, THRESHOLDS)
+        t0 = time.perf_counter()
+        result = optimize(wh, run)
+        seconds = time.perf_counter() - t0
+        features = [c.name for c in result.features]
+        train = wh.aggregate_bids(spec.entity_code, result.window, features, bid_bucket_cpm=0.25,
+                                  holdout_from=result.holdout_from).to_pandas()
+        train = train[~train.is_holdout]
+        wh.close()
+
+    df = table.to_pandas()
+    for col in ("geo_region_name", "os_code", "browser_code", "device_type", "domain"):
+        df[col] = df[col].astype(str)
+    df["npi_matched"] = np.where(df.npi_matched, "true", "false")
+    if "floor_bucket" in features:
+        df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
+    test = df[df.event_time >= result.holdout_from].copy()
+    test["key"] = test[features].astype(str).agg("|".join, axis=1)
+    floor = test.floor_cpm.to_numpy()
+
+    true_p = true_win_probability(test.bid_cpm.to_numpy(), test.truth_mu.to_numpy(), test.truth_sigma.to_numpy(),
+                                  floor)
+    model_p = result.model.predict(test[features], test.bid_cpm.to_numpy())
+    won, ones = test.won.to_numpy(int), np.ones(len(test))
+    print(f"run: features {'+'.join(features)}, {len(result.segment_bids)} segments, "
+          f"validation {result.validation_status}, {seconds:.1f} s")
+    print(f"win-rate AUC on {len(test):,} held-out rows: model {weighted_auc(model_p, won, ones):.4f} | "
+          f"Bayes limit {weighted_auc(true_p, won, ones):.4f} | bid only {weighted_auc(test.bid_cpm, won, ones):.4f}")
+    print(f"win-rate ECE: model {expected_calibration_error(model_p, won, ones):.4f} | "
+          f"truth {expected_calibration_error(true_p, won, ones):.4f}")
+
+    # bids of the three approaches for every held-out segment
+    table_bids = result.bids.set_index("segment_key")["bid_cpm"]
+    global_bid = empirical_bid(train, target, 50.0)
+    train_keys = train[features].astype(str).agg("|".join, axis=1)
+    per_segment = {k: empirical_bid(rows, target, 50.0) for k, rows in train.groupby(train_keys)}
+    rows = []
+    for key, seg in test.groupby("key"):
+        mu, sigma, fl = seg.truth_mu.to_numpy(), seg.truth_sigma.to_numpy(), seg.floor_cpm.to_numpy()
+        oracle = oracle_bid(target, mu, sigma, fl)
+        bids = {"optimizer": table_bids.get(key, np.nan), "global bid": global_bid,
+                "segment empirical": per_segment.get(key, global_bid)}
+        for approach, bid in bids.items():
+            if np.isnan(bid):
+                continue
+            rows.append({"approach": approach, "weight": len(seg),
+                         "gap": abs(true_win_probability(bid, mu, sigma, fl).mean() - target),
+                         "ratio": bid / oracle if np.isfinite(oracle) else np.nan})
+    res = pd.DataFrame(rows)
+    print(f"per segment ({res[res.approach == 'optimizer'].shape[0]} held-out segments, traffic-weighted):")
+    print(f"  {'approach':18s} {'mean |true WR - target|':>24s} {'mean |bid/oracle - 1|':>22s} "
+          f"{'median bid/oracle':>18s}")
+    for approach, part in res.groupby("approach", sort=False):
+        ok = part[np.isfinite(part.ratio)]
+        w = ok.weight.to_numpy(float)
+        gap = np.average(part.gap, weights=part.weight)
+        ratio_err = np.average(np.abs(ok.ratio - 1), weights=w)
+        median = float(np.median(np.repeat(ok.ratio.to_numpy(), ok.weight.to_numpy())))
+        print(f"  {approach:18s} {gap:>24.4f} {ratio_err:>22.4f} {median:>18.3f}")
+
+
+def evaluate_ipinyou(target: float) -> None:
+    folder = SHARED / "ipinyou_2259_DLF"
+    if not folder.is_dir():
+        print(f"\n== iPinYou 2259: skipped, {folder} is absent")
+        return
+    from bidopt.warehouse.imports import IPINYOU_TEST_WEEK, read_ipinyou_dlf
+
+    print("\n== iPinYou 2259 (real): train on train.yzbx.txt, evaluate on test.yzbx.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        wh = open_warehouse(f"duckdb:///{tmp}")
+        train = read_ipinyou_dlf(folder, "train", entity_code="ipinyou_2259")
+        test = read_ipinyou_dlf(folder, "test", entity_code="ipinyou_2259")
+        wh.load_bid_logs(train)
+        wh.load_bid_logs(test)
+        s = wh.summary("ipinyou_2259")
+        end = s["last_time"] + pd.Timedelta(microseconds=1)
+        # the holdout slice is exactly the test file: from the start of its week to the end
+        fraction = (end - IPINYOU_TEST_WEEK) / (end - s["first_time"])
+        configs = {"target_win_rate": target, "min_bid_cpm": 0.01, "max_bid_cpm": 3.0, "bid_bucket_cpm": 0.01,
+                   "holdout_fraction": round(fraction + 1e-4, 4), "lookback_days": 30, "min_segment_bids": 50,
+                   "min_domain_bids": 50, "xgb_num_rounds": 200, "xgb_max_depth": 4, "exploration_mode": "none"}
+        run = RunSpec("bench", "ipinyou_2259", "geo_region_name", MACROS,
+                      {"floor_available": True, "npi_enabled": False, "domain_enabled": True}, configs, THRESHOLDS)
+        result = optimize(wh, run)
+        wh.close()
+    assert result.holdout_from > datetime(2013, 10, 27, 23) and result.holdout_from <= IPINYOU_TEST_WEEK
+    df = test.to_pandas()
+    won, ones = df.won.to_numpy(int), np.ones(len(df))
+    features = [c.name for c in result.features]
+    for col in ("geo_region_name", "os_code", "browser_code", "device_type"):
+        df[col] = df[col].fillna("unknown")
+    if "floor_bucket" in features:
+        df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
+    model_auc = weighted_auc(result.model.predict(df[features], df.bid_cpm.to_numpy()), won, ones)
+    print(f"features {'+'.join(features)}; test rows {len(df):,}, test win rate {won.mean():.3f}")
+    print(f"win AUC on the test file: optimizer {model_auc:.4f} | published bid-only baseline 0.6807 | "
+          f"bid-only on the same rows here {weighted_auc(df.bid_cpm, won, ones):.4f}")
+    print(f"run metrics: holdout AUC {result.metrics['win_rate_model']['auc']:.4f}, "
+          f"ECE {result.metrics['win_rate_model']['ece']:.4f}, validation {result.validation_status}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--target", type=float, default=0.4)
+    args = ap.parse_args()
+    evaluate_market("market A", MarketSpec("bench_a", rows=args.rows, seed=101, npi_enabled=True),
+                    args.target, {"floor_available": False, "npi_enabled": True, "domain_enabled": False})
+    evaluate_market("market B", MarketSpec("bench_b", rows=args.rows, seed=202, auction_type="second_price",
+                                           floor_available=True),
+                    args.target, {"floor_available": True, "npi_enabled": False, "domain_enabled": False})
+    evaluate_ipinyou(args.target)
+
+
+if __name__ == "__main__":
+    main()
