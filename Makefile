@@ -23,7 +23,8 @@ demo: install
 	$(BIN)/bidopt entities show $(DEMO_ENTITY)
 	$(BIN)/bidopt data generate $(DEMO_ENTITY) --rows 500000
 	$(BIN)/bidopt runs create $(DEMO_ENTITY) -c target_win_rate=0.4 -c max_bid_cpm=20
-	$(BIN)/bidopt runs list --entity $(DEMO_ENTITY)
+	$(BIN)/bidopt optimizer run --once
+	$(BIN)/bidopt runs show --entity $(DEMO_ENTITY)
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -88,3 +88,11 @@ def test_settings_repr_hides_passwords(monkeypatch):
     monkeypatch.setenv("BIDOPT_CACHE_URL", "memcached://u:pw123@127.0.0.1:11211")
     reset_settings_cache()
     assert "pw123" not in repr(get_settings()) and "pw123" not in str(get_settings())
+
+
+def test_runs_show_newest_of_an_entity(seeded):
+    first = json.loads(seeded("runs", "create", "drugs_hcp", "--json").output)["run_id"]
+    assert json.loads(seeded("runs", "show", "--entity", "drugs_hcp", "--json").output)["run_id"] == first
+    res = seeded("runs", "show", "--entity", "auto_intenders")
+    assert res.exit_code == 1 and "auto_intenders has no runs" in res.output
+    assert seeded("runs", "show").exit_code == 2  # usage error: neither RUN_ID nor --entity

@@ -192,11 +192,19 @@ def runs_list(entity_code: str | None, status: str | None, limit: int, as_json: 
 
 
 @runs.command("show")
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option("--entity", "entity_code", default=None, help="Without RUN_ID: show this entity's newest run.")
 @json_option
-def runs_show(run_id: str, as_json: bool) -> None:
+def runs_show(run_id: str | None, entity_code: str | None, as_json: bool) -> None:
     """Show a run: configs by section, features, metrics and summary stats."""
     with _session() as s:
+        if run_id is None:
+            if entity_code is None:
+                raise click.UsageError("give a RUN_ID, or --entity for the entity's newest run")
+            newest = q.list_runs(s, entity_code=entity_code, limit=1)
+            if not newest:
+                raise BidoptError(f"{entity_code} has no runs")
+            run_id = newest[0].run_id
         view = run_detail_view(s, q.get_run(s, run_id))
     if as_json:
         print_json(view)

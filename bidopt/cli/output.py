@@ -15,6 +15,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1e4:
+            return f"{int(value):,}"  # counts stored as floats (metrics)
         return f"{value:.4g}"
     return str(value)
 
