@@ -100,7 +100,7 @@ def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) ->
 
     true_p = true_win_probability(test.bid_cpm.to_numpy(), test.truth_mu.to_numpy(), test.truth_sigma.to_numpy(),
                                   floor)
-    model_p = result.model.predict(test[features], test.bid_cpm.to_numpy())
+    model_p = result.model.predict(test[result.model.encoder.features], test.bid_cpm.to_numpy())
     won, ones = test.won.to_numpy(int), np.ones(len(test))
     print(f"run: features {'+'.join(features)}, {len(result.segment_bids)} segments, "
           f"validation {result.validation_status}, {seconds:.1f} s")
@@ -137,6 +137,34 @@ def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) ->
         ratio_err = np.average(np.abs(ok.ratio - 1), weights=w)
         median = float(np.median(np.repeat(ok.ratio.to_numpy(), ok.weight.to_numpy())))
         print(f"  {approach:18s} {gap:>24.4f} {ratio_err:>22.4f} {median:>18.3f}")
+    if result.multipliers is not None and len(result.multipliers):
+        compare_multipliers(test, result, target)
+
+
+def compare_multipliers(test: pd.DataFrame, result, target: float, top: int = 40) -> None:
+    """Each big domain's true multiplier: the traffic-weighted geometric mean over segments of
+    oracle bid on the domain / oracle bid of the whole segment."""
+    mult = result.multipliers.set_index("domain")["multiplier"]
+    domains = [d for d in test.domain.value_counts().index[:top] if d in mult.index]
+    seg_oracle = {k: oracle_bid(target, g.truth_mu.to_numpy(), g.truth_sigma.to_numpy(), g.floor_cpm.to_numpy())
+                  for k, g in test.groupby("key")}
+    errors, flat = [], []
+    for d in domains:
+        part = test[test.domain == d]
+        logs, weights = [], []
+        for k, g in part.groupby("key"):
+            if len(g) < 30:
+                continue
+            o = oracle_bid(target, g.truth_mu.to_numpy(), g.truth_sigma.to_numpy(), g.floor_cpm.to_numpy())
+            if np.isfinite(o) and np.isfinite(seg_oracle[k]):
+                logs.append(np.log(o / seg_oracle[k]))
+                weights.append(len(g))
+        if weights:
+            truth = np.average(logs, weights=weights)
+            errors.append(abs(np.log(mult[d]) - truth))
+            flat.append(abs(truth))
+    print(f"domain multipliers, {len(errors)} biggest domains: mean |ln(multiplier / true)| "
+          f"{np.mean(errors):.4f} vs {np.mean(flat):.4f} without multipliers")
 
 
 def evaluate_ipinyou(target: float) -> None:
@@ -172,7 +200,9 @@ def evaluate_ipinyou(target: float) -> None:
         df[col] = df[col].fillna("unknown")
     if "floor_bucket" in features:
         df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
-    model_auc = weighted_auc(result.model.predict(df[features], df.bid_cpm.to_numpy()), won, ones)
+    df["domain"] = df["domain"].fillna("unknown")
+    model_auc = weighted_auc(result.model.predict(df[result.model.encoder.features], df.bid_cpm.to_numpy()),
+                             won, ones)
     print(f"features {'+'.join(features)}; test rows {len(df):,}, test win rate {won.mean():.3f}")
     print(f"win AUC on the test file: optimizer {model_auc:.4f} | published bid-only baseline 0.6807 | "
           f"bid-only on the same rows here {weighted_auc(df.bid_cpm, won, ones):.4f}")
@@ -186,7 +216,7 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.4)
     args = ap.parse_args()
     evaluate_market("market A", MarketSpec("bench_a", rows=args.rows, seed=101, npi_enabled=True),
-                    args.target, {"floor_available": False, "npi_enabled": True, "domain_enabled": False})
+                    args.target, {"floor_available": False, "npi_enabled": True, "domain_enabled": True})
     evaluate_market("market B", MarketSpec("bench_b", rows=args.rows, seed=202, auction_type="second_price",
                                            floor_available=True),
                     args.target, {"floor_available": True, "npi_enabled": False, "domain_enabled": False})

@@ -90,7 +90,7 @@ def test_win_model_is_monotone_calibrated_and_bids_hit_the_target(market):
     assert (np.diff(model.curves(segs[features], grid), axis=1) >= -1e-6).all()
 
     policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none"}, use_floors=False)
-    table = B.suggest_bids(model, segs, features, policy)
+    table, _ = B.suggest_bids(model, segs, features, policy)
     seg_rows = table[table.level == "segment"].set_index("segment_key")
     # the suggested bid of big segments is close to the simulator's oracle bid
     errors = []
@@ -123,7 +123,7 @@ def test_caps_minimum_floors_and_exploration():
     base = CFG | {"target_win_rate": 0.5, "min_bid_cpm": 0.5, "max_bid_cpm": 2.5, "min_segment_bids": 200}
 
     def table(**kw):
-        return B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(base | kw, use_floors=False)) \
+        return B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(base | kw, use_floors=False))[0] \
             .set_index("segment_key")
 
     none = table(exploration_mode="none")
@@ -142,28 +142,41 @@ def test_caps_minimum_floors_and_exploration():
     assert optimistic.loc["b", "bid_cpm"] > low_none.loc["b", "bid_cpm"]
     assert optimistic.loc["a", "bid_cpm"] == low_none.loc["a", "bid_cpm"]  # well supported: no exploration
     floors = B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(
-        base | {"exploration_mode": "none", "target_win_rate": 0.2, "max_bid_cpm": 100}, use_floors=True)
-    ).set_index("segment_key")
+        base | {"exploration_mode": "none", "target_win_rate": 0.2, "max_bid_cpm": 100}, use_floors=True),
+        floors=segs[["f", "typical_floor"]])[0].set_index("segment_key")
     assert floors.loc["b", "bid_cpm"] >= 2.0 and floors.loc["a", "bid_cpm"] < 2.0
 
 
-def test_domain_multipliers_follow_the_gap_and_are_clipped():
-    model, df = _toy_model()
+def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
+    """Two domains inside each segment, one cheap and one dear; the logged bids follow the market
+    (the confounding of a real bidder's logs). The mixture bid sits between the domains' own bids,
+    and the multipliers turn it into each domain's own bid."""
+    rng = np.random.default_rng(4)
     rows = []
-    for domain, shift in (("easy.com", -0.5), ("hard.com", 0.5), ("huge_gap.com", 5.0), ("tiny.com", 0.0)):
-        part = df.copy()
-        part["domain"] = domain
-        p = 1 / (1 + np.exp(-2.0 * (np.log(part.bid_sum / part.bids) - np.where(part.f == "a", 0.0, 1.0) - shift)))
-        part["wins"] = np.round(part.bids * p).astype(int)
-        if domain == "tiny.com":
-            part = part.head(1).assign(bids=10, wins=5)
-        rows.append(part)
-    mult = B.domain_multipliers(model, pd.concat(rows), ["f"], 2.0, min_domain_bids=500,
+    for seg, mu in (("a", 0.0), ("b", 1.0)):
+        for domain, shift, share in (("cheap.com", -0.4, 0.5), ("dear.com", 0.4, 0.5), ("tiny.com", 0.0, 0.002)):
+            m = mu + shift
+            for bid in np.exp(m + np.linspace(-2, 2, 30)):  # the policy bids around the market
+                n = int(2000 * share) + 1
+                p = 1 / (1 + np.exp(-2.0 * (np.log(bid) - m)))
+                rows.append({"f": seg, "domain": domain, "bids": n, "wins": rng.binomial(n, p), "bid_sum": n * bid})
+    df = pd.DataFrame(rows)
+    model = M.train_win_model(df, ["f", "domain"], CFG)
+    cells = df.groupby(["f", "domain"], as_index=False)["bids"].sum()
+    policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none",
+                                             "max_bid_cpm": 50.0}, use_floors=False)
+    table, model_bids = B.suggest_bids(model, cells, ["f"], policy)
+    bids = table.set_index("segment_key")["bid_cpm"]
+    assert np.exp(-0.4) * 0.9 < bids["a"] < np.exp(0.4) * 1.1 and bids["b"] > bids["a"] * 2
+    mult = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
                                 lower=0.5, upper=2.0).set_index("domain")
     assert "tiny.com" not in mult.index
-    assert mult.loc["easy.com", "multiplier"] < 1 < mult.loc["hard.com", "multiplier"]
-    assert mult.loc["hard.com", "multiplier"] == pytest.approx(np.exp(0.5), rel=0.25)
-    assert mult.loc["huge_gap.com", "multiplier"] == 2.0
+    for domain, shift in (("cheap.com", -0.4), ("dear.com", 0.4)):
+        own = np.exp(shift)  # each domain's own bid / the segment's mixture bid, up to the mixture's centre
+        assert mult.loc[domain, "multiplier"] * bids["a"] == pytest.approx(own, rel=0.12)
+    tight = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
+                                 lower=0.9, upper=1.1).set_index("domain")
+    assert tight["multiplier"].tolist() == [pytest.approx(x) for x in np.clip(mult["multiplier"], 0.9, 1.1)]
 
 
 def test_predict_many_is_exactly_predict(market):

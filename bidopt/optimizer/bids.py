@@ -1,5 +1,13 @@
 """Suggested bids per segment, back-off rows, and per-domain multipliers.
 
+The win model conditions on the segment features *and* adjustment columns (the
+domain): the logging policy bids higher where the market is higher for reasons
+the segment does not show, and a model without them learns a curve that is too
+flat (measured in ``benchmarks/quality.py``). A segment's win curve is then the
+traffic-weighted mixture of its cells' curves (its own domain mix); mixtures of
+monotone curves are monotone, so the lowest grid bid reaching a target is found
+by bisection, predicting each cell about ``log2(GRID_POINTS)`` times.
+
 Segment keys are the feature values joined by ``|`` in feature order. Back-off
 rows replace values by ``*``: ``<anchor>|*|*`` (level ``anchor``) and ``*|*|*``
 (level ``default``), so a bidder that misses a full key falls back to the
@@ -14,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bidopt.optimizer.models import WinRateModel, mean_bid
+from bidopt.optimizer.models import OTHER, WinRateModel
 
 GRID_POINTS = 256
 WILDCARD = "*"
@@ -50,136 +58,183 @@ def segment_key(values: Sequence[str]) -> str:
     return KEY_SEPARATOR.join(values)
 
 
-def lowest_bid_reaching(curves: np.ndarray, grid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``curves`` (win rate over ``grid``, non-decreasing): the lowest grid bid whose win
-    rate reaches the row's target, or the top of the grid; and whether the target was reached."""
-    reached = curves >= targets[:, None]
-    any_reached = reached.any(axis=1)
-    first = np.where(any_reached, reached.argmax(axis=1), len(grid) - 1)
-    return grid[first], any_reached
+def lump_rare(df: pd.DataFrame, column: str, keep: set[str]) -> pd.DataFrame:
+    """``column`` values outside ``keep`` become ``(other)``."""
+    return df.assign(**{column: np.where(df[column].isin(keep), df[column], OTHER)})
+
+
+@dataclass
+class Mixture:
+    """Cells (rows with the model's columns and their training ``bids``) grouped into mixtures."""
+
+    cells: pd.DataFrame
+    group: np.ndarray
+    n_groups: int
+    _codes: np.ndarray | None = None
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.cells["bids"].to_numpy(float)
+
+    def rate(self, model: WinRateModel, bid_per_group: np.ndarray) -> np.ndarray:
+        """Traffic-weighted predicted win rate of each group at its own bid."""
+        if self._codes is None:  # the cells' categories are encoded once, not on every bisection step
+            self._codes = model.encoder.encode(self.cells)
+        p = model.predict_encoded(self._codes, bid_per_group[self.group])
+        w = self.weights
+        return np.bincount(self.group, w * p, self.n_groups) / np.maximum(np.bincount(self.group, w, self.n_groups),
+                                                                          1e-12)
+
+    def lowest_bids(self, model: WinRateModel, grid: np.ndarray, targets: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: the lowest grid bid whose mixture win rate reaches the group's target
+        (bisection on the monotone mixture), or the top of the grid; and whether it was reached."""
+        top = len(grid) - 1
+        reached = self.rate(model, np.full(self.n_groups, grid[top])) >= targets
+        lo, hi = np.full(self.n_groups, -1), np.full(self.n_groups, top)  # rate(lo) < t <= rate(hi)
+        while True:
+            open_ = reached & (hi - lo > 1)
+            if not open_.any():
+                break
+            mid = np.where(open_, (lo + hi) // 2, hi)
+            ok = self.rate(model, grid[mid]) >= targets
+            hi = np.where(open_ & ok, mid, hi)
+            lo = np.where(open_ & ~ok, mid, lo)
+        return grid[hi], reached
+
+
+def _group(cells: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    if not columns:
+        return np.zeros(len(cells), dtype=np.int64), pd.DataFrame(index=[0])
+    keys = cells[columns].astype(str)
+    codes, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
+    return codes.astype(np.int64), pd.DataFrame(list(uniques), columns=columns)
 
 
 def suggest_bids(
     model: WinRateModel,
-    segments: pd.DataFrame,
+    cells: pd.DataFrame,
     features: Sequence[str],
     policy: BidPolicy,
-) -> pd.DataFrame:
-    """One row per segment plus back-off rows.
+    floors: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """One row per segment plus back-off rows, and each segment's unexplored model bid.
 
-    ``segments``: one row per segment with the feature columns, ``bids`` (training
-    bids) and, when floors are used, ``typical_floor``. Columns of the result:
+    ``cells``: the model's columns (segment features, then adjustment columns) and
+    ``bids`` (training bids of the cell). ``floors``: ``typical_floor`` per segment
+    (features + column), applied when the policy uses floors. Columns of the table:
     ``segment_key, level, bid_cpm, predicted_win_rate, train_bids, explored, capped``.
+    The series maps segment keys to the bid that reaches the target before
+    exploration, floors and caps (what domain multipliers are relative to).
     """
+    features = list(features)
     grid = policy.grid()
-    segs = segments.reset_index(drop=True)
-    curves = model.curves(segs[list(features)], grid)
-    weights = segs["bids"].to_numpy(float)
-    n = len(segs)
+    cells = cells.reset_index(drop=True)
+    seg_codes, segs = _group(cells, features)
+    mix = Mixture(cells, seg_codes, len(segs))
+    weights = np.bincount(seg_codes, mix.weights, len(segs))
+    keys = [segment_key(v) for v in segs.astype(str).itertuples(index=False)]
 
-    targets = np.full(n, policy.target_win_rate)
+    plain = np.full(len(segs), policy.target_win_rate)
+    model_bids, reached = mix.lowest_bids(model, grid, plain)
+    targets = plain
     thin = weights < policy.thin_threshold
-    if policy.exploration_mode == "optimistic":
+    bids = model_bids
+    if policy.exploration_mode == "optimistic" and thin.any():
         # Bid for an upper confidence bound of the target: what a thin segment needs could be
         # more than the model says, and only bidding there finds out.
         z = 2.0 if policy.aggressive_exploration else 1.0
         t = policy.target_win_rate
-        bound = t + z * np.sqrt(t * (1 - t) / np.maximum(weights, 1.0))
-        targets = np.where(thin, np.minimum(bound, 0.99), targets)
-    bids, reached = lowest_bid_reaching(curves, grid, targets)
+        bound = np.minimum(t + z * np.sqrt(t * (1 - t) / np.maximum(weights, 1.0)), 0.99)
+        targets = np.where(thin, bound, plain)
+        bids, reached = mix.lowest_bids(model, grid, targets)
     if policy.exploration_mode == "uplift":
         uplift = policy.exploration_uplift * (2 if policy.aggressive_exploration else 1)
         bids = np.where(thin, bids * (1 + uplift), bids)
-    if policy.use_floors and "typical_floor" in segs:
-        floors = segs["typical_floor"].to_numpy(float)
-        bids = np.where(np.isnan(floors), bids, np.maximum(bids, floors))
+    if policy.use_floors and floors is not None and len(floors):
+        seg_floor = segs.astype(str).merge(floors.astype({f: str for f in features}), on=features, how="left")
+        floor = seg_floor["typical_floor"].to_numpy(float)
+        bids = np.where(np.isnan(floor), bids, np.maximum(bids, floor))
     capped = (~reached) | (bids > policy.max_bid_cpm)
     bids = np.clip(bids, policy.min_bid_cpm, policy.max_bid_cpm)
-    idx = np.clip(np.searchsorted(grid, bids), 0, len(grid) - 1)
-    predicted = curves[np.arange(n), idx]
-    explored = thin & (policy.exploration_mode != "none")
 
     rows = pd.DataFrame({
-        "segment_key": [segment_key(v) for v in segs[list(features)].astype(str).itertuples(index=False)],
+        "segment_key": keys,
         "level": "segment",
         "bid_cpm": np.round(bids, 4),
-        "predicted_win_rate": np.round(predicted, 4),
+        "predicted_win_rate": np.round(mix.rate(model, bids), 4),
         "train_bids": weights.astype(np.int64),
-        "explored": explored,
+        "explored": thin & (policy.exploration_mode != "none"),
         "capped": capped,
     })
-    backoffs = _backoff_rows(segs, features, curves, weights, grid, policy)
-    return pd.concat([rows, backoffs], ignore_index=True)
+    backoffs = _backoff_rows(model, cells, features, grid, policy)
+    return pd.concat([rows, backoffs], ignore_index=True), pd.Series(model_bids, index=keys)
 
 
-def _backoff_rows(segs: pd.DataFrame, features: Sequence[str], curves: np.ndarray, weights: np.ndarray,
-                  grid: np.ndarray, policy: BidPolicy) -> pd.DataFrame:
-    """Traffic-weighted mean curve of each anchor value and of the whole entity."""
-    anchor = features[0]
-    groups = [(segment_key([str(a)] + [WILDCARD] * (len(features) - 1)), "anchor", segs[anchor] == a)
-              for a in segs[anchor].unique()] if len(features) > 1 else []
-    groups.append((segment_key([WILDCARD] * len(features)), "default", np.ones(len(segs), dtype=bool)))
+def _backoff_rows(model: WinRateModel, cells: pd.DataFrame, features: list[str], grid: np.ndarray,
+                  policy: BidPolicy) -> pd.DataFrame:
+    """Traffic-weighted mixtures of each anchor value and of the whole entity."""
     out = []
-    for key, level, mask in groups:
-        mask = np.asarray(mask)
-        w = weights[mask]
-        curve = (curves[mask] * w[:, None]).sum(axis=0) / max(w.sum(), 1e-9)
-        bid, reached = lowest_bid_reaching(curve[None, :], grid, np.array([policy.target_win_rate]))
-        b = float(np.clip(bid[0], policy.min_bid_cpm, policy.max_bid_cpm))
-        out.append({"segment_key": key, "level": level, "bid_cpm": round(b, 4),
-                    "predicted_win_rate": round(float(curve[np.searchsorted(grid, b).clip(0, len(grid) - 1)]), 4),
-                    "train_bids": int(w.sum()), "explored": False, "capped": not bool(reached[0])})
+    levels = [([features[0]], "anchor")] if len(features) > 1 else []
+    for columns, level in levels + [([], "default")]:
+        codes, groups = _group(cells, columns)
+        mix = Mixture(cells, codes, len(groups))
+        bids, reached = mix.lowest_bids(model, grid, np.full(len(groups), policy.target_win_rate))
+        bids = np.clip(bids, policy.min_bid_cpm, policy.max_bid_cpm)
+        rates = mix.rate(model, bids)
+        w = np.bincount(codes, mix.weights, len(groups))
+        for i in range(len(groups)):
+            head = [str(groups.iloc[i, 0])] if columns else []
+            out.append({"segment_key": segment_key(head + [WILDCARD] * (len(features) - len(head))),
+                        "level": level, "bid_cpm": round(float(bids[i]), 4),
+                        "predicted_win_rate": round(float(rates[i]), 4), "train_bids": int(w[i]),
+                        "explored": False, "capped": not bool(reached[i])})
     return pd.DataFrame(out)
 
 
 def domain_multipliers(
     model: WinRateModel,
-    domain_rows: pd.DataFrame,
+    cells: pd.DataFrame,
     features: Sequence[str],
-    bid_coefficient: float,
+    segment_bids: pd.Series,
+    policy: BidPolicy,
     *,
     min_domain_bids: int,
     lower: float,
     upper: float,
+    domain_column: str = "domain",
 ) -> pd.DataFrame:
-    """``domain, multiplier, bids, observed_win_rate, expected_win_rate`` for domains with enough bids.
+    """``domain, multiplier, bids, segments`` for domains the model knows with enough bids.
 
-    ``domain_rows`` are aggregates by (features..., domain, bid bucket). For each
-    domain we find the logit offset ``delta`` that makes the win model's expected
-    wins on the domain's own rows (same segments, same bids) equal its observed
-    wins: a one-dimensional maximum-likelihood fit by Newton's method, with a weak
-    N(0, 1) prior so a domain with few bids stays near 0. A bid factor ``m`` moves
-    the logit by ``bid_coefficient * ln(m)``, so ``m = exp(-delta / bid_coefficient)``
-    cancels the offset; it is clipped to ``[lower, upper]``. A domain that is
-    easier to win than its segments suggest gets a multiplier below 1.
+    For each (segment, domain) cell, the lowest bid reaching the target on that
+    domain alone, divided by the segment's bid (``segment_bids``, the mixture over
+    its domains): how much more or less the domain needs. A domain's multiplier is
+    the traffic-weighted geometric mean of its ratios over the segments it appears
+    in (cells where either bid is capped are left out), clipped to ``[lower, upper]``.
+    So ``segment bid x multiplier`` approximates the domain's own bid in each segment.
     """
-    cols = ["domain", "multiplier", "bids", "observed_win_rate", "expected_win_rate"]
-    if domain_rows.empty or bid_coefficient <= 0:
+    cols = ["domain", "multiplier", "bids", "segments"]
+    features = list(features)
+    cells = cells.reset_index(drop=True)
+    totals = cells.groupby(domain_column)["bids"].sum()
+    eligible = totals.index[(totals >= min_domain_bids) & ~totals.index.isin([OTHER, "unknown"])]
+    pairs = cells[cells[domain_column].isin(eligible)].reset_index(drop=True)
+    if pairs.empty:
         return pd.DataFrame(columns=cols)
-    rows = domain_rows.reset_index(drop=True)
-    per = rows.groupby("domain", observed=True)[["bids", "wins"]].sum()
-    keep = per.index[(per["bids"] >= min_domain_bids) & (per.index != "unknown")]
-    rows = rows[rows["domain"].isin(keep)].reset_index(drop=True)
-    if rows.empty:
+    mix = Mixture(pairs, np.arange(len(pairs)), len(pairs))
+    grid = policy.grid()
+    own, reached = mix.lowest_bids(model, grid, np.full(len(pairs), policy.target_win_rate))
+    seg_keys = [segment_key(v) for v in pairs[features].astype(str).itertuples(index=False)]
+    seg_bid = segment_bids.reindex(seg_keys).to_numpy(float)
+    usable = reached & np.isfinite(seg_bid) & (own < grid[-1]) & (seg_bid < grid[-1])
+    part = pairs.assign(log_ratio=np.log(own / seg_bid))[usable]
+    if part.empty:
         return pd.DataFrame(columns=cols)
-    p0 = np.clip(model.predict_many(rows[list(features)], mean_bid(rows)), 1e-6, 1 - 1e-6)
-    eta = np.log(p0 / (1 - p0))
-    codes, domains = pd.factorize(rows["domain"])
-    k = len(domains)
-    n, wins = rows["bids"].to_numpy(float), rows["wins"].to_numpy(float)
-    observed_wins = np.bincount(codes, wins, k)
-    delta = np.zeros(k)
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(eta + delta[codes])))
-        grad = observed_wins - np.bincount(codes, n * p, k) - delta  # prior N(0, 1)
-        hess = np.bincount(codes, n * p * (1 - p), k) + 1.0
-        step = grad / hess
-        delta += step
-        if np.abs(step).max() < 1e-9:
-            break
-    bids = np.bincount(codes, n, k)
-    mult = np.clip(np.exp(-delta / bid_coefficient), lower, upper)
-    out = pd.DataFrame({"domain": domains.astype(str), "multiplier": np.round(mult, 4),
-                        "bids": bids.astype(np.int64), "observed_win_rate": np.round(observed_wins / bids, 4),
-                        "expected_win_rate": np.round(np.bincount(codes, n * p0, k) / bids, 4)})
+    w = part["bids"].to_numpy(float)
+    agg = part.assign(wlr=w * part["log_ratio"]).groupby(domain_column).agg(
+        wlr=("wlr", "sum"), w=("bids", "sum"), segments=("bids", "size"))
+    mult = np.clip(np.exp(agg["wlr"] / agg["w"]), lower, upper)
+    out = pd.DataFrame({"domain": agg.index.astype(str), "multiplier": np.round(mult.to_numpy(), 4),
+                        "bids": totals.reindex(agg.index).to_numpy(np.int64),
+                        "segments": agg["segments"].to_numpy(np.int64)})
     return out.sort_values("bids", ascending=False).reset_index(drop=True)

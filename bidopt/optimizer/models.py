@@ -17,6 +17,7 @@ import pandas as pd
 import xgboost as xgb
 
 UNSEEN = -1.0  # code of a value the model never saw (XGBoost sends it down the default branch)
+OTHER = "(other)"  # catch-all category: values without one of their own are encoded as this, if present
 
 
 def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float | None:
@@ -76,7 +77,8 @@ class CategoryEncoder:
         for f in self.features:
             index = pd.Index(self.categories[f])
             codes = index.get_indexer(df[f].astype(str)).astype(np.float32)
-            codes[codes < 0] = UNSEEN
+            fallback = index.get_loc(OTHER) if OTHER in index else UNSEEN
+            codes[codes < 0] = fallback
             cols.append(codes)
         return np.column_stack(cols) if cols else np.empty((len(df), 0), dtype=np.float32)
 
@@ -103,7 +105,13 @@ class WinRateModel:
     encoder: CategoryEncoder
 
     def predict(self, df: pd.DataFrame, bids: np.ndarray) -> np.ndarray:
-        return self.booster.predict(_win_matrix(self.encoder, df, _log_bid(bids)))
+        return self.predict_encoded(self.encoder.encode(df), bids)
+
+    def predict_encoded(self, codes: np.ndarray, bids: np.ndarray) -> np.ndarray:
+        """``predict`` for rows already encoded with ``self.encoder.encode`` (reused across calls)."""
+        x = np.column_stack([codes, _log_bid(bids)]).astype(np.float32)
+        types = ["c"] * len(self.encoder.features) + ["q"]
+        return self.booster.predict(xgb.DMatrix(x, feature_types=types, enable_categorical=True))
 
     def bid_thresholds(self) -> np.ndarray:
         """The ln(bid) split values of all trees: the model is constant in the bid between them."""
@@ -121,10 +129,12 @@ class WinRateModel:
         packed = (codes * np.r_[np.cumprod(radix[::-1])[::-1][1:], 1]).sum(axis=1) if len(radix) else \
             np.zeros(len(df), dtype=np.int64)
         keys, inverse = np.unique(packed, return_inverse=True)
+        splits = self.bid_thresholds()
+        if len(keys) * (len(splits) + 1) >= len(df):  # few rows per segment: direct is cheaper
+            return self.predict_encoded(codes.astype(np.float32) - 1, bids)
         first_row = np.zeros(len(keys), dtype=np.int64)
         first_row[inverse[::-1]] = np.arange(len(df))[::-1]
         segments = df.iloc[first_row].reset_index(drop=True)
-        splits = self.bid_thresholds()
         # one representative ln(bid) per interval: below the first split, then each split value
         points = np.r_[np.float32(splits[0] - 1.0) if len(splits) else np.float32(0.0), splits].astype(np.float32)
         curves = self._curves_log(segments, points)

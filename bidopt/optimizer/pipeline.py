@@ -24,6 +24,7 @@ from bidopt.warehouse import BidLogWarehouse, Window
 from bidopt.warehouse.contract import FEATURE_COLUMNS
 
 Progress = Callable[[str], None]
+MAX_ADJUST_DOMAINS = 500  # domains with a category of their own in the win model
 
 
 @dataclass
@@ -102,16 +103,26 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
             {"feature": name, "signal_score": score, "support": support}))
     features = [c.name for c in chosen]
 
-    progress(f"training the win-rate model on {'+'.join(features)} x bid")
-    agg = aggregate(features)
+    # The model adjusts for the domain (see bidopt.optimizer.bids): domains with
+    # min_domain_bids training bids keep their own category (the biggest MAX_ADJUST_DOMAINS),
+    # the rest share "(other)".
+    agg = aggregate([*features, "domain"])
+    train_bids = agg.loc[~agg["is_holdout"]].groupby("domain")["bids"].sum().sort_values(ascending=False)
+    keep = [d for d in train_bids.index[train_bids >= cfg["min_domain_bids"]] if d != "unknown"]
+    keep = set(keep[:MAX_ADJUST_DOMAINS])
+    model_columns = [*features, "domain"]
+    agg = B.lump_rare(agg, "domain", keep).groupby(
+        [*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
+        ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]].sum()
     train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
     if train.empty:
         raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
-    win = M.train_win_model(train, features, cfg)
+    progress(f"training the win-rate model on {'+'.join(features)} x bid, adjusted for {len(keep)} domains")
+    win = M.train_win_model(train, model_columns, cfg)
     win_metrics = M.evaluate_win_model(win, test)
 
     progress("training the CTR model")
-    ctr = M.train_ctr_model(train, features, cfg)
+    ctr = M.train_ctr_model(train, model_columns, cfg)
     ctr_metrics = M.evaluate_ctr_model(ctr, train, test)
 
     progress("fitting the bid landscape")
@@ -119,25 +130,21 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
 
     progress("writing suggested bids")
     policy = B.BidPolicy.from_configs(cfg, use_floors=bool(spec.static.get("floor_available")))
-    segments = train.groupby(features, observed=True, as_index=False)["bids"].sum()
-    if policy.use_floors:
-        floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas()
-        segments = segments.merge(floors[[*features, "typical_floor"]], on=features, how="left")
-    bid_table = B.suggest_bids(win, segments, features, policy)
+    cells = train.groupby(model_columns, as_index=False, observed=True)["bids"].sum()
+    floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas() if policy.use_floors else None
+    bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors)
 
     multipliers = None
     if spec.static.get("domain_enabled"):
         progress("computing domain multipliers")
-        dom = warehouse.aggregate_bids(spec.entity_code, window, [*features, "domain"],
-                                       bid_bucket_cpm=bucket).to_pandas()
         multipliers = B.domain_multipliers(
-            win, dom, features, landscape["bid_coefficient"], min_domain_bids=cfg["min_domain_bids"],
+            win, cells, features, model_bids, policy, min_domain_bids=cfg["min_domain_bids"],
             lower=cfg["domain_multiplier_min"], upper=cfg["domain_multiplier_max"])
 
     total_bids, total_wins = float(agg["bids"].sum()), float(agg["wins"].sum())
     seg_bids = bid_table.loc[bid_table["level"] == "segment"]
     metrics = {
-        "win_rate_model": win_metrics | {"features": float(len(features))},
+        "win_rate_model": win_metrics | {"features": float(len(features)), "adjusted_domains": float(len(keep))},
         "ctr_model": ctr_metrics,
         "bid_landscape": landscape,
         "global_stats": {
