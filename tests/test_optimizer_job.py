@@ -174,3 +174,20 @@ def test_cli_runs_the_queue(platform):
     assert "selecting features" in res.output  # progress of the long steps
     res = runner.invoke(cli, ["optimizer", "run", "--once", "--no-ray"])
     assert res.exit_code == 0 and "no pending runs" in res.output
+
+
+def test_module_entrypoint_for_ray_job_submit(platform, tmp_path):
+    """``python -m bidopt.jobs.optimize`` is what ``ray job submit`` runs: same options, same effect."""
+    import os
+    import subprocess
+    import sys
+
+    run_id = _create(platform)
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"run {run_id} completed" in out.stdout
+    helped = subprocess.run([sys.executable, "-m", "bidopt.jobs.optimize", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert "--once" in helped.stdout and "python -m bidopt.jobs.optimize" in helped.stdout
