@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/bidopt runs create $(DEMO_ENTITY) -c target_win_rate=0.4 -c max_bid_cpm=20
 	$(BIN)/bidopt optimizer run --once
 	$(BIN)/bidopt runs show --entity $(DEMO_ENTITY)
+	$(BIN)/bidopt serve --new-token
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

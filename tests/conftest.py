@@ -193,3 +193,15 @@ def platform_db(db_url, monkeypatch):
         seed_demo_catalogue(s)
     yield engine
     dispose_engines()
+
+
+@pytest.fixture
+def platform(platform_db):
+    """platform_db plus simulated bid logs for both demo entities in the embedded warehouse."""
+    from bidopt.data import generate_into_warehouse, get_warehouse
+    from bidopt.simulator import MarketSpec
+
+    with get_warehouse() as wh:
+        for code, kw in (("drugs_hcp", {"npi_enabled": True}), ("auto_intenders", {"floor_available": True})):
+            generate_into_warehouse(wh, MarketSpec(code, rows=80_000, seed=5, n_domains=200, **kw))
+    return platform_db

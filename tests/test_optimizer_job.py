@@ -22,14 +22,6 @@ from bidopt.simulator import MarketSpec
 FAST = {"xgb_num_rounds": "40", "min_segment_bids": "100", "min_domain_bids": "300"}
 
 
-@pytest.fixture
-def platform(platform_db):
-    with get_warehouse() as wh:
-        for code, kw in (("drugs_hcp", {"npi_enabled": True}), ("auto_intenders", {"floor_available": True})):
-            generate_into_warehouse(wh, MarketSpec(code, rows=80_000, seed=5, n_domains=200, **kw))
-    return platform_db
-
-
 def _create(engine, entity="drugs_hcp", **configs):
     with session_scope(engine) as s:
         return q.create_run(s, entity, FAST | configs, triggered_by="test").run_id
@@ -64,7 +56,11 @@ def test_pending_runs_become_validated_bid_tables(platform):
     assert run.s3_output_path.endswith(f"/drugs_hcp/runs/{a}")
     manifest = json.loads(open_artifact_store(run.s3_output_path).get_bytes(MANIFEST))
     assert set(manifest["files"]) >= {"suggested_bids.csv", "domain_multipliers.csv", "win_model.ubj",
-                                      "ctr_model.ubj", "metrics.json", "features.json"}
+                                      "ctr_model.ubj", "metrics.json", "features.json", "win_curves.json"}
+    curves = json.loads(read_run_artifact(run.s3_output_path, "win_curves.json"))
+    assert len(curves["segments"]) == 8 and len(curves["bids"]) == 40
+    for seg in curves["segments"]:
+        assert all(a <= b + 1e-9 for a, b in zip(seg["win_rate"], seg["win_rate"][1:]))  # monotone
     bids = pd.read_csv(io.BytesIO(read_run_artifact(run.s3_output_path, "suggested_bids.csv")))
     seg = bids[bids.level == "segment"]
     assert len(seg) == run.segments_count

@@ -356,5 +356,160 @@ def optimizer_run(once: bool, poll_seconds: float, parallel: int, max_runs: int 
         sys.exit(1)
 
 
+# ----------------------------------------------------------------------------- deploy
+
+
+@cli.group()
+def deploy() -> None:
+    """A/B traffic splits of an entity across completed, validated runs."""
+
+
+@deploy.command("set")
+@click.argument("entity_code")
+@click.argument("split", nargs=-1, required=True, metavar="RUN_ID=PERCENT...")
+@click.option("--by", "deployed_by", default=None, help="Who deploys (default: $BIDOPT_USER or login).")
+@json_option
+def deploy_set(entity_code: str, split: tuple[str, ...], deployed_by: str | None, as_json: bool) -> None:
+    """Replace ENTITY_CODE's active split, e.g. `bidopt deploy set drugs_hcp RUN_A=80 RUN_B=20`.
+
+    Percentages are whole numbers adding up to 100; every run must be a completed run of
+    this entity that passed validation. The old split is deactivated in the same transaction.
+    """
+    from bidopt import service
+
+    pairs = service.parse_split_args(split)
+    with _session() as s:
+        view = service.set_traffic_split(s, entity_code, pairs, deployed_by=deployed_by or _default_user())
+    print_json(view) if as_json else _print_split(view)
+
+
+def _print_split(view: dict) -> None:
+    if not view["runs"]:
+        click.echo(f"{view['entity_code']}: no active split")
+        return
+    click.echo(f"{view['entity_code']}: split {view['split_id']} by {view['deployed_by']} at {view['deployed_at']}")
+    print_table(view["runs"], ["run_id", "traffic_pct"])
+
+
+@deploy.command("show")
+@click.argument("entity_code")
+@json_option
+def deploy_show(entity_code: str, as_json: bool) -> None:
+    """Show ENTITY_CODE's active split."""
+    from bidopt import service
+
+    with _session() as s:
+        view = service.split_view(s, entity_code)
+    print_json(view) if as_json else _print_split(view)
+
+
+@deploy.command("history")
+@click.argument("entity_code")
+@json_option
+def deploy_history(entity_code: str, as_json: bool) -> None:
+    """Every split ENTITY_CODE had, newest first."""
+    from bidopt import service
+
+    with _session() as s:
+        history = service.split_history(s, entity_code)
+    if as_json:
+        print_json(history)
+        return
+    rows = [{**h, "runs": ", ".join(f"{r['run_id']}={r['traffic_pct']}" for r in h["runs"])} for h in history]
+    print_table(rows, ["split_id", "is_active", "runs", "deployed_by", "deployed_at", "deactivated_at"])
+
+
+# ----------------------------------------------------------------------------- users and tokens
+
+
+@cli.group()
+def users() -> None:
+    """People and services that may call the management API."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["viewer", "operator"]), required=True,
+              help="viewer: read only; operator: also create runs and change splits.")
+def users_add(username: str, role: str) -> None:
+    """Add a user."""
+    with _session() as s:
+        q.create_user(s, username, role)
+    click.echo(f"added {role} {username}; give them a token with `bidopt tokens create {username}`")
+
+
+@users.command("list")
+@json_option
+def users_list(as_json: bool) -> None:
+    """List users."""
+    with _session() as s:
+        rows = [{"username": u.username, "role": u.role, "is_active": u.is_active,
+                 "created_at": u.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")} for u in q.list_users(s)]
+    print_json(rows) if as_json else print_table(rows, ["username", "role", "is_active", "created_at"])
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens (only their hashes are stored; a token is shown once)."""
+
+
+@tokens.command("create")
+@click.argument("username")
+@click.option("--name", default="default", help="A label to tell tokens apart.")
+def tokens_create(username: str, name: str) -> None:
+    """Create an API token for USERNAME and print it (this is the only time it is shown)."""
+    with _session() as s:
+        row, token = q.create_api_token(s, username, name)
+        token_id = row.token_id
+    click.echo(f"token {token_id} for {username} (shown once): {token}")
+
+
+@tokens.command("list")
+@json_option
+def tokens_list(as_json: bool) -> None:
+    """List tokens (without their values)."""
+    with _session() as s:
+        rows = [{"token_id": t.token_id, "username": t.user.username, "role": t.user.role, "name": t.name,
+                 "created_at": t.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "revoked": t.revoked_at is not None} for t in q.list_api_tokens(s)]
+    print_json(rows) if as_json else print_table(rows, ["token_id", "username", "role", "name", "created_at",
+                                                        "revoked"])
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token: it stops working at once."""
+    with _session() as s:
+        q.revoke_api_token(s, token_id)
+    click.echo(f"revoked token {token_id}")
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the HTTP proxy listens on.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--new-token", is_flag=True, help="Create a fresh operator token for the local user and print it.")
+def serve_cmd(host: str, port: int, new_token: bool) -> None:
+    """Start the Ray Serve apps (management API + web UI) on BIDOPT_RAY_ADDRESS or a local Ray.
+
+    With no API token in the database yet, creates the operator `local` and prints its
+    token once. Runs until interrupted (Ctrl-C), then shuts the apps down.
+    """
+    from bidopt.serve.apps import ensure_local_operator_token, run_apps, wait_forever
+
+    with _session() as s:
+        token = ensure_local_operator_token(s, force_new=new_token)
+    url = run_apps(host=host, port=port)
+    click.echo(f"management API and UI: {url}  (OpenAPI: {url}docs)")
+    if token:
+        click.echo(f"operator token for user local (shown once): {token}")
+    else:
+        click.echo("use an existing API token, or `bidopt tokens create USER`")
+    wait_forever()
+
+
 if __name__ == "__main__":
     cli()

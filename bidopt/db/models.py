@@ -41,6 +41,7 @@ AUCTION_TYPES = ("first_price", "second_price")
 SOURCE_TYPES = ("exchange", "ssp")
 MACRO_STATUSES = ("A", "I")  # A = active, I = inactive
 CONFIG_SECTIONS = ("business", "technical")
+ROLES = ("viewer", "operator")  # viewer: read; operator: also create runs and change splits
 VALUE_TYPES = ("bool", "int", "float", "str")
 
 
@@ -282,3 +283,32 @@ class OptDeployment(Base):
     deactivated_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     run: Mapped[OptRun] = relationship()
+
+
+class OptUser(Base):
+    """A person or service that calls the management API. Not one of the ten optimizer tables:
+    it records who may act, so that ``triggered_by`` and ``deployed_by`` name a real caller."""
+
+    __tablename__ = "opt_users"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OptApiToken(Base):
+    """An API token of a user. Only its SHA-256 is stored; the token is shown once."""
+
+    __tablename__ = "opt_api_tokens"
+
+    token_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("opt_users.user_id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    user: Mapped[OptUser] = relationship()

@@ -81,6 +81,7 @@ def artifact_files(spec: RunSpec, result: RunResult) -> dict[str, bytes]:
         "domain_multipliers.csv": _csv(multipliers),
         "win_model.ubj": result.win_model,
         "metrics.json": json.dumps(result.metrics, indent=2, sort_keys=True, default=float).encode(),
+        "win_curves.json": json.dumps(result.curves).encode(),
         "features.json": json.dumps({"features": features, "candidates_scored": result.feature_scores,
                                      "validation": result.validation_reasons}, indent=2).encode(),
     }

@@ -238,3 +238,23 @@ def domain_multipliers(
                         "bids": totals.reindex(agg.index).to_numpy(np.int64),
                         "segments": agg["segments"].to_numpy(np.int64)})
     return out.sort_values("bids", ascending=False).reset_index(drop=True)
+
+
+def top_segment_curves(model: WinRateModel, cells: pd.DataFrame, features: Sequence[str], policy: BidPolicy,
+                       *, top: int = 8, points: int = 40) -> dict:
+    """Mixture win-rate curves of the ``top`` segments by traffic, for plots:
+    ``{"bids": [...], "segments": [{"segment_key", "train_bids", "win_rate": [...]}, ...]}``."""
+    features = list(features)
+    cells = cells.reset_index(drop=True)
+    codes, segs = _group(cells, features)
+    weights = np.bincount(codes, cells["bids"].to_numpy(float), len(segs))
+    chosen = np.argsort(-weights)[:top]
+    keep = np.isin(codes, chosen)
+    remap = {c: i for i, c in enumerate(chosen)}
+    mix = Mixture(cells[keep].reset_index(drop=True), np.array([remap[c] for c in codes[keep]]), len(chosen))
+    grid = np.geomspace(policy.min_bid_cpm, policy.max_bid_cpm, points)
+    rates = np.column_stack([mix.rate(model, np.full(len(chosen), b)) for b in grid])
+    return {"bids": [round(float(b), 4) for b in grid], "target_win_rate": policy.target_win_rate,
+            "segments": [{"segment_key": segment_key(segs.iloc[c].astype(str).tolist()),
+                          "train_bids": int(weights[c]), "win_rate": [round(float(r), 4) for r in rates[i]]}
+                         for i, c in enumerate(chosen)]}

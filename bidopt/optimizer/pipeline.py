@@ -50,6 +50,7 @@ class RunResult:
     validation_reasons: list[str]
     window: Window
     feature_scores: list[dict] = field(default_factory=list)
+    curves: dict = field(default_factory=dict)
     holdout_from: object = None
     model: M.WinRateModel | None = field(default=None, repr=False)  # in memory only, for evaluation
 
@@ -133,6 +134,7 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
     cells = train.groupby(model_columns, as_index=False, observed=True)["bids"].sum()
     floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas() if policy.use_floors else None
     bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors)
+    curves = B.top_segment_curves(win, cells, features, policy)
 
     multipliers = None
     if spec.static.get("domain_enabled"):
@@ -165,7 +167,7 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
         win_model=bytes(win.booster.save_raw("ubj")),
         ctr_model=bytes(ctr.booster.save_raw("ubj")) if ctr is not None else None,
         validation_status=status, validation_reasons=reasons, window=window, feature_scores=scores,
-        holdout_from=holdout_from, model=win,
+        holdout_from=holdout_from, model=win, curves=curves,
     )
 
 

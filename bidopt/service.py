@@ -1,0 +1,155 @@
+"""What operators do, as library functions: the API, the web UI and the CLI all call these."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from bidopt.artifacts import read_run_artifact
+from bidopt.configs import ENTITY_CONFIG_SPECS, RUN_CONFIG_SPECS
+from bidopt.db import queries as q
+from bidopt.errors import Conflict, InvalidConfig
+from bidopt.views import _ts, deployment_view, entity_view, run_detail_view, run_row_view
+
+MAX_PAGE = 1000
+
+
+def config_specs() -> dict[str, list[dict[str, Any]]]:
+    """Every run and static config key with its section, type, default, range and help."""
+    def spec_view(spec) -> dict[str, Any]:
+        return {"key": spec.key, "section": spec.section, "value_type": spec.value_type, "default": spec.default,
+                "description": spec.description, "min_value": spec.min_value, "max_value": spec.max_value,
+                "min_inclusive": spec.min_inclusive, "max_inclusive": spec.max_inclusive,
+                "choices": list(spec.choices)}
+
+    return {"run": [spec_view(s) for s in RUN_CONFIG_SPECS.values()],
+            "static": [spec_view(s) for s in ENTITY_CONFIG_SPECS.values()]}
+
+
+def list_entities(session: Session) -> list[dict[str, Any]]:
+    return [entity_view(session, e) for e in q.list_entities(session)]
+
+
+def get_entity(session: Session, entity_code: str) -> dict[str, Any]:
+    return entity_view(session, q.get_entity_by_code(session, entity_code))
+
+
+def create_run(session: Session, entity_code: str, configs: dict[str, Any], *, triggered_by: str,
+               trigger_type: str = "api") -> dict[str, Any]:
+    run = q.create_run(session, entity_code, configs, triggered_by=triggered_by, trigger_type=trigger_type)
+    return run_detail_view(session, run)
+
+
+def list_runs(session: Session, *, entity_code: str | None = None, status: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidConfig(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    runs = q.list_runs(session, entity_code=entity_code, status=status, limit=limit)
+    out = []
+    for run in runs:
+        row = run_row_view(run)
+        metrics = q.get_run_metrics(session, run.run_id)
+        row["win_auc"] = metrics.get("win_rate_model", {}).get("auc")
+        row["win_ece"] = metrics.get("win_rate_model", {}).get("ece")
+        row["ctr_auc"] = metrics.get("ctr_model", {}).get("auc")
+        row["error_message"] = run.error_message
+        out.append(row)
+    return out
+
+
+def get_run(session: Session, run_id: str) -> dict[str, Any]:
+    return run_detail_view(session, q.get_run(session, run_id))
+
+
+def _completed_output(session: Session, run_id: str) -> str:
+    run = q.get_run(session, run_id)
+    if run.status != "completed" or not run.s3_output_path:
+        raise Conflict(f"run {run_id} is {run.status}: it has no artifacts")
+    return run.s3_output_path
+
+
+def run_bid_table(session: Session, run_id: str, *, offset: int = 0, limit: int = 100,
+                  level: str | None = None) -> dict[str, Any]:
+    """A page of the run's ``suggested_bids.csv`` (checked against its manifest)."""
+    if offset < 0 or not 1 <= limit <= MAX_PAGE:
+        raise InvalidConfig(f"offset must be >= 0 and limit between 1 and {MAX_PAGE}")
+    if level not in (None, "segment", "anchor", "default"):
+        raise InvalidConfig(f"level must be segment, anchor or default, got {level!r}")
+    data = read_run_artifact(_completed_output(session, run_id), "suggested_bids.csv")
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    if level:
+        rows = [r for r in rows if r["level"] == level]
+    page = rows[offset: offset + limit]
+    for r in page:
+        for key in ("bid_cpm", "predicted_win_rate"):
+            r[key] = float(r[key])
+        r["train_bids"] = int(r["train_bids"])
+        r["explored"] = r["explored"] == "True"
+        r["capped"] = r["capped"] == "True"
+    return {"run_id": run_id, "total": len(rows), "offset": offset, "limit": limit, "rows": page}
+
+
+def run_curves(session: Session, run_id: str) -> dict[str, Any]:
+    return json.loads(read_run_artifact(_completed_output(session, run_id), "win_curves.json"))
+
+
+def deployable_runs(session: Session, entity_code: str) -> list[dict[str, Any]]:
+    return [run_row_view(r) for r in q.list_completed_passed_runs(session, entity_code)]
+
+
+def split_view(session: Session, entity_code: str) -> dict[str, Any]:
+    rows = q.get_current_traffic_split(session, entity_code)
+    return {"entity_code": entity_code, "split_id": rows[0].split_id if rows else None,
+            "deployed_by": rows[0].deployed_by if rows else None,
+            "deployed_at": _ts(rows[0].deployed_at) if rows else None,
+            "runs": [{"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in rows],
+            "total_pct": sum(r.traffic_pct for r in rows)}
+
+
+def set_traffic_split(session: Session, entity_code: str, split: Any, *, deployed_by: str) -> dict[str, Any]:
+    """Replace the entity's active split (validated; one transaction; see ``replace_traffic_split``)."""
+    if isinstance(split, dict):
+        pairs = list(split.items())
+    elif isinstance(split, list) and all(isinstance(i, tuple) and len(i) == 2 for i in split):
+        pairs = split
+    elif isinstance(split, list):
+        try:
+            pairs = [(item["run_id"], item["traffic_pct"]) for item in split]
+        except (TypeError, KeyError):
+            raise InvalidConfig("split items need run_id and traffic_pct") from None
+    else:
+        raise InvalidConfig("split must be {run_id: pct} or [{run_id, traffic_pct}]")
+    for run_id, _ in pairs:
+        if not isinstance(run_id, str):
+            raise InvalidConfig(f"run ids are text, got {run_id!r}")
+    q.replace_traffic_split(session, entity_code, pairs, deployed_by=deployed_by)
+    return split_view(session, entity_code)
+
+
+def split_history(session: Session, entity_code: str) -> list[dict[str, Any]]:
+    """Past and present splits, newest first, each with its runs."""
+    splits: dict[int, dict[str, Any]] = {}
+    for row in q.get_traffic_split_history(session, entity_code):
+        view = deployment_view(row)
+        entry = splits.setdefault(row.split_id, {
+            "split_id": row.split_id, "is_active": row.is_active, "deployed_by": row.deployed_by,
+            "deployed_at": view["deployed_at"], "deactivated_at": view["deactivated_at"], "runs": []})
+        entry["runs"].append({"run_id": row.run_id, "traffic_pct": row.traffic_pct})
+    return list(splits.values())
+
+
+def parse_split_args(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """``["RUN_A=80", "RUN_B=20"]`` -> pairs, for the CLI."""
+    pairs = []
+    for item in items:
+        run_id, sep, pct = item.partition("=")
+        if not sep or not run_id.strip():
+            raise InvalidConfig(f"expected RUN_ID=PERCENT, got {item!r}")
+        pairs.append((run_id.strip(), pct.strip()))
+    if not pairs:
+        raise InvalidConfig("give at least one RUN_ID=PERCENT")
+    return pairs

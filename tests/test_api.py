@@ -1,0 +1,178 @@
+"""The management API (FastAPI app, in-process): auth, runs, bid tables, splits, errors."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from bidopt.db import queries as q
+from bidopt.db.engine import session_scope
+from bidopt.db.models import OptDeployment, OptRun, OptRunConfig
+from bidopt.jobs.optimize import run_optimizer
+from bidopt.serve.api import create_app
+
+FAST = {"xgb_num_rounds": 30, "min_segment_bids": 100, "min_domain_bids": 300}
+
+
+@pytest.fixture
+def tokens(platform_db):
+    with session_scope(platform_db) as s:
+        q.create_user(s, "olivia", "operator")
+        q.create_user(s, "victor", "viewer")
+        return {"operator": q.create_api_token(s, "olivia")[1], "viewer": q.create_api_token(s, "victor")[1]}
+
+
+@pytest.fixture
+def client(tokens):
+    c = TestClient(create_app(), raise_server_exceptions=False)
+    c.as_operator = {"Authorization": f"Bearer {tokens['operator']}"}
+    c.as_viewer = {"Authorization": f"Bearer {tokens['viewer']}"}
+    return c
+
+
+def _complete(engine, run_id, validation="passed"):
+    with session_scope(engine) as s:
+        s.execute(update(OptRun).where(OptRun.run_id == run_id).values(status="running", worker_id="w"))
+        q.mark_run_completed(s, run_id, q.RunStats(10, 2.0, 1.0, 3.0, f"file:///nowhere/{run_id}", validation, []))
+
+
+def _count(engine, model):
+    with session_scope(engine) as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_entities_and_caller(client):
+    assert client.get("/api/entities").status_code == 401
+    me = client.get("/api/me", headers=client.as_viewer).json()
+    assert me == {"username": "victor", "role": "viewer", "can_write": False}
+    entities = client.get("/api/entities", headers=client.as_viewer).json()
+    assert {e["entity_code"] for e in entities} == {"drugs_hcp", "auto_intenders"}
+    drugs = client.get("/api/entities/drugs_hcp", headers=client.as_viewer).json()
+    assert drugs["static_configs"] == {"floor_available": False, "npi_enabled": True, "domain_enabled": True}
+    assert drugs["current_version"] == "v1"
+    missing = client.get("/api/entities/nope", headers=client.as_viewer)
+    assert missing.status_code == 404 and missing.json() == {"error": "unknown entity: nope"}
+
+
+def test_create_run_records_the_caller_not_the_body(client, platform_db):
+    res = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator,
+                      json={"configs": {"target_win_rate": "0.45", "max_bid_cpm": 12}})
+    assert res.status_code == 201, res.text
+    run = res.json()
+    assert (run["status"], run["triggered_by"], run["trigger_type"]) == ("pending", "olivia", "api")
+    assert run["configs"]["business"]["target_win_rate"] == 0.45
+    spoof = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator,
+                        json={"configs": {}, "triggered_by": "someone_else"})
+    assert spoof.status_code == 422 and "triggered_by" in spoof.json()["error"]
+    listed = client.get("/api/runs?entity=drugs_hcp&status=pending", headers=client.as_viewer).json()
+    assert [r["run_id"] for r in listed] == [run["run_id"]]
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"configs": {"target_win_rate": 1.5}}, 422, "target_win_rate must be < 1.0"),
+    ({"configs": {"colour": "red"}}, 422, "unknown config key: colour"),
+    ({"configs": {"max_bid_cpm": "lots"}}, 422, "max_bid_cpm must be a number"),
+    ({"configs": "target_win_rate=0.4"}, 422, "configs"),
+    ({}, 201, None),
+])
+def test_run_configs_are_validated_like_the_cli(client, platform_db, body, status, message):
+    res = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json=body)
+    assert res.status_code == status, res.text
+    if message:
+        assert message in res.json()["error"]
+        assert _count(platform_db, OptRun) == 0 and _count(platform_db, OptRunConfig) == 0
+
+
+def test_viewers_and_strangers_change_nothing(client, platform_db):
+    a = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+    _complete(platform_db, a)
+    for headers, status in ((client.as_viewer, 403), ({}, 401), ({"Authorization": "Bearer bo_forged"}, 401)):
+        assert client.post("/api/entities/drugs_hcp/runs", headers=headers, json={}).status_code == status
+        assert client.put("/api/entities/drugs_hcp/split", headers=headers,
+                          json={"split": {a: 100}}).status_code == status
+    assert _count(platform_db, OptRun) == 1 and _count(platform_db, OptDeployment) == 0
+    with session_scope(platform_db) as s:  # a revoked token is a stranger too
+        token_row, token = q.create_api_token(s, "olivia", "short-lived")
+        q.revoke_api_token(s, token_row.token_id)
+    assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_split_rules_history_and_who_deployed(client, platform_db):
+    ids = [client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+           for _ in range(4)]
+    a, b, pending, failed = ids
+    _complete(platform_db, a)
+    _complete(platform_db, b)
+    _complete(platform_db, failed, validation="failed")
+    deployable = client.get("/api/entities/drugs_hcp/deployable-runs", headers=client.as_viewer).json()
+    assert {r["run_id"] for r in deployable} == {a, b}
+    put = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {a: 80, b: 20}})
+    assert put.status_code == 200, put.text
+    assert put.json()["runs"] == [{"run_id": a, "traffic_pct": 80}, {"run_id": b, "traffic_pct": 20}]
+    assert put.json()["deployed_by"] == "olivia"
+    for split, status, message in [
+        ({a: 70, b: 20}, 422, "add up to 100, got 90"),
+        ({a: 50, pending: 50}, 409, "is pending, not completed"),
+        ({a: 50, failed: 50}, 409, "did not pass validation"),
+        ({a: 50.5, b: 49.5}, 422, "whole number"),
+        ([{"run_id": a, "traffic_pct": 50}, {"run_id": a, "traffic_pct": 50}], 422, "appears twice"),
+        ({"20990101_000000": 100}, 404, "unknown run"),
+    ]:
+        res = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": split})
+        assert res.status_code == status and message in res.json()["error"], (split, res.text)
+    current = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()
+    assert current["total_pct"] == 100 and len(current["runs"]) == 2  # the failed attempts changed nothing
+    client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {b: 100}})
+    history = client.get("/api/entities/drugs_hcp/split/history", headers=client.as_viewer).json()
+    assert [(h["is_active"], len(h["runs"])) for h in history] == [(True, 1), (False, 2)]
+    assert history[1]["deactivated_at"] is not None
+
+
+def test_concurrent_split_replacements_through_the_api(client, platform_db):
+    a = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+    b = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+    _complete(platform_db, a)
+    _complete(platform_db, b)
+    codes = []
+
+    def put(i):
+        r = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator,
+                       json={"split": {a: 100 - i, b: i}})
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(1, 21)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert codes == [200] * 20
+    current = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()
+    assert current["total_pct"] == 100 and len(current["runs"]) == 2
+
+
+def test_run_detail_bid_table_and_curves_of_a_real_run(client, platform):
+    run_id = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator,
+                         json={"configs": FAST}).json()["run_id"]
+    pending_bids = client.get(f"/api/runs/{run_id}/bids", headers=client.as_viewer)
+    assert pending_bids.status_code == 409 and "no artifacts" in pending_bids.json()["error"]
+    run_optimizer(once=True, use_ray=False)
+    run = client.get(f"/api/runs/{run_id}", headers=client.as_viewer).json()
+    assert run["status"] == "completed" and run["features"][0]["is_anchor"]
+    assert set(run["metrics"]) >= {"win_rate_model", "ctr_model", "bid_landscape", "global_stats"}
+    page = client.get(f"/api/runs/{run_id}/bids?offset=10&limit=25", headers=client.as_viewer).json()
+    assert page["total"] > 100 and len(page["rows"]) == 25 and page["offset"] == 10
+    assert isinstance(page["rows"][0]["bid_cpm"], float)
+    defaults = client.get(f"/api/runs/{run_id}/bids?level=default", headers=client.as_viewer).json()
+    assert defaults["total"] == 1 and defaults["rows"][0]["segment_key"].startswith("*")
+    assert client.get(f"/api/runs/{run_id}/bids?limit=5000", headers=client.as_viewer).status_code == 422
+    curves = client.get(f"/api/runs/{run_id}/curves", headers=client.as_viewer).json()
+    assert len(curves["segments"]) == 8
+
+
+def test_openapi_schema_and_ui_are_served(client):
+    schema = client.get("/openapi.json").json()
+    assert "/api/entities/{entity_code}/split" in schema["paths"]
+    assert "put" in schema["paths"]["/api/entities/{entity_code}/split"]
+    page = client.get("/")
+    assert page.status_code == 200 and "/ui/app.js" in page.text
+    assert "function abPage" in client.get("/ui/app.js").text
+    assert client.get("/ui/../../etc/passwd").status_code == 404
