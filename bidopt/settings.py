@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     artifact_url: str = Field(default="", description="file:///folder or s3://bucket/prefix")
     cache_url: str = Field(default="memory://", description="memory:// or memcached://host:port")
     ray_address: str | None = Field(default=None, description="Ray address; unset = local Ray")
+    bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
+    decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
     require_services: bool = Field(
         default=False, description="Tests fail instead of skipping when a server is missing"
     )
@@ -41,6 +43,8 @@ class Settings(BaseSettings):
             self.warehouse_url = f"duckdb:///{self.home / 'warehouse'}"
         if not self.artifact_url:
             self.artifact_url = f"file://{self.home / 'artifacts'}"
+        if not self.decision_log_dir:
+            self.decision_log_dir = str(self.home / "decisions")
 
     def __repr__(self) -> str:  # a settings object in a log or traceback shows no password
         return f"Settings({self.redacted()!r})"

@@ -205,3 +205,36 @@ def platform(platform_db):
         for code, kw in (("drugs_hcp", {"npi_enabled": True}), ("auto_intenders", {"floor_available": True})):
             generate_into_warehouse(wh, MarketSpec(code, rows=80_000, seed=5, n_domains=200, **kw))
     return platform_db
+
+
+@pytest.fixture
+def memcached_server():
+    """A memcached process on a free loopback port (Debian package `memcached`); yields
+    ``(host, port, process)`` and is stopped by PID afterwards."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    exe = shutil.which("memcached") or ("/usr/bin/memcached" if Path("/usr/bin/memcached").exists() else None)
+    if exe is None:
+        missing_service("memcached is not installed (Debian package `memcached`)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "nobody"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        missing_service(f"memcached did not start on port {port}")
+    yield "127.0.0.1", port, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

@@ -14,7 +14,7 @@ def worker_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.startswith("BIDOPT_") or k.startswith("AWS_")}
     env.update({"BIDOPT_HOME": str(s.home), "BIDOPT_DATABASE_URL": s.database_url,
                 "BIDOPT_WAREHOUSE_URL": s.warehouse_url, "BIDOPT_ARTIFACT_URL": s.artifact_url,
-                "BIDOPT_CACHE_URL": s.cache_url})
+                "BIDOPT_CACHE_URL": s.cache_url, "BIDOPT_DECISION_LOG_DIR": s.decision_log_dir})
     return env
 
 

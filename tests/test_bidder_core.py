@@ -1,0 +1,170 @@
+"""The bidder's decision path, pure: validation, keys from macros, fallbacks, A/B split."""
+
+import json
+from collections import Counter
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bidopt.bidder.core import BidderState, EntityServing, RunTables, decide, parse_request
+from bidopt.bidder.fields import browser_from_ua, feature_reader
+
+FEATURES = (("geo_region_name", "device.geo.region"), ("os_code", "device.os"),
+            ("npi_matched", "user.ext.npi_matched"))
+
+
+def tables(run_id="r1", bids=None, multipliers=None, max_bid=20.0, features=FEATURES):
+    return RunTables(run_id, tuple(f for f, _ in features), tuple(feature_reader(f, p) for f, p in features),
+                     bids or {"california|ios|true": 4.0, "california|*|*": 2.5, "*|*|*": 1.0},
+                     multipliers or {}, max_bid, "sha")
+
+
+def state(*runs_and_pcts, split_id=1):
+    runs = tuple(r for r, _ in runs_and_pcts) or (tables(),)
+    pcts = tuple(p for _, p in runs_and_pcts) or (100,)
+    return BidderState({"drugs_hcp": EntityServing("drugs_hcp", split_id, runs, pcts)})
+
+
+def request(**over):
+    req = {"id": "req-1", "imp": [{"id": "1", "bidfloor": 0.5}],
+           "device": {"os": "iOS", "geo": {"region": "CA"}, "ua": "Mozilla/5.0 (iPhone) Safari/604.1"},
+           "user": {"id": "u-1", "ext": {"npi_matched": 1}}, "site": {"domain": "MedNews.com"}}
+    req.update(over)
+    return orjson.dumps(req)
+
+
+def test_full_key_from_macros_and_response_shape():
+    status, body, decisions, _ = decide(state(), "drugs_hcp", request())
+    assert status == 200
+    resp = json.loads(body)
+    assert resp["id"] == "req-1" and resp["cur"] == "USD"
+    bid = resp["seatbid"][0]["bid"][0]
+    assert (bid["impid"], bid["price"], bid["ext"]["segment_key"], bid["ext"]["level"]) == (
+        "1", 4.0, "california|ios|true", "segment")
+    assert bid["ext"]["run_id"] == "r1" and decisions[0].price == 4.0
+
+
+def test_fallbacks_multiplier_cap_and_floor():
+    # an OS the table has no row for -> the anchor's row; an unknown state -> the default
+    req = request(device={"os": "Android", "geo": {"region": "US-CA"}})
+    assert json.loads(decide(state(), "drugs_hcp", req)[1])["seatbid"][0]["bid"][0]["ext"]["level"] == "anchor"
+    req = request(device={"os": "iOS", "geo": {"region": "ZZ"}})
+    bid = json.loads(decide(state(), "drugs_hcp", req)[1])["seatbid"][0]["bid"][0]
+    assert (bid["price"], bid["ext"]["segment_key"]) == (1.0, "*|*|*")
+    # domain multiplier (domains normalised like the logs), capped at the run's max bid
+    s = state((tables(multipliers={"mednews.com": 1.5}, max_bid=5.0), 100))
+    assert json.loads(decide(s, "drugs_hcp", request())[1])["seatbid"][0]["bid"][0]["price"] == 5.0
+    s = state((tables(multipliers={"mednews.com": 0.5}), 100))
+    assert json.loads(decide(s, "drugs_hcp", request())[1])["seatbid"][0]["bid"][0]["price"] == 2.0
+    # an impression whose floor is above our price gets no bid; none left -> 204
+    status, body, _, reason = decide(state(), "drugs_hcp", request(imp=[{"id": "1", "bidfloor": 9.0}]))
+    assert (status, body) == (204, b"") and "floor" in reason
+    two = request(imp=[{"id": "a", "bidfloor": 9.0}, {"id": "b", "bidfloor": 0.1}])
+    assert [b["impid"] for b in json.loads(decide(state(), "drugs_hcp", two)[1])["seatbid"][0]["bid"]] == ["b"]
+    # no split for the entity, or a currency we do not price in -> 204
+    assert decide(state(), "auto_intenders", request())[0] == 204
+    assert decide(state(), "drugs_hcp", request(cur=["EUR"]))[0] == 204
+
+
+def test_floor_bucket_feature_reads_the_impression():
+    feats = (("geo_region_name", "device.geo.region"), ("floor_bucket", None))
+    s = state((tables(bids={"california|1-2": 3.0, "*|*": 1.0}, features=feats), 100))
+    req = request(imp=[{"id": "1", "bidfloor": 1.5}, {"id": "2", "bidfloor": 0.2}])
+    bids = json.loads(decide(s, "drugs_hcp", req)[1])["seatbid"][0]["bid"]
+    assert [(b["impid"], b["ext"]["segment_key"]) for b in bids] == [("1", "california|1-2"), ("2", "*|*")]
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"imp": [{"id": "1"}]}', "id must be"),
+    (b'{"id": 7, "imp": [{"id": "1"}]}', "id must be"),
+    (b'{"id": "x"}', "imp must be a non-empty array"),
+    (b'{"id": "x", "imp": []}', "imp must be a non-empty array"),
+    (b'{"id": "x", "imp": ["a"]}', "imp[0] must be an object"),
+    (b'{"id": "x", "imp": [{"banner": {}}]}', "imp[0].id"),
+    (b'{"id": "x", "imp": [{"id": "1"}, {"id": "1"}]}', "appears twice"),
+    (b'{"id": "x", "imp": [{"id": "1", "bidfloor": -1}]}', "bidfloor"),
+    (b'{"id": "x", "imp": [{"id": "1", "bidfloor": "1"}]}', "bidfloor"),
+    (b'{"id": "x", "imp": [{"id": "1", "bidfloor": NaN}]}', "not JSON"),
+    (b'{"id": "x", "imp": [{"id": "1"}], "device": "phone"}', "device must be an object"),
+    (b'{"id": "x", "imp": [{"id": "1"}], "device": {"geo": 5}}', "device.geo must be an object"),
+    (b'{"id": "x", "imp": [{"id": "1"}], "cur": "USD"}', "cur must be an array"),
+    (b'{"id": "x", "imp": [{"id": "1"}], "user": [1]}', "user must be an object"),
+])
+def test_malformed_requests_get_400_with_the_reason(body, message):
+    status, payload, decisions, reason = decide(state(), "drugs_hcp", body)
+    assert status == 400 and message in json.loads(payload)["error"] and decisions == []
+
+
+def test_oversized_requests_get_413():
+    big = request(ext={"pad": "x" * 300_000})
+    assert decide(state(), "drugs_hcp", big)[0] == 413
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+                              lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+                                  st.sampled_from(["id", "imp", "device", "user", "site", "app", "geo", "os",
+                                                   "region", "bidfloor", "ext", "cur", "ua", "domain"]),
+                                  kids, max_size=5), max_leaves=30).map(lambda v: json.dumps(v).encode())))
+def test_any_body_gets_an_answer_never_an_exception(body):
+    status, _, _, _ = decide(state(), "drugs_hcp", body)
+    assert status in (200, 204, 400, 413)
+
+
+def test_real_openrtb_examples_are_answered(shared_data):
+    files = sorted(p for p in (shared_data / "openrtb").glob("*.json")
+                   if "req" in p.name.lower() or "request" in p.name.lower())
+    assert len(files) >= 15
+    for path in files:
+        body = path.read_bytes()
+        status, payload, decisions, reason = decide(state(), "drugs_hcp", body)
+        req = json.loads(body)
+        assert status in (200, 204), (path.name, reason)
+        if status == 200:
+            resp = json.loads(payload)
+            assert resp["id"] == req["id"]
+            imps = {i["id"]: i for i in req["imp"]}
+            for bid in resp["seatbid"][0]["bid"]:
+                assert bid["impid"] in imps and bid["price"] >= imps[bid["impid"]].get("bidfloor", 0)
+        else:
+            assert "floor" in reason or "USD" in reason, (path.name, reason)
+
+
+def test_ab_split_is_sticky_per_user_and_matches_the_weights():
+    s = state((tables("a"), 80), (tables("b"), 20))
+    counts = Counter()
+    for i in range(20_000):
+        body = request(user={"id": f"user-{i}"})
+        run = json.loads(decide(s, "drugs_hcp", body)[1])["seatbid"][0]["bid"][0]["ext"]["run_id"]
+        counts[run] += 1
+        if i < 200:  # the same user again: the same run
+            assert json.loads(decide(s, "drugs_hcp", body)[1])["seatbid"][0]["bid"][0]["ext"]["run_id"] == run
+    assert abs(counts["a"] / 20_000 - 0.8) < 0.015
+    # device.ifa when there is no user id, else the request id
+    no_user = request(user=None, device={"ifa": "dev-9", "os": "iOS", "geo": {"region": "CA"}})
+    runs = {json.loads(decide(s, "drugs_hcp", no_user)[1])["seatbid"][0]["bid"][0]["ext"]["run_id"] for _ in range(5)}
+    assert len(runs) == 1
+
+
+@pytest.mark.parametrize("ua,family", [
+    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1", "safari"),
+    ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36", "chrome"),
+    ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0", "edge"),
+    ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 SamsungBrowser/23.0 Chrome/115.0 Mobile Safari/537.36",
+     "samsung"),
+    ("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0", "firefox"),
+    (None, "unknown"),
+])
+def test_browser_family(ua, family):
+    assert browser_from_ua(ua) == family
+
+
+def test_parse_request_accepts_minimal_valid_and_null_objects():
+    assert parse_request(b'{"id": "x", "imp": [{"id": "1"}]}')["id"] == "x"
+    body = b'{"id": "x", "imp": [{"id": "1"}], "device": null, "user": null, "site": null}'
+    assert decide(state(), "drugs_hcp", body)[0] == 200  # the default row

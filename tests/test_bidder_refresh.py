@@ -1,0 +1,125 @@
+"""The bidder's refresh against real optimizer runs: loading, swapping, failures, caches."""
+
+import json
+
+import orjson
+import pytest
+
+from bidopt.artifacts import open_artifact_store
+from bidopt.bidder.app import BidderCore
+from bidopt.bidder.core import decide
+from bidopt.bidder.loader import Refresher
+from bidopt.cache import InProcessCache, MemcachedCache, cache_key
+from bidopt.db import queries as q
+from bidopt.db.engine import session_scope
+from bidopt.jobs.optimize import run_optimizer
+from bidopt.settings import get_settings
+
+FAST = {"xgb_num_rounds": 30, "min_segment_bids": 100, "min_domain_bids": 300}
+REQ = {"id": "r", "imp": [{"id": "1"}], "device": {"geo": {"region": "CA"}, "os": "Android"},
+       "site": {"domain": "pub00001.com"}}
+
+
+@pytest.fixture
+def runs(platform):
+    with session_scope(platform) as s:
+        ids = [q.create_run(s, "drugs_hcp", FAST | {"target_win_rate": t}, triggered_by="t").run_id
+               for t in (0.3, 0.6, 0.5)]
+    assert {r["status"] for r in run_optimizer(once=True, use_ray=False).processed} == {"completed"}
+    return platform, ids
+
+
+def _split(engine, split):
+    with session_scope(engine) as s:
+        q.replace_traffic_split(s, "drugs_hcp", split, deployed_by="t")
+
+
+def _run_of(state, user):
+    status, body, _, _ = decide(state, "drugs_hcp", orjson.dumps(REQ | {"user": {"id": user}}))
+    assert status == 200
+    return json.loads(body)["seatbid"][0]["bid"][0]["ext"]["run_id"]
+
+
+def test_refresh_loads_splits_and_swaps_atomically(runs):
+    engine, (a, b, c) = runs
+    cache = InProcessCache()
+    r = Refresher(get_settings().database_url, cache)
+    assert r.refresh_once() == {} and decide(r.state, "drugs_hcp", orjson.dumps(REQ))[0] == 204
+    _split(engine, {a: 80, b: 20})
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    first = r.state
+    seen = {_run_of(first, f"u{i}") for i in range(200)}
+    assert seen == {a, b}
+    assert r.refresh_once() == {"drugs_hcp": "kept"} and r.state.entities == first.entities
+    # the tables are published, namespaced by entity and run, for other bidders
+    run_a = first.entities["drugs_hcp"].runs[0]
+    default_key = "|".join(["*"] * len(run_a.features))
+    assert cache.get_bid("drugs_hcp", a, default_key) == run_a.bids[default_key]
+    assert cache.get_json("drugs_hcp", "split")["runs"] == [{"run_id": a, "traffic_pct": 80},
+                                                            {"run_id": b, "traffic_pct": 20}]
+    _split(engine, {c: 100})
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    assert {_run_of(r.state, f"u{i}") for i in range(50)} == {c}
+    assert {_run_of(first, f"u{i}") for i in range(200)} == {a, b}  # an in-flight request keeps its state
+
+
+def test_a_bad_artifact_or_a_dead_database_keeps_the_last_good_split(runs):
+    engine, (a, b, c) = runs
+    _split(engine, {a: 100})
+    r = Refresher(get_settings().database_url)
+    r.refresh_once()
+    good = r.state
+    with session_scope(engine) as s:
+        url = q.get_run(s, b).s3_output_path
+    open_artifact_store(url).put_bytes("suggested_bids.csv", b"segment_key,bid_cpm\nx,1\n")  # corrupt
+    _split(engine, {a: 50, b: 50})
+    outcome = r.refresh_once()["drugs_hcp"]
+    assert outcome.startswith("failed") and "checksum" in outcome
+    assert r.state.entities == good.entities and {_run_of(r.state, f"u{i}") for i in range(50)} == {a}
+    open_artifact_store(url).delete("manifest.json")  # missing
+    assert "failed" in r.refresh_once()["drugs_hcp"]
+    _split(engine, {c: 100})  # a good split again: recovers by itself
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    recovered = r.state
+    r.database_url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # the database goes away
+    assert r.refresh_once()["*"].startswith("failed: database")
+    assert r.state is recovered and _run_of(r.state, "u1") == c
+
+
+def test_memcached_gets_the_tables_and_its_loss_does_not_stop_bidding(runs, memcached_server):
+    from pymemcache.client.base import Client
+
+    engine, (a, b, c) = runs
+    host, port, proc = memcached_server
+    _split(engine, {a: 100})
+    r = Refresher(get_settings().database_url, MemcachedCache(f"memcached://{host}:{port}", host, port))
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    other_bidder = Client((host, port))
+    table = r.state.entities["drugs_hcp"].runs[0]
+    key = next(k for k in table.bids if not k.startswith("*"))
+    assert float(other_bidder.get(cache_key("drugs_hcp", a, "bid", key))) == table.bids[key]
+    meta = json.loads(other_bidder.get(cache_key("drugs_hcp", a, "meta")))
+    assert meta["features"] == list(table.features) and meta["rows"] == len(table.bids)
+    proc.kill()
+    proc.wait()
+    _split(engine, {b: 100})
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}  # publishing failed; the near cache still swaps
+    assert _run_of(r.state, "u1") == b
+
+
+def test_decisions_are_logged(runs, tmp_path, monkeypatch):
+    engine, (a, b, c) = runs
+    _split(engine, {a: 60, b: 40})
+    monkeypatch.setenv("BIDOPT_DECISION_LOG_DIR", str(tmp_path / "decisions"))
+    from bidopt.settings import reset_settings_cache
+
+    reset_settings_cache()
+    core = BidderCore(start=False)
+    core.refresher.refresh_once()
+    for i in range(30):
+        assert core.handle("drugs_hcp", orjson.dumps(REQ | {"id": f"r{i}", "user": {"id": f"u{i}"}}))[0] == 200
+    assert core.handle("drugs_hcp", b"{")[0] == 400
+    core.close()
+    lines = [json.loads(x) for x in (tmp_path / "decisions").glob("*.jsonl").__next__().read_text().splitlines()]
+    assert len(lines) == 30 and {x["run_id"] for x in lines} <= {a, b}
+    assert all(x["price"] > 0 and x["segment_key"] and x["entity_code"] == "drugs_hcp" for x in lines)
