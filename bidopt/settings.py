@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(default=None, description="Ray address; unset = local Ray")
     bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
     decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
+    bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
+    bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
     require_services: bool = Field(
         default=False, description="Tests fail instead of skipping when a server is missing"
     )

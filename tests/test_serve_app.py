@@ -1,11 +1,15 @@
-"""The management app on Ray Serve (local Ray), reached over HTTP on loopback."""
+"""The Ray Serve apps (local Ray, HAProxy ingress), reached over HTTP on loopback."""
 
+import json
 import socket
 
 import httpx
 import pytest
 
+from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
+from bidopt.jobs.optimize import run_optimizer
+from bidopt.serve.apps import BIDDER_AUTOSCALING, SERVE_MODE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -16,28 +20,67 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_autoscaling_config_has_no_misspelt_fields():
+    """Serve ignores unknown autoscaling fields without a word, so check them against its model."""
+    from ray.serve.config import AutoscalingConfig
+
+    assert set(BIDDER_AUTOSCALING) <= set(AutoscalingConfig.model_fields)
+    config = AutoscalingConfig(**BIDDER_AUTOSCALING)
+    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (2, 4, 32)
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_bidopt_serve_deploys_the_management_app(platform_db, monkeypatch):
+def test_bidopt_serve_deploys_management_and_bidder(platform, monkeypatch):
     ray = pytest.importorskip("ray")
     from ray import serve
+    from ray.serve.context import _get_global_client
 
     from bidopt.serve.apps import ensure_local_operator_token, run_apps
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    with session_scope(platform_db) as s:
+    for key, value in SERVE_MODE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("BIDOPT_BIDDER_REFRESH_SECONDS", "0.5")
+    with session_scope(platform) as s:
         token = ensure_local_operator_token(s)
         assert token.startswith("bo_")
         assert ensure_local_operator_token(s) is None  # printed once: a second start makes none
+        ids = [q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 20}, triggered_by="t").run_id for _ in range(2)]
+    run_optimizer(once=True, use_ray=False)
     try:
         url = run_apps(port=_free_port())
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.get(url + "api/me", headers=headers, timeout=30).json()["role"] == "operator"
         assert httpx.get(url + "api/entities", timeout=30).status_code == 401
-        created = httpx.post(url + "api/entities/drugs_hcp/runs", headers=headers, json={}, timeout=30)
-        assert created.status_code == 201 and created.json()["triggered_by"] == "local"
         assert "/ui/app.js" in httpx.get(url, timeout=30).text
-        status = serve.status().applications["management"]
-        assert status.status == "RUNNING"
+
+        bid_request = {"id": "q1", "imp": [{"id": "1"}], "device": {"geo": {"region": "TX"}, "os": "Android"},
+                       "user": {"id": "someone"}}
+        assert httpx.post(url + "openrtb2/drugs_hcp", json=bid_request, timeout=30).status_code == 204  # no split
+        split = httpx.put(url + "api/entities/drugs_hcp/split", headers=headers, timeout=30,
+                          json={"split": {ids[0]: 80, ids[1]: 20}})
+        assert split.status_code == 200, split.text
+        import time
+
+        deadline, answer = time.time() + 30, None
+        while time.time() < deadline:  # the replicas notice the new split on their own refresh
+            answer = httpx.post(url + "openrtb2/drugs_hcp", json=bid_request, timeout=30)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert answer.status_code == 200, answer.headers
+        bid = answer.json()["seatbid"][0]["bid"][0]
+        assert answer.json()["id"] == "q1" and bid["ext"]["run_id"] in ids
+        bad = httpx.post(url + "openrtb2/drugs_hcp", content=b'{"id": 1}', timeout=30)
+        assert bad.status_code == 400 and "id must be" in bad.json()["error"]
+
+        details = _get_global_client().get_serve_details()
+        deployment = details["applications"]["bidder"]["deployments"]["bidder"]
+        live = deployment["deployment_config"]
+        assert live["max_ongoing_requests"] == 100
+        assert {k: live["autoscaling_config"][k] for k in BIDDER_AUTOSCALING} == BIDDER_AUTOSCALING
+        assert live["ray_actor_options"]["num_cpus"] == 0.25
+        assert json.dumps(details["applications"]["management"]["status"]) == '"RUNNING"'
     finally:
         serve.shutdown()
         ray.shutdown()

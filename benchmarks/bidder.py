@@ -1,0 +1,204 @@
+"""Bidder benchmark: the Serve path we run in production against the same handler under bare uvicorn.
+
+Builds an embedded platform in a temp folder (SQLite, simulated logs, two optimizer
+runs, an 80/20 split), then, in one run, drives with ``wrk`` on loopback:
+
+(a) ``serve haproxy``: the ``bidder`` Ray Serve app as ``bidopt serve`` deploys it
+    (``SERVE_MODE_ENV``: HAProxy ingress, throughput-optimised mode; two replicas, one
+    per core; a plain ``async __call__``);
+(b) ``bare uvicorn``: the same ``http_handler`` in one plain uvicorn process;
+(c) ``bare raw asgi``: the handler's core without Starlette, a lower bound;
+(d) with ``--default-proxy``, also Serve's default Python proxy, for reference.
+
+Each at concurrency 1, 8 and 32 (``wrk -t1 -cN``) for ``--seconds`` each, printing
+requests/s, p50 and p99 latency, the share of 200 answers (the rest are 204:
+impressions whose floor the bid does not clear), and the ratios serve / bare.
+Requests vary the user id so that both runs of the split are exercised.
+
+    apt-get install wrk   # the load generator
+    python benchmarks/bidder.py [--seconds 10] [--default-proxy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+LUA = r"""
+counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local regions = {"CA", "TX", "NY", "FL", "IL", "OH", "GA", "WA"}
+local oses = {"iOS", "Android", "Windows", "Mac OS X"}
+request = function()
+  counter = counter + 1
+  local body = string.format('{"id":"req-%d","imp":[{"id":"1","bidfloor":0.2,"banner":{"w":300,"h":250}}],' ..
+    '"site":{"domain":"pub%05d.com"},"device":{"os":"%s","devicetype":4,"geo":{"region":"%s"},' ..
+    '"ua":"Mozilla/5.0 (iPhone) AppleWebKit/605.1.15 Version/17.0 Safari/604.1"},' ..
+    '"user":{"id":"user-%d","ext":{"npi_matched":%d}}}',
+    counter, counter % 50 + 1, oses[counter % 4 + 1], regions[counter % 8 + 1], counter, counter % 7 == 0 and 1 or 0)
+  return wrk.format(nil, nil, nil, body)
+end
+-- each wrk thread has its own Lua state: count per thread, add up in done()
+threads = {}
+setup = function(thread) table.insert(threads, thread) end
+n200, n204, nother = 0, 0, 0
+response = function(status, headers, body)
+  if status == 200 then n200 = n200 + 1 elseif status == 204 then n204 = n204 + 1 else nother = nother + 1 end
+end
+done = function(summary, latency, requests)
+  local a, b, c = 0, 0, 0
+  for _, t in ipairs(threads) do a = a + t:get("n200"); b = b + t:get("n204"); c = c + t:get("nother") end
+  io.write(string.format("status 200 %d\nstatus 204 %d\nstatus 0 %d\n", a, b, c))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_platform(home: Path) -> None:
+    os.environ.update({"BIDOPT_HOME": str(home), "BIDOPT_BIDDER_REFRESH_SECONDS": "1",
+                       "RAY_AUTH_MODE": "disabled"})
+    from bidopt.data import generate_into_warehouse, get_warehouse
+    from bidopt.db import queries as q
+    from bidopt.db.engine import get_engine, session_scope
+    from bidopt.db.migrate import upgrade_database
+    from bidopt.db.seed import seed_demo_catalogue
+    from bidopt.jobs.optimize import run_optimizer
+    from bidopt.settings import get_settings, reset_settings_cache
+    from bidopt.simulator import MarketSpec
+
+    reset_settings_cache()
+    url = get_settings().database_url
+    upgrade_database(url)
+    engine = get_engine(url)
+    with session_scope(engine) as s:
+        seed_demo_catalogue(s)
+        ids = [q.create_run(s, "drugs_hcp", {"target_win_rate": t}, triggered_by="bench").run_id for t in (0.4, 0.5)]
+    with get_warehouse() as wh:
+        generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=300_000, seed=4, npi_enabled=True))
+    run_optimizer(once=True, use_ray=False, on_result=lambda r: None)
+    with session_scope(engine) as s:
+        q.replace_traffic_split(s, "drugs_hcp", {ids[0]: 80, ids[1]: 20}, deployed_by="bench")
+
+
+def wait_bidding(url: str, timeout: float = 60) -> None:
+    body = {"id": "warm", "imp": [{"id": "1"}], "device": {"geo": {"region": "CA"}, "os": "iOS"}}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.post(url, json=body, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} never answered with a bid")
+
+
+def wrk(url: str, connections: int, seconds: int, script: Path) -> dict:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+
+    def latency_ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    statuses = {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": latency_ms("50"), "p99": latency_ms("99"), "statuses": statuses,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def measure(name: str, url: str, seconds: int, script: Path, results: dict) -> None:
+    wait_bidding(url)
+    wrk(url, 8, 2, script)  # warm-up
+    for c in (1, 8, 32):
+        r = wrk(url, c, seconds, script)
+        results[(name, c)] = r
+        total = sum(r["statuses"].values()) or 1
+        others = {k: v for k, v in r["statuses"].items() if k not in (200, 204) and v}
+        print(f"  {name:14s} c={c:<3d} {r['rps']:>9,.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:7.2f} ms  "
+              f"200s {r['statuses'].get(200, 0) / total:5.1%}  other statuses {others or 'none'}"
+              f"{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}", flush=True)
+
+
+def run_serve(name: str, env: dict, seconds: int, script: Path, results: dict) -> None:
+    """Ray and Serve in a child process, so that each Serve mode gets a fresh Ray with its own env."""
+    port = free_port()
+    # On SIGTERM the child shuts Serve down (which stops HAProxy) and its Ray with it.
+    code = ("import signal, sys, time; from ray import serve; from bidopt.serve.apps import run_apps; "
+            f"run_apps(port={port}); "
+            "signal.signal(signal.SIGTERM, lambda *a: (serve.shutdown(), sys.exit(0))); "
+            "print('up', flush=True); time.sleep(100000)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up", "serve did not start"
+        measure(name, f"http://127.0.0.1:{port}/openrtb2/drugs_hcp", seconds, script, results)
+    finally:
+        proc.terminate()  # this child's Ray only (never `ray stop`, which stops every Ray on the host)
+        proc.wait(timeout=120)
+        time.sleep(2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--default-proxy", action="store_true", help="also measure Serve's default proxy")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bidopt-bidder-") as tmp:
+        setup_platform(Path(tmp))
+        script = Path(tmp) / "bid.lua"
+        script.write_text(LUA)
+        print(f"{os.cpu_count()} cores; wrk -t1, {args.seconds} s per point, bid requests with varying users")
+
+        for name, factory in (("bare uvicorn", "bare_app"), ("bare raw asgi", "bare_raw_app")):
+            port = free_port()
+            bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", f"bidopt.bidder.app:{factory}",
+                                     "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                                     "--log-level", "warning"], env=os.environ.copy())
+            try:
+                measure(name, f"http://127.0.0.1:{port}/openrtb2/drugs_hcp", args.seconds, script, results)
+            finally:
+                bare.terminate()
+                bare.wait(timeout=30)
+
+        from bidopt.serve.apps import SERVE_MODE_ENV
+
+        run_serve("serve haproxy", SERVE_MODE_ENV, args.seconds, script, results)
+        if args.default_proxy:
+            run_serve("serve default", {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+                      args.seconds, script, results)
+
+    print("ratios, serve haproxy / bare uvicorn:")
+    for c in (1, 8, 32):
+        s, b = results[("serve haproxy", c)], results[("bare uvicorn", c)]
+        print(f"  c={c:<3d} throughput {s['rps'] / b['rps']:.2f}  p50 {s['p50'] / b['p50']:.2f}x  "
+              f"p99 {s['p99'] / b['p99']:.2f}x")
+    s8 = results[("serve haproxy", 8)]
+    print(f"goal at c=8: p99 {s8['p99']:.2f} ms (< 10 ms: {'met' if s8['p99'] < 10 else 'NOT met'}), "
+          f"throughput {s8['rps'] / results[('bare uvicorn', 8)]['rps']:.2f} of bare (>= 0.5: "
+          f"{'met' if s8['rps'] >= 0.5 * results[('bare uvicorn', 8)]['rps'] else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
