@@ -75,19 +75,15 @@ def setup_platform(home: Path) -> None:
                        "RAY_AUTH_MODE": "disabled"})
     from bidopt.data import generate_into_warehouse, get_warehouse
     from bidopt.db import queries as q
-    from bidopt.db.engine import get_engine, session_scope
-    from bidopt.db.migrate import upgrade_database
-    from bidopt.db.seed import seed_demo_catalogue
+    from bidopt.db.engine import session_scope
+    from bidopt.db.seed import prepare_demo_database
     from bidopt.jobs.optimize import run_optimizer
     from bidopt.settings import get_settings, reset_settings_cache
     from bidopt.simulator import MarketSpec
 
     reset_settings_cache()
-    url = get_settings().database_url
-    upgrade_database(url)
-    engine = get_engine(url)
+    engine = prepare_demo_database(get_settings().database_url)
     with session_scope(engine) as s:
-        seed_demo_catalogue(s)
         ids = [q.create_run(s, "drugs_hcp", {"target_win_rate": t}, triggered_by="bench").run_id for t in (0.4, 0.5)]
     with get_warehouse() as wh:
         generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=300_000, seed=4, npi_enabled=True))

@@ -18,9 +18,8 @@ import time
 
 from bidopt.data import generate_into_warehouse, get_warehouse
 from bidopt.db import queries as q
-from bidopt.db.engine import dispose_engines, get_engine, session_scope
-from bidopt.db.migrate import upgrade_database
-from bidopt.db.seed import seed_demo_catalogue
+from bidopt.db.engine import dispose_engines, session_scope
+from bidopt.db.seed import prepare_demo_database
 from bidopt.jobs.optimize import new_worker_id, process_run
 from bidopt.settings import get_settings, reset_settings_cache
 from bidopt.simulator import MarketSpec
@@ -32,11 +31,8 @@ def one_run(rows: int) -> dict:
         for key in ("BIDOPT_DATABASE_URL", "BIDOPT_WAREHOUSE_URL", "BIDOPT_ARTIFACT_URL"):
             os.environ.pop(key, None)
         reset_settings_cache()
-        url = get_settings().database_url
-        upgrade_database(url)
-        engine = get_engine(url)
+        engine = prepare_demo_database(get_settings().database_url)
         with session_scope(engine) as s:
-            seed_demo_catalogue(s)
             run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="bench").run_id
         with get_warehouse() as wh:
             generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=rows, seed=3, npi_enabled=True))

@@ -37,7 +37,7 @@ import pandas as pd
 from bidopt.optimizer.models import expected_calibration_error, weighted_auc
 from bidopt.optimizer.pipeline import RunSpec, optimize
 from bidopt.simulator import MarketSpec, oracle_bid, simulate_market, true_win_probability
-from bidopt.warehouse import Window, open_warehouse
+from bidopt.warehouse import open_warehouse
 from bidopt.warehouse.contract import floor_bucket_label
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -181,17 +181,12 @@ def s3_bucket(moto_server, monkeypatch):
 @pytest.fixture
 def platform_db(db_url, monkeypatch):
     """Settings pointing at an upgraded, seeded metadata DB (SQLite and PostgreSQL)."""
-    from bidopt.db.engine import dispose_engines, get_engine, session_scope
-    from bidopt.db.migrate import upgrade_database
-    from bidopt.db.seed import seed_demo_catalogue
+    from bidopt.db.engine import dispose_engines
+    from bidopt.db.seed import prepare_demo_database
 
     monkeypatch.setenv("BIDOPT_DATABASE_URL", db_url)
     reset_settings_cache()
-    upgrade_database(db_url)
-    engine = get_engine(db_url)
-    with session_scope(engine) as s:
-        seed_demo_catalogue(s)
-    yield engine
+    yield prepare_demo_database(db_url)
     dispose_engines()
 
 

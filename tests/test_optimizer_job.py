@@ -12,12 +12,10 @@ from sqlalchemy import update
 
 from bidopt.artifacts import MANIFEST, open_artifact_store, read_run_artifact, sha256
 from bidopt.cli.main import cli
-from bidopt.data import generate_into_warehouse, get_warehouse
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.db.models import OptRunConfig
 from bidopt.jobs.optimize import run_optimizer
-from bidopt.simulator import MarketSpec
 
 FAST = {"xgb_num_rounds": "40", "min_segment_bids": "100", "min_domain_bids": "300"}
 

@@ -5,7 +5,7 @@ Idempotent: seeding twice changes nothing.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from bidopt.db.models import OptEntity, OptFeatureMacro, OptMaster, OptVersion
@@ -69,3 +69,16 @@ def seed_demo_catalogue(session: Session) -> list[str]:
             added.append(f"entity {code}")
     session.flush()
     return added
+
+
+def prepare_demo_database(url: str) -> Engine:
+    """Migrate the database at ``url`` to the latest schema and add the demo catalogue;
+    returns the process-wide engine (what ``bidopt db upgrade && bidopt db seed-demo`` do)."""
+    from bidopt.db.engine import get_engine, session_scope
+    from bidopt.db.migrate import upgrade_database
+
+    upgrade_database(url)
+    engine = get_engine(url)
+    with session_scope(engine) as s:
+        seed_demo_catalogue(s)
+    return engine
