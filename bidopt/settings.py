@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     artifact_url: str = Field(default="", description="file:///folder or s3://bucket/prefix")
     cache_url: str = Field(default="memory://", description="memory:// or memcached://host:port")
     ray_address: str | None = Field(default=None, description="Ray address; unset = local Ray")
+    heartbeat_seconds: float = Field(default=10.0, gt=0, description="How often an optimizer says it is alive")
+    stale_after_seconds: float = Field(default=300.0, gt=0,
+                                       description="A running run without a heartbeat this long is requeued")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a run whose worker died fails")
     bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
     decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")

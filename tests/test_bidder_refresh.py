@@ -105,6 +105,25 @@ def test_memcached_gets_the_tables_and_its_loss_does_not_stop_bidding(runs, memc
     _split(engine, {b: 100})
     assert r.refresh_once() == {"drugs_hcp": "loaded"}  # publishing failed; the near cache still swaps
     assert _run_of(r.state, "u1") == b
+    assert r.refresh_once() == {"drugs_hcp": "kept"}  # memcached still down: keep serving, no error
+
+
+def test_a_restarted_memcached_is_filled_again(runs, memcached_server):
+    """memcached restarts empty: the next refresh notices the missing split and republishes."""
+    engine, (a, b, c) = runs
+    host, port, _ = memcached_server
+    cache = MemcachedCache(f"memcached://{host}:{port}", host, port)
+    _split(engine, {a: 100})
+    r = Refresher(get_settings().database_url, cache)
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    assert r.refresh_once() == {"drugs_hcp": "kept"}
+    from pymemcache.client.base import Client
+
+    Client((host, port)).flush_all()  # what a restart looks like to readers
+    assert cache.get_json("drugs_hcp", "split") is None
+    assert r.refresh_once() == {"drugs_hcp": "kept, republished"}
+    assert cache.get_json("drugs_hcp", "split")["runs"] == [{"run_id": a, "traffic_pct": 100}]
+    assert cache.get_bid("drugs_hcp", a, "|".join(["*"] * len(r.state.entities["drugs_hcp"].runs[0].features)))
 
 
 def test_decisions_are_logged(runs, tmp_path, monkeypatch):

@@ -100,6 +100,9 @@ class Refresher:
             current = entities.get(entity)
             if current is not None and current.split_id == split_id:
                 outcome[entity] = "kept"
+                if not self._published(entity, split_id):  # e.g. memcached restarted empty
+                    self._publish(current)
+                    outcome[entity] = "kept, republished"
                 continue
             try:
                 tables = tuple(self._tables(r) for r in runs)
@@ -110,7 +113,7 @@ class Refresher:
                 continue
             entities[entity] = EntityServing(entity, split_id, tables, tuple(r.traffic_pct for r in runs))
             outcome[entity] = "loaded"
-            self._publish(entity, split_id, runs, tables)
+            self._publish(entities[entity])
         self.state = BidderState(entities, time.time())  # the one atomic swap
         self._runs = {r.run_id: r for e in entities.values() for r in e.runs}
         return outcome
@@ -119,15 +122,28 @@ class Refresher:
         tables = self._runs.get(run.run_id)
         return tables if tables is not None else load_run_tables(run)
 
-    def _publish(self, entity: str, split_id: int, runs: list[PlannedRun], tables: tuple[RunTables, ...]) -> None:
+    def _published(self, entity: str, split_id: int) -> bool:
+        """Whether the shared cache holds this split (True when there is no cache or it is unreachable:
+        publishing is retried on the next refresh either way)."""
+        if self.cache is None:
+            return True
+        try:
+            current = self.cache.get_json(entity, "split")
+        except Exception:  # noqa: BLE001 - unreachable: nothing to do until it is back
+            return True
+        return current is not None and current.get("split_id") == split_id
+
+    def _publish(self, serving: EntityServing) -> None:
+        """The split's tables, then the split itself (readers that see the split find its tables)."""
         if self.cache is None:
             return
+        entity = serving.entity_code
         try:
-            for t in tables:
+            for t in serving.runs:
                 self.cache.publish_run(entity, t.run_id, t.bids, t.multipliers,
                                        {"features": list(t.features), "checksum": t.checksum, "rows": len(t.bids)})
-            self.cache.publish_split(entity, {"split_id": split_id, "runs": [
-                {"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in runs]})
+            self.cache.publish_split(entity, {"split_id": serving.split_id, "runs": [
+                {"run_id": t.run_id, "traffic_pct": w} for t, w in zip(serving.runs, serving.weights)]})
         except Exception as exc:  # noqa: BLE001 - the shared cache is for others; we serve from memory
             log.warning("bidder refresh: publishing %s to %s failed: %s", entity, self.cache.url, exc)
 

@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -38,9 +39,6 @@ from bidopt.optimizer.pipeline import RunResult, RunSpec, optimize
 from bidopt.settings import get_settings
 from bidopt.warehouse import open_warehouse
 
-HEARTBEAT_SECONDS = 10.0
-STALE_AFTER = timedelta(minutes=5)
-MAX_ATTEMPTS = 3
 
 
 def new_worker_id() -> str:
@@ -165,9 +163,13 @@ class JobReport:
 
 
 def _claim(worker_id: str) -> tuple[str, str] | None:
-    engine = get_engine(get_settings().database_url)
+    """Requeue runs whose worker died (no heartbeat for ``stale_after_seconds``), then claim the oldest."""
+    settings = get_settings()
+    engine = get_engine(settings.database_url)
     with session_scope(engine) as s:
-        q.requeue_stale_runs(s, heartbeat_timeout=STALE_AFTER, max_attempts=MAX_ATTEMPTS)
+        for run_id, status in q.requeue_stale_runs(s, heartbeat_timeout=timedelta(seconds=settings.stale_after_seconds),
+                                                   max_attempts=settings.max_attempts):
+            print(f"run {run_id}: its worker stopped heartbeating; now {status}", flush=True)
     with session_scope(engine) as s:
         run = q.claim_next_pending_run(s, worker_id)
         return (run.run_id, run.entity.entity_code) if run else None
@@ -178,6 +180,32 @@ def _heartbeat(run_ids: list[str], worker_id: str) -> None:
     with session_scope(engine) as s:
         for run_id in run_ids:
             q.heartbeat_run(s, run_id, worker_id)
+
+
+class Heartbeat:
+    """Heartbeats the runs this driver holds from a thread, whatever the main loop is doing
+    (an in-process run can take longer than the stale timeout)."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id, self.run_ids = worker_id, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(get_settings().heartbeat_seconds):
+            if self.run_ids:
+                try:
+                    _heartbeat(sorted(self.run_ids), self.worker_id)
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the timeout is generous
+                    print(f"heartbeat failed: {exc}".splitlines()[0], file=sys.stderr, flush=True)
 
 
 def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, use_ray: bool = True,
@@ -196,14 +224,19 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
 
     in_flight: dict = {}
     if not use_ray:
-        while budget_left():
-            claimed = _claim(worker_id)
-            if claimed is None:
-                if once:
-                    break
-                time.sleep(poll_seconds)
-                continue
-            done(process_run(claimed[0], worker_id))
+        with Heartbeat(worker_id) as beat:
+            while budget_left():
+                claimed = _claim(worker_id)
+                if claimed is None:
+                    if once:
+                        break
+                    time.sleep(poll_seconds)
+                    continue
+                beat.run_ids.add(claimed[0])
+                try:
+                    done(process_run(claimed[0], worker_id))
+                finally:
+                    beat.run_ids.discard(claimed[0])
         return report
 
     import ray
@@ -212,30 +245,31 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
 
     ensure_ray()
     task = ray.remote(num_cpus=1, max_retries=0)(process_run)
-    while True:
-        while len(in_flight) < parallel and budget_left():
-            claimed = _claim(worker_id)
-            if claimed is None:
-                break
-            run_id, entity_code = claimed
-            ref = task.options(name=f"optimize {entity_code} {run_id}").remote(run_id, worker_id)
-            in_flight[ref] = run_id
-        if not in_flight:
-            if once or not budget_left():
-                return report
-            time.sleep(poll_seconds)
-            continue
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=HEARTBEAT_SECONDS)
-        for ref in ready:
-            run_id = in_flight.pop(ref)
-            try:
-                done(ray.get(ref))
-            except Exception as exc:  # noqa: BLE001 - the task's worker died: record it on the run
-                error = f"optimizer task died: {type(exc).__name__}: {exc}".splitlines()[0]
-                mark_failed(run_id, error, worker_id)
-                done({"run_id": run_id, "status": "failed", "error": error})
-        if in_flight:
-            _heartbeat(list(in_flight.values()), worker_id)
+    with Heartbeat(worker_id) as beat:
+        while True:
+            while len(in_flight) < parallel and budget_left():
+                claimed = _claim(worker_id)
+                if claimed is None:
+                    break
+                run_id, entity_code = claimed
+                ref = task.options(name=f"optimize {entity_code} {run_id}").remote(run_id, worker_id)
+                in_flight[ref] = run_id
+                beat.run_ids.add(run_id)
+            if not in_flight:
+                if once or not budget_left():
+                    return report
+                time.sleep(poll_seconds)
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=get_settings().heartbeat_seconds)
+            for ref in ready:
+                run_id = in_flight.pop(ref)
+                beat.run_ids.discard(run_id)
+                try:
+                    done(ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - the task's worker died: record it on the run
+                    error = f"optimizer task died: {type(exc).__name__}: {exc}".splitlines()[0]
+                    mark_failed(run_id, error, worker_id)
+                    done({"run_id": run_id, "status": "failed", "error": error})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,78 @@
+"""Optimizer crash recovery: heartbeats, stale runs requeued, killed runs never complete half-way."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bidopt.artifacts import MANIFEST, open_artifact_store, run_output_url
+from bidopt.db import queries as q
+from bidopt.db.engine import session_scope
+from bidopt.jobs.optimize import run_optimizer
+from bidopt.settings import get_settings, reset_settings_cache
+
+pytestmark = pytest.mark.slow
+
+
+def _status(engine, run_id):
+    with session_scope(engine) as s:
+        run = q.get_run(s, run_id)
+        return run.status, run.attempts, run.worker_id, run.entity.base_path
+
+
+def _wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_a_killed_optimizer_leaves_no_manifest_and_its_run_is_finished_by_another(platform, monkeypatch):
+    with session_scope(platform) as s:
+        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 3000}, triggered_by="t").run_id
+    proc = subprocess.Popen([sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
+                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first_line = proc.stdout.readline()  # "<run>: optimising drugs_hcp"
+    assert run_id in first_line, first_line
+    _wait_for(lambda: _status(platform, run_id)[0] == "running")
+    time.sleep(1.5)  # mid-run: selecting features or training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    status, attempts, dead_worker, base_path = _status(platform, run_id)
+    assert (status, attempts) == ("running", 1)  # nobody told the database
+    url = run_output_url(get_settings().artifact_url, base_path, run_id)
+    assert not open_artifact_store(url).exists(MANIFEST)
+
+    monkeypatch.setenv("BIDOPT_STALE_AFTER_SECONDS", "1")
+    reset_settings_cache()
+    time.sleep(1.2)
+    report = run_optimizer(once=True, use_ray=False)
+    assert [(r["run_id"], r["status"]) for r in report.processed] == [(run_id, "completed")]
+    status, attempts, worker, _ = _status(platform, run_id)
+    assert (status, attempts) == ("completed", 2) and worker != dead_worker
+    assert open_artifact_store(url).exists(MANIFEST)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_heartbeats_keep_a_long_run_from_being_taken_over(platform, monkeypatch):
+    monkeypatch.setenv("BIDOPT_STALE_AFTER_SECONDS", "1.5")
+    monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.2")
+    reset_settings_cache()
+    with session_scope(platform) as s:
+        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 1500}, triggered_by="t").run_id
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("a", run_optimizer(once=True, use_ray=False)))
+    first.start()
+    _wait_for(lambda: _status(platform, run_id)[0] == "running")
+    time.sleep(3)  # twice the stale timeout: only heartbeats keep the run its own
+    assert _status(platform, run_id)[0] == "running"
+    assert run_optimizer(once=True, use_ray=False).processed == []  # a second optimizer finds nothing stale
+    first.join()
+    assert results["a"].processed[0]["status"] == "completed"
+    assert _status(platform, run_id)[:2] == ("completed", 1)
