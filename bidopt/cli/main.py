@@ -356,6 +356,32 @@ def optimizer_run(once: bool, poll_seconds: float, parallel: int, max_runs: int 
         sys.exit(1)
 
 
+@optimizer.command("submit")
+@click.option("--address", envvar="BIDOPT_RAY_JOBS_ADDRESS", required=True,
+              help="The cluster's dashboard / Jobs API, e.g. http://head:8265 (or $BIDOPT_RAY_JOBS_ADDRESS).")
+@click.option("--once/--forever", default=True, show_default=True, help="Drain the queue and exit, or keep polling.")
+@click.option("--parallel", default=2, show_default=True, help="Runs optimised at the same time.")
+@click.option("--python", default="python", show_default=True, help="Python on the cluster's nodes.")
+@click.option("--working-dir", default=None, help="Ship this folder with the job (default: the nodes' install).")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Print the job's logs until it ends.")
+def optimizer_submit(address: str, once: bool, parallel: int, python: str, working_dir: str | None,
+                     follow: bool) -> None:
+    """Submit the optimizer job to a Ray cluster (Ray Jobs API) and follow its logs.
+
+    Exits non-zero when the job fails.
+    """
+    from bidopt.jobs.submit import follow_job, submit_optimizer_job
+
+    client, job_id = submit_optimizer_job(address, once=once, parallel=parallel, python=python,
+                                          working_dir=working_dir)
+    click.echo(f"submitted job {job_id} to {address}")
+    if follow:
+        status = follow_job(client, job_id, click.echo)
+        click.echo(f"job {job_id}: {status}")
+        if status != "SUCCEEDED":
+            sys.exit(1)
+
+
 # ----------------------------------------------------------------------------- deploy
 
 

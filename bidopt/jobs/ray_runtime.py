@@ -24,5 +24,10 @@ def ensure_ray(**init_kwargs) -> None:
 
     if ray.is_initialized():
         return
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        # A driver started by `ray job submit`: the job's runtime env already reaches its tasks,
+        # and Ray refuses a second one that names the same variables.
+        ray.init(log_to_driver=True, **init_kwargs)
+        return
     ray.init(address=get_settings().ray_address, runtime_env={"env_vars": worker_env()},
              log_to_driver=True, **init_kwargs)

@@ -82,6 +82,11 @@ def bidder_autoscaling() -> dict:
     return {**BIDDER_AUTOSCALING, "min_replicas": low, "max_replicas": max(low, s.bidder_max_replicas)}
 
 
+# Import paths for `serve deploy serve_config.yaml`.
+management = ManagementAPI.bind()
+bidder = Bidder.bind()
+
+
 def ensure_local_operator_token(session: Session, *, force_new: bool = False) -> str | None:
     """The embedded default's first token: with no active token in the database (or with
     ``force_new``), create the operator ``local`` if needed and return a new token for it."""
