@@ -176,3 +176,7 @@ def test_openapi_schema_and_ui_are_served(client):
     assert page.status_code == 200 and "/ui/app.js" in page.text
     assert "function abPage" in client.get("/ui/app.js").text
     assert client.get("/ui/../../etc/passwd").status_code == 404
+    not_json = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, content=b"\x00{",
+                           )
+    assert not_json.status_code in (400, 422) and "error" in not_json.json()
+    assert client.get("/api/nowhere").json() == {"error": "Not Found"}

@@ -76,3 +76,24 @@ def test_heartbeats_keep_a_long_run_from_being_taken_over(platform, monkeypatch)
     first.join()
     assert results["a"].processed[0]["status"] == "completed"
     assert _status(platform, run_id)[:2] == ("completed", 1)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_four_optimizer_processes_process_fifty_runs_exactly_once(platform):
+    quick = {"xgb_num_rounds": 10, "max_features": 1, "min_domain_bids": 100_000}
+    with session_scope(platform) as s:
+        ids = {q.create_run(s, "drugs_hcp" if i % 2 else "auto_intenders", quick, triggered_by="t").run_id
+               for i in range(50)}
+    procs = [subprocess.Popen([sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
+                              env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+    done = [line.split()[1] for out in outputs for line in out.splitlines()
+            if line.startswith("run ") and " completed: " in line]
+    assert sorted(done) == sorted(ids)  # each run reported by exactly one process
+    assert sum(1 for out in outputs if any(line.startswith("run ") for line in out.splitlines())) >= 2
+    with session_scope(platform) as s:
+        runs = [q.get_run(s, run_id) for run_id in ids]
+        assert {(r.status, r.attempts) for r in runs} == {("completed", 1)}
+        assert len({r.worker_id for r in runs}) >= 2
