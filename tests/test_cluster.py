@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,7 +100,10 @@ def _free_port() -> int:
 def test_optimizer_submit_runs_the_job_on_a_cluster(platform):
     """A real `ray start --head --block` cluster (stopped by its PID), the Jobs API, followed logs."""
     port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+    # its own RAY_TMPDIR: `ray start` records itself as the host's current cluster there, and that
+    # record outlives a cluster stopped by PID
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(ray_tmp),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                              f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
@@ -126,3 +131,6 @@ def test_optimizer_submit_runs_the_job_on_a_cluster(platform):
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # this cluster only; never `ray stop`
         head.wait(timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    shared = Path("/tmp/ray/ray_current_cluster")
+    assert not shared.exists() or f":{port}" not in shared.read_text()

@@ -29,5 +29,7 @@ def ensure_ray(**init_kwargs) -> None:
         # and Ray refuses a second one that names the same variables.
         ray.init(log_to_driver=True, **init_kwargs)
         return
-    ray.init(address=get_settings().ray_address, runtime_env={"env_vars": worker_env()},
+    # Unset means a new local Ray ("local"), never whatever cluster /tmp/ray/ray_current_cluster
+    # names: that file outlives a cluster stopped by PID, and ray.init() would wait on it forever.
+    ray.init(address=get_settings().ray_address or "local", runtime_env={"env_vars": worker_env()},
              log_to_driver=True, **init_kwargs)
