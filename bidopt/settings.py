@@ -66,6 +66,13 @@ class Settings(BaseSettings):
             "artifact_url": redact_url(self.artifact_url),
             "cache_url": redact_url(self.cache_url),
             "ray_address": redact_url(self.ray_address) if self.ray_address else None,
+            "heartbeat_seconds": self.heartbeat_seconds,
+            "stale_after_seconds": self.stale_after_seconds,
+            "max_attempts": self.max_attempts,
+            "bidder_refresh_seconds": self.bidder_refresh_seconds,
+            "bidder_min_replicas": self.bidder_min_replicas,
+            "bidder_max_replicas": self.bidder_max_replicas,
+            "decision_log_dir": self.decision_log_dir,
         }
 
 
