@@ -142,14 +142,23 @@ def write_run_artifacts(output_url: str, files: dict[str, bytes], *, meta: dict)
     return manifest
 
 
-def read_run_artifact(output_url: str, name: str) -> bytes:
-    """One file of a completed run, checked against its manifest (``NotFound`` / ``InvalidConfig``)."""
+def read_run_artifacts(output_url: str, names: list[str]) -> tuple[dict, dict[str, bytes]]:
+    """``(manifest, {name: bytes})`` of a completed run: the manifest is read once and every file
+    is checked against it (``NotFound`` when missing, ``InvalidConfig`` on a checksum mismatch)."""
     store = open_artifact_store(output_url)
     manifest = json.loads(store.get_bytes(MANIFEST))
-    entry = manifest["files"].get(name)
-    if entry is None:
-        raise NotFound(f"{name} is not in the manifest of {output_url}")
-    data = store.get_bytes(name)
-    if sha256(data) != entry["sha256"]:
-        raise InvalidConfig(f"{output_url}/{name} does not match its manifest checksum")
-    return data
+    files = {}
+    for name in names:
+        entry = manifest["files"].get(name)
+        if entry is None:
+            raise NotFound(f"{name} is not in the manifest of {output_url}")
+        data = store.get_bytes(name)
+        if sha256(data) != entry["sha256"]:
+            raise InvalidConfig(f"{output_url}/{name} does not match its manifest checksum")
+        files[name] = data
+    return manifest, files
+
+
+def read_run_artifact(output_url: str, name: str) -> bytes:
+    """One file of a completed run, checked against its manifest."""
+    return read_run_artifacts(output_url, [name])[1][name]

@@ -18,11 +18,10 @@ from itertools import accumulate
 import orjson
 
 from bidopt.bidder.fields import FeatureReader, request_domain
+from bidopt.warehouse.contract import backoff_key, segment_key
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_IMPS = 100
-WILDCARD = "*"
-SEPARATOR = "|"
 HASH_BUCKETS = 10_000
 
 
@@ -51,17 +50,17 @@ class RunTables:
     def lookup(self, req: dict, imp: dict) -> tuple[float, str, str]:
         """``(bid, key found, level)``: the full key, else the anchor's row, else the default."""
         values = [read(req, imp) for read in self.readers]
-        key = SEPARATOR.join(values)
+        key = segment_key(values)
         bid = self.bids.get(key)
         if bid is not None:
             return bid, key, "segment"
         n = len(values)
         if n > 1:
-            anchor_key = SEPARATOR.join([values[0]] + [WILDCARD] * (n - 1))
+            anchor_key = backoff_key(values[:1], n)
             bid = self.bids.get(anchor_key)
             if bid is not None:
                 return bid, anchor_key, "anchor"
-        default_key = SEPARATOR.join([WILDCARD] * n)
+        default_key = backoff_key([], n)
         return self.bids[default_key], default_key, "default"
 
 

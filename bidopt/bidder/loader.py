@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 
 import orjson
@@ -24,12 +23,13 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from bidopt.artifacts import MANIFEST, open_artifact_store, read_run_artifact
+from bidopt.artifacts import read_run_artifacts
 from bidopt.bidder.core import EMPTY_STATE, BidderState, Decision, EntityServing, RunTables
 from bidopt.bidder.fields import feature_reader
 from bidopt.cache import BidCache
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
+from bidopt.warehouse.contract import backoff_key
 
 log = logging.getLogger("bidopt.bidder")
 
@@ -59,13 +59,13 @@ def load_run_tables(run: PlannedRun) -> RunTables:
     """A run's tables from the artifact store, checked against its manifest."""
     if not run.output_url:
         raise ValueError(f"run {run.run_id} has no output path")
-    manifest = json.loads(open_artifact_store(run.output_url).get_bytes(MANIFEST))
-    bids_csv = read_run_artifact(run.output_url, "suggested_bids.csv").decode()
+    manifest, files = read_run_artifacts(run.output_url, ["suggested_bids.csv", "domain_multipliers.csv"])
+    bids_csv = files["suggested_bids.csv"].decode()
     bids = {row["segment_key"]: float(row["bid_cpm"]) for row in csv.DictReader(io.StringIO(bids_csv))}
     n = len(run.features)
-    if "|".join(["*"] * n) not in bids:
+    if backoff_key([], n) not in bids:
         raise ValueError(f"run {run.run_id}: bid table has no entity default row")
-    mult_csv = read_run_artifact(run.output_url, "domain_multipliers.csv").decode()
+    mult_csv = files["domain_multipliers.csv"].decode()
     multipliers = {row["domain"]: float(row["multiplier"]) for row in csv.DictReader(io.StringIO(mult_csv))}
     return RunTables(
         run_id=run.run_id, features=tuple(f for f, _ in run.features),

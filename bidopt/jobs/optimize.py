@@ -17,6 +17,7 @@ error, removes a manifest it may have written, and the job goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -68,12 +69,16 @@ def _csv(df: pd.DataFrame) -> bytes:
     return buf.getvalue().encode()
 
 
+def feature_records(spec: RunSpec, result: RunResult) -> list[q.FeatureRecord]:
+    """The run's features in key order with their macros, for opt_run_features and features.json."""
+    return [q.FeatureRecord(c.name, i + 1, c.is_anchor, c.signal_score, spec.macro_ids.get(c.name))
+            for i, c in enumerate(result.features)]
+
+
 def artifact_files(spec: RunSpec, result: RunResult) -> dict[str, bytes]:
     multipliers = result.multipliers if result.multipliers is not None else pd.DataFrame(
         columns=["domain", "multiplier"])
-    features = [{"feature_order": i + 1, "feature_name": c.name, "is_anchor": c.is_anchor,
-                 "signal_score": c.signal_score, "macro_id": spec.macro_ids.get(c.name)}
-                for i, c in enumerate(result.features)]
+    features = [dataclasses.asdict(f) for f in feature_records(spec, result)]
     files = {
         "suggested_bids.csv": _csv(result.bids),
         "domain_multipliers.csv": _csv(multipliers),
@@ -113,9 +118,7 @@ def process_run(run_id: str, worker_id: str, progress: Callable[[str], None] | N
             bid_max=float(seg.max()), s3_output_path=output_url, validation_status=result.validation_status,
             validation_details=result.validation_reasons)
         with session_scope(engine) as s:
-            q.record_run_features(s, run_id, [
-                q.FeatureRecord(c.name, i + 1, c.is_anchor, c.signal_score, spec.macro_ids.get(c.name))
-                for i, c in enumerate(result.features)])
+            q.record_run_features(s, run_id, feature_records(spec, result))
             q.record_run_metrics(s, run_id, result.metrics)
             q.mark_run_completed(s, run_id, stats, worker_id=worker_id)
         say(f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "

@@ -23,10 +23,9 @@ import numpy as np
 import pandas as pd
 
 from bidopt.optimizer.models import OTHER, WinRateModel
+from bidopt.warehouse.contract import backoff_key, segment_key
 
 GRID_POINTS = 256
-WILDCARD = "*"
-KEY_SEPARATOR = "|"
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,6 @@ class BidPolicy:
 
     def grid(self) -> np.ndarray:
         return np.geomspace(self.min_bid_cpm, self.max_bid_cpm, GRID_POINTS)
-
-
-def segment_key(values: Sequence[str]) -> str:
-    return KEY_SEPARATOR.join(values)
 
 
 def lump_rare(df: pd.DataFrame, column: str, keep: set[str]) -> pd.DataFrame:
@@ -185,7 +180,7 @@ def _backoff_rows(model: WinRateModel, cells: pd.DataFrame, features: list[str],
         w = np.bincount(codes, mix.weights, len(groups))
         for i in range(len(groups)):
             head = [str(groups.iloc[i, 0])] if columns else []
-            out.append({"segment_key": segment_key(head + [WILDCARD] * (len(features) - len(head))),
+            out.append({"segment_key": backoff_key(head, len(features)),
                         "level": level, "bid_cpm": round(float(bids[i]), 4),
                         "predicted_win_rate": round(float(rates[i]), 4), "train_bids": int(w[i]),
                         "explored": False, "capped": not bool(reached[i])})

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bidopt.optimizer.models import mean_bid
+
 MIN_SIGNAL_SCORE = 0.5
 MIN_SUPPORTED_SHARE = 0.8
 PRIOR_STRENGTH = 20.0  # pseudo-bids pulling a cell towards its parent cell
@@ -34,8 +36,7 @@ class FeatureChoice:
 
 
 def _bid_bin(df: pd.DataFrame) -> np.ndarray:
-    bid = df["bid_sum"].to_numpy(float) / np.maximum(df["bids"].to_numpy(float), 1)
-    return np.floor(np.log(np.maximum(bid, 1e-6)) / BID_BIN_LOG_WIDTH).astype(np.int64)
+    return np.floor(np.log(np.maximum(mean_bid(df), 1e-6)) / BID_BIN_LOG_WIDTH).astype(np.int64)
 
 
 def _cell_predictions(train: pd.DataFrame, test: pd.DataFrame, keys: list[str],

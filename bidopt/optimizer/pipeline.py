@@ -21,7 +21,7 @@ from bidopt.optimizer import bids as B
 from bidopt.optimizer import features as F
 from bidopt.optimizer import models as M
 from bidopt.warehouse import BidLogWarehouse, Window
-from bidopt.warehouse.contract import FEATURE_COLUMNS
+from bidopt.warehouse.contract import FEATURE_COLUMNS, segment_key
 
 Progress = Callable[[str], None]
 MAX_ADJUST_DOMAINS = 500  # domains with a category of their own in the win model
@@ -160,8 +160,9 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
             "domain_multipliers": float(len(multipliers)) if multipliers is not None else None,
         },
     }
-    status, reasons = validate(bid_table, multipliers, metrics, test, features, cfg, spec.thresholds)
-    metrics["validation"] = {"bid_coverage": _coverage(bid_table, test, features)}
+    coverage = _coverage(bid_table, test, features)
+    status, reasons = validate(bid_table, multipliers, metrics, coverage, cfg, spec.thresholds)
+    metrics["validation"] = {"bid_coverage": coverage}
     return RunResult(
         features=chosen, metrics=metrics, bids=bid_table, multipliers=multipliers,
         win_model=bytes(win.booster.save_raw("ubj")),
@@ -176,15 +177,16 @@ def _coverage(bid_table: pd.DataFrame, test: pd.DataFrame, features: list[str]) 
     if test.empty:
         return None
     keys = set(bid_table.loc[bid_table["level"] == "segment", "segment_key"])
-    test_keys = [B.segment_key(v) for v in test[features].astype(str).itertuples(index=False)]
+    test_keys = [segment_key(v) for v in test[features].astype(str).itertuples(index=False)]
     hit = np.array([k in keys for k in test_keys])
     w = test["bids"].to_numpy(float)
     return float((w * hit).sum() / w.sum())
 
 
-def validate(bid_table: pd.DataFrame, multipliers: pd.DataFrame | None, metrics: dict, test: pd.DataFrame,
-             features: list[str], cfg: dict, thresholds: dict) -> tuple[str, list[str]]:
-    """Checks on bids and models; ``("passed" | "failed", reasons)``. Every check adds a line."""
+def validate(bid_table: pd.DataFrame, multipliers: pd.DataFrame | None, metrics: dict, coverage: float | None,
+             cfg: dict, thresholds: dict) -> tuple[str, list[str]]:
+    """Checks on bids and models; ``("passed" | "failed", reasons)``. Every check adds a line.
+    ``coverage``: the held-out traffic share with a full segment key of its own (``_coverage``)."""
     reasons: list[str] = []
     failed = False
 
@@ -199,7 +201,6 @@ def validate(bid_table: pd.DataFrame, multipliers: pd.DataFrame | None, metrics:
           f"every bid within [{cfg['min_bid_cpm']}, {cfg['max_bid_cpm']}]")
     check(bool((bid_table["level"] == "default").sum() == 1), "one entity default row")
     check(not bid_table["segment_key"].duplicated().any(), "segment keys are unique")
-    coverage = _coverage(bid_table, test, features)
     check(coverage is not None and coverage >= thresholds["min_bid_coverage"],
           f"bid coverage of held-out traffic {_fmt(coverage)} >= {thresholds['min_bid_coverage']}")
     auc = metrics["win_rate_model"].get("auc")

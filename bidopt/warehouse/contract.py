@@ -64,6 +64,23 @@ DERIVED_FEATURES = ("floor_bucket",)
 
 UNKNOWN = "unknown"
 
+# Segment keys: feature values joined in feature order; back-off keys put WILDCARD where a
+# value is left out. The optimizer writes them and the bidder builds them: one definition.
+KEY_SEPARATOR = "|"
+WILDCARD = "*"
+
+
+def segment_key(values) -> str:
+    """``["california", "ios"]`` -> ``california|ios``."""
+    return KEY_SEPARATOR.join(values)
+
+
+def backoff_key(head, n_features: int) -> str:
+    """The key that keeps ``head`` and leaves the rest out: ``backoff_key(["california"], 3)``
+    -> ``california|*|*``; ``backoff_key([], 3)`` -> ``*|*|*``, the entity default."""
+    head = list(head)
+    return segment_key(head + [WILDCARD] * (n_features - len(head)))
+
 
 def normalise_feature_value(value: Any) -> str:
     """The one normalisation of feature values, for logs and bid requests alike."""
