@@ -202,10 +202,8 @@ def platform(platform_db):
     return platform_db
 
 
-@pytest.fixture
-def memcached_server():
-    """A memcached process on a free loopback port (Debian package `memcached`); yields
-    ``(host, port, process)`` and is stopped by PID afterwards."""
+def start_memcached(port: int):
+    """A memcached process on 127.0.0.1:``port`` (Debian package `memcached`), ready for connections."""
     import shutil
     import socket
     import subprocess
@@ -214,21 +212,29 @@ def memcached_server():
     exe = shutil.which("memcached") or ("/usr/bin/memcached" if Path("/usr/bin/memcached").exists() else None)
     if exe is None:
         missing_service("memcached is not installed (Debian package `memcached`)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     proc = subprocess.Popen([exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "nobody"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
+            return proc
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        missing_service(f"memcached did not start on port {port}")
+    proc.kill()
+    missing_service(f"memcached did not start on port {port}")
+
+
+@pytest.fixture
+def memcached_server():
+    """memcached on a free loopback port; yields ``(host, port, process)``, stopped by PID afterwards
+    (a test that restarts it stops the new process itself)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start_memcached(port)
     yield "127.0.0.1", port, proc
     if proc.poll() is None:
         proc.kill()

@@ -1,6 +1,7 @@
 """The bidder's refresh against real optimizer runs: loading, swapping, failures, caches."""
 
 import json
+import time
 
 import orjson
 import pytest
@@ -110,20 +111,35 @@ def test_memcached_gets_the_tables_and_its_loss_does_not_stop_bidding(runs, memc
 
 def test_a_restarted_memcached_is_filled_again(runs, memcached_server):
     """memcached restarts empty: the next refresh notices the missing split and republishes."""
+    from conftest import start_memcached
+    from pymemcache.exceptions import MemcacheError
+
     engine, (a, b, c) = runs
-    host, port, _ = memcached_server
+    host, port, proc = memcached_server
     cache = MemcachedCache(f"memcached://{host}:{port}", host, port)
     _split(engine, {a: 100})
     r = Refresher(get_settings().database_url, cache)
     assert r.refresh_once() == {"drugs_hcp": "loaded"}
     assert r.refresh_once() == {"drugs_hcp": "kept"}
-    from pymemcache.client.base import Client
-
-    Client((host, port)).flush_all()  # what a restart looks like to readers
-    assert cache.get_json("drugs_hcp", "split") is None
-    assert r.refresh_once() == {"drugs_hcp": "kept, republished"}
-    assert cache.get_json("drugs_hcp", "split")["runs"] == [{"run_id": a, "traffic_pct": 100}]
-    assert cache.get_bid("drugs_hcp", a, "|".join(["*"] * len(r.state.entities["drugs_hcp"].runs[0].features)))
+    proc.kill()  # a real restart: the new process starts empty on the same port
+    proc.wait()
+    restarted = start_memcached(port)
+    try:
+        deadline = time.time() + 10
+        while True:  # the pooled client reconnects on its next call
+            try:
+                assert cache.get_json("drugs_hcp", "split") is None
+                break
+            except (ConnectionError, OSError, MemcacheError):  # the pool drops its dead connection
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert r.refresh_once() == {"drugs_hcp": "kept, republished"}
+        assert cache.get_json("drugs_hcp", "split")["runs"] == [{"run_id": a, "traffic_pct": 100}]
+        n = len(r.state.entities["drugs_hcp"].runs[0].features)
+        assert cache.get_bid("drugs_hcp", a, "|".join(["*"] * n))
+    finally:
+        restarted.kill()
+        restarted.wait()
 
 
 def test_decisions_are_logged(runs, tmp_path, monkeypatch):
