@@ -33,3 +33,26 @@ def ensure_ray(**init_kwargs) -> None:
     # names: that file outlives a cluster stopped by PID, and ray.init() would wait on it forever.
     ray.init(address=get_settings().ray_address or "local", runtime_env={"env_vars": worker_env()},
              log_to_driver=True, **init_kwargs)
+
+
+# Custom node resources that cluster.yaml declares on its node types. Optimizer tasks and bidder
+# replicas each request their own kind, so that where both kinds of node exist an optimizer task
+# never lands on a bidder node (and the reverse). A cluster that declares neither (a laptop, a
+# single `ray start --head`) requests nothing extra, so `make demo` works unchanged.
+OPTIMIZER_RESOURCE = "optimizer"
+BIDDER_RESOURCE = "bidder"
+
+
+def declared_resources() -> set[str]:
+    """Which of the two kinds of node the connected cluster declares (call after ``ensure_ray``)."""
+    import ray
+
+    return {name for name in (OPTIMIZER_RESOURCE, BIDDER_RESOURCE) if ray.cluster_resources().get(name)}
+
+
+def optimizer_task_options() -> dict:
+    """``.options(...)`` of one optimizer task: one CPU, and an optimizer node where there are any."""
+    options: dict = {"num_cpus": 1}
+    if OPTIMIZER_RESOURCE in declared_resources():
+        options["resources"] = {OPTIMIZER_RESOURCE: 1}
+    return options
