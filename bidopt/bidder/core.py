@@ -46,6 +46,7 @@ class RunTables:
     multipliers: dict[str, float]
     max_bid_cpm: float
     checksum: str  # sha256 of suggested_bids.csv, from the manifest
+    min_bid_cpm: float = 0.0  # the run's config floor: no quoted price goes below it
 
     def lookup(self, req: dict, imp: dict) -> tuple[float, str, str]:
         """``(bid, key found, level)``: the full key, else the anchor's row, else the default."""
