@@ -10,13 +10,14 @@ TABLES = {
     "opt_master", "opt_versions", "opt_entities", "opt_entity_configs", "opt_runs",
     "opt_run_configs", "opt_run_metrics", "opt_run_features", "opt_feature_macros", "opt_deployments",
     "opt_users", "opt_api_tokens",  # who may call the management API (0002)
+    "opt_bidder_replicas",  # what each bidder replica serves (0003)
 }
 
 
 def test_upgrade_from_empty_creates_exactly_the_models(db_url):
     assert current_revision(db_url) is None
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
     engine = make_engine(db_url)
     try:
         assert set(inspect(engine).get_table_names()) - {"alembic_version"} == TABLES
@@ -30,7 +31,7 @@ def test_upgrade_from_empty_creates_exactly_the_models(db_url):
 def test_upgrade_is_idempotent(db_url):
     upgrade_database(db_url)
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
 
 
 def test_upgrade_from_0001_keeps_data(db_url):
@@ -48,5 +49,45 @@ def test_upgrade_from_0001_keeps_data(db_url):
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_name FROM opt_versions")).scalar() == "v1"
             assert conn.execute(text("SELECT COUNT(*) FROM opt_users")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0002_pins_each_run_features_request_field(db_url):
+    """0003 fills opt_run_features.request_field from each row's macro; a feature without a macro
+    (floor_bucket) stays NULL; the new replicas table starts empty."""
+    from sqlalchemy import text
+
+    upgrade_database(db_url, "0002")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO opt_master (master_id, source_code, name, source_type, auction_type, "
+                              "macro_namespace, is_active, created_at) VALUES (1, 'ADX', 'x', 'exchange', "
+                              "'first_price', 'ADX', TRUE, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO opt_versions (version_id, version_name, anchor_feature, min_win_auc, "
+                              "max_win_ece, min_bid_coverage, created_at) VALUES (1, 'v1', 'geo_region_name', "
+                              "0.5, 0.1, 0.9, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO opt_entities (entity_id, entity_code, name, master_id, "
+                              "current_version_id, base_path, is_active, created_at) VALUES (1, 'e', 'e', 1, 1, "
+                              "'e', TRUE, CURRENT_TIMESTAMP)"))
+            for macro_id, feature, field in ((1, "geo_region_name", "device.geo.region"), (2, "os_code", "device.os")):
+                conn.execute(text("INSERT INTO opt_feature_macros (macro_id, master_id, feature_name, macro_template, "
+                                  "request_field, status) VALUES (:id, 1, :f, '[M]', :field, 'A')"),
+                             {"id": macro_id, "f": feature, "field": field})
+            conn.execute(text("INSERT INTO opt_runs (run_id, entity_id, version_id, status, triggered_by, "
+                              "trigger_type, created_at, attempts) VALUES ('r1', 1, 1, 'completed', 't', 'manual', "
+                              "CURRENT_TIMESTAMP, 1)"))
+            for order, feature, macro_id in ((1, "geo_region_name", 1), (2, "os_code", 2), (3, "floor_bucket", None)):
+                conn.execute(text("INSERT INTO opt_run_features (run_id, feature_name, feature_order, is_anchor, "
+                                  "macro_id) VALUES ('r1', :f, :o, FALSE, :m)"), {"f": feature, "o": order, "m": macro_id})
+        upgrade_database(db_url)
+        assert current_revision(db_url) == "0003"
+        with engine.connect() as conn:
+            pinned = dict(conn.execute(text("SELECT feature_name, request_field FROM opt_run_features")).all())
+            assert pinned == {"geo_region_name": "device.geo.region", "os_code": "device.os", "floor_bucket": None}
+            assert conn.execute(text("SELECT COUNT(*) FROM opt_bidder_replicas")).scalar() == 0
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         engine.dispose()

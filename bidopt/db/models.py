@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 typed models of the ten ``opt_*`` tables.
+"""SQLAlchemy 2.0 typed models of the ``opt_*`` tables (the ten optimizer tables, users and tokens,
+bidder replicas).
 
 Reading of the two catalogue tables:
 
@@ -259,6 +260,9 @@ class OptRunFeature(Base):
     is_anchor: Mapped[bool] = mapped_column(Boolean, default=False)
     signal_score: Mapped[float | None] = mapped_column(Float)
     macro_id: Mapped[int | None] = mapped_column(ForeignKey("opt_feature_macros.macro_id"))
+    # The macro's request field when the run was trained (0003): editing the macro later must not
+    # change how this run's keys are built. NULL only for features without a macro (floor_bucket).
+    request_field: Mapped[str | None] = mapped_column(String(200))
 
     macro: Mapped[OptFeatureMacro | None] = relationship()
 
@@ -283,6 +287,25 @@ class OptDeployment(Base):
     deactivated_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     run: Mapped[OptRun] = relationship()
+
+
+class OptBidderReplica(Base):
+    """What one bidder replica serves, as it last reported it (0003). Each replica upserts its own
+    row on every refresh and deletes it on a clean stop; a row not reported for more than three of
+    its refresh intervals belongs to a replica that is gone."""
+
+    __tablename__ = "opt_bidder_replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid:random
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    reported_at: Mapped[datetime] = mapped_column(DateTime)  # the database's clock, not the replica's
+    refresh_seconds: Mapped[float] = mapped_column(Float)
+    ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    # JSON {entity_code: {"split_id", "runs": [{"run_id", "traffic_pct"}], "loaded_at", "error"}}
+    serving: Mapped[str] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class OptUser(Base):
