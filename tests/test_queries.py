@@ -155,10 +155,14 @@ def test_features_with_macros_in_feature_order(engine):
         macros = {m.feature_name: m for m in q.list_active_feature_macros(
             s, q.get_entity_by_code(s, "drugs_hcp").master_id)}
         q.record_run_features(s, run_id, [
-            q.FeatureRecord("os_code", 2, False, 41.5, macros["os_code"].macro_id),
-            q.FeatureRecord("geo_region_name", 1, True, None, macros["geo_region_name"].macro_id),
-            q.FeatureRecord("floor_bucket", 3, False, 10.0, None),
+            q.FeatureRecord("os_code", 2, False, 41.5, macros["os_code"].macro_id, "device.os"),
+            q.FeatureRecord("geo_region_name", 1, True, None, macros["geo_region_name"].macro_id,
+                            "device.geo.region"),
+            q.FeatureRecord("floor_bucket", 3, False, 10.0, None, None),
         ])
+    with session_scope(engine) as s:  # a macro edited after the run: the run keeps its field
+        macros["os_code"] = s.merge(macros["os_code"])
+        macros["os_code"].request_field = "device.osv"
     with session_scope(engine) as s:
         feats = q.get_run_features_with_macros(s, run_id)
     assert [(f.feature_name, f.macro_template, f.request_field) for f in feats] == [

@@ -232,15 +232,39 @@ def claim_next_pending_run(session: Session, worker_id: str, *, now: datetime | 
     return None
 
 
-def heartbeat_run(session: Session, run_id: str, worker_id: str, *, now: datetime | None = None) -> bool:
-    """Record that ``worker_id`` still works on ``run_id``; False if the run is no longer its own."""
+# A claim is a lease: (worker_id, attempt), attempt being ``opt_runs.attempts`` right after the
+# claim. Requeueing and re-claiming a run always changes ``attempts``, so every write of a worker
+# that names its attempt is refused once the run has moved on -- even when the same driver process
+# (same worker_id) re-claimed it. Functions below take ``attempt`` as a keyword; the optimizer
+# always passes it. Without it they match the worker alone (operators' tools and older callers).
+
+
+def _held_by(worker_id: str | None, attempt: int | None) -> list:
+    conds = [OptRun.status == "running"]
+    if worker_id is not None:
+        conds.append(OptRun.worker_id == worker_id)
+    if attempt is not None:
+        conds.append(OptRun.attempts == attempt)
+    return conds
+
+
+def heartbeat_run(session: Session, run_id: str, worker_id: str, *, attempt: int | None = None,
+                  now: datetime | None = None) -> bool:
+    """Record that ``worker_id`` (attempt ``attempt``) still works on ``run_id``; False if the run
+    is no longer its own -- the worker must then stop and leave the run alone."""
     result = session.execute(
         update(OptRun)
-        .where(OptRun.run_id == run_id, OptRun.status == "running", OptRun.worker_id == worker_id)
+        .where(OptRun.run_id == run_id, *_held_by(worker_id, attempt))
         .values(heartbeat_at=now or utcnow())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def holds_run_lease(session: Session, run_id: str, worker_id: str, attempt: int) -> bool:
+    """Whether ``run_id`` is still running under this worker's attempt (a read; changes nothing)."""
+    found = session.scalar(select(OptRun.run_id).where(OptRun.run_id == run_id, *_held_by(worker_id, attempt)))
+    return found is not None
 
 
 @dataclass
@@ -256,17 +280,15 @@ class RunStats:
 
 def mark_run_completed(
     session: Session, run_id: str, stats: RunStats, *, worker_id: str | None = None,
-    now: datetime | None = None,
+    attempt: int | None = None, now: datetime | None = None,
 ) -> None:
-    """running -> completed with summary stats. Raises ``Conflict`` if the run is not running
-    (or, with ``worker_id``, no longer held by that worker)."""
+    """running -> completed with summary stats; ``stats.s3_output_path`` is the completing
+    attempt's folder. Raises ``Conflict`` if the run is not running (or, with ``worker_id`` /
+    ``attempt``, no longer held by that lease)."""
     if stats.validation_status not in ("passed", "failed"):
         raise InvalidConfig(f"validation_status must be passed or failed, got {stats.validation_status!r}")
-    conds = [OptRun.run_id == run_id, OptRun.status == "running"]
-    if worker_id is not None:
-        conds.append(OptRun.worker_id == worker_id)
     result = session.execute(
-        update(OptRun).where(*conds).values(
+        update(OptRun).where(OptRun.run_id == run_id, *_held_by(worker_id, attempt)).values(
             status="completed", completed_at=now or utcnow(),
             segments_count=stats.segments_count, bid_median=stats.bid_median,
             bid_min=stats.bid_min, bid_max=stats.bid_max, s3_output_path=stats.s3_output_path,
@@ -275,24 +297,59 @@ def mark_run_completed(
         ).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        raise Conflict(f"run {run_id} is not running{' for ' + worker_id if worker_id else ''}")
+        raise Conflict(f"run {run_id} is not running{_lease_text(worker_id, attempt)}")
+
+
+def _lease_text(worker_id: str | None, attempt: int | None) -> str:
+    text = f" for {worker_id}" if worker_id else ""
+    return text + (f" (attempt {attempt})" if attempt is not None else "")
 
 
 def mark_run_failed(
     session: Session, run_id: str, error: str, *, worker_id: str | None = None,
-    now: datetime | None = None,
+    attempt: int | None = None, now: datetime | None = None,
 ) -> None:
-    """pending/running -> failed with the error. Raises ``Conflict`` if the run already ended."""
-    conds = [OptRun.run_id == run_id, OptRun.status.in_(("pending", "running"))]
-    if worker_id is not None:
-        conds.append(OptRun.worker_id == worker_id)
+    """pending/running -> failed with the error; with ``worker_id`` / ``attempt`` only a running
+    run still held by that lease. Raises ``Conflict`` if the run already ended (or moved on)."""
+    if worker_id is None and attempt is None:
+        conds = [OptRun.status.in_(("pending", "running"))]
+    else:
+        conds = _held_by(worker_id, attempt)
     result = session.execute(
-        update(OptRun).where(*conds).values(
+        update(OptRun).where(OptRun.run_id == run_id, *conds).values(
             status="failed", completed_at=now or utcnow(), error_message=error[:4000],
         ).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
-        raise Conflict(f"run {run_id} cannot be marked failed: it is not pending or running")
+        if worker_id is None and attempt is None:
+            raise Conflict(f"run {run_id} cannot be marked failed: it is not pending or running")
+        raise Conflict(f"run {run_id} cannot be marked failed: it is not running{_lease_text(worker_id, attempt)}")
+
+
+def release_run_lease(
+    session: Session, run_id: str, *, worker_id: str | None, attempt: int, reason: str, max_attempts: int,
+    heartbeat_at: datetime | None | object = ..., now: datetime | None = None,
+) -> str | None:
+    """End attempt ``attempt`` of a running run whose work was lost (its worker or task died, or
+    it ran past its time limit): back to ``pending`` while ``attempt < max_attempts``, else
+    ``failed`` ("gave up after N attempts: <reason>"). Returns the new status, or ``None`` when
+    the run is no longer held by that lease (it completed, failed or was taken over meanwhile:
+    nothing is changed). ``heartbeat_at``, when given, must also still match (stale requeue)."""
+    conds = [OptRun.run_id == run_id, OptRun.status == "running", OptRun.worker_id == worker_id,
+             OptRun.attempts == attempt]
+    if heartbeat_at is not ...:
+        conds.append(OptRun.heartbeat_at == heartbeat_at)
+    if attempt < max_attempts:
+        values = dict(status="pending", worker_id=None, heartbeat_at=None, started_at=None,
+                      error_message=f"requeued after attempt {attempt}: {reason}"[:4000])
+        new_status = "pending"
+    else:
+        values = dict(status="failed", completed_at=now or utcnow(),
+                      error_message=f"gave up after {attempt} attempts: {reason}"[:4000])
+        new_status = "failed"
+    result = session.execute(update(OptRun).where(*conds).values(**values)
+                             .execution_options(synchronize_session=False))
+    return new_status if result.rowcount == 1 else None
 
 
 def requeue_stale_runs(
@@ -309,20 +366,11 @@ def requeue_stale_runs(
     changed = []
     for run in stale:
         reason = (f"worker {run.worker_id} stopped heartbeating (last {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
-        if run.attempts < max_attempts:
-            values = dict(status="pending", worker_id=None, heartbeat_at=None, started_at=None,
-                          error_message=f"requeued after attempt {run.attempts}: {reason}")
-            new_status = "pending"
-        else:
-            values = dict(status="failed", completed_at=now,
-                          error_message=f"gave up after {run.attempts} attempts: {reason}")
-            new_status = "failed"
-        result = session.execute(
-            update(OptRun).where(OptRun.run_id == run.run_id, OptRun.status == "running",
-                                 OptRun.heartbeat_at == run.heartbeat_at)
-            .values(**values).execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
+        # The same lease and the same last heartbeat as read: a beat or a requeue in between wins.
+        new_status = release_run_lease(session, run.run_id, worker_id=run.worker_id, attempt=run.attempts,
+                                       reason=reason, max_attempts=max_attempts,
+                                       heartbeat_at=run.heartbeat_at, now=now)
+        if new_status is not None:
             changed.append((run.run_id, new_status))
     return changed
 
@@ -334,6 +382,9 @@ class FeatureRecord:
     is_anchor: bool
     signal_score: float | None
     macro_id: int | None
+    # the macro's request field as the run read it when it started (None: no macro, floor_bucket);
+    # the bidder builds the run's keys from this, never from the macro's current field
+    request_field: str | None = None
 
 
 def record_run_features(session: Session, run_id: str, features: Sequence[FeatureRecord]) -> None:
@@ -342,7 +393,8 @@ def record_run_features(session: Session, run_id: str, features: Sequence[Featur
     session.query(OptRunFeature).filter(OptRunFeature.run_id == run_id).delete()
     for f in features:
         session.add(OptRunFeature(run_id=run_id, feature_name=f.feature_name, feature_order=f.feature_order,
-                                  is_anchor=f.is_anchor, signal_score=f.signal_score, macro_id=f.macro_id))
+                                  is_anchor=f.is_anchor, signal_score=f.signal_score, macro_id=f.macro_id,
+                                  request_field=f.request_field))
     session.flush()
 
 
@@ -383,11 +435,12 @@ class RunFeatureWithMacro:
     signal_score: float | None
     macro_id: int | None
     macro_template: str | None
-    request_field: str | None
+    request_field: str | None  # pinned when the run was trained (opt_run_features), not the macro's now
 
 
 def get_run_features_with_macros(session: Session, run_id: str) -> list[RunFeatureWithMacro]:
-    """The run's features in key order, with the macro each is read from (if any)."""
+    """The run's features in key order, with the macro each is read from (if any) and the request
+    field the run was trained with: a macro edited since does not change an old run's keys."""
     rows = session.execute(
         select(OptRunFeature, OptFeatureMacro)
         .outerjoin(OptFeatureMacro, OptFeatureMacro.macro_id == OptRunFeature.macro_id)
@@ -396,7 +449,7 @@ def get_run_features_with_macros(session: Session, run_id: str) -> list[RunFeatu
     )
     return [
         RunFeatureWithMacro(f.feature_order, f.feature_name, f.is_anchor, f.signal_score, f.macro_id,
-                            m.macro_template if m else None, m.request_field if m else None)
+                            m.macro_template if m else None, f.request_field)
         for f, m in rows
     ]
 
