@@ -47,14 +47,16 @@ def new_worker_id() -> str:
 
 
 def load_run_spec(session, run_id: str) -> tuple[RunSpec, str]:
-    """The run's inputs (entity, static configs, run configs, active macros, version thresholds)
-    and the URL its artifacts go to."""
+    """The run's inputs (entity, static configs, run configs, active macros with their request
+    fields, version thresholds) and the URL its artifacts go to. The request fields are read here,
+    once, and recorded with the run's features: a macro edited later changes no finished run."""
     run = q.get_run(session, run_id)
     entity, version = run.entity, run.version
     macros = q.list_active_feature_macros(session, entity.master_id)
     spec = RunSpec(
         run_id=run.run_id, entity_code=entity.entity_code, anchor_feature=version.anchor_feature,
         macro_ids={m.feature_name: m.macro_id for m in macros},
+        request_fields={m.feature_name: m.request_field for m in macros},
         static=q.get_entity_configs(session, entity.entity_id),
         configs=q.get_run_configs(session, run.run_id),
         thresholds={"min_win_auc": version.min_win_auc, "max_win_ece": version.max_win_ece,
@@ -70,8 +72,10 @@ def _csv(df: pd.DataFrame) -> bytes:
 
 
 def feature_records(spec: RunSpec, result: RunResult) -> list[q.FeatureRecord]:
-    """The run's features in key order with their macros, for opt_run_features and features.json."""
-    return [q.FeatureRecord(c.name, i + 1, c.is_anchor, c.signal_score, spec.macro_ids.get(c.name))
+    """The run's features in key order with their macros and the request fields the run was trained
+    with, for opt_run_features and features.json."""
+    return [q.FeatureRecord(c.name, i + 1, c.is_anchor, c.signal_score, spec.macro_ids.get(c.name),
+                            spec.request_fields.get(c.name))
             for i, c in enumerate(result.features)]
 
 

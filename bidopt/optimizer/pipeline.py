@@ -36,6 +36,9 @@ class RunSpec:
     static: dict  # floor_available, npi_enabled, domain_enabled
     configs: dict  # run configs (validated again here)
     thresholds: dict  # min_win_auc, max_win_ece, min_bid_coverage
+    # active macros: feature name -> bid-request field, as read when the run started; recorded with
+    # the run's features so that the bidder builds its keys the way it was trained
+    request_fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
