@@ -8,13 +8,58 @@ parse and validate them, used alike by the CLI, the API and the optimizer
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from bidopt.errors import InvalidConfig
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
+
+# Config values arrive as text (CLI, API) or as JSON numbers. Text is read with these ASCII
+# patterns rather than int()/float() alone, which also take "nan", "inf", "1_000" and
+# non-ASCII digits; longer text is refused before parsing (nothing sensible is that long).
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+MAX_VALUE_CHARS = 100
+_SHOWN_CHARS = 40
+
+# Bids are written and quoted with this many decimals. A bound is rounded inwards to it
+# (``price_floor`` of a maximum, ``price_ceil`` of a minimum) so a rounded price never
+# crosses the bound it was clipped to.
+PRICE_DECIMALS = 4
+_PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_DECIMALS)
+_ALL_INTEGERS_FROM = 2.0 ** 53  # doubles this large have no fractional part to round
+
+
+def _to_price_places(x: float, rounding: str) -> float:
+    if not math.isfinite(x) or abs(x) >= _ALL_INTEGERS_FROM:
+        return x
+    # repr is the shortest text that reads back as x, so 2.0001 rounds as 2.0001 and not as
+    # the binary 2.000099999...; the result is the double nearest that decimal, which keeps
+    # its side of x because rounding to the nearest double is monotone.
+    return float(Decimal(repr(x)).quantize(_PRICE_QUANTUM, rounding=rounding))
+
+
+def price_floor(x: float) -> float:
+    """The largest price with ``PRICE_DECIMALS`` decimals that is not above ``x``."""
+    return _to_price_places(float(x), ROUND_FLOOR)
+
+
+def price_ceil(x: float) -> float:
+    """The smallest price with ``PRICE_DECIMALS`` decimals that is not below ``x``."""
+    return _to_price_places(float(x), ROUND_CEILING)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: error messages echo what was given, never megabytes of it."""
+    if isinstance(value, int) and value.bit_length() > 1000:  # repr would refuse past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -34,17 +79,17 @@ class ConfigSpec:
         """Parse a raw value (text from a CLI/API or a native value) and check its range."""
         value = _coerce(self, raw)
         if self.choices and value not in self.choices:
-            raise InvalidConfig(f"{self.key} must be one of {', '.join(self.choices)}, got {value!r}")
+            raise InvalidConfig(f"{self.key} must be one of {', '.join(self.choices)}, got {_shown(value)}")
         if self.min_value is not None:
             bad = value < self.min_value if self.min_inclusive else value <= self.min_value
             if bad:
                 op = ">=" if self.min_inclusive else ">"
-                raise InvalidConfig(f"{self.key} must be {op} {self.min_value}, got {value}")
+                raise InvalidConfig(f"{self.key} must be {op} {self.min_value}, got {_shown(value)}")
         if self.max_value is not None:
             bad = value > self.max_value if self.max_inclusive else value >= self.max_value
             if bad:
                 op = "<=" if self.max_inclusive else "<"
-                raise InvalidConfig(f"{self.key} must be {op} {self.max_value}, got {value}")
+                raise InvalidConfig(f"{self.key} must be {op} {self.max_value}, got {_shown(value)}")
         return value
 
     def to_text(self, value: Any) -> str:
@@ -55,6 +100,8 @@ class ConfigSpec:
 
 def _coerce(spec: ConfigSpec, raw: Any) -> Any:
     t = spec.value_type
+    if isinstance(raw, str) and len(raw) > MAX_VALUE_CHARS:
+        raise InvalidConfig(f"{spec.key} is {len(raw)} characters long; at most {MAX_VALUE_CHARS} are accepted")
     try:
         if t == "bool":
             if isinstance(raw, bool):
@@ -68,25 +115,38 @@ def _coerce(spec: ConfigSpec, raw: Any) -> Any:
         if t == "int":
             if isinstance(raw, bool):
                 raise ValueError
+            if isinstance(raw, int):
+                return raw
             if isinstance(raw, float):
-                if not raw.is_integer():
+                if not raw.is_integer():  # also refuses nan and inf
                     raise ValueError
                 return int(raw)
-            return int(str(raw).strip())
+            text = raw.strip() if isinstance(raw, str) else None
+            if text is None or not _INT_TEXT.fullmatch(text):
+                raise ValueError
+            return int(text)
         if t == "float":
             if isinstance(raw, bool):
                 raise ValueError
-            value = float(str(raw).strip()) if not isinstance(raw, (int, float)) else float(raw)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError
-            return value
+            if isinstance(raw, (int, float)):
+                value = float(raw)  # OverflowError for an integer beyond the largest double
+            else:
+                text = raw.strip() if isinstance(raw, str) else None
+                if text is None or not _FLOAT_TEXT.fullmatch(text):
+                    raise ValueError
+                value = float(text)
+            if not math.isfinite(value):
+                raise OverflowError
+            return value + 0.0  # -0.0 -> 0.0: a stored config never reads "-0.0"
         if t == "str":
             if not isinstance(raw, str):
                 raise ValueError
             return raw.strip()
+    except OverflowError:
+        raise InvalidConfig(f"{spec.key} must be a finite number, got {_shown(raw)}") from None
     except (TypeError, ValueError):
         pass
-    raise InvalidConfig(f"{spec.key} must be a {_TYPE_WORDS[t]}, got {raw!r}")
+    raise InvalidConfig(f"{spec.key} must be a {_TYPE_WORDS[t]}, got {_shown(raw)}")
 
 
 _TYPE_WORDS = {"bool": "boolean (true/false)", "int": "whole number", "float": "number", "str": "text"}
@@ -105,7 +165,7 @@ RUN_CONFIG_SPECS: dict[str, ConfigSpec] = {
         _spec("max_bid_cpm", "float", "business", 25.0,
               "No suggested bid exceeds this CPM", 0.0, 10_000.0, False, True),
         _spec("min_bid_cpm", "float", "business", 0.10,
-              "No suggested bid is below this CPM", 0.0, 10_000.0),
+              "No suggested bid is below this CPM", 0.0, 10_000.0, False, True),
         _spec("exploration_mode", "str", "business", "optimistic",
               "How thin segments explore: none, uplift (fixed uplift) or optimistic "
               "(upper confidence bound of the needed bid)", choices=("none", "uplift", "optimistic")),
@@ -168,8 +228,12 @@ def parse_run_configs(raw: dict[str, Any], *, fill_defaults: bool = True) -> dic
 def check_run_config_relations(values: dict[str, Any]) -> None:
     """Rules that involve more than one key."""
     lo, hi = values.get("min_bid_cpm"), values.get("max_bid_cpm")
-    if lo is not None and hi is not None and lo >= hi:
-        raise InvalidConfig(f"min_bid_cpm ({lo}) must be below max_bid_cpm ({hi})")
+    if lo is not None and hi is not None:
+        if lo >= hi:
+            raise InvalidConfig(f"min_bid_cpm ({lo}) must be below max_bid_cpm ({hi})")
+        if price_ceil(lo) > price_floor(hi):
+            raise InvalidConfig(f"min_bid_cpm ({lo}) and max_bid_cpm ({hi}) leave no bid with "
+                                f"{PRICE_DECIMALS} decimals between them")
 
 
 def parse_key_value_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -84,6 +84,21 @@ def test_run_configs_are_validated_like_the_cli(client, platform_db, body, statu
         assert _count(platform_db, OptRun) == 0 and _count(platform_db, OptRunConfig) == 0
 
 
+@pytest.mark.parametrize("configs_json,message", [
+    (b'{"max_bid_cpm": 1' + b"0" * 400 + b"}", "max_bid_cpm must be a finite number"),  # was a 500
+    (b'{"lookback_days": 1' + b"0" * 400 + b"}", "lookback_days must be <= 365"),
+    (b'{"min_bid_cpm": 0}', "min_bid_cpm must be > 0.0"),
+    (b'{"max_bid_cpm": "1e999"}', "max_bid_cpm must be a finite number"),
+    (b'{"max_bid_cpm": "' + b"9" * 5000 + b'"}', "max_bid_cpm is 5000 characters long"),
+])
+def test_absurd_config_values_get_422_with_the_reason(client, platform_db, configs_json, message):
+    res = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator | {"Content-Type": "application/json"},
+                      content=b'{"configs": ' + configs_json + b"}")
+    assert res.status_code == 422, res.text
+    assert message in res.json()["error"] and len(res.text) < 300
+    assert _count(platform_db, OptRun) == 0 and _count(platform_db, OptRunConfig) == 0
+
+
 def test_viewers_and_strangers_change_nothing(client, platform_db):
     a = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
     _complete(platform_db, a)

@@ -90,6 +90,56 @@ def test_invalid_run_configs_are_rejected_and_write_nothing(engine, configs, mes
         assert s.scalar(select(func.count()).select_from(OptRunConfig)) == 0
 
 
+@pytest.mark.parametrize("configs,message", [
+    ({"min_bid_cpm": 0}, "min_bid_cpm must be > 0.0"),  # a geomspace from 0 failed the run late
+    ({"min_bid_cpm": "-0.0"}, "min_bid_cpm must be > 0.0"),
+    ({"max_bid_cpm": 10 ** 400}, "max_bid_cpm must be a finite number"),  # was an OverflowError (a 500)
+    ({"max_bid_cpm": "1" * 400}, "max_bid_cpm is 400 characters long"),
+    ({"max_bid_cpm": 10 ** 5000}, "max_bid_cpm must be a finite number, got an integer of about 5001 digits"),
+    ({"lookback_days": 10 ** 400}, "lookback_days must be <= 365, got an integer of about 401 digits"),
+    ({"lookback_days": -(10 ** 5000)}, "lookback_days must be >= 1, got an integer of about"),
+    ({"lookback_days": 1e300}, "lookback_days must be <= 365"),
+    ({"lookback_days": float("inf")}, "lookback_days must be a whole number"),
+    ({"max_bid_cpm": "1e400"}, "max_bid_cpm must be a finite number"),
+    ({"max_bid_cpm": float("nan")}, "max_bid_cpm must be a finite number"),
+    ({"max_bid_cpm": "NaN"}, "max_bid_cpm must be a number"),
+    ({"max_bid_cpm": "inf"}, "max_bid_cpm must be a number"),
+    ({"max_bid_cpm": "\uff11\uff10"}, "max_bid_cpm must be a number"),  # full-width digits are not ASCII
+    ({"lookback_days": "1_000"}, "lookback_days must be a whole number"),
+    ({"max_bid_cpm": None}, "max_bid_cpm must be a number, got None"),
+    ({"exploration_mode": "x" * 1_000_000}, "exploration_mode is 1000000 characters long"),
+    ({"min_bid_cpm": "2.00001", "max_bid_cpm": "2.00009"}, "leave no bid with 4 decimals between them"),
+])
+def test_absurd_config_values_are_refused_up_front_with_the_reason(engine, configs, message):
+    with pytest.raises(InvalidConfig) as caught:
+        _create(engine, **configs)
+    assert message in str(caught.value) and len(str(caught.value)) < 200
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(OptRun)) == 0
+
+
+def test_config_bounds_that_round_to_a_shared_bid_are_accepted(engine):
+    run_id = _create(engine, min_bid_cpm="2.00001", max_bid_cpm="2.0001", exploration_uplift="-0.0")
+    with session_scope(engine) as s:
+        technical = q.get_run_configs_by_section(s, run_id)["technical"]
+        assert technical["exploration_uplift"] == 0.0 and str(technical["exploration_uplift"]) == "0.0"
+
+
+@pytest.mark.parametrize("raw,message", [
+    ("maybe", "npi_enabled must be a boolean"),
+    ("y" * 10_000, "npi_enabled is 10000 characters long"),
+    (10 ** 400, "npi_enabled must be a boolean"),
+    (float("nan"), "npi_enabled must be a boolean"),
+    (None, "npi_enabled must be a boolean"),
+])
+def test_absurd_entity_config_values_are_refused_and_keep_the_old_value(engine, raw, message):
+    with session_scope(engine) as s:
+        entity = q.get_entity_by_code(s, "drugs_hcp")
+        with pytest.raises(InvalidConfig, match=message):
+            q.set_entity_config(s, entity.entity_id, "npi_enabled", raw)
+        assert q.get_entity_configs(s, entity.entity_id)["npi_enabled"] is True
+
+
 def test_claim_takes_oldest_pending_and_marks_it_running(engine):
     newer = _create(engine, now=T0 + timedelta(minutes=5))
     older = _create(engine, now=T0)
