@@ -147,10 +147,9 @@ def test_caps_minimum_floors_and_exploration():
     assert floors.loc["b", "bid_cpm"] >= 2.0 and floors.loc["a", "bid_cpm"] < 2.0
 
 
-def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
-    """Two domains inside each segment, one cheap and one dear; the logged bids follow the market
-    (the confounding of a real bidder's logs). The mixture bid sits between the domains' own bids,
-    and the multipliers turn it into each domain's own bid."""
+def _two_domain_cells():
+    """Two domains inside each segment, one cheap and one dear, and a tiny one; the logged bids
+    follow the market (the confounding of a real bidder's logs). ``(model, cells)``."""
     rng = np.random.default_rng(4)
     rows = []
     for seg, mu in (("a", 0.0), ("b", 1.0)):
@@ -162,7 +161,13 @@ def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
                 rows.append({"f": seg, "domain": domain, "bids": n, "wins": rng.binomial(n, p), "bid_sum": n * bid})
     df = pd.DataFrame(rows)
     model = M.train_win_model(df, ["f", "domain"], CFG)
-    cells = df.groupby(["f", "domain"], as_index=False)["bids"].sum()
+    return model, df.groupby(["f", "domain"], as_index=False)["bids"].sum()
+
+
+def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
+    """The mixture bid sits between the domains' own bids, and the multipliers turn it into each
+    domain's own bid."""
+    model, cells = _two_domain_cells()
     policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none",
                                              "max_bid_cpm": 50.0}, use_floors=False)
     table, model_bids = B.suggest_bids(model, cells, ["f"], policy)
@@ -177,6 +182,49 @@ def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
     tight = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
                                  lower=0.9, upper=1.1).set_index("domain")
     assert tight["multiplier"].tolist() == [pytest.approx(x) for x in np.clip(mult["multiplier"], 0.9, 1.1)]
+
+
+def test_rounding_never_crosses_the_bounds():
+    """Bids are written with 4 decimals: rounded after clipping, max_bid_cpm=2.00006 gave 2.0001 and
+    min_bid_cpm=0.50004 gave 0.5, and the run failed its own validation. Likewise multipliers."""
+    model, _ = _toy_model()
+    segs = pd.DataFrame({"f": ["a", "b"], "bids": [10_000, 10_000]})
+    for target, lo, hi in ((0.5, 0.10004, 2.00006), (0.02, 0.50004, 100.0), (0.5, 2.00001, 2.0001)):
+        policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": target, "exploration_mode": "none",
+                                                 "min_bid_cpm": lo, "max_bid_cpm": hi}, use_floors=False)
+        bids = B.suggest_bids(model, segs, ["f"], policy)[0]["bid_cpm"].to_numpy()
+        assert ((bids >= lo) & (bids <= hi)).all(), (lo, hi, bids)
+        assert (bids == np.round(bids, 4)).all()
+    capped = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "max_bid_cpm": 2.00006}, use_floors=False)
+    assert B.suggest_bids(model, segs, ["f"], capped)[0].set_index("segment_key").loc["b", "bid_cpm"] == 2.0
+
+    model, cells = _two_domain_cells()
+    policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none",
+                                             "max_bid_cpm": 50.0}, use_floors=False)
+    _, model_bids = B.suggest_bids(model, cells, ["f"], policy)
+    mult = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
+                                lower=0.90004, upper=1.09996).set_index("domain")["multiplier"]
+    assert (mult["cheap.com"], mult["dear.com"]) == (0.9001, 1.0999)  # rounding used to give 0.9 and 1.1
+
+
+def test_optimistic_exploration_never_aims_below_the_target():
+    """The upper confidence bound was capped at 0.99, so a target of 0.995 explored *below* it."""
+    weights, thin = np.array([10.0, 50.0, 10_000.0]), np.array([True, True, False])
+    for target in (0.3, 0.98, 0.995, 0.9999):
+        for aggressive in (False, True):
+            aims = B.exploration_targets(target, weights, thin, aggressive=aggressive)
+            assert (aims >= target).all() and aims[2] == target
+    assert B.exploration_targets(0.3, weights, thin, aggressive=False)[0] > 0.3  # thin segments still explore
+
+    model, _ = _toy_model()
+    segs = pd.DataFrame({"f": ["a", "b"], "bids": [50, 10_000]})  # a is thin; 0.995 is reachable for it
+
+    def bid_of_a(mode):
+        policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.995, "exploration_mode": mode,
+                                                 "max_bid_cpm": 100.0}, use_floors=False)
+        return B.suggest_bids(model, segs, ["f"], policy)[0].set_index("segment_key").loc["a", "bid_cpm"]
+
+    assert bid_of_a("optimistic") >= bid_of_a("none") < 100.0
 
 
 def test_predict_many_is_exactly_predict(market):

@@ -22,10 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bidopt.configs import PRICE_DECIMALS, price_ceil, price_floor
 from bidopt.optimizer.models import OTHER, WinRateModel
 from bidopt.warehouse.contract import backoff_key, segment_key
 
 GRID_POINTS = 256
+# Optimistic exploration aims at most this high: no finite bid is sure to win every auction,
+# so a bound near 1 would send thin segments to the top of the grid.
+OPTIMISTIC_TARGET_CEILING = 0.99
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,23 @@ class BidPolicy:
 
     def grid(self) -> np.ndarray:
         return np.geomspace(self.min_bid_cpm, self.max_bid_cpm, GRID_POINTS)
+
+    def round_bids(self, bids: np.ndarray) -> np.ndarray:
+        """Bids as written: ``PRICE_DECIMALS`` decimals, within the bounds rounded inwards, so that
+        rounding never lifts a capped bid above ``max_bid_cpm`` nor drops one below ``min_bid_cpm``."""
+        return np.clip(np.round(bids, PRICE_DECIMALS), price_ceil(self.min_bid_cpm), price_floor(self.max_bid_cpm))
+
+
+def exploration_targets(target_win_rate: float, weights: np.ndarray, thin: np.ndarray, *, aggressive: bool
+                        ) -> np.ndarray:
+    """Per segment, the win rate optimistic exploration aims at: for thin segments an upper
+    confidence bound of the target (what they need could be more than the model says, and only
+    bidding there finds out), between the plain target and ``OPTIMISTIC_TARGET_CEILING``;
+    the plain target elsewhere. Never below the plain target, even when it is above the ceiling."""
+    t = target_win_rate
+    z = 2.0 if aggressive else 1.0
+    bound = t + z * np.sqrt(t * (1 - t) / np.maximum(weights, 1.0))
+    return np.where(thin, np.clip(bound, t, max(OPTIMISTIC_TARGET_CEILING, t)), t)
 
 
 def lump_rare(df: pd.DataFrame, column: str, keep: set[str]) -> pd.DataFrame:
@@ -132,16 +153,11 @@ def suggest_bids(
 
     plain = np.full(len(segs), policy.target_win_rate)
     model_bids, reached = mix.lowest_bids(model, grid, plain)
-    targets = plain
     thin = weights < policy.thin_threshold
     bids = model_bids
     if policy.exploration_mode == "optimistic" and thin.any():
-        # Bid for an upper confidence bound of the target: what a thin segment needs could be
-        # more than the model says, and only bidding there finds out.
-        z = 2.0 if policy.aggressive_exploration else 1.0
-        t = policy.target_win_rate
-        bound = np.minimum(t + z * np.sqrt(t * (1 - t) / np.maximum(weights, 1.0)), 0.99)
-        targets = np.where(thin, bound, plain)
+        targets = exploration_targets(policy.target_win_rate, weights, thin,
+                                      aggressive=policy.aggressive_exploration)
         bids, reached = mix.lowest_bids(model, grid, targets)
     if policy.exploration_mode == "uplift":
         uplift = policy.exploration_uplift * (2 if policy.aggressive_exploration else 1)
@@ -151,12 +167,12 @@ def suggest_bids(
         floor = seg_floor["typical_floor"].to_numpy(float)
         bids = np.where(np.isnan(floor), bids, np.maximum(bids, floor))
     capped = (~reached) | (bids > policy.max_bid_cpm)
-    bids = np.clip(bids, policy.min_bid_cpm, policy.max_bid_cpm)
+    bids = policy.round_bids(bids)
 
     rows = pd.DataFrame({
         "segment_key": keys,
         "level": "segment",
-        "bid_cpm": np.round(bids, 4),
+        "bid_cpm": bids,
         "predicted_win_rate": np.round(mix.rate(model, bids), 4),
         "train_bids": weights.astype(np.int64),
         "explored": thin & (policy.exploration_mode != "none"),
@@ -175,13 +191,13 @@ def _backoff_rows(model: WinRateModel, cells: pd.DataFrame, features: list[str],
         codes, groups = _group(cells, columns)
         mix = Mixture(cells, codes, len(groups))
         bids, reached = mix.lowest_bids(model, grid, np.full(len(groups), policy.target_win_rate))
-        bids = np.clip(bids, policy.min_bid_cpm, policy.max_bid_cpm)
+        bids = policy.round_bids(bids)
         rates = mix.rate(model, bids)
         w = np.bincount(codes, mix.weights, len(groups))
         for i in range(len(groups)):
             head = [str(groups.iloc[i, 0])] if columns else []
             out.append({"segment_key": backoff_key(head, len(features)),
-                        "level": level, "bid_cpm": round(float(bids[i]), 4),
+                        "level": level, "bid_cpm": float(bids[i]),
                         "predicted_win_rate": round(float(rates[i]), 4), "train_bids": int(w[i]),
                         "explored": False, "capped": not bool(reached[i])})
     return pd.DataFrame(out)
@@ -228,8 +244,11 @@ def domain_multipliers(
     w = part["bids"].to_numpy(float)
     agg = part.assign(wlr=w * part["log_ratio"]).groupby(domain_column).agg(
         wlr=("wlr", "sum"), w=("bids", "sum"), segments=("bids", "size"))
-    mult = np.clip(np.exp(agg["wlr"] / agg["w"]), lower, upper)
-    out = pd.DataFrame({"domain": agg.index.astype(str), "multiplier": np.round(mult.to_numpy(), 4),
+    # Rounded to the bids' decimals inside the bounds rounded inwards, like ``BidPolicy.round_bids``:
+    # an upper bound of 1.99996 must not become a multiplier of 2.0.
+    mult = np.clip(np.round(np.exp(agg["wlr"] / agg["w"]).to_numpy(), PRICE_DECIMALS),
+                   price_ceil(lower), price_floor(upper))
+    out = pd.DataFrame({"domain": agg.index.astype(str), "multiplier": mult,
                         "bids": totals.reindex(agg.index).to_numpy(np.int64),
                         "segments": agg["segments"].to_numpy(np.int64)})
     return out.sort_values("bids", ascending=False).reset_index(drop=True)
