@@ -1,6 +1,8 @@
 """The bidder's decision path, pure: validation, keys from macros, fallbacks, A/B split."""
 
+import dataclasses
 import json
+import time
 from collections import Counter
 
 import orjson
@@ -168,3 +170,96 @@ def test_parse_request_accepts_minimal_valid_and_null_objects():
     assert parse_request(b'{"id": "x", "imp": [{"id": "1"}]}')["id"] == "x"
     body = b'{"id": "x", "imp": [{"id": "1"}], "device": null, "user": null, "site": null}'
     assert decide(state(), "drugs_hcp", body)[0] == 200  # the default row
+
+
+def _price(status_body):
+    status, body = status_body[0], status_body[1]
+    assert status == 200, status_body[3]
+    return json.loads(body)["seatbid"][0]["bid"][0]["price"]
+
+
+def test_quoted_price_never_exceeds_the_cap_after_rounding():
+    # round(min(4.0, 2.00006), 4) quoted 2.0001, above the run's max_bid_cpm
+    assert _price(decide(state((tables(max_bid=2.00006), 100)), "drugs_hcp", request())) == 2.0
+    s = state((tables(multipliers={"mednews.com": 1.00003}, bids={"*|*|*": 2.0}, max_bid=2.00006), 100))
+    assert _price(decide(s, "drugs_hcp", request())) == 2.0
+    for cap in (0.00015, 1.23456, 2.00005, 9.99999):
+        assert _price(decide(state((tables(max_bid=cap), 100)), "drugs_hcp", request(imp=[{"id": "1"}]))) <= cap
+
+
+def test_a_multiplier_never_pushes_a_clearing_bid_under_the_floor_nor_under_min_bid():
+    halved = tables(multipliers={"mednews.com": 0.5})  # the segment's bid is 4.0, halved to 2.0
+    assert _price(decide(state((halved, 100)), "drugs_hcp", request(imp=[{"id": "1", "bidfloor": 3.0}]))) == 3.0
+    odd_floor = request(imp=[{"id": "1", "bidfloor": 3.00001}])
+    assert _price(decide(state((halved, 100)), "drugs_hcp", odd_floor)) == 3.0001  # the floor, rounded up
+    # a base bid that does not clear the floor is still no bid
+    assert decide(state((halved, 100)), "drugs_hcp", request(imp=[{"id": "1", "bidfloor": 4.5}]))[0] == 204
+    # never below the run's min_bid_cpm (rounded up to the quoted decimals)
+    with_min = dataclasses.replace(halved, min_bid_cpm=2.50001)
+    assert _price(decide(state((with_min, 100)), "drugs_hcp", request())) == 2.5001
+    # the cap wins over the minimum and over the floor
+    capped = dataclasses.replace(halved, min_bid_cpm=2.5, max_bid_cpm=2.2)
+    assert _price(decide(state((capped, 100)), "drugs_hcp", request())) == 2.2
+    assert decide(state((capped, 100)), "drugs_hcp", request(imp=[{"id": "1", "bidfloor": 3.0}]))[0] == 204
+
+
+def test_null_means_absent_and_currency_codes_ignore_case():
+    for over in ({"imp": [{"id": "1", "bidfloor": None}]}, {"imp": [{"id": "1", "bidfloorcur": None}]},
+                 {"cur": None}, {"imp": [{"id": "1", "bidfloorcur": "usd"}]}, {"cur": ["eur", "uSd"]},
+                 {"at": None, "tmax": None}):
+        assert _price(decide(state(), "drugs_hcp", request(**over))) == 4.0, over
+    # duplicated keys: the last one counts, for validation and pricing alike
+    dup = b'{"id": "x", "imp": [{"id": "1", "bidfloor": 99, "bidfloor": null}]}'
+    assert decide(state(), "drugs_hcp", dup)[0] == 200
+    # letters of other scripts never pass for USD: the long s upper-cases to S, full-width letters
+    for code in ("u\u017fd", "\uff35\uff33\uff24", "EUR", "USD "):
+        assert decide(state(), "drugs_hcp", request(imp=[{"id": "1", "bidfloorcur": code}]))[0] == 204, code
+        assert decide(state(), "drugs_hcp", request(cur=[code]))[0] == 204, code
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"at": 0}, "at must be"), ({"at": 3}, "at must be"), ({"at": 500}, "at must be"),
+    ({"at": "1"}, "at must be"), ({"at": 1.5}, "at must be"), ({"at": True}, "at must be"),
+    ({"tmax": 0}, "tmax must be"), ({"tmax": -100}, "tmax must be"), ({"tmax": "120"}, "tmax must be"),
+    ({"tmax": 120.5}, "tmax must be"), ({"tmax": False}, "tmax must be"),
+    ({"imp": [{"id": "1", "bidfloor": -0.01}]}, "bidfloor"), ({"imp": [{"id": "1", "bidfloor": [1]}]}, "bidfloor"),
+    ({"imp": [{"id": "1", "bidfloorcur": 840}]}, "bidfloorcur"), ({"cur": ["USD", None]}, "cur must be"),
+    ({"imp": [{"id": str(i)} for i in range(101)]}, "at most 100 impressions"),
+])
+def test_auction_type_tmax_and_floors_are_validated(over, message):
+    status, payload, decisions, reason = decide(state(), "drugs_hcp", request(**over))
+    assert status == 400 and message in json.loads(payload)["error"] and decisions == []
+
+
+def test_valid_auction_types_huge_floors_and_a_hundred_impressions():
+    for at in (1, 2, 501):
+        assert decide(state(), "drugs_hcp", request(at=at))[0] == 200
+    # a finite floor of any size is a price we do not reach: no bid, not bad input
+    for floor in (1e300, 18446744073709551615, 1e6 + 1):
+        status, _, decisions, reason = decide(state(), "drugs_hcp", request(imp=[{"id": "1", "bidfloor": floor}]))
+        assert (status, decisions) == (204, []) and "floor" in reason
+    hundred = request(imp=[{"id": str(i), "bidfloor": 0.5} for i in range(100)])
+    assert len(json.loads(decide(state(), "drugs_hcp", hundred)[1])["seatbid"][0]["bid"]) == 100
+
+
+def test_no_bid_once_tmax_has_passed():
+    arrived_a_second_ago = time.monotonic() - 1.0
+    status, body, decisions, reason = decide(state(), "drugs_hcp", request(tmax=500), arrived_a_second_ago)
+    assert (status, body, decisions, reason) == (204, b"", [], "tmax passed")
+    assert decide(state(), "drugs_hcp", request(tmax=3_600_000), arrived_a_second_ago)[0] == 200
+    assert decide(state(), "drugs_hcp", request(), arrived_a_second_ago)[0] == 200  # no tmax, no deadline
+    assert decide(state(), "drugs_hcp", request(tmax=3_600_000))[0] == 200  # arrival defaults to now
+
+
+def test_ab_split_hash_is_salted_per_split_and_sticky_within_it():
+    runs, users = (tables("a"), tables("b")), [f"user-{i}" for i in range(4000)]
+    first_arm = []
+    for split_id in (1, 2):
+        serving = EntityServing("drugs_hcp", split_id, runs, (50, 50))
+        arm = {u for u in users if serving.choose(u).run_id == "a"}
+        assert abs(len(arm) / len(users) - 0.5) < 0.05
+        assert all(serving.choose(u).run_id == "a" for u in list(arm)[:300])  # the same user, the same run
+        first_arm.append(arm)
+    # unsalted, both experiments put exactly the same users first; salted, about half of them
+    shared = len(first_arm[0] & first_arm[1]) / len(first_arm[0])
+    assert 0.4 < shared < 0.6
