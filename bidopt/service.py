@@ -10,8 +10,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from bidopt.artifacts import read_run_artifact
+from bidopt.bidder.loader import check_run_servable
 from bidopt.configs import ENTITY_CONFIG_SPECS, RUN_CONFIG_SPECS
+from bidopt.db import bidder_status
 from bidopt.db import queries as q
+from bidopt.db.models import OptRun
 from bidopt.errors import Conflict, InvalidConfig
 from bidopt.views import _ts, deployment_view, entity_view, run_detail_view, run_row_view
 
@@ -102,16 +105,41 @@ def deployable_runs(session: Session, entity_code: str) -> list[dict[str, Any]]:
 
 
 def split_view(session: Session, entity_code: str) -> dict[str, Any]:
+    """The entity's active split and, under ``bidders``, whether it is live on every reporting
+    bidder replica or which replicas lag and why (``bidopt.db.bidder_status.split_liveness``)."""
     rows = q.get_current_traffic_split(session, entity_code)
-    return {"entity_code": entity_code, "split_id": rows[0].split_id if rows else None,
+    split_id = rows[0].split_id if rows else None
+    return {"entity_code": entity_code, "split_id": split_id,
             "deployed_by": rows[0].deployed_by if rows else None,
             "deployed_at": _ts(rows[0].deployed_at) if rows else None,
             "runs": [{"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in rows],
-            "total_pct": sum(r.traffic_pct for r in rows)}
+            "total_pct": sum(r.traffic_pct for r in rows),
+            "bidders": bidder_status.split_liveness(session, entity_code, split_id)}
+
+
+def check_split_servable(session: Session, entity_code: str, pairs: list[tuple[str, Any]]) -> None:
+    """Raise ``Conflict`` naming the run and the reason if a bidder could not load a run of the
+    split, by the bidder's own loading code (manifest, checksums, entity default row, a request
+    field for every feature). Runs that are unknown, of another entity, not completed or not
+    validated are left to ``replace_traffic_split``, which says so."""
+    entity = q.get_entity_by_code(session, entity_code)
+    for run_id, _ in pairs:
+        run = session.get(OptRun, run_id)
+        if (run is None or run.entity_id != entity.entity_id or run.status != "completed"
+                or run.validation_status != "passed"):
+            continue
+        try:
+            check_run_servable(session, run_id)
+        except Exception as exc:  # noqa: BLE001 - whatever stops a bidder loading it stops the switch
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise Conflict(f"run {run_id} cannot be served: {reason}; the split was not changed") from None
 
 
 def set_traffic_split(session: Session, entity_code: str, split: Any, *, deployed_by: str) -> dict[str, Any]:
-    """Replace the entity's active split (validated; one transaction; see ``replace_traffic_split``)."""
+    """Replace the entity's active split (validated; one transaction; see ``replace_traffic_split``),
+    after checking that bidders can load every run of it (``check_split_servable``: 409 if not,
+    nothing written). A completed run's artifacts never change, so a check that passed still holds
+    when the switch commits."""
     if isinstance(split, dict):
         pairs = list(split.items())
     elif isinstance(split, list) and all(isinstance(i, tuple) and len(i) == 2 for i in split):
@@ -126,6 +154,8 @@ def set_traffic_split(session: Session, entity_code: str, split: Any, *, deploye
     for run_id, _ in pairs:
         if not isinstance(run_id, str):
             raise InvalidConfig(f"run ids are text, got {run_id!r}")
+    pairs = q.validate_split_shape(pairs)  # a malformed split is refused before any artifact is read
+    check_split_servable(session, entity_code, pairs)
     q.replace_traffic_split(session, entity_code, pairs, deployed_by=deployed_by)
     return split_view(session, entity_code)
 

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
                                        description="A running run without a heartbeat this long is requeued")
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a run whose worker died fails")
     bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
+    bidder_ready_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails")
     decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
     bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
             "stale_after_seconds": self.stale_after_seconds,
             "max_attempts": self.max_attempts,
             "bidder_refresh_seconds": self.bidder_refresh_seconds,
+            "bidder_ready_timeout_seconds": self.bidder_ready_timeout_seconds,
             "bidder_min_replicas": self.bidder_min_replicas,
             "bidder_max_replicas": self.bidder_max_replicas,
             "decision_log_dir": self.decision_log_dir,

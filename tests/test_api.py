@@ -1,6 +1,7 @@
 """The management API (FastAPI app, in-process): auth, runs, bid tables, splits, errors."""
 
 import threading
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +12,7 @@ from bidopt.db.engine import session_scope
 from bidopt.db.models import OptDeployment, OptRun, OptRunConfig
 from bidopt.jobs.optimize import run_optimizer
 from bidopt.serve.api import create_app
+from servable_runs import complete_servable
 
 FAST = {"xgb_num_rounds": 30, "min_segment_bids": 100, "min_domain_bids": 300}
 
@@ -32,9 +34,8 @@ def client(tokens):
 
 
 def _complete(engine, run_id, validation="passed"):
-    with session_scope(engine) as s:
-        s.execute(update(OptRun).where(OptRun.run_id == run_id).values(status="running", worker_id="w"))
-        q.mark_run_completed(s, run_id, q.RunStats(10, 2.0, 1.0, 3.0, f"file:///nowhere/{run_id}", validation, []))
+    """Completed with small real artifacts: a split only switches to runs bidders can load."""
+    complete_servable(engine, run_id, validation)
 
 
 def _count(engine, model):
@@ -195,3 +196,81 @@ def test_openapi_schema_and_ui_are_served(client):
                            )
     assert not_json.status_code in (400, 422) and "error" in not_json.json()
     assert client.get("/api/nowhere").json() == {"error": "Not Found"}
+
+
+def test_a_split_bidders_cannot_load_is_refused_and_changes_nothing(client, platform_db):
+    """409 naming the run and the reason, checked by the bidder's own loading code; nothing written."""
+    from bidopt.artifacts import open_artifact_store
+
+    ids = [client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+           for _ in range(4)]
+    good, no_manifest, corrupt, no_default = ids
+    _complete(platform_db, good)
+    open_artifact_store(complete_servable(platform_db, no_manifest)).delete("manifest.json")
+    open_artifact_store(complete_servable(platform_db, corrupt)).put_bytes("suggested_bids.csv", b"segment_key,bid_cpm\n*,9\n")
+    complete_servable(platform_db, no_default, bids_csv=b"segment_key,bid_cpm\ncalifornia,2.5\n")
+    assert client.put("/api/entities/drugs_hcp/split", headers=client.as_operator,
+                      json={"split": {good: 100}}).status_code == 200
+    before = _count(platform_db, OptDeployment)
+    for bad, reason in ((no_manifest, "NotFound"), (corrupt, "checksum"), (no_default, "no entity default row")):
+        res = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator,
+                         json={"split": {good: 50, bad: 50}})
+        assert res.status_code == 409, res.text
+        message = res.json()["error"]
+        assert f"run {bad} cannot be served" in message and reason in message and "not changed" in message
+    assert _count(platform_db, OptDeployment) == before
+    current = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()
+    assert current["runs"] == [{"run_id": good, "traffic_pct": 100}]
+
+
+def test_split_view_says_which_bidder_replicas_serve_it_and_why_others_lag(client, platform_db):
+    """Replicas report after each refresh; the split view compares what they serve with the active
+    split: live, lagging (with the replica's reason) or gone (no report for 3 intervals)."""
+    from bidopt.artifacts import open_artifact_store
+    from bidopt.bidder.loader import Refresher
+    from bidopt.db.models import OptBidderReplica
+    from bidopt.settings import get_settings
+
+    a, b, c = [client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+               for _ in range(3)]
+    for run_id in (a, b, c):
+        _complete(platform_db, run_id)
+    url = get_settings().database_url
+    view = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()
+    assert view["bidders"] == {"live": False, "summary": "no bidder replica is reporting", "replicas": []}
+
+    first, second, third = (Refresher(url, interval=60, replica_id=f"host:{i}:r") for i in (1, 2, 3))
+    client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {a: 100}})
+    for r in (first, second, third):
+        r.first_load(timeout=5)
+    view = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()
+    assert view["bidders"]["live"] and view["bidders"]["summary"] == "live on all 3 bidder replicas"
+
+    split = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {b: 100}}).json()
+    first.refresh_once()
+    with session_scope(platform_db) as s:  # the third stops reporting (killed) long ago
+        row = s.get(OptBidderReplica, "host:3:r")
+        row.reported_at -= timedelta(seconds=181)
+    bidders = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()["bidders"]
+    states = {r["replica_id"]: r for r in bidders["replicas"]}
+    assert not bidders["live"] and bidders["summary"] == "1 of 2 bidder replicas lag (1 gone)"
+    assert states["host:1:r"]["state"] == "live" and states["host:1:r"]["split_id"] == split["split_id"]
+    assert states["host:2:r"]["state"] == "lagging" and states["host:2:r"]["split_id"] == split["split_id"] - 1
+    assert "has not refreshed since the change" in states["host:2:r"]["reason"]
+    assert states["host:3:r"]["state"] == "gone" and "refresh intervals" in states["host:3:r"]["reason"]
+
+    # a split whose run a replica then cannot load (its manifest removed after the switch): the reason
+    client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {c: 100}})
+    first.refresh_once()
+    with session_scope(platform_db) as s:
+        output = q.get_run(s, c).s3_output_path
+    open_artifact_store(output).delete("manifest.json")
+    second.refresh_once()
+    states = {r["replica_id"]: r for r in client.get("/api/entities/drugs_hcp/split",
+                                                     headers=client.as_viewer).json()["bidders"]["replicas"]}
+    assert states["host:1:r"]["state"] == "live"
+    assert states["host:2:r"]["state"] == "lagging" and f"drugs_hcp split {split['split_id'] + 1}: NotFound" in \
+        states["host:2:r"]["reason"]
+    second.stop()  # a clean stop removes the replica's row: it is not lagging, it is not there
+    bidders = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()["bidders"]
+    assert bidders["live"] and {r["replica_id"] for r in bidders["replicas"]} == {"host:1:r", "host:3:r"}

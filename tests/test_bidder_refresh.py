@@ -158,3 +158,80 @@ def test_decisions_are_logged(runs, tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "decisions").glob("*.jsonl").__next__().read_text().splitlines()]
     assert len(lines) == 30 and {x["run_id"] for x in lines} <= {a, b}
     assert all(x["price"] > 0 and x["segment_key"] and x["entity_code"] == "drugs_hcp" for x in lines)
+
+
+def test_a_run_keeps_the_request_fields_it_was_trained_with(runs):
+    """An operator repoints a macro after the run completed: the run's keys are still built from
+    the request field it was trained with (pinned on the run), not the macro's new one."""
+    from bidopt.db.models import OptFeatureMacro
+
+    engine, (a, b, c) = runs
+    _split(engine, {a: 100})
+    with session_scope(engine) as s:
+        anchor = q.get_run_features_with_macros(s, a)[0]
+        assert (anchor.feature_name, anchor.request_field) == ("geo_region_name", "device.geo.region")
+        s.get(OptFeatureMacro, anchor.macro_id).request_field = "device.geo.metro"
+    with session_scope(engine) as s:
+        assert q.get_run_features_with_macros(s, a)[0].request_field == "device.geo.region"
+    r = Refresher(get_settings().database_url)
+    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    status, _, decisions, _ = decide(r.state, "drugs_hcp", orjson.dumps(REQ | {"user": {"id": "u1"}}))
+    assert status == 200 and decisions[0].segment_key.split("|")[0] == "california"
+
+
+def test_a_new_replica_serves_the_active_split_from_its_first_request(runs):
+    """BidderCore loads the active splits before it returns (Serve's readiness), reports itself in
+    opt_bidder_replicas, answers GET /openrtb2/_status, and removes its row on a clean stop."""
+    from bidopt.db import bidder_status
+
+    engine, (a, b, c) = runs
+    _split(engine, {a: 100})
+    core = BidderCore()
+    try:
+        status, body, _ = core.handle("drugs_hcp", orjson.dumps(REQ | {"user": {"id": "u1"}}))
+        assert status == 200 and json.loads(body)["seatbid"][0]["bid"][0]["ext"]["run_id"] == a
+        core.check_health()
+        report = core.status()
+        assert report["ready"] and report["last_error"] is None
+        assert report["serving"]["drugs_hcp"]["runs"] == [{"run_id": a, "traffic_pct": 100}]
+        with session_scope(engine) as s:
+            rows = bidder_status.list_replicas(s)
+            assert [(r.replica_id, r.ready) for r in rows] == [(core.replica_id, True)]
+            assert json.loads(rows[0].serving) == report["serving"]
+    finally:
+        core.close()
+    with session_scope(engine) as s:
+        assert bidder_status.list_replicas(s) == []
+
+
+def test_a_replica_retries_its_first_load_and_fails_if_the_database_stays_away(runs, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from bidopt.bidder import loader
+    from bidopt.bidder.loader import BidderNotReady
+    from bidopt.settings import reset_settings_cache
+
+    engine, (a, b, c) = runs
+    _split(engine, {a: 100})
+    real_read_plan, calls = loader.read_plan, []
+
+    def database_back_on_the_third_try(url):
+        calls.append(url)
+        if len(calls) < 3:
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        return real_read_plan(url)
+
+    monkeypatch.setattr(loader, "read_plan", database_back_on_the_third_try)
+    monkeypatch.setenv("BIDOPT_BIDDER_REFRESH_SECONDS", "0.05")
+    reset_settings_cache()
+    core = BidderCore()
+    try:
+        assert len(calls) == 3 and core.handle("drugs_hcp", orjson.dumps(REQ))[0] == 200
+    finally:
+        core.close()
+    monkeypatch.setattr(loader, "read_plan", real_read_plan)
+    monkeypatch.setenv("BIDOPT_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("BIDOPT_BIDDER_READY_TIMEOUT_SECONDS", "0.2")
+    reset_settings_cache()
+    with pytest.raises(BidderNotReady, match=r"could not read the active splits within 0.2 s: database: "):
+        BidderCore()

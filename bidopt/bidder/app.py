@@ -1,32 +1,51 @@
 """The bidder as a service: ``BidderCore`` (refresher + decisions + log) and ``http_handler``
 (Starlette request in, response out), behind two front doors: the Ray Serve deployment
 (``bidopt.serve.apps.Bidder``) and ``bare_app`` under plain uvicorn, which the benchmark
-compares it with. ``raw_asgi_app`` skips Starlette too, as a lower bound."""
+compares it with. ``raw_asgi_app`` skips Starlette too, as a lower bound.
+
+Routes of ``http_handler``: ``POST /openrtb2/{entity_code}`` (a bid request, at most
+``MAX_BODY_BYTES``: a longer body is refused with 413 without being read to its end) and
+``GET /openrtb2/_status`` (what this replica serves: split per entity, runs, when loaded,
+last error, ready)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 
-from bidopt.bidder.core import MAX_BODY_BYTES, decide
-from bidopt.bidder.loader import DecisionLog, Refresher
-from bidopt.cache import open_cache
-from bidopt.settings import Settings, get_settings
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bidopt.bidder.core import MAX_BODY_BYTES, decide
+from bidopt.bidder.loader import DecisionLog, Refresher, new_replica_id
+from bidopt.cache import open_cache
+from bidopt.settings import Settings, get_settings
+
 log = logging.getLogger("bidopt.bidder")
 PATH_PREFIX = "/openrtb2/"
+STATUS_PATH = PATH_PREFIX + "_status"
 JSON = [(b"content-type", b"application/json")]
+TOO_LARGE = f"bid request over the {MAX_BODY_BYTES}-byte limit"
 
 
 class BidderCore:
+    """One replica's bidder. With ``start`` (the default) the constructor loads the active splits
+    before it returns (retrying an unreachable database for ``bidder_ready_timeout_seconds``, then
+    raising ``BidderNotReady``), so a replica never takes traffic with empty tables; then it
+    refreshes in the background and reports its status to the database."""
+
     def __init__(self, settings: Settings | None = None, *, start: bool = True) -> None:
         s = settings or get_settings()
-        self.refresher = Refresher(s.database_url, open_cache(s.cache_url), s.bidder_refresh_seconds)
-        self.decisions = DecisionLog(s.decision_log_dir, f"{socket.gethostname()}-{os.getpid()}")
+        self.replica_id = new_replica_id()
+        self.refresher = Refresher(s.database_url, open_cache(s.cache_url), s.bidder_refresh_seconds,
+                                   replica_id=self.replica_id)
+        self.decisions = DecisionLog(s.decision_log_dir, self.replica_id.replace(":", "-"))
         if start:
+            try:
+                self.refresher.first_load(s.bidder_ready_timeout_seconds)
+            except BaseException:
+                self.decisions.close()
+                raise
             self.refresher.start()
 
     def handle(self, entity_code: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
@@ -39,17 +58,53 @@ class BidderCore:
             self.decisions.record(entity_code, decisions)
         return status, payload, ({"x-bidopt-reason": reason} if reason else {})
 
+    def status(self) -> dict:
+        return self.refresher.status()
+
+    def check_health(self) -> None:
+        """Raises unless the first load is done and the refresh thread is alive (Serve then
+        replaces the replica). A database that is down is not a reason: the replica keeps serving
+        its last good split, and a new one could not load anything either."""
+        if not self.refresher.ready:
+            raise RuntimeError("bidder replica has not finished its first load")
+        if not self.refresher.running:
+            raise RuntimeError("bidder refresh thread is not running")
+
     def close(self) -> None:
         self.refresher.stop()
         self.decisions.close()
 
 
+async def read_body_within_limit(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes: a declared
+    ``Content-Length`` over the limit reads nothing, a streamed (chunked) body stops at the
+    chunk that passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def http_handler(core: BidderCore, request: Request) -> Response:
     """The one HTTP handler of the bidder, used by the Serve deployment and the bare app alike."""
-    entity = entity_from_path(request.url.path)
+    path = request.url.path
+    if request.method == "GET" and path.rstrip("/") == STATUS_PATH:
+        return Response(orjson.dumps(core.status()), media_type="application/json")
+    entity = entity_from_path(path)
     if request.method != "POST" or entity is None:
-        return Response(b'{"error": "POST /openrtb2/{entity_code}"}', status_code=404, media_type="application/json")
-    status, payload, headers = core.handle(entity, await request.body())
+        return Response(b'{"error": "POST /openrtb2/{entity_code} or GET /openrtb2/_status"}', status_code=404,
+                        media_type="application/json")
+    body = await read_body_within_limit(request)
+    if body is None:
+        return Response(orjson.dumps({"error": TOO_LARGE}), status_code=413, headers={"x-bidopt-reason": TOO_LARGE},
+                        media_type="application/json")
+    status, payload, headers = core.handle(entity, body)
     return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -6,8 +6,18 @@ an entity whose split changed it loads each run's ``suggested_bids.csv`` and
 manifest), publishes them to the shared cache, and swaps in a new
 ``BidderState`` in one assignment, so a request sees the old split or the new
 one, never half of either. If anything of an entity's new split fails to load,
-its previous split keeps serving and the error is logged; if the database is
-down, nothing changes. ``start()`` runs it on an interval in a daemon thread.
+its previous split keeps serving and the error is kept for the status report;
+if the database is down, nothing changes. A run's features are read from the
+request fields pinned on the run when it was trained, not from the macros now.
+
+``first_load()`` does the first refresh before a replica takes traffic (retrying a
+database that cannot be reached); ``start()`` then refreshes on an interval in a
+daemon thread. A refresher with a ``replica_id`` reports what it serves
+(``status()``) to ``opt_bidder_replicas`` after every refresh and removes its row
+on ``stop()``; reporting is best effort and never stops serving.
+
+``check_run_servable`` is the check ``bidopt.service.set_traffic_split`` makes before
+switching: the same planning and loading as a refresh, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,6 +25,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
 
 import orjson
 import threading
@@ -23,15 +37,23 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from bidopt.artifacts import read_run_artifacts
 from bidopt.bidder.core import EMPTY_STATE, BidderState, Decision, EntityServing, RunTables
 from bidopt.bidder.fields import feature_reader
 from bidopt.cache import BidCache
+from bidopt.db import bidder_status
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.warehouse.contract import backoff_key
 
 log = logging.getLogger("bidopt.bidder")
+DATABASE = "*"  # the key of a refresh that could not read the splits at all (outcome and errors)
+
+
+class BidderNotReady(RuntimeError):
+    """A replica could not read the active splits in time; Serve retries the replica."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +61,18 @@ class PlannedRun:
     run_id: str
     traffic_pct: int
     output_url: str
-    features: tuple[tuple[str, str | None], ...]  # (feature_name, request_field)
+    features: tuple[tuple[str, str | None], ...]  # (feature_name, request_field pinned on the run)
     max_bid_cpm: float
+    min_bid_cpm: float = 0.0
+
+
+def plan_run(session: Session, run_id: str, traffic_pct: int, output_url: str | None) -> PlannedRun:
+    """What the bidder needs to load one run: its features with the request fields it was trained
+    with, its price bounds and where its artifacts are."""
+    features = tuple((f.feature_name, f.request_field) for f in q.get_run_features_with_macros(session, run_id))
+    configs = q.get_run_configs(session, run_id)
+    return PlannedRun(run_id, traffic_pct, output_url or "", features,
+                      float(configs.get("max_bid_cpm", 1e9)), float(configs.get("min_bid_cpm", 0.0)))
 
 
 def read_plan(database_url: str) -> dict[str, tuple[int, list[PlannedRun]]]:
@@ -48,10 +80,8 @@ def read_plan(database_url: str) -> dict[str, tuple[int, list[PlannedRun]]]:
     plan: dict[str, tuple[int, list[PlannedRun]]] = {}
     with session_scope(get_engine(database_url)) as s:
         for d in q.list_active_deployments(s):
-            features = tuple((f.feature_name, f.request_field) for f in q.get_run_features_with_macros(s, d.run_id))
-            max_bid = float(q.get_run_configs(s, d.run_id).get("max_bid_cpm", 1e9))
             split_id, runs = plan.setdefault(d.entity_code, (d.split_id, []))
-            runs.append(PlannedRun(d.run_id, d.traffic_pct, d.s3_output_path or "", features, max_bid))
+            runs.append(plan_run(s, d.run_id, d.traffic_pct, d.s3_output_path))
     return plan
 
 
@@ -70,31 +100,72 @@ def load_run_tables(run: PlannedRun) -> RunTables:
     return RunTables(
         run_id=run.run_id, features=tuple(f for f, _ in run.features),
         readers=tuple(feature_reader(f, field) for f, field in run.features),
-        bids=bids, multipliers=multipliers, max_bid_cpm=run.max_bid_cpm,
+        bids=bids, multipliers=multipliers, max_bid_cpm=run.max_bid_cpm, min_bid_cpm=run.min_bid_cpm,
         checksum=manifest["files"]["suggested_bids.csv"]["sha256"])
 
 
+def check_run_servable(session: Session, run_id: str) -> None:
+    """Load the completed run ``run_id`` exactly as a bidder would (manifest, checksums, entity
+    default row, a request field for every feature); raises with the reason if it cannot be."""
+    run = q.get_run(session, run_id)
+    load_run_tables(plan_run(session, run_id, 100, run.s3_output_path))
+
+
+def new_replica_id() -> str:
+    """``host:pid:random``: two replicas on hosts of the same name (or containers that are each
+    pid 1) still get different ids."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else None
+
+
 class Refresher:
-    def __init__(self, database_url: str, cache: BidCache | None = None, interval: float = 5.0) -> None:
+    def __init__(self, database_url: str, cache: BidCache | None = None, interval: float = 5.0, *,
+                 replica_id: str | None = None) -> None:
         self.database_url, self.cache, self.interval = database_url, cache, interval
+        self.replica_id = replica_id  # None: report nowhere (tests, tools)
+        self.started_at = time.time()
         self.state: BidderState = EMPTY_STATE
+        self.ready = False  # set once the first load is done (first_load)
+        self.refreshed_at: float | None = None
+        # entity -> why its active split is not the one served (DATABASE: the splits could not be read);
+        # replaced as a whole by each refresh, so a reader never sees it half-updated
+        self.errors: dict[str, str] = {}
+        self._loaded_at: dict[str, float] = {}  # entity -> when its served split was loaded
         self._runs: dict[str, RunTables] = {}  # a completed run's artifacts never change
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
+
+    @property
+    def last_error(self) -> str | None:
+        """What went wrong in the latest refresh, or None."""
+        return "; ".join(self.errors[k] for k in sorted(self.errors)) or None
 
     def refresh_once(self) -> dict[str, str]:
-        """One refresh; returns what happened per entity (``kept``, ``loaded``, ``failed: ...``)."""
+        """One refresh, then a status report; returns what happened per entity (``kept``,
+        ``loaded``, ``removed``, ``failed: ...``; ``{"*": "failed: database: ..."}`` if the
+        splits could not be read)."""
+        outcome = self._refresh()
+        self.report()
+        return outcome
+
+    def _refresh(self) -> dict[str, str]:
         try:
             plan = read_plan(self.database_url)
         except Exception as exc:  # noqa: BLE001 - database down: keep serving what we have
-            self.last_error = f"database: {exc}".splitlines()[0]
-            log.warning("bidder refresh: cannot read splits (%s); serving the last good split", self.last_error)
-            return {"*": "failed: " + self.last_error}
+            error = f"database: {exc}".splitlines()[0]
+            self.errors = {**self.errors, DATABASE: error}
+            log.warning("bidder refresh: cannot read splits (%s); serving the last good split", error)
+            return {DATABASE: "failed: " + error}
         outcome: dict[str, str] = {}
+        errors: dict[str, str] = {}
         entities = dict(self.state.entities)
+        loaded_at = dict(self._loaded_at)
         for entity in set(entities) - set(plan):
             del entities[entity]
+            loaded_at.pop(entity, None)
             outcome[entity] = "removed"
         for entity, (split_id, runs) in plan.items():
             current = entities.get(entity)
@@ -107,16 +178,72 @@ class Refresher:
             try:
                 tables = tuple(self._tables(r) for r in runs)
             except Exception as exc:  # noqa: BLE001 - one bad run keeps the entity's previous split
-                self.last_error = f"{entity} split {split_id}: {type(exc).__name__}: {exc}"
-                log.error("bidder refresh: %s; still serving the previous split", self.last_error)
-                outcome[entity] = "failed: " + self.last_error
+                errors[entity] = f"{entity} split {split_id}: {type(exc).__name__}: {exc}"
+                log.error("bidder refresh: %s; still serving the previous split", errors[entity])
+                outcome[entity] = "failed: " + errors[entity]
                 continue
             entities[entity] = EntityServing(entity, split_id, tables, tuple(r.traffic_pct for r in runs))
+            loaded_at[entity] = time.time()
             outcome[entity] = "loaded"
             self._publish(entities[entity])
+        self.errors, self._loaded_at, self.refreshed_at = errors, loaded_at, time.time()
         self.state = BidderState(entities, time.time())  # the one atomic swap
         self._runs = {r.run_id: r for e in entities.values() for r in e.runs}
         return outcome
+
+    def first_load(self, timeout: float) -> dict[str, str]:
+        """Refresh until every active split is loaded or ``timeout`` seconds have passed, then
+        mark the replica ready. Raises ``BidderNotReady`` if by then the splits could not even be
+        read (the database is unreachable); a split that still fails to load after the timeout is
+        left out (its error reported) so that one bad run does not keep every entity from serving."""
+        deadline = time.monotonic() + timeout
+        pause = min(0.5, self.interval)
+        while True:
+            outcome = self.refresh_once()
+            failed = {e: o for e, o in outcome.items() if o.startswith("failed")}
+            left = deadline - time.monotonic()
+            if not failed:
+                break
+            if left <= 0:
+                if DATABASE in failed:
+                    raise BidderNotReady(f"could not read the active splits within {timeout:g} s: "
+                                         f"{self.errors.get(DATABASE)}")
+                log.error("bidder: ready without %s after %g s: %s", ", ".join(sorted(failed)), timeout,
+                          self.last_error)
+                break
+            log.warning("bidder: first load incomplete (%s); retrying", self.last_error)
+            if self._stop.wait(min(pause, left)):
+                raise BidderNotReady("stopped during the first load")
+            pause = min(pause * 2, 5.0)
+        self.ready = True
+        self.report()
+        return outcome
+
+    def status(self) -> dict:
+        """What this replica serves, per entity, for ``GET /openrtb2/_status`` and the replicas table."""
+        state, errors, loaded_at = self.state, self.errors, self._loaded_at
+        serving: dict[str, dict] = {}
+        for code, e in state.entities.items():
+            serving[code] = {"split_id": e.split_id, "loaded_at": _iso(loaded_at.get(code)),
+                             "runs": [{"run_id": t.run_id, "traffic_pct": w} for t, w in zip(e.runs, e.weights)]}
+        for code, error in errors.items():
+            if code != DATABASE:
+                serving.setdefault(code, {"split_id": None, "loaded_at": None, "runs": []})["error"] = error
+        replica_id = self.replica_id or ""
+        hostname, pid = socket.gethostname(), os.getpid()
+        return {"replica_id": replica_id, "hostname": hostname, "pid": pid, "ready": self.ready,
+                "started_at": _iso(self.started_at), "refreshed_at": _iso(self.refreshed_at),
+                "refresh_seconds": self.interval, "serving": serving, "last_error": self.last_error}
+
+    def report(self) -> None:
+        """Write ``status()`` to this replica's row; a database error is logged, never raised."""
+        if self.replica_id is None or self._stop.is_set():  # a stopped replica has removed its row
+            return
+        try:
+            with session_scope(get_engine(self.database_url)) as s:
+                bidder_status.report_replica(s, self.status(), started_at=self.started_at)
+        except Exception as exc:  # noqa: BLE001 - reporting is for operators; serving goes on
+            log.warning("bidder: cannot report status: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
     def _tables(self, run: PlannedRun) -> RunTables:
         tables = self._runs.get(run.run_id)
@@ -148,7 +275,11 @@ class Refresher:
             log.warning("bidder refresh: publishing %s to %s failed: %s", entity, self.cache.url, exc)
 
     def start(self) -> None:
+        """Refresh every ``interval`` seconds in a daemon thread (after ``first_load``, the first
+        refresh comes one interval later)."""
         def loop() -> None:
+            if self.refreshed_at is not None and self._stop.wait(self.interval):
+                return
             while not self._stop.is_set():
                 self.refresh_once()
                 self._stop.wait(self.interval)
@@ -156,10 +287,23 @@ class Refresher:
         self._thread = threading.Thread(target=loop, name="bidder-refresh", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the refresh thread is alive (False before ``start`` and after ``stop``)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
+        """Stop refreshing and remove this replica's row (best effort): a clean stop is not a lag."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.replica_id is None:
+            return
+        try:
+            with session_scope(get_engine(self.database_url)) as s:
+                bidder_status.remove_replica(s, self.replica_id)
+        except Exception as exc:  # noqa: BLE001 - the row then ages into "gone"
+            log.warning("bidder: cannot remove replica row: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 class DecisionLog:

@@ -57,13 +57,27 @@ BIDDER_AUTOSCALING = {
                   # a log line per request costs more than the decision itself; decisions have their own log
                   logging_config={"enable_access_log": False, "log_level": "WARNING"})
 class Bidder:
-    """Each replica keeps its own near cache and refresher thread (``BidderCore``)."""
+    """Each replica keeps its own near cache and refresher thread (``BidderCore``).
+
+    Serve marks a replica ready when ``__init__`` returns and sends it traffic from then on, so
+    ``__init__`` loads the active splits first (``BidderCore`` raises if the database stays
+    unreachable for ``BIDOPT_BIDDER_READY_TIMEOUT_SECONDS``; Serve then retries the replica).
+    ``check_health`` fails a replica whose refresh thread died; ``__del__`` (a clean stop) removes
+    the replica's status row."""
 
     def __init__(self) -> None:
         self.core = BidderCore()
 
     async def __call__(self, request: Request) -> Response:
         return await http_handler(self.core, request)
+
+    def check_health(self) -> None:
+        self.core.check_health()
+
+    def __del__(self) -> None:
+        core = getattr(self, "core", None)  # absent when __init__ raised
+        if core is not None:
+            core.close()
 
 
 # Serve's HAProxy ingress and throughput-optimised mode; HAProxy's per-request metrics log (parsed
