@@ -78,3 +78,16 @@ def test_status_route_says_what_this_replica_serves(core):
     assert status["serving"]["drugs_hcp"]["runs"] == [{"run_id": "r1", "traffic_pct": 100}]
     assert status["ready"] is False and status["last_error"] is None  # start=False: no first load
     assert _call(core, "GET", "/openrtb2/drugs_hcp", Body(1, b"")).status_code == 404
+
+
+def test_the_time_spent_reading_the_body_counts_against_tmax(core):
+    """The deadline runs from the request's arrival, not from when its body was read."""
+    request = orjson.dumps({"id": "q", "tmax": 5, "imp": [{"id": "1"}], "device": {"geo": {"region": "CA"}}})
+
+    class SlowBody(Body):
+        async def __call__(self):
+            await asyncio.sleep(0.05)  # a slow client: 50 ms to send a body, past a 5 ms tmax
+            return await super().__call__()
+
+    res = _call(core, "POST", "/openrtb2/drugs_hcp", SlowBody(1, request))
+    assert res.status_code == 204 and res.headers["x-bidopt-reason"] == "tmax passed"

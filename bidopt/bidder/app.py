@@ -11,6 +11,7 @@ last error, ready)."""
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 from starlette.requests import Request
@@ -48,9 +49,12 @@ class BidderCore:
                 raise
             self.refresher.start()
 
-    def handle(self, entity_code: str, body: bytes) -> tuple[int, bytes, dict[str, str]]:
+    def handle(self, entity_code: str, body: bytes, received_at: float | None = None
+               ) -> tuple[int, bytes, dict[str, str]]:
+        """``received_at``: ``time.monotonic()`` when the request arrived, so that reading its body
+        counts against its ``tmax`` (default: now)."""
         try:
-            status, payload, decisions, reason = decide(self.refresher.state, entity_code, body)
+            status, payload, decisions, reason = decide(self.refresher.state, entity_code, body, received_at)
         except Exception:  # a bug, not bad input (decide answers any body): make it visible
             log.exception("bidder: unexpected error")
             return 500, b'{"error": "internal error"}', {}
@@ -100,11 +104,12 @@ async def http_handler(core: BidderCore, request: Request) -> Response:
     if request.method != "POST" or entity is None:
         return Response(b'{"error": "POST /openrtb2/{entity_code} or GET /openrtb2/_status"}', status_code=404,
                         media_type="application/json")
+    received_at = time.monotonic()
     body = await read_body_within_limit(request)
     if body is None:
         return Response(orjson.dumps({"error": TOO_LARGE}), status_code=413, headers={"x-bidopt-reason": TOO_LARGE},
                         media_type="application/json")
-    status, payload, headers = core.handle(entity, body)
+    status, payload, headers = core.handle(entity, body, received_at)
     return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -125,6 +130,7 @@ def raw_asgi_app(core: BidderCore):
         entity = entity_from_path(scope["path"])
         if scope["method"] != "POST" or entity is None:
             return await _send(send, 404, b'{"error": "POST /openrtb2/{entity_code}"}', {})
+        received_at = time.monotonic()
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -134,7 +140,7 @@ def raw_asgi_app(core: BidderCore):
                 chunks.append(chunk)
             if not message.get("more_body"):
                 break
-        status, payload, headers = core.handle(entity, b"".join(chunks))
+        status, payload, headers = core.handle(entity, b"".join(chunks), received_at)
         await _send(send, status, payload, headers)
 
     return app
