@@ -96,3 +96,38 @@ def test_runs_show_newest_of_an_entity(seeded):
     res = seeded("runs", "show", "--entity", "auto_intenders")
     assert res.exit_code == 1 and "auto_intenders has no runs" in res.output
     assert seeded("runs", "show").exit_code == 2  # usage error: neither RUN_ID nor --entity
+
+
+def test_deploy_refuses_unloadable_runs_and_show_says_whether_bidders_serve_the_split(seeded):
+    from bidopt.artifacts import open_artifact_store
+    from bidopt.bidder.loader import Refresher
+    from bidopt.db.engine import get_engine
+    from bidopt.settings import get_settings
+    from servable_runs import complete_servable
+
+    url = get_settings().database_url
+    a, b, broken = [json.loads(seeded("runs", "create", "drugs_hcp", "--json").output)["run_id"] for _ in range(3)]
+    for run_id in (a, b):
+        complete_servable(get_engine(url), run_id)
+    open_artifact_store(complete_servable(get_engine(url), broken)).delete("manifest.json")
+    res = seeded("deploy", "set", "drugs_hcp", f"{a}=50", f"{broken}=50")
+    assert res.exit_code == 1 and f"run {broken} cannot be served" in res.output
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1
+    assert seeded("deploy", "set", "drugs_hcp", f"{a}=100").exit_code == 0
+    assert "bidders: no bidder replica is reporting" in seeded("deploy", "show", "drugs_hcp").output
+
+    replica = Refresher(url, interval=60, replica_id="bidder-host:7:abc")
+    try:
+        replica.first_load(timeout=5)
+        assert "bidders: live on all 1 bidder replica" in seeded("deploy", "show", "drugs_hcp").output
+        assert seeded("deploy", "set", "drugs_hcp", f"{b}=100").exit_code == 0
+        out = seeded("deploy", "show", "drugs_hcp").output
+        assert "bidders: 1 of 1 bidder replicas lag" in out
+        assert "bidder-host:7:abc" in out and "lagging" in out and "has not refreshed since the change" in out
+        view = json.loads(seeded("deploy", "show", "drugs_hcp", "--json").output)
+        assert [(r["replica_id"], r["state"], r["split_id"]) for r in view["bidders"]["replicas"]] == [
+            ("bidder-host:7:abc", "lagging", view["split_id"] - 1)]
+        replica.refresh_once()
+        assert "bidders: live on all 1 bidder replica" in seeded("deploy", "show", "drugs_hcp").output
+    finally:
+        replica.stop()

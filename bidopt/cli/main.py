@@ -345,8 +345,8 @@ def optimizer_run(once: bool, poll_seconds: float, parallel: int, max_runs: int 
         if result["status"] == "completed":
             click.echo(f"run {result['run_id']} completed: {result['segments_count']} segments, "
                        f"median bid {result['bid_median']:.2f}, validation {result['validation_status']}")
-        else:
-            click.echo(f"run {result['run_id']} failed: {result['error']}")
+        else:  # failed, requeued (its task died or timed out) or abandoned (its lease was lost)
+            click.echo(f"run {result['run_id']} {result['status']}: {result['error']}")
 
     report = run_optimizer(once=once, poll_seconds=poll_seconds, parallel=max(parallel, 1),
                            use_ray=not no_ray, on_result=show, max_runs=max_runs)
@@ -421,12 +421,25 @@ def _print_split(view: dict) -> None:
 @click.argument("entity_code")
 @json_option
 def deploy_show(entity_code: str, as_json: bool) -> None:
-    """Show ENTITY_CODE's active split."""
+    """Show ENTITY_CODE's active split and whether every bidder replica serves it.
+
+    Bidder replicas report what they serve after each refresh. A replica that serves another
+    split is listed as lagging with its reason (its load error, or that it has not refreshed
+    since the change); one that has not reported for more than three refresh intervals is gone.
+    """
     from bidopt import service
 
     with _session() as s:
         view = service.split_view(s, entity_code)
-    print_json(view) if as_json else _print_split(view)
+    if as_json:
+        print_json(view)
+        return
+    _print_split(view)
+    bidders = view["bidders"]
+    click.echo(f"bidders: {bidders['summary']}")
+    not_live = [r for r in bidders["replicas"] if r["state"] != "live"]
+    if not_live:
+        print_table(not_live, ["replica_id", "state", "split_id", "seconds_since_report", "reason"])
 
 
 @deploy.command("history")
@@ -519,22 +532,27 @@ def tokens_revoke(token_id: int) -> None:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--new-token", is_flag=True, help="Create a fresh operator token for the local user and print it.")
 def serve_cmd(host: str, port: int, new_token: bool) -> None:
-    """Start the Ray Serve apps (management API + web UI) on BIDOPT_RAY_ADDRESS or a local Ray.
+    """Start the Ray Serve apps (management API + web UI, bidder) on BIDOPT_RAY_ADDRESS or a local Ray.
 
     With no API token in the database yet, creates the operator `local` and prints its
-    token once. Runs until interrupted (Ctrl-C), then shuts the apps down.
+    token once. Runs until SIGINT (Ctrl-C) or SIGTERM, then stops and exits 0: on the
+    local Ray it started, it shuts Serve and that Ray down and waits until their
+    processes are gone; on a cluster given by BIDOPT_RAY_ADDRESS it only disconnects,
+    and the apps keep running there. A second signal does not cut the stop short.
     """
-    from bidopt.serve.apps import ensure_local_operator_token, run_apps, wait_forever
+    from bidopt.serve.apps import ServeLifetime, ensure_local_operator_token
 
     with _session() as s:
         token = ensure_local_operator_token(s, force_new=new_token)
-    url = run_apps(host=host, port=port)
-    click.echo(f"management API and UI: {url}  (OpenAPI: {url}docs)")
-    if token:
-        click.echo(f"operator token for user local (shown once): {token}")
-    else:
-        click.echo("use an existing API token, or `bidopt tokens create USER`")
-    wait_forever()
+
+    def announce(url: str) -> None:
+        click.echo(f"management API and UI: {url}  (OpenAPI: {url}docs)")
+        if token:
+            click.echo(f"operator token for user local (shown once): {token}")
+        else:
+            click.echo("use an existing API token, or `bidopt tokens create USER`")
+
+    click.echo(ServeLifetime(click.echo).run(host=host, port=port, on_ready=announce))
 
 
 if __name__ == "__main__":
