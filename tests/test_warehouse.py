@@ -4,12 +4,17 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from click.testing import CliRunner
+
+from bidopt.bidder.fields import feature_reader
+from bidopt.cli.main import cli
 from bidopt.errors import InvalidConfig
 from bidopt.simulator import MarketSpec, simulate_market
 from bidopt.warehouse import Window, open_warehouse
-from bidopt.warehouse.contract import CONTRACT_COLUMNS, conform_bid_logs, floor_bucket_label
+from bidopt.warehouse.contract import CONTRACT_COLUMNS, UNKNOWN, conform_bid_logs, floor_bucket_label
 
 END = datetime(2026, 1, 31)
 FULL = Window(datetime(2025, 1, 1), datetime(2027, 1, 1))
@@ -113,7 +118,7 @@ def test_quotes_in_values_are_data_not_sql(warehouse, logs):
     t["domain"] = ["o'reilly.com", "a|b.com", "x\"; DROP TABLE bid_logs; --", "ok.com", "ok.com"]
     warehouse.load_bid_logs(pa.Table.from_pandas(t, preserve_index=False))
     got = warehouse.aggregate_bids("auto_intenders", FULL, ["domain"], bid_bucket_cpm=1000.0).to_pandas()
-    assert sorted(got.domain) == sorted({"o'reilly.com", "a|b.com", "x\"; drop table bid_logs; --", "ok.com"})
+    assert sorted(got.domain) == sorted({"o'reilly.com", "a/b.com", "x\"; drop table bid_logs; --", "ok.com"})
     assert warehouse.summary("auto_intenders")["bids"] == 5
 
 
@@ -137,3 +142,58 @@ def test_unknown_warehouse_urls():
         open_warehouse("snowflake://acct/db")
     with pytest.raises(InvalidConfig, match="unknown snowflake URL parameter"):
         open_warehouse("snowflake://u:p@acct/db/sch?colour=red")
+
+
+# Raw feature values as logs carry them: padded, mixed case, the key separator, empty, blank,
+# absent, non-ASCII letters whose lower case Arrow and Python disagree on, ASCII control spaces.
+RAW_FEATURE_VALUES = ["  MedNews.COM ", "a|b.com", "", "   ", None, "\u039f\u0394\u039f\u03a3.gr", "\u0130zmir.tr",
+                      "\x1cTab.com\x1f", "Tab.com", "x\u3000"]
+
+
+def _bidder_builds(raw):
+    """The key part the bidder builds for a request whose site.domain is ``raw``."""
+    site = {} if raw is None else {"domain": raw}
+    return feature_reader("domain", "site.domain|app.bundle")({"site": site}, {})
+
+
+def _with_domains(table: pa.Table, domains) -> pa.Table:
+    return table.set_column(table.column_names.index("domain"), "domain", pa.array(domains, pa.string()))
+
+
+def test_imported_feature_values_match_the_keys_the_bidder_builds(warehouse, logs):
+    rows = logs[1].slice(0, len(RAW_FEATURE_VALUES))
+    imported = conform_bid_logs(_with_domains(rows, RAW_FEATURE_VALUES))["domain"].to_pylist()
+    for raw, value in zip(RAW_FEATURE_VALUES, imported):
+        assert value != ""  # empty and blank values are stored as null ...
+        assert (UNKNOWN if value is None else value) == _bidder_builds(raw), raw
+    warehouse.load_bid_logs(_with_domains(rows, RAW_FEATURE_VALUES))
+    got = warehouse.aggregate_bids("auto_intenders", FULL, ["domain"], bid_bucket_cpm=1000.0).to_pandas()
+    # ... which aggregation reads as unknown: every key learnt is one the bidder can build
+    assert set(got.domain) == {_bidder_builds(raw) for raw in RAW_FEATURE_VALUES}
+    assert got.loc[got.domain == UNKNOWN, "bids"].sum() == 3
+
+
+def test_pandas_parquet_with_nanoseconds_and_time_zones_imports_through_the_cli(tmp_path, logs):
+    """pandas writes timestamp[ns] (tz-aware when the frame is): refused before as a lossy cast."""
+    df = logs[0].slice(0, len(RAW_FEATURE_VALUES)).to_pandas()
+    df["domain"] = RAW_FEATURE_VALUES
+    local = pd.Timestamp("2026-01-20 09:30:00.123456789", tz="America/New_York")  # 14:30 UTC
+    df["event_time"] = [local + pd.Timedelta(nanoseconds=i) for i in range(len(df))]
+    df.to_parquet(tmp_path / "logs.parquet")
+    naive = df.assign(event_time=df.event_time.dt.tz_convert(None))
+    naive.to_parquet(tmp_path / "naive.parquet")
+    assert pa.types.is_timestamp(pq.read_schema(tmp_path / "logs.parquet").field("event_time").type)
+
+    runner = CliRunner()
+    for name in ("logs.parquet", "naive.parquet"):
+        res = runner.invoke(cli, ["data", "import", str(tmp_path / name)])
+        assert res.exit_code == 0 and f"loaded {len(df)} bids" in res.output, res.output
+    from bidopt.data import get_warehouse
+
+    with get_warehouse() as wh:
+        summary = wh.summary("drugs_hcp")
+        assert summary["bids"] == 2 * len(df)
+        # truncated to the microsecond, in UTC: every row of both files at 14:30:00.123456
+        assert summary["first_time"] == summary["last_time"] == datetime(2026, 1, 20, 14, 30, 0, 123456)
+        got = wh.aggregate_bids("drugs_hcp", FULL, ["domain"], bid_bucket_cpm=1000.0).to_pandas()
+    assert set(got.domain) == {_bidder_builds(raw) for raw in RAW_FEATURE_VALUES}

@@ -2,7 +2,7 @@
 
 | column               | type            | meaning                                                   |
 |----------------------|-----------------|-----------------------------------------------------------|
-| `event_time`         | timestamp (UTC) | when the bid was placed                                   |
+| `event_time`         | timestamp (UTC) | when the bid was placed (microseconds)                    |
 | `entity_code`        | string          | the advertiser line that bid                              |
 | `request_id`         | string          | the exchange's bid request id                             |
 | `user_id`            | string, null    | the exchange user id (or device id)                       |
@@ -21,7 +21,11 @@
 Feature values are stored normalised (``normalise_feature_value``): lower case,
 trimmed, ``|`` replaced (it separates the values of a segment key). The bidder
 applies the same function to bid-request fields, so keys built from requests
-match keys learnt from logs. Missing values become ``unknown`` at aggregation.
+match keys learnt from logs. ``conform_bid_logs`` normalises every import; empty
+or blank values are stored as null, and nulls become ``unknown`` at aggregation,
+as an absent request field does in the bidder. Event times finer than
+microseconds (pandas writes nanoseconds) are truncated to the microsecond, and
+time-zone-aware ones are stored in UTC.
 """
 
 from __future__ import annotations
@@ -82,14 +86,55 @@ def backoff_key(head, n_features: int) -> str:
     return segment_key(head + [WILDCARD] * (n_features - len(head)))
 
 
+def _normalised_text(text: str) -> str:
+    return text.strip().lower().replace(KEY_SEPARATOR, "/")
+
+
 def normalise_feature_value(value: Any) -> str:
     """The one normalisation of feature values, for logs and bid requests alike."""
     if value is None:
         return UNKNOWN
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value).strip().lower().replace("|", "/")
-    return text or UNKNOWN
+    return _normalised_text(str(value)) or UNKNOWN
+
+
+# What str.strip() removes from ASCII text (more than Arrow's ASCII whitespace: also \x1c-\x1f).
+_ASCII_WHITESPACE = "".join(c for c in map(chr, range(128)) if c.isspace())
+
+
+def _normalise_feature_chunk(values: pa.Array) -> pa.Array:
+    if not isinstance(values, pa.DictionaryArray):
+        values = pc.dictionary_encode(values.cast(pa.string()))
+    distinct, indices = values.dictionary.cast(pa.string()), values.indices
+    out = pc.replace_substring(pc.utf8_lower(pc.utf8_trim(distinct, _ASCII_WHITESPACE)), KEY_SEPARATOR, "/")
+    is_ascii = pc.string_is_ascii(distinct)
+    if not pc.all(is_ascii).as_py():
+        # Arrow lower-cases some letters unlike Python (e.g. a final sigma, dotted I), so
+        # non-ASCII values take the Python path: the bidder's own function, hence the same key.
+        python = [None if ascii_ else _normalised_text(v) for v, ascii_ in zip(distinct.to_pylist(),
+                                                                                is_ascii.to_pylist())]
+        out = pc.if_else(is_ascii, out, pa.array(python, pa.string()))
+    out = pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
+    return pc.take(out, indices)
+
+
+def normalise_feature_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``normalise_feature_value`` over a column read as strings, vectorised, except that empty or
+    blank values become null (aggregation makes them ``unknown``). Each distinct value is normalised
+    once (a dictionary-encoded column's dictionary as it is)."""
+    return pa.chunked_array([_normalise_feature_chunk(chunk) for chunk in column.chunks], type=pa.string())
+
+
+def _as_utc_microseconds(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Timestamps in any unit or zone -> naive UTC microseconds, finer units truncated (floored,
+    so times before 1970 go back too) instead of refused as a lossy cast."""
+    typ = column.type
+    if typ.tz is not None:
+        column = column.cast(pa.timestamp(typ.unit, tz="UTC"))  # same instants; no DST ambiguity below
+    if typ.unit == "ns":
+        column = pc.floor_temporal(column, unit="microsecond")
+    return column.cast(pa.timestamp("us"))  # from UTC-aware: the UTC wall time
 
 
 def floor_bucket_label(floor_cpm: float | None) -> str:
@@ -119,7 +164,8 @@ def floor_bucket_sql(column: str = "floor_cpm") -> str:
 
 
 def conform_bid_logs(table: pa.Table) -> pa.Table:
-    """Check ``table`` against the contract and return it with exactly the contract's columns and types.
+    """Check ``table`` against the contract and return it with exactly the contract's columns and types,
+    feature values normalised and event times as naive UTC microseconds.
 
     Extra columns (e.g. the simulator's ``truth_*``) are dropped; a missing column,
     a value that cannot be cast, or a null in a required column raises
@@ -131,10 +177,16 @@ def conform_bid_logs(table: pa.Table) -> pa.Table:
     columns = []
     for field in BID_LOG_SCHEMA:
         col = table.column(field.name)
-        if pa.types.is_dictionary(col.type):
+        is_feature_text = field.name in FEATURE_COLUMNS and pa.types.is_string(field.type)
+        if pa.types.is_dictionary(col.type) and not is_feature_text:
             col = col.cast(col.type.value_type)
         try:
-            col = col.cast(field.type)
+            if is_feature_text:
+                col = normalise_feature_column(col)
+            elif pa.types.is_timestamp(col.type) and pa.types.is_timestamp(field.type):
+                col = _as_utc_microseconds(col).cast(field.type)
+            else:
+                col = col.cast(field.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise InvalidConfig(f"bid-log column {field.name} cannot be read as {field.type}: {exc}") from None
         if not field.nullable and col.null_count:
