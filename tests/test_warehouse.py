@@ -135,6 +135,12 @@ def test_contract_errors_name_the_column(logs):
     assert out.column_names == list(CONTRACT_COLUMNS)  # truth_* columns are dropped
 
 
+def test_a_contract_column_given_twice_is_refused(logs):
+    a = logs[0]
+    with pytest.raises(InvalidConfig, match="have column domain more than once"):
+        conform_bid_logs(a.append_column("domain", pa.array(["x.com"] * a.num_rows)))
+
+
 def test_unknown_warehouse_urls():
     with pytest.raises(InvalidConfig, match="unknown warehouse URL scheme"):
         open_warehouse("mysql://x/y")

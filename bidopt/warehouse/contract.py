@@ -174,6 +174,9 @@ def conform_bid_logs(table: pa.Table) -> pa.Table:
     missing = [c for c in CONTRACT_COLUMNS if c not in table.column_names]
     if missing:
         raise InvalidConfig(f"bid logs lack column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    twice = [c for c in CONTRACT_COLUMNS if table.column_names.count(c) > 1]
+    if twice:  # which one holds the data is anyone's guess: refuse rather than pick
+        raise InvalidConfig(f"bid logs have column{'s' if len(twice) > 1 else ''} {', '.join(twice)} more than once")
     columns = []
     for field in BID_LOG_SCHEMA:
         col = table.column(field.name)
