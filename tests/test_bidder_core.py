@@ -263,3 +263,10 @@ def test_ab_split_hash_is_salted_per_split_and_sticky_within_it():
     # unsalted, both experiments put exactly the same users first; salted, about half of them
     shared = len(first_arm[0] & first_arm[1]) / len(first_arm[0])
     assert 0.4 < shared < 0.6
+
+
+def test_a_nan_bid_or_multiplier_is_no_bid_never_a_null_price():
+    nan = float("nan")
+    for run in (tables(bids={"*|*|*": nan}), tables(multipliers={"mednews.com": nan})):
+        status, body, decisions, _ = decide(state((run, 100)), "drugs_hcp", request())
+        assert (status, body, decisions) == (204, b"", [])

@@ -79,7 +79,7 @@ class RunTables:
         if price < floor <= max(base, adjusted):
             price = price_ceil(floor)
         price = min(max(price, self.price_minimum), self.price_cap)
-        if price < floor or price <= 0:
+        if not (price >= floor and price > 0):  # written so that a NaN (a corrupt table) is no bid too
             return None
         return price
 
