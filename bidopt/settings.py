@@ -13,8 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bidopt.errors import BidoptError
 
 
 def _home() -> Path:
@@ -33,7 +35,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="How often an optimizer says it is alive")
     stale_after_seconds: float = Field(default=300.0, gt=0,
                                        description="A running run without a heartbeat this long is requeued")
-    max_attempts: int = Field(default=3, ge=1, description="Attempts before a run whose worker died fails")
+    max_attempts: int = Field(default=3, ge=1,
+                              description="Attempts before a run whose worker or task died (or timed out) fails")
+    run_timeout_seconds: float = Field(
+        default=7200.0, gt=0,
+        description="An optimizer task running this long is cancelled and its attempt failed (Ray mode)")
     bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
     bidder_ready_timeout_seconds: float = Field(
         default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails")
@@ -43,6 +49,18 @@ class Settings(BaseSettings):
     require_services: bool = Field(
         default=False, description="Tests fail instead of skipping when a server is missing"
     )
+
+    @model_validator(mode="after")
+    def _heartbeats_outlive_staleness(self) -> Settings:
+        # A run is requeued when its heartbeat is older than stale_after_seconds. With fewer than
+        # three beats per stale window, one slow beat (a busy database, a GC pause) hands a healthy
+        # run to a second worker: both then train it, and only the lease keeps them apart.
+        if self.stale_after_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                f"BIDOPT_STALE_AFTER_SECONDS ({self.stale_after_seconds:g}) must be at least 3 x "
+                f"BIDOPT_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), so that a live optimizer's runs "
+                f"are never requeued between two heartbeats")
+        return self
 
     def model_post_init(self, __context) -> None:  # fill defaults that depend on home
         if not self.database_url:
@@ -71,6 +89,7 @@ class Settings(BaseSettings):
             "heartbeat_seconds": self.heartbeat_seconds,
             "stale_after_seconds": self.stale_after_seconds,
             "max_attempts": self.max_attempts,
+            "run_timeout_seconds": self.run_timeout_seconds,
             "bidder_refresh_seconds": self.bidder_refresh_seconds,
             "bidder_ready_timeout_seconds": self.bidder_ready_timeout_seconds,
             "bidder_min_replicas": self.bidder_min_replicas,
@@ -91,9 +110,29 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+class InvalidSettings(BidoptError):
+    """The ``BIDOPT_*`` environment is not a valid configuration (a server-side mistake, not the caller's)."""
+
+    http_status = 500
+
+
+def _one_line(exc: ValidationError) -> str:
+    """pydantic's multi-line report as one line naming the environment variables."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"BIDOPT_{field.upper()}: {message}" if field else message)
+    return "invalid settings: " + "; ".join(problems)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings in force; ``InvalidSettings`` (one line, a ``BidoptError``) when the environment is invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(_one_line(exc)) from None
 
 
 def reset_settings_cache() -> None:
