@@ -270,3 +270,9 @@ def test_a_nan_bid_or_multiplier_is_no_bid_never_a_null_price():
     for run in (tables(bids={"*|*|*": nan}), tables(multipliers={"mednews.com": nan})):
         status, body, decisions, _ = decide(state((run, 100)), "drugs_hcp", request())
         assert (status, body, decisions) == (204, b"", [])
+
+
+def test_region_codes_are_ascii_state_codes_only():
+    read = feature_reader("geo_region_name", "device.geo.region")
+    assert [read({"device": {"geo": {"region": r}}}, {}) for r in ("sd", " US-SD ", "\u017fd", "")] == [
+        "south dakota", "south dakota", "\u017fd", "unknown"]

@@ -45,7 +45,8 @@ def normalise_geo(value: Any) -> str:
     if value is None:
         return UNKNOWN
     text = str(value).strip()
-    code = text.upper().removeprefix("US-")
+    # ASCII only: other scripts' letters can upper-case into a state code (the long s into S)
+    code = text.upper().removeprefix("US-") if text.isascii() else None
     return US_STATES.get(code, normalise_feature_value(text))
 
 
