@@ -10,13 +10,14 @@ import time
 
 import pytest
 import uvicorn
-from sqlalchemy import update
 
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
-from bidopt.db.models import OptRun
+from bidopt.bidder.loader import Refresher
 from bidopt.serve.api import create_app
+from bidopt.settings import get_settings
 from conftest import missing_service
+from servable_runs import complete_servable
 
 pytestmark = pytest.mark.slow
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -59,10 +60,10 @@ def test_operator_creates_a_run_and_sets_an_80_20_split(platform_db, server, bro
         q.create_user(s, "olivia", "operator")
         token = q.create_api_token(s, "olivia")[1]
         done = [q.create_run(s, "drugs_hcp", {}, triggered_by="seed").run_id for _ in range(2)]
-    with session_scope(platform_db) as s:
-        for run_id in done:
-            s.execute(update(OptRun).where(OptRun.run_id == run_id).values(status="running", worker_id="w"))
-            q.mark_run_completed(s, run_id, q.RunStats(5, 2.0, 1.0, 3.0, "file:///x", "passed", []), worker_id="w")
+    for run_id in done:  # with artifacts: a split only switches to runs bidders can load
+        complete_servable(platform_db, run_id)
+    replica = Refresher(get_settings().database_url, interval=60, replica_id="bidder-host:1:ui")
+    replica.first_load(timeout=5)  # a bidder replica that has loaded the (empty) split and reports
 
     page = browser.new_page()
     errors = []
@@ -91,6 +92,9 @@ def test_operator_creates_a_run_and_sets_an_80_20_split(platform_db, server, bro
         assert q.get_run_configs(s, newest.run_id)["target_win_rate"] == 0.45
         assert q.get_run_configs(s, newest.run_id)["exploration_mode"] == "uplift"
 
+    # the page reloads itself after creating a run: wait for that, or it may redraw the next page
+    page.wait_for_selector(f'#runs-table tr[data-run="{newest.run_id}"]')
+
     # A/B page: live validation, then 80/20
     page.goto(server + "#/ab/drugs_hcp")
     page.wait_for_selector(".split-input")
@@ -107,5 +111,14 @@ def test_operator_creates_a_run_and_sets_an_80_20_split(platform_db, server, bro
     with session_scope(platform_db) as s:
         active = {d.run_id: (d.traffic_pct, d.deployed_by) for d in q.get_current_traffic_split(s, "drugs_hcp")}
     assert active == {a: (80, "olivia"), b: (20, "olivia")}
+    # the replica has not refreshed since: the page says it lags and why; after its refresh, live
+    assert page.inner_text("#split-live") == "1 of 1 bidder replicas lag"
+    assert "bidder-host:1:ui" in page.inner_text("#split-replicas")
+    assert "has not refreshed since the change" in page.inner_text("#split-replicas")
+    replica.refresh_once()
+    page.reload()
+    page.wait_for_selector('#split-live:has-text("live on all 1 bidder replica")')
+    assert page.query_selector("#split-replicas") is None
+    replica.stop()
     page.screenshot(path=str(tmp_path / "ab.png"))
     assert errors == []

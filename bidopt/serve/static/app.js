@@ -220,6 +220,16 @@ async function comparePage(ids) {
     }).join("")}</table></section>`;
 }
 
+// Whether the active split is what every reporting bidder replica serves; replicas that lag or are
+// gone are listed with their reason (their load error, or that they have not refreshed yet).
+function bidderLiveness(bidders) {
+  const others = bidders.replicas.filter(r => r.state !== "live");
+  return `<p>Bidders: <span id="split-live" class="${bidders.live ? "ok" : "bad"}">${esc(bidders.summary)}</span></p>
+    ${others.length ? `<table id="split-replicas"><tr><th>replica</th><th>state</th><th>serves split</th><th>last report</th><th>reason</th></tr>
+    ${others.map(r => `<tr><td>${esc(r.replica_id)}</td><td class="${r.state === "lagging" ? "bad" : "muted"}">${esc(r.state)}</td>
+      <td>${fmt(r.split_id)}</td><td>${fmt(r.seconds_since_report)} s ago</td><td>${esc(r.reason)}</td></tr>`).join("")}</table>` : ""}`;
+}
+
 async function abPage(code) {
   crumbs(`/ <a href="#/entity/${esc(code)}">${esc(code)}</a> / A/B split`);
   const enc = encodeURIComponent(code);
@@ -229,7 +239,8 @@ async function abPage(code) {
   const pct = Object.fromEntries(current.runs.map(r => [r.run_id, r.traffic_pct]));
   main.innerHTML = `<section><h2>Active split of ${esc(code)}</h2><div id="split-current">${current.runs.length ?
       current.runs.map(r => `<span class="pill">${esc(r.run_id)}: ${r.traffic_pct}%</span>`).join(" ") +
-      ` <span class="muted">by ${esc(current.deployed_by)} at ${esc(current.deployed_at)}</span>` : "<span class='muted'>none</span>"}</div></section>
+      ` <span class="muted">by ${esc(current.deployed_by)} at ${esc(current.deployed_at)}</span>` : "<span class='muted'>none</span>"}</div>
+    ${bidderLiveness(current.bidders)}</section>
     <section><h2>New split</h2><p class="muted">Completed runs that passed validation. Whole percentages adding up to 100; 0 leaves a run out.</p>
     <table><tr><th>run</th><th>segments</th><th>bid median</th><th>completed</th><th>traffic %</th></tr>
     ${runs.map(r => `<tr><td><a href="#/run/${esc(r.run_id)}">${esc(r.run_id)}</a></td><td>${fmt(r.segments_count)}</td>
