@@ -84,3 +84,47 @@ def test_bidopt_serve_deploys_management_and_bidder(platform, monkeypatch):
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_bidder_replicas_take_traffic_only_after_loading_the_active_split(platform, monkeypatch):
+    """Serve marks a replica ready when its constructor returns, and BidderCore loads the active
+    split before that: the very first request after the deploy gets a bid, not a 204. Each replica
+    reports what it serves (GET /openrtb2/_status and opt_bidder_replicas) and removes its row
+    when Serve stops it."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from bidopt.db import bidder_status
+    from bidopt.serve.apps import run_apps
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # Serve's default proxy: readiness is the replica's business whatever the ingress, and HAProxy
+    # binds fixed stats ports, so a second Serve on the same host (a parallel test) cannot start it
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    monkeypatch.setenv("BIDOPT_BIDDER_MIN_REPLICAS", "2")
+    with session_scope(platform) as s:
+        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 20}, triggered_by="t").run_id
+    run_optimizer(once=True, use_ray=False)
+    with session_scope(platform) as s:
+        split_id = q.replace_traffic_split(s, "drugs_hcp", {run_id: 100}, deployed_by="t")[0].split_id
+    try:
+        url = run_apps(port=_free_port())  # returns once the deployments are running
+        bid_request = {"id": "q1", "imp": [{"id": "1"}], "device": {"geo": {"region": "TX"}, "os": "Android"},
+                       "user": {"id": "someone"}}
+        first = httpx.post(url + "openrtb2/drugs_hcp", json=bid_request, timeout=30)
+        assert first.status_code == 200, first.headers
+        assert first.json()["ext"]["split_id"] == split_id
+        status = httpx.get(url + "openrtb2/_status", timeout=30).json()
+        assert status["ready"] and status["serving"]["drugs_hcp"]["split_id"] == split_id
+        with session_scope(platform) as s:
+            rows = bidder_status.list_replicas(s)
+            live = bidder_status.split_liveness(s, "drugs_hcp", split_id)
+        assert len(rows) == 2 and all(r.ready for r in rows) and status["replica_id"] in {r.replica_id for r in rows}
+        assert live["live"] and live["summary"] == "live on all 2 bidder replicas"
+        serve.delete("bidder")  # a clean stop: each replica's __del__ removes its row
+        with session_scope(platform) as s:
+            assert bidder_status.list_replicas(s) == []
+    finally:
+        serve.shutdown()
+        ray.shutdown()
