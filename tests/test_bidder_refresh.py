@@ -177,6 +177,10 @@ def test_a_run_keeps_the_request_fields_it_was_trained_with(runs):
     assert r.refresh_once() == {"drugs_hcp": "loaded"}
     status, _, decisions, _ = decide(r.state, "drugs_hcp", orjson.dumps(REQ | {"user": {"id": "u1"}}))
     assert status == 200 and decisions[0].segment_key.split("|")[0] == "california"
+    with session_scope(engine) as s:  # the run's price bounds come along too
+        bounds = q.get_run_configs(s, a)
+    tables = r.state.entities["drugs_hcp"].runs[0]
+    assert (tables.min_bid_cpm, tables.max_bid_cpm) == (bounds["min_bid_cpm"], bounds["max_bid_cpm"]) != (0.0, 1e9)
 
 
 def test_a_new_replica_serves_the_active_split_from_its_first_request(runs):
@@ -235,3 +239,42 @@ def test_a_replica_retries_its_first_load_and_fails_if_the_database_stays_away(r
     reset_settings_cache()
     with pytest.raises(BidderNotReady, match=r"could not read the active splits within 0.2 s: database: "):
         BidderCore()
+
+
+def test_health_fails_when_the_refresh_hangs_but_not_when_the_database_is_down(platform_db, monkeypatch):
+    """A refresh that never returns (a database or store call that hangs) leaves the replica
+    answering from an old split without reporting: Serve must replace it. A database that is
+    down is different: refreshes end (failing), the replica keeps serving, health stays good."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from bidopt.bidder import loader
+    from bidopt.settings import reset_settings_cache
+
+    monkeypatch.setenv("BIDOPT_BIDDER_REFRESH_SECONDS", "0.01")
+    reset_settings_cache()
+    core = BidderCore()  # first load against the (empty) database, then the refresh thread
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_read_plan(url):
+        entered.set()
+        release.wait()
+        raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    try:
+        core.check_health()
+        monkeypatch.setattr(loader, "read_plan", hanging_read_plan)
+        assert entered.wait(timeout=30)
+        core.refresher.attempted_at -= loader.STUCK_AFTER_MIN_SECONDS + 1  # as if it had hung that long
+        with pytest.raises(RuntimeError, match="bidder refresh has not ended for .* it hangs"):
+            core.check_health()
+        attempted = core.refresher.attempted_at
+        release.set()  # the call returns with an error: a database that is down, not a hang
+        while core.refresher.attempted_at == attempted:
+            time.sleep(0.01)
+        core.check_health()
+        assert core.refresher.errors[loader.DATABASE].startswith("database: ")
+    finally:
+        release.set()
+        core.close()

@@ -66,13 +66,17 @@ class BidderCore:
         return self.refresher.status()
 
     def check_health(self) -> None:
-        """Raises unless the first load is done and the refresh thread is alive (Serve then
-        replaces the replica). A database that is down is not a reason: the replica keeps serving
-        its last good split, and a new one could not load anything either."""
+        """Raises unless the first load is done and the refresh thread is alive and not stuck
+        (Serve then replaces the replica). A database that is down is not a reason: refreshes
+        still end (and fail), the replica keeps serving its last good split, and a new one could
+        not load anything either."""
         if not self.refresher.ready:
             raise RuntimeError("bidder replica has not finished its first load")
         if not self.refresher.running:
             raise RuntimeError("bidder refresh thread is not running")
+        stuck = self.refresher.stuck_for()
+        if stuck is not None:
+            raise RuntimeError(f"bidder refresh has not ended for {stuck:.0f} s: it hangs")
 
     def close(self) -> None:
         self.refresher.stop()

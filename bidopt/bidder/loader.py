@@ -50,6 +50,8 @@ from bidopt.warehouse.contract import backoff_key
 
 log = logging.getLogger("bidopt.bidder")
 DATABASE = "*"  # the key of a refresh that could not read the splits at all (outcome and errors)
+STUCK_AFTER_INTERVALS = 10
+STUCK_AFTER_MIN_SECONDS = 60.0
 
 
 class BidderNotReady(RuntimeError):
@@ -129,7 +131,8 @@ class Refresher:
         self.started_at = time.time()
         self.state: BidderState = EMPTY_STATE
         self.ready = False  # set once the first load is done (first_load)
-        self.refreshed_at: float | None = None
+        self.refreshed_at: float | None = None  # wall clock of the last refresh that read the splits
+        self.attempted_at = time.monotonic()  # when the last refresh attempt ended, read or not
         # entity -> why its active split is not the one served (DATABASE: the splits could not be read);
         # replaced as a whole by each refresh, so a reader never sees it half-updated
         self.errors: dict[str, str] = {}
@@ -149,6 +152,7 @@ class Refresher:
         splits could not be read)."""
         outcome = self._refresh()
         self.report()
+        self.attempted_at = time.monotonic()
         return outcome
 
     def _refresh(self) -> dict[str, str]:
@@ -178,7 +182,7 @@ class Refresher:
             try:
                 tables = tuple(self._tables(r) for r in runs)
             except Exception as exc:  # noqa: BLE001 - one bad run keeps the entity's previous split
-                errors[entity] = f"{entity} split {split_id}: {type(exc).__name__}: {exc}"
+                errors[entity] = f"{entity} split {split_id}: {type(exc).__name__}: {exc}".splitlines()[0]
                 log.error("bidder refresh: %s; still serving the previous split", errors[entity])
                 outcome[entity] = "failed: " + errors[entity]
                 continue
@@ -291,6 +295,14 @@ class Refresher:
     def running(self) -> bool:
         """Whether the refresh thread is alive (False before ``start`` and after ``stop``)."""
         return self._thread is not None and self._thread.is_alive()
+
+    def stuck_for(self) -> float | None:
+        """Seconds since the last refresh attempt ended, if that is more than ``STUCK_AFTER_INTERVALS``
+        intervals (and at least ``STUCK_AFTER_MIN_SECONDS``): the thread hangs (a database or store
+        call that never returns) while requests are still answered from an old split and the
+        replica no longer reports. None while refreshes keep ending, successful or not."""
+        waited = time.monotonic() - self.attempted_at
+        return waited if waited > max(STUCK_AFTER_INTERVALS * self.interval, STUCK_AFTER_MIN_SECONDS) else None
 
     def stop(self) -> None:
         """Stop refreshing and remove this replica's row (best effort): a clean stop is not a lag."""
