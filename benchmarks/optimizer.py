@@ -38,10 +38,11 @@ def one_run(rows: int) -> dict:
             generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=rows, seed=3, npi_enabled=True))
         worker = new_worker_id()
         with session_scope(engine) as s:
-            q.claim_next_pending_run(s, worker)
+            attempt = q.claim_next_pending_run(s, worker).attempts
         steps: list[tuple[float, str]] = []
         t0 = time.perf_counter()
-        result = process_run(run_id, worker, progress=lambda text: steps.append((time.perf_counter(), text)))
+        result = process_run(run_id, worker, attempt,
+                             progress=lambda text: steps.append((time.perf_counter(), text)))
         total = time.perf_counter() - t0
         dispose_engines()
     if result["status"] != "completed":

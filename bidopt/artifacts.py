@@ -1,10 +1,14 @@
 """Artifact stores, chosen by URL scheme: a local directory (``file://``) or S3 (``s3://``).
 
-A run's artifacts live under ``<entity base path>/runs/<run_id>/``. The entity's
-``base_path`` is either an absolute URL (``s3://bucket/x``, ``file:///x``) or a
-path relative to ``BIDOPT_ARTIFACT_URL``. Writers put ``manifest.json`` (with the
-SHA-256 of every other file) last, so a run whose manifest is missing is
-incomplete, whatever else is there; readers check the checksums.
+Each attempt at a run writes its own folder, ``<entity base path>/runs/<run_id>/attempt-<n>/``,
+and the attempt that completes the run records that folder in ``opt_runs.s3_output_path``;
+readers always go through that column (runs completed before attempt folders existed have
+their files directly under ``runs/<run_id>/``). So a late worker whose attempt lost the run
+writes and removes only files nobody reads. The entity's ``base_path`` is either an
+absolute URL (``s3://bucket/x``, ``file:///x``) or a path relative to
+``BIDOPT_ARTIFACT_URL``. Writers put ``manifest.json`` (with the SHA-256 of every other
+file) last, so a folder whose manifest is missing is incomplete, whatever else is there;
+readers check the checksums.
 
 S3 goes through boto3 with its usual credential chain; ``BIDOPT_S3_ENDPOINT_URL``
 points it at an S3-compatible endpoint (the tests use moto's server).
@@ -16,6 +20,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -128,18 +133,45 @@ def run_output_url(artifact_url: str, base_path: str, run_id: str) -> str:
     return f"{base.rstrip('/')}/runs/{run_id}"
 
 
+def attempt_output_url(run_url: str, attempt: int) -> str:
+    """Where attempt ``attempt`` (``opt_runs.attempts`` when it was claimed) of the run whose folder
+    is ``run_url`` (``run_output_url``) writes: ``<run folder>/attempt-<n>``. One folder per claim,
+    so no two workers ever write or remove the same files."""
+    if attempt < 1:
+        raise InvalidConfig(f"attempt numbers start at 1, got {attempt}")
+    return f"{run_url.rstrip('/')}/attempt-{attempt}"
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_run_artifacts(output_url: str, files: dict[str, bytes], *, meta: dict) -> dict:
-    """Write ``files`` then a manifest of their sizes and checksums; returns the manifest."""
+def write_run_artifacts(output_url: str, files: dict[str, bytes], *, meta: dict,
+                        before_manifest: Callable[[], None] | None = None) -> dict:
+    """Write ``files`` then a manifest of their sizes and checksums; returns the manifest.
+
+    ``before_manifest`` runs between the two; if it raises, no manifest is written (the
+    optimizer checks there that it still holds the run)."""
     store = open_artifact_store(output_url)
     for name, data in files.items():
         store.put_bytes(name, data)
     manifest = {**meta, "files": {n: {"sha256": sha256(d), "bytes": len(d)} for n, d in files.items()}}
+    if before_manifest is not None:
+        before_manifest()
     store.put_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
+
+
+def remove_run_artifacts(output_url: str, names: Iterable[str]) -> None:
+    """Delete the manifest, then ``names``, from ``output_url`` (missing ones are skipped).
+
+    The manifest goes first so that a reader never sees a manifest whose files are gone.
+    Callers pass only a folder and names they wrote themselves."""
+    store = open_artifact_store(output_url)
+    store.delete(MANIFEST)
+    for name in names:
+        if name != MANIFEST:
+            store.delete(name)
 
 
 def read_run_artifacts(output_url: str, names: list[str]) -> tuple[dict, dict[str, bytes]]:

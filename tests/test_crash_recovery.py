@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bidopt.artifacts import MANIFEST, open_artifact_store, run_output_url
+from bidopt.artifacts import MANIFEST, attempt_output_url, open_artifact_store, run_output_url
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.jobs.optimize import run_optimizer
@@ -46,17 +46,21 @@ def test_a_killed_optimizer_leaves_no_manifest_and_its_run_is_finished_by_anothe
     proc.wait()
     status, attempts, dead_worker, base_path = _status(platform, run_id)
     assert (status, attempts) == ("running", 1)  # nobody told the database
-    url = run_output_url(get_settings().artifact_url, base_path, run_id)
-    assert not open_artifact_store(url).exists(MANIFEST)
+    run_url = run_output_url(get_settings().artifact_url, base_path, run_id)
+    assert not open_artifact_store(attempt_output_url(run_url, 1)).exists(MANIFEST)
 
     monkeypatch.setenv("BIDOPT_STALE_AFTER_SECONDS", "1")
+    monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.2")  # stale_after must cover 3 heartbeats
     reset_settings_cache()
     time.sleep(1.2)
     report = run_optimizer(once=True, use_ray=False)
     assert [(r["run_id"], r["status"]) for r in report.processed] == [(run_id, "completed")]
     status, attempts, worker, _ = _status(platform, run_id)
     assert (status, attempts) == ("completed", 2) and worker != dead_worker
-    assert open_artifact_store(url).exists(MANIFEST)
+    assert open_artifact_store(attempt_output_url(run_url, 2)).exists(MANIFEST)
+    assert not open_artifact_store(attempt_output_url(run_url, 1)).exists(MANIFEST)
+    with session_scope(platform) as s:
+        assert q.get_run(s, run_id).s3_output_path == attempt_output_url(run_url, 2)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

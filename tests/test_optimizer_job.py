@@ -51,7 +51,7 @@ def test_pending_runs_become_validated_bid_tables(platform):
     assert got["metrics"]["win_rate_model"]["auc"] > 0.6
 
     # artifacts: manifest checks out, bid table matches the run's stats
-    assert run.s3_output_path.endswith(f"/drugs_hcp/runs/{a}")
+    assert run.s3_output_path.endswith(f"/drugs_hcp/runs/{a}/attempt-1")  # the completing attempt's folder
     manifest = json.loads(open_artifact_store(run.s3_output_path).get_bytes(MANIFEST))
     assert set(manifest["files"]) >= {"suggested_bids.csv", "domain_multipliers.csv", "win_model.ubj",
                                       "ctr_model.ubj", "metrics.json", "features.json", "win_curves.json"}
@@ -90,7 +90,7 @@ def test_invalid_configs_fail_readably_and_the_job_goes_on(platform):
     assert run.s3_output_path is None and _run(platform, bad)["features"] == []
 
 
-def test_a_failure_after_the_upload_leaves_no_manifest(platform, monkeypatch):
+def test_a_failure_after_the_upload_removes_the_attempts_own_files(platform, monkeypatch):
     run_id = _create(platform)
 
     def boom(*args, **kwargs):
@@ -103,12 +103,13 @@ def test_a_failure_after_the_upload_leaves_no_manifest(platform, monkeypatch):
         run = q.get_run(s, run_id)
         assert run.status == "failed" and "database went away" in run.error_message
         entity = run.entity
-    from bidopt.artifacts import run_output_url
+    from bidopt.artifacts import attempt_output_url, run_output_url
     from bidopt.settings import get_settings
 
-    url = run_output_url(get_settings().artifact_url, entity.base_path, run_id)
+    url = attempt_output_url(run_output_url(get_settings().artifact_url, entity.base_path, run_id), 1)
+    assert report.processed[0]["attempt"] == 1
     assert not open_artifact_store(url).exists(MANIFEST)
-    assert open_artifact_store(url).exists("suggested_bids.csv")  # written, but never declared complete
+    assert not open_artifact_store(url).exists("suggested_bids.csv")  # its own folder: it cleans up after itself
 
 
 def test_an_entity_without_logs_fails_with_the_reason(platform_db):
@@ -142,17 +143,17 @@ def test_artifacts_go_to_s3_when_the_base_path_is_s3(platform, s3_bucket):
     run_id = _create(platform)
     assert run_optimizer(once=True, use_ray=False).processed[0]["status"] == "completed"
     url = _run(platform, run_id)["run"].s3_output_path
-    assert url == f"s3://{s3_bucket}/lines/drugs_hcp/runs/{run_id}"
+    assert url == f"s3://{s3_bucket}/lines/drugs_hcp/runs/{run_id}/attempt-1"
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=__import__("os").environ["BIDOPT_S3_ENDPOINT_URL"])
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
-    assert f"lines/drugs_hcp/runs/{run_id}/{MANIFEST}" in keys
-    body = s3.get_object(Bucket=s3_bucket, Key=f"lines/drugs_hcp/runs/{run_id}/suggested_bids.csv")["Body"].read()
+    assert f"lines/drugs_hcp/runs/{run_id}/attempt-1/{MANIFEST}" in keys
+    body = s3.get_object(Bucket=s3_bucket, Key=f"lines/drugs_hcp/runs/{run_id}/attempt-1/suggested_bids.csv")["Body"].read()
     manifest = json.loads(open_artifact_store(url).get_bytes(MANIFEST))
     assert manifest["files"]["suggested_bids.csv"]["sha256"] == sha256(body)
     # a corrupted object is caught by its checksum
-    s3.put_object(Bucket=s3_bucket, Key=f"lines/drugs_hcp/runs/{run_id}/suggested_bids.csv", Body=b"x")
+    s3.put_object(Bucket=s3_bucket, Key=f"lines/drugs_hcp/runs/{run_id}/attempt-1/suggested_bids.csv", Body=b"x")
     from bidopt.errors import InvalidConfig
 
     with pytest.raises(InvalidConfig, match="checksum"):

@@ -8,11 +8,33 @@ in the dashboard), heartbeats the runs it holds while they work, and with
 ``--once`` exits when the queue is empty. Runs of different entities (and of
 the same entity) train in parallel up to ``--parallel``.
 
-A task reads the run's inputs from the database, runs
-``bidopt.optimizer.pipeline.optimize`` against the warehouse, writes the
-artifacts (manifest last) and then, in one transaction, the features, metrics
-and ``completed`` status. Any exception marks the run ``failed`` with the
-error, removes a manifest it may have written, and the job goes on.
+A claim is a lease: the worker id and the attempt number (``opt_runs.attempts``
+after the claim). Every write for the run -- heartbeat, completion, failure --
+names both, so once a run was requeued (and maybe re-claimed, even by this same
+driver) the old attempt can change nothing. Each attempt writes its artifacts to
+its own folder, ``runs/<run_id>/attempt-<n>/`` (manifest last), and the completing
+attempt records that folder on the run; a worker only ever removes files it wrote
+itself, so a late worker never touches a completed run's artifacts.
+
+A task reads the run's inputs, runs ``bidopt.optimizer.pipeline.optimize``
+against the warehouse, writes its artifacts and then, in one transaction, the
+features, metrics and ``completed`` status. It re-reads its lease after loading,
+before writing artifacts and right before the manifest, and stops ("abandoned",
+nothing recorded, its own files removed) once the run is no longer its own.
+An exception of the run's own marks it ``failed`` with the error (after
+removing the attempt's files), and the job goes on.
+
+The driver's heartbeat thread learns when a lease is lost (``heartbeat_run``
+returns False): in ``--no-ray`` mode it tells the in-process run to stop at its
+next step; under Ray the driver cancels that task and records nothing for it.
+Under Ray, a task whose worker dies (SIGKILL, OOM, node lost) or that runs past
+``BIDOPT_RUN_TIMEOUT_SECONDS`` (counted from when the driver starts it; the
+driver then force-cancels it) has its attempt released like a crashed driver's:
+back to pending while ``attempts < BIDOPT_MAX_ATTEMPTS``, else failed with
+"gave up after N attempts: <reason>". The time limit is enforced only under
+Ray: in ``--no-ray`` mode nothing can interrupt a hung step in-process, so a
+hung run holds its lease until its process is stopped, and is then requeued
+once its heartbeat is ``BIDOPT_STALE_AFTER_SECONDS`` old.
 """
 
 from __future__ import annotations
@@ -33,9 +55,10 @@ from datetime import timedelta
 
 import pandas as pd
 
-from bidopt.artifacts import MANIFEST, open_artifact_store, run_output_url, write_run_artifacts
+from bidopt.artifacts import attempt_output_url, remove_run_artifacts, run_output_url, write_run_artifacts
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
+from bidopt.errors import Conflict
 from bidopt.optimizer.pipeline import RunResult, RunSpec, optimize
 from bidopt.settings import get_settings
 from bidopt.warehouse import open_warehouse
@@ -97,22 +120,67 @@ def artifact_files(spec: RunSpec, result: RunResult) -> dict[str, bytes]:
     return files
 
 
-def process_run(run_id: str, worker_id: str, progress: Callable[[str], None] | None = None) -> dict:
-    """Optimise one claimed (running) run end to end; never raises for a run's own failure."""
-    settings = get_settings()
-    engine = get_engine(settings.database_url)
+@dataclass(frozen=True)
+class Lease:
+    """A claim on a run: the worker and the attempt number it was claimed as."""
+
+    run_id: str
+    worker_id: str
+    attempt: int
+    entity_code: str
+
+
+class LeaseLost(Exception):
+    """This attempt no longer holds its run (it was requeued, and maybe re-claimed): stop, record nothing."""
+
+
+def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[str], None] | None = None,
+                stop: threading.Event | None = None) -> dict:
+    """Optimise one run claimed as attempt ``attempt`` by ``worker_id`` end to end; never raises
+    for a run's own failure.
+
+    Returns a dict whose ``status`` is ``completed``, ``failed`` (recorded on the run) or
+    ``abandoned`` (the lease was lost; nothing recorded). ``stop`` -- set by the driver's
+    heartbeat thread when the lease is lost -- is checked at every progress step; the lease
+    itself is read from the database after loading, before writing artifacts and right before
+    the manifest. The run time limit is not enforced here (see the module docstring).
+    """
     say = progress or (lambda text: print(f"{run_id}: {text}", flush=True))
-    output_url = None
+    engine = None
+    output_url, written = None, []
     began = time.time()
-    try:
+
+    def lost(when: str) -> LeaseLost:
+        return LeaseLost(f"run {run_id} is no longer held by attempt {attempt} of {worker_id} ({when})")
+
+    def step(text: str) -> None:
+        if stop is not None and stop.is_set():
+            raise lost(f"its heartbeat was refused; stopped before {text!r}")
+        say(text)
+
+    def check_lease(when: str) -> None:
+        if stop is not None and stop.is_set():
+            raise lost(f"its heartbeat was refused; stopped {when}")
         with session_scope(engine) as s:
-            spec, output_url = load_run_spec(s, run_id)
-        say(f"optimising {spec.entity_code}")
+            if not q.holds_run_lease(s, run_id, worker_id, attempt):
+                raise lost(when)
+
+    try:
+        settings = get_settings()
+        engine = get_engine(settings.database_url)
+        check_lease("before starting")
+        with session_scope(engine) as s:
+            spec, run_url = load_run_spec(s, run_id)
+        output_url = attempt_output_url(run_url, attempt)
+        step(f"optimising {spec.entity_code}")
         with open_warehouse(settings.warehouse_url) as wh:
-            result = optimize(wh, spec, progress=say)
-        say(f"writing artifacts to {output_url}")
-        write_run_artifacts(output_url, artifact_files(spec, result), meta={
-            "run_id": run_id, "entity_code": spec.entity_code,
+            result = optimize(wh, spec, progress=step)
+        files = artifact_files(spec, result)
+        check_lease("before writing artifacts")
+        step(f"writing artifacts to {output_url}")
+        written = list(files)  # before the first byte: a write that fails half-way is cleaned up too
+        write_run_artifacts(output_url, files, before_manifest=lambda: check_lease("before the manifest"), meta={
+            "run_id": run_id, "attempt": attempt, "entity_code": spec.entity_code,
             "features": [c.name for c in result.features],
             "window": [result.window.start.isoformat(), result.window.end.isoformat()],
             "validation_status": result.validation_status})
@@ -121,39 +189,53 @@ def process_run(run_id: str, worker_id: str, progress: Callable[[str], None] | N
             segments_count=int(len(seg)), bid_median=float(seg.median()), bid_min=float(seg.min()),
             bid_max=float(seg.max()), s3_output_path=output_url, validation_status=result.validation_status,
             validation_details=result.validation_reasons)
-        with session_scope(engine) as s:
-            q.record_run_features(s, run_id, feature_records(spec, result))
-            q.record_run_metrics(s, run_id, result.metrics)
-            q.mark_run_completed(s, run_id, stats, worker_id=worker_id)
-        say(f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "
-            f"validation {stats.validation_status}")
-        return {"run_id": run_id, "status": "completed", "validation_status": stats.validation_status,
-                "segments_count": stats.segments_count, "bid_median": stats.bid_median,
-                "pid": os.getpid(), "began": began, "ended": time.time()}
+        try:
+            with session_scope(engine) as s:
+                q.record_run_features(s, run_id, feature_records(spec, result))
+                q.record_run_metrics(s, run_id, result.metrics)
+                q.mark_run_completed(s, run_id, stats, worker_id=worker_id, attempt=attempt)
+        except Conflict as exc:  # lost between the manifest check and here; the transaction rolled back
+            raise lost(f"completion refused: {exc}") from None
+    except LeaseLost as exc:
+        say(f"abandoned: {exc}")
+        _remove_own_artifacts(engine, run_id, output_url, written)
+        return {"run_id": run_id, "attempt": attempt, "status": "abandoned", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - every failure of a run is recorded on the run
         error = f"{type(exc).__name__}: {exc}"
         say(f"failed: {error}")
-        _remove_manifest(output_url)
-        mark_failed(run_id, error, worker_id, detail=traceback.format_exc())
-        return {"run_id": run_id, "status": "failed", "error": error}
+        _remove_own_artifacts(engine, run_id, output_url, written)
+        mark_failed(run_id, error, worker_id, attempt, detail=traceback.format_exc())
+        return {"run_id": run_id, "attempt": attempt, "status": "failed", "error": error}
+    # Outside the try: once the completion is committed, nothing may remove these files.
+    say(f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "
+        f"validation {stats.validation_status}")
+    return {"run_id": run_id, "attempt": attempt, "status": "completed",
+            "validation_status": stats.validation_status, "segments_count": stats.segments_count,
+            "bid_median": stats.bid_median, "pid": os.getpid(), "began": began, "ended": time.time()}
 
 
-def _remove_manifest(output_url: str | None) -> None:
-    if output_url is None:
+def _remove_own_artifacts(engine, run_id: str, output_url: str | None, names: list[str]) -> None:
+    """Remove the files this attempt wrote to its own folder, manifest first -- unless the run is
+    recorded as completed from that very folder (the completion committed but its answer was lost)
+    or the database cannot say: then the files stay."""
+    if output_url is None or not names:
         return
     try:
-        open_artifact_store(output_url).delete(MANIFEST)
-    except Exception:  # noqa: BLE001 - nothing was written, or the store is down: no manifest either way
-        pass
+        with session_scope(engine) as s:
+            run = q.get_run(s, run_id)
+            if run.status == "completed" and run.s3_output_path == output_url:
+                return
+        remove_run_artifacts(output_url, names)
+    except Exception as exc:  # noqa: BLE001 - leftovers without a recorded run are never read
+        print(f"run {run_id}: left {output_url} in place: {exc}".splitlines()[0], file=sys.stderr, flush=True)
 
 
-def mark_failed(run_id: str, error: str, worker_id: str | None, *, detail: str = "") -> None:
-    from bidopt.errors import Conflict
-
+def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail: str = "") -> None:
+    """Record this attempt's failure on the run, if the run is still its own."""
     engine = get_engine(get_settings().database_url)
     try:
         with session_scope(engine) as s:
-            q.mark_run_failed(s, run_id, error, worker_id=worker_id)
+            q.mark_run_failed(s, run_id, error, worker_id=worker_id, attempt=attempt)
     except Conflict:
         pass  # the run already ended or was requeued by another worker: leave it as it is
     if detail:
@@ -162,6 +244,9 @@ def mark_failed(run_id: str, error: str, worker_id: str | None, *, detail: str =
 
 @dataclass
 class JobReport:
+    """One entry per attempt this driver finished: ``status`` completed, failed, requeued
+    (its task died or timed out; the run went back to pending) or abandoned (lease lost)."""
+
     processed: list[dict]
 
     @property
@@ -169,7 +254,7 @@ class JobReport:
         return sum(1 for r in self.processed if r["status"] == "failed")
 
 
-def _claim(worker_id: str) -> tuple[str, str] | None:
+def _claim(worker_id: str) -> Lease | None:
     """Requeue runs whose worker died (no heartbeat for ``stale_after_seconds``), then claim the oldest."""
     settings = get_settings()
     engine = get_engine(settings.database_url)
@@ -179,22 +264,26 @@ def _claim(worker_id: str) -> tuple[str, str] | None:
             print(f"run {run_id}: its worker stopped heartbeating; now {status}", flush=True)
     with session_scope(engine) as s:
         run = q.claim_next_pending_run(s, worker_id)
-        return (run.run_id, run.entity.entity_code) if run else None
+        return Lease(run.run_id, worker_id, run.attempts, run.entity.entity_code) if run else None
 
 
-def _heartbeat(run_ids: list[str], worker_id: str) -> None:
+def _heartbeat(leases: list[Lease]) -> list[Lease]:
+    """Heartbeat ``leases``; returns those the database refused (no longer held)."""
     engine = get_engine(get_settings().database_url)
     with session_scope(engine) as s:
-        for run_id in run_ids:
-            q.heartbeat_run(s, run_id, worker_id)
+        return [lease for lease in leases
+                if not q.heartbeat_run(s, lease.run_id, lease.worker_id, attempt=lease.attempt)]
 
 
 class Heartbeat:
-    """Heartbeats the runs this driver holds from a thread, whatever the main loop is doing
-    (an in-process run can take longer than the stale timeout)."""
+    """Heartbeats the leases this driver holds from a thread, whatever the main loop is doing
+    (an in-process run can take longer than the stale timeout). When the database refuses a
+    beat, the lease's event (from ``hold``) is set: its holder must stop and record nothing."""
 
     def __init__(self, worker_id: str) -> None:
-        self.worker_id, self.run_ids = worker_id, set()
+        self.worker_id = worker_id
+        self._held: dict[Lease, threading.Event] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
@@ -206,18 +295,78 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def hold(self, lease: Lease) -> threading.Event:
+        """Start heartbeating ``lease``; the returned event is set once the lease is lost."""
+        lost = threading.Event()
+        with self._lock:
+            self._held[lease] = lost
+        return lost
+
+    def drop(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.pop(lease, None)
+
     def _loop(self) -> None:
         while not self._stop.wait(get_settings().heartbeat_seconds):
-            if self.run_ids:
-                try:
-                    _heartbeat(sorted(self.run_ids), self.worker_id)
-                except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the timeout is generous
-                    print(f"heartbeat failed: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+            with self._lock:
+                held = dict(self._held)
+            if not held:
+                continue
+            try:
+                refused = _heartbeat(sorted(held, key=lambda lease: (lease.run_id, lease.attempt)))
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; stale_after allows 3+
+                print(f"heartbeat failed: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+                continue
+            for lease in refused:
+                print(f"run {lease.run_id}: attempt {lease.attempt} is no longer this worker's; stopping it",
+                      file=sys.stderr, flush=True)
+                held[lease].set()
+
+
+def _release(lease: Lease, reason: str) -> dict:
+    """Release a lease whose task died or timed out: requeue or fail the run (``release_run_lease``)."""
+    settings = get_settings()
+    try:
+        with session_scope(get_engine(settings.database_url)) as s:
+            status = q.release_run_lease(s, lease.run_id, worker_id=lease.worker_id, attempt=lease.attempt,
+                                         reason=reason, max_attempts=settings.max_attempts)
+    except Exception as exc:  # noqa: BLE001 - no longer heartbeated: the stale check requeues it later
+        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "abandoned",
+                "error": f"{reason}; could not record it ({exc}); requeued once its heartbeat is stale"
+                         .splitlines()[0]}
+    if status == "pending":
+        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "requeued", "error": reason}
+    if status == "failed":
+        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "failed",
+                "error": f"gave up after {lease.attempt} attempts: {reason}"}
+    return _outcome_from_db(lease, reason)
+
+
+def _outcome_from_db(lease: Lease, note: str) -> dict:
+    """What became of a lease whose task was cancelled or released just as it may have finished."""
+    with session_scope(get_engine(get_settings().database_url)) as s:
+        run = q.get_run(s, lease.run_id)
+        if run.status == "completed" and run.worker_id == lease.worker_id and run.attempts == lease.attempt:
+            return {"run_id": run.run_id, "attempt": lease.attempt, "status": "completed",
+                    "validation_status": run.validation_status, "segments_count": run.segments_count,
+                    "bid_median": run.bid_median}
+        return {"run_id": run.run_id, "attempt": lease.attempt, "status": "abandoned",
+                "error": f"{note}; the run is now {run.status} (attempt {run.attempts})"}
+
+
+@dataclass
+class _Flight:
+    lease: Lease
+    lost: threading.Event
+    deadline: float  # time.monotonic() after which the task is cancelled
 
 
 def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, use_ray: bool = True,
                   on_result: Callable[[dict], None] | None = None, max_runs: int | None = None) -> JobReport:
-    """Drain (``once``) or keep polling the pending queue. Returns what was processed."""
+    """Drain (``once``) or keep polling the pending queue. Returns what was processed (one entry
+    per attempt; a requeued run may appear again). Invalid settings raise ``InvalidSettings``
+    before anything is claimed."""
+    settings = get_settings()
     worker_id = new_worker_id()
     report = JobReport([])
 
@@ -233,50 +382,74 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
     if not use_ray:
         with Heartbeat(worker_id) as beat:
             while budget_left():
-                claimed = _claim(worker_id)
-                if claimed is None:
+                lease = _claim(worker_id)
+                if lease is None:
                     if once:
                         break
                     time.sleep(poll_seconds)
                     continue
-                beat.run_ids.add(claimed[0])
+                lost = beat.hold(lease)
                 try:
-                    done(process_run(claimed[0], worker_id))
+                    done(process_run(lease.run_id, worker_id, lease.attempt, stop=lost))
                 finally:
-                    beat.run_ids.discard(claimed[0])
+                    beat.drop(lease)
         return report
 
     import ray
 
-    from bidopt.jobs.ray_runtime import ensure_ray
+    from bidopt.jobs.ray_runtime import ensure_ray, optimizer_task_options
 
     ensure_ray()
-    task = ray.remote(num_cpus=1, max_retries=0)(process_run)
+    # max_retries=0: Ray must never run an attempt twice; a dead task's run is requeued as a new attempt.
+    task = ray.remote(max_retries=0)(process_run)
+    limit = settings.run_timeout_seconds
+
+    def finish(ref) -> None:
+        flight = in_flight.pop(ref)
+        beat.drop(flight.lease)
+        try:
+            done(ray.get(ref))
+        except Exception as exc:  # noqa: BLE001 - the task's worker died (killed, OOM, node lost)
+            done(_release(flight.lease, f"optimizer task died: {type(exc).__name__}: {exc}".splitlines()[0]))
+
+    def cancel(ref) -> _Flight:
+        ray.cancel(ref, force=True)  # force: a hung or lease-less task gets no say
+        flight = in_flight.pop(ref)
+        beat.drop(flight.lease)
+        return flight
+
     with Heartbeat(worker_id) as beat:
         while True:
             while len(in_flight) < parallel and budget_left():
-                claimed = _claim(worker_id)
-                if claimed is None:
+                lease = _claim(worker_id)
+                if lease is None:
                     break
-                run_id, entity_code = claimed
-                ref = task.options(name=f"optimize {entity_code} {run_id}").remote(run_id, worker_id)
-                in_flight[ref] = run_id
-                beat.run_ids.add(run_id)
+                # Asked per task: optimizer nodes may have joined or left the cluster since the last one.
+                ref = task.options(**optimizer_task_options(), name=f"optimize {lease.entity_code} {lease.run_id}") \
+                    .remote(lease.run_id, worker_id, lease.attempt)
+                in_flight[ref] = _Flight(lease, beat.hold(lease), time.monotonic() + limit)
             if not in_flight:
                 if once or not budget_left():
                     return report
                 time.sleep(poll_seconds)
                 continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=get_settings().heartbeat_seconds)
+            next_deadline = min(f.deadline for f in in_flight.values())
+            wait = max(0.0, min(settings.heartbeat_seconds, next_deadline - time.monotonic()))
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait)
             for ref in ready:
-                run_id = in_flight.pop(ref)
-                beat.run_ids.discard(run_id)
-                try:
-                    done(ray.get(ref))
-                except Exception as exc:  # noqa: BLE001 - the task's worker died: record it on the run
-                    error = f"optimizer task died: {type(exc).__name__}: {exc}".splitlines()[0]
-                    mark_failed(run_id, error, worker_id)
-                    done({"run_id": run_id, "status": "failed", "error": error})
+                finish(ref)
+            for ref, flight in list(in_flight.items()):
+                if not (flight.lost.is_set() or time.monotonic() >= flight.deadline):
+                    continue
+                if ray.wait([ref], timeout=0)[0]:
+                    finish(ref)  # it finished meanwhile: its own answer counts
+                elif flight.lost.is_set():
+                    cancel(ref)
+                    done(_outcome_from_db(flight.lease, "the heartbeat found the run no longer held by this "
+                                                        "attempt; its task was cancelled"))
+                else:
+                    cancel(ref)
+                    done(_release(flight.lease, f"exceeded run time limit of {limit:g} s"))
 
 
 def main(argv: list[str] | None = None) -> None:
