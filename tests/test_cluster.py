@@ -134,3 +134,105 @@ def test_optimizer_submit_runs_the_job_on_a_cluster(platform):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     shared = Path("/tmp/ray/ray_current_cluster")
     assert not shared.exists() or f":{port}" not in shared.read_text()
+
+
+# ----------------------------------------------------------------------------- node resources
+
+
+def test_bidder_replicas_request_the_bidder_resource_only_where_a_node_declares_it():
+    from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS, bidder_replica_options
+
+    laptop = [{"CPU": 2.0, "memory": 4e9}]
+    assert bidder_replica_options(laptop) == {"num_cpus": BIDDER_REPLICA_CPUS}  # `make demo` unchanged
+    optimizer_only = [{"CPU": 4.0}, {"CPU": 8.0, "optimizer": 4.0}]
+    assert bidder_replica_options(optimizer_only) == {"num_cpus": BIDDER_REPLICA_CPUS}
+    both = [{"CPU": 4.0}, {"CPU": 8.0, "optimizer": 4.0}, {"CPU": 4.0, "bidder": 4.0}]
+    assert bidder_replica_options(both) == {"num_cpus": BIDDER_REPLICA_CPUS, "resources": {"bidder": 1}}
+
+
+@pytest.mark.parametrize("bidder_node", [{"bidder": 4.0}, {"CPU": 0.1, "bidder": 4.0}, {"CPU": 4.0, "bidder": 0.5}],
+                         ids=["no-cpus", "too-few-cpus", "too-little-bidder"])
+def test_a_bidder_replica_no_node_can_host_is_refused_with_the_reason(bidder_node):
+    """Deployed anyway, such replicas would stay pending and `serve.run` would wait forever."""
+    from bidopt.jobs.ray_runtime import UnplaceableError, bidder_replica_options
+
+    nodes = [{"CPU": 4.0}, {"CPU": 8.0, "optimizer": 4.0}, bidder_node]
+    with pytest.raises(UnplaceableError, match=r"no node .* can host a bidder replica, which requests") as err:
+        bidder_replica_options(nodes)
+    assert "'bidder': 1" in str(err.value) and "bidder_worker" in str(err.value)
+
+
+def test_cluster_yaml_and_serve_config_request_what_the_node_types_declare(monkeypatch):
+    """Each kind of work requests its own node resource, in amounts the node types can hold."""
+    from bidopt.jobs import ray_runtime
+    from bidopt.jobs.ray_runtime import BIDDER_RESOURCE, OPTIMIZER_RESOURCE
+
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    types = cluster["available_node_types"]
+    declares = {name: set(t["resources"]) & {OPTIMIZER_RESOURCE, BIDDER_RESOURCE} for name, t in types.items()}
+    assert declares[cluster["head_node_type"]] == set()  # the head hosts neither kind
+    assert sorted(declares.values(), key=sorted)[1:] == [{BIDDER_RESOURCE}, {OPTIMIZER_RESOURCE}]
+    bidder_type = next(t for name, t in types.items() if declares[name] == {BIDDER_RESOURCE})
+    optimizer_type = next(t for name, t in types.items() if declares[name] == {OPTIMIZER_RESOURCE})
+
+    # bidder replicas: serve_config.yaml asks exactly what `bidopt serve` asks on such a cluster
+    serve_config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    bidder_app = next(a for a in serve_config["applications"] if a["name"] == "bidder")
+    deployment = bidder_app["deployments"][0]
+    node = {"CPU": 4.0, **{k: float(v) for k, v in bidder_type["resources"].items()}}
+    assert deployment["ray_actor_options"] == ray_runtime.bidder_replica_options([{"CPU": 8.0}, node])
+    per_replica = deployment["ray_actor_options"]["resources"][BIDDER_RESOURCE]
+    replicas_per_node = bidder_type["resources"][BIDDER_RESOURCE] // per_replica
+    assert replicas_per_node >= 1
+    autoscaling = deployment["autoscaling_config"]
+    assert autoscaling["max_replicas"] <= replicas_per_node * bidder_type["max_workers"]
+    assert autoscaling["min_replicas"] <= replicas_per_node * bidder_type["min_workers"]
+
+    # optimizer tasks: at least one per optimizer node
+    monkeypatch.setattr(ray_runtime, "declared_resources", lambda: {OPTIMIZER_RESOURCE, BIDDER_RESOURCE})
+    per_task = ray_runtime.optimizer_task_options()["resources"][OPTIMIZER_RESOURCE]
+    assert optimizer_type["resources"][OPTIMIZER_RESOURCE] // per_task >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_optimizer_tasks_never_share_a_node_with_bidder_replicas(platform_db, monkeypatch):
+    """A head, an optimizer node and a bidder node, 2 CPUs each but the head's 0. Four one-CPU tasks
+    at once cannot fit on one node, so without the resource requests they spread over both worker
+    nodes, and Serve spreads the replicas too: a task would share a node with a replica."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve.context import _get_global_client
+
+    from bidopt.jobs.ray_runtime import optimizer_task_options
+    from bidopt.serve.apps import SERVE_MODE_ENV, run_apps
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    for key, value in {**SERVE_MODE_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"}.items():  # fewer processes
+        monkeypatch.setenv(key, value)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    optimizer_node = cluster.add_node(num_cpus=2, resources={"optimizer": 2})
+    bidder_node = cluster.add_node(num_cpus=2, resources={"bidder": 4})
+    monkeypatch.setenv("BIDOPT_RAY_ADDRESS", cluster.address)
+    try:
+        run_apps(port=_free_port())
+        replicas = _get_global_client().get_serve_details()["applications"]["bidder"]["deployments"]["bidder"]
+        assert replicas["deployment_config"]["ray_actor_options"]["resources"] == {"bidder": 1}
+        replica_nodes = {r["node_id"] for r in replicas["replicas"]}
+        assert len(replicas["replicas"]) == 2
+
+        @ray.remote
+        def optimizer_stand_in(seconds: float) -> str:
+            time.sleep(seconds)  # long enough that the four overlap
+            return ray.get_runtime_context().get_node_id()
+
+        refs = [optimizer_stand_in.options(name=f"optimize {i}", **optimizer_task_options()).remote(2.0)
+                for i in range(4)]
+        task_nodes = set(ray.get(refs, timeout=300))
+        assert not task_nodes & replica_nodes, "an optimizer task ran on a node hosting a bidder replica"
+        assert (task_nodes, replica_nodes) == ({optimizer_node.node_id}, {bidder_node.node_id})
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()

@@ -18,6 +18,12 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def starts_local_ray() -> bool:
+    """Whether ``ensure_ray`` in this process starts a Ray of its own (and so must stop it), rather
+    than joining a cluster somebody else runs (``BIDOPT_RAY_ADDRESS``, or a `ray job submit` driver)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ and get_settings().ray_address in (None, "", "local")
+
+
 def ensure_ray(**init_kwargs) -> None:
     """``ray.init`` at ``BIDOPT_RAY_ADDRESS`` (unset: a local Ray), once per process."""
     import ray
@@ -39,15 +45,42 @@ def ensure_ray(**init_kwargs) -> None:
 # replicas each request their own kind, so that where both kinds of node exist an optimizer task
 # never lands on a bidder node (and the reverse). A cluster that declares neither (a laptop, a
 # single `ray start --head`) requests nothing extra, so `make demo` works unchanged.
+#
+# Amounts, kept coherent with cluster.yaml (tests/test_cluster.py checks them):
+# * an optimizer task takes 1 CPU and 1 `optimizer`; optimizer_worker (m6i.2xlarge, 8 vCPUs)
+#   declares `optimizer: 4`, so 4 runs share a node and XGBoost gets about 2 cores each.
+# * a bidder replica takes 0.25 CPU (a logical share, so that replicas fit next to the optimizer on a
+#   one-machine Ray) and 1 `bidder`; bidder_worker (c6i.xlarge, 4 vCPUs) declares `bidder: 4`: one
+#   replica per core, since a replica's event loop uses one core at most. serve_config.yaml requests
+#   the same amounts explicitly.
 OPTIMIZER_RESOURCE = "optimizer"
 BIDDER_RESOURCE = "bidder"
+BIDDER_REPLICA_CPUS = 0.25
+BIDDER_REPLICA_RESOURCES = {BIDDER_RESOURCE: 1}
 
 
-def declared_resources() -> set[str]:
-    """Which of the two kinds of node the connected cluster declares (call after ``ensure_ray``)."""
+class UnplaceableError(RuntimeError):
+    """No live node of the cluster could ever host what a deployment asks for: deploying anyway
+    would leave it pending (and ``serve.run`` waiting) forever."""
+
+
+def live_node_resources() -> list[dict[str, float]]:
+    """The total resources of each live node of the connected cluster (call after ``ensure_ray``)."""
     import ray
 
-    return {name for name in (OPTIMIZER_RESOURCE, BIDDER_RESOURCE) if ray.cluster_resources().get(name)}
+    return [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
+
+
+def declared_resources(nodes: list[dict[str, float]] | None = None) -> set[str]:
+    """Which of the two kinds of node the connected cluster declares (call after ``ensure_ray``),
+    or the given live nodes' totals declare."""
+    if nodes is None:
+        import ray
+
+        totals = ray.cluster_resources()
+    else:
+        totals = {name: sum(node.get(name, 0) for node in nodes) for name in (OPTIMIZER_RESOURCE, BIDDER_RESOURCE)}
+    return {name for name in (OPTIMIZER_RESOURCE, BIDDER_RESOURCE) if totals.get(name)}
 
 
 def optimizer_task_options() -> dict:
@@ -55,4 +88,36 @@ def optimizer_task_options() -> dict:
     options: dict = {"num_cpus": 1}
     if OPTIMIZER_RESOURCE in declared_resources():
         options["resources"] = {OPTIMIZER_RESOURCE: 1}
+    return options
+
+
+def actor_request(ray_actor_options: dict) -> dict[str, float]:
+    """The resources one actor with these ``ray_actor_options`` holds, named as a node reports them."""
+    request = {"CPU": ray_actor_options.get("num_cpus", 1), **ray_actor_options.get("resources", {})}
+    if ray_actor_options.get("num_gpus"):
+        request["GPU"] = ray_actor_options["num_gpus"]
+    return {name: amount for name, amount in request.items() if amount}
+
+
+def bidder_replica_options(nodes: list[dict[str, float]] | None = None) -> dict:
+    """``ray_actor_options`` of one bidder replica, decided at deploy time: 0.25 CPU, and the
+    ``bidder`` resource where the cluster declares bidder nodes (``nodes``: the live nodes' total
+    resources, read from the connected cluster when not given).
+
+    Raises ``UnplaceableError`` when the cluster declares bidder nodes but no node has all that a
+    replica requests (a bidder node with no CPUs, say), rather than deploying replicas that would wait
+    forever."""
+    nodes = live_node_resources() if nodes is None else nodes
+    options: dict = {"num_cpus": BIDDER_REPLICA_CPUS}
+    if BIDDER_RESOURCE not in declared_resources(nodes):
+        return options
+    options["resources"] = dict(BIDDER_REPLICA_RESOURCES)
+    request = actor_request(options)
+    if not any(all(node.get(name, 0) >= amount for name, amount in request.items()) for node in nodes):
+        offered = [{name: node.get(name, 0) for name in request} for node in nodes if node.get(BIDDER_RESOURCE)]
+        raise UnplaceableError(
+            f"no node of this Ray cluster can host a bidder replica, which requests {request}; the nodes "
+            f"that declare {BIDDER_RESOURCE!r} have {offered}. Give the bidder nodes at least that much "
+            f"(cluster.yaml: bidder_worker), or drop the {BIDDER_RESOURCE!r} resource from every node to "
+            f"let replicas go anywhere.")
     return options

@@ -11,13 +11,20 @@ proxy tops out in the hundreds of requests per second (``benchmarks/bidder.py``)
 
 Replicas are light (``num_cpus`` 0.25) so that they fit next to the optimizer on a
 small machine, and accept many concurrent requests (``max_ongoing_requests``; Serve's
-default of 5 throttles a UI that loads several resources at once).
+default of 5 throttles a UI that loads several resources at once). On a cluster that
+declares bidder nodes (cluster.yaml), bidder replicas also request the ``bidder`` node
+resource, so that they never share a node with optimizer tasks.
+
+``ServeLifetime`` is ``bidopt serve`` itself: it starts Ray and the apps, serves until
+SIGINT or SIGTERM, and stops cleanly (see its docstring for who stops what).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
+from collections.abc import Callable
 
 from ray import serve
 from sqlalchemy.orm import Session
@@ -27,6 +34,7 @@ from starlette.responses import Response  # noqa: F401 - the type Serve gets bac
 from bidopt.bidder.app import BidderCore, http_handler
 
 from bidopt.db import queries as q
+from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS
 from bidopt.serve.api import create_app
 
 LOCAL_OPERATOR = "local"
@@ -52,8 +60,11 @@ BIDDER_AUTOSCALING = {
 }
 
 
+# ray_actor_options here are the default of `serve deploy` without options; `bidopt serve` replaces them
+# with bidder_replica_options() (the bidder resource where the cluster declares bidder nodes), and
+# serve_config.yaml requests that resource explicitly.
 @serve.deployment(name="bidder", max_ongoing_requests=100, autoscaling_config=BIDDER_AUTOSCALING,
-                  ray_actor_options={"num_cpus": 0.25},
+                  ray_actor_options={"num_cpus": BIDDER_REPLICA_CPUS},
                   # a log line per request costs more than the decision itself; decisions have their own log
                   logging_config={"enable_access_log": False, "log_level": "WARNING"})
 class Bidder:
@@ -113,23 +124,176 @@ def ensure_local_operator_token(session: Session, *, force_new: bool = False) ->
     return q.create_api_token(session, LOCAL_OPERATOR, "bidopt serve")[1]
 
 
-def run_apps(*, host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Deploy the apps on Ray (BIDOPT_RAY_ADDRESS or local) and return the base URL."""
+def start_ray() -> None:
+    """Ray for the apps (BIDOPT_RAY_ADDRESS or a new local one), with Serve's mode in its environment."""
     from bidopt.jobs.ray_runtime import ensure_ray
 
     for key, value in SERVE_MODE_ENV.items():  # read by the Serve controller when Ray starts
         os.environ.setdefault(key, value)
     ensure_ray()
+
+
+def run_apps(*, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Deploy the apps on Ray (BIDOPT_RAY_ADDRESS or local) and return the base URL.
+
+    Bidder replicas request the ``bidder`` resource where the cluster declares bidder nodes
+    (``bidder_replica_options``); when no node could host one, ``UnplaceableError`` is raised before
+    anything is deployed. The management app may go anywhere."""
+    from bidopt.jobs.ray_runtime import bidder_replica_options
+
+    start_ray()
+    replica_options = bidder_replica_options()
     serve.start(http_options={"host": host, "port": port})
     serve.run(ManagementAPI.bind(), name="management", route_prefix="/")
-    serve.run(Bidder.options(autoscaling_config=bidder_autoscaling()).bind(), name="bidder",
-              route_prefix="/openrtb2")
+    serve.run(Bidder.options(autoscaling_config=bidder_autoscaling(), ray_actor_options=replica_options).bind(),
+              name="bidder", route_prefix="/openrtb2")
     return f"http://{host}:{port}/"
 
 
-def wait_forever() -> None:
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
+STOPPED_LOCAL = "bidopt serve: stopped (Serve and Ray shut down)"
+
+
+class StopRequested(BaseException):
+    """SIGINT or SIGTERM asked ``bidopt serve`` to stop. A BaseException, like KeyboardInterrupt, so
+    that no ``except Exception`` in Ray or Serve code swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+
+
+class ServeLifetime:
+    """``bidopt serve`` from before Ray starts until everything it started is gone.
+
+    SIGINT and SIGTERM are handled alike. Before the stop has begun (Ray starting, the apps deploying,
+    or serving) the handler raises ``StopRequested``, which abandons whatever was under way; then the
+    stop runs. During the stop, further signals are reported and ignored: cutting a shutdown short is
+    what leaves Ray processes behind (SIGKILL still ends the process at once).
+
+    The stop depends on whose Ray it is. A Ray this process started: Serve is shut down (which stops
+    its proxies and HAProxy), then Ray, then the process waits until every process it had started is
+    gone (``LEFTOVER_GRACE_SECONDS``, then kills the rest by PID). A cluster somebody else runs
+    (``BIDOPT_RAY_ADDRESS``): the process only disconnects; the apps it deployed keep running there.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    LEFTOVER_GRACE_SECONDS = 30.0
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.stopping = False
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping:
+            try:
+                self.say(f"bidopt serve: {name} while stopping; still shutting down")
+            except RuntimeError:  # the main thread was itself writing to the same stream
+                pass
+            return
+        self.stopping = True  # from here on, a second signal cannot interrupt the stop
+        raise StopRequested(signum)
+
+    def install_handlers(self) -> None:
+        """(Re)install the handlers: ``ray.init`` replaces the SIGTERM handler with its own. They stay
+        until the process exits, so that a signal after the stop cannot kill it before it says so."""
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def run(self, *, host: str, port: int, on_ready: Callable[[str], None]) -> str:
+        """Start Ray and the apps, call ``on_ready(url)``, serve until SIGINT or SIGTERM, stop;
+        return the line saying how it stopped. An error while starting is raised after the stop."""
+        from bidopt.jobs.ray_runtime import starts_local_ray
+
+        owns_ray = starts_local_ray()
+        self.install_handlers()
+        try:
+            try:
+                start_ray()
+            except SystemExit as exc:
+                # ray.init installs a SIGTERM handler of its own (sys.exit(SIGTERM)) before it starts Ray
+                if exc.code != signal.SIGTERM:
+                    raise
+                self.stopping = True
+                raise StopRequested(signal.SIGTERM) from None
+            self.install_handlers()
+            url = run_apps(host=host, port=port)
+            on_ready(url)
+            while True:
+                time.sleep(3600)
+        except StopRequested as stop:
+            self.stopping = True
+            self.say(f"bidopt serve: {stop.signal_name} received, stopping")
+            return self._stop(owns_ray)
+        except BaseException:
+            self.stopping = True
+            self.say(self._stop(owns_ray))
+            raise
+
+    def _stop(self, owns_ray: bool) -> str:
+        import ray
+
+        from bidopt.settings import get_settings
+
+        if not owns_ray:
+            ray.shutdown()  # disconnects this driver; the cluster and its Serve apps are not ours to stop
+            return (f"bidopt serve: detached from the Ray cluster at {get_settings().ray_address}; the Serve "
+                    f"apps keep running there (`serve shutdown` on the cluster stops them)")
+        # Recorded before the shutdown: a worker whose raylet has gone is no longer our descendant.
+        started = self.started_processes()
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            except Exception as exc:  # noqa: BLE001 - Ray still has to go, and Ray's going stops Serve too
+                self.say(f"bidopt serve: Serve did not shut down cleanly ({exc}); shutting Ray down")
+        ray.shutdown()
+        started.update(self.started_processes())
+        killed = _kill_survivors(started.values(), self.LEFTOVER_GRACE_SECONDS)
+        if killed:
+            self.say(f"bidopt serve: killed Ray processes that outlived the shutdown: {', '.join(killed)}")
+        return STOPPED_LOCAL
+
+    @staticmethod
+    def started_processes() -> dict:
+        """This process's descendants (psutil processes by PID): the local Ray and what it started."""
+        import ray  # noqa: F401 - puts Ray's copy of psutil (ray/thirdparty_files) on sys.path
+        import psutil
+
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _kill_survivors(processes, grace_seconds: float) -> list[str]:
+    """Wait up to ``grace_seconds`` for the (psutil) ``processes`` to end, kill the rest by PID;
+    return those killed as "PID name"."""
+    import psutil
+
+    killed = []
+    for process in _still_running(processes, grace_seconds):
+        try:
+            name = process.name()
+            process.kill()
+            killed.append(f"{process.pid} {name}")
+        except psutil.NoSuchProcess:
+            pass
+    return killed
+
+
+def _still_running(processes, seconds: float) -> list:
+    """Those of the (psutil) ``processes`` still running after up to ``seconds``. A zombie counts as
+    gone: it runs nothing, and its parent (or init) reaps it, not us."""
+    import psutil
+
+    processes = list(processes)
+
+    def running(process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [p for p in processes if running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
