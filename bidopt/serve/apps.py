@@ -73,7 +73,7 @@ class Bidder:
     Serve marks a replica ready when ``__init__`` returns and sends it traffic from then on, so
     ``__init__`` loads the active splits first (``BidderCore`` raises if the database stays
     unreachable for ``BIDOPT_BIDDER_READY_TIMEOUT_SECONDS``; Serve then retries the replica).
-    ``check_health`` fails a replica whose refresh thread died; ``__del__`` (a clean stop) removes
+    ``check_health`` fails a replica whose refresh thread died or hangs; ``__del__`` (a clean stop) removes
     the replica's status row."""
 
     def __init__(self) -> None:
