@@ -217,3 +217,21 @@ def test_the_cli_shows_invalid_settings_as_one_line(monkeypatch, command):
     assert res.output == ("Error: invalid settings: BIDOPT_STALE_AFTER_SECONDS (120) must be at least 3 x "
                           "BIDOPT_HEARTBEAT_SECONDS (60), so that a live optimizer's runs are never requeued "
                           "between two heartbeats\n")
+
+
+def test_an_error_after_the_lease_was_lost_is_reported_abandoned_and_recorded_nowhere(platform, monkeypatch):
+    """A's own error comes after B took the run: A's failure must not be reported as the run's."""
+    run_id = _create(platform)
+    assert _claim(platform, WORKER_A) == 1
+
+    def taken_over_then_broken(warehouse, spec, progress):
+        assert _requeue_as_stale(platform) == [(run_id, "pending")]
+        assert _claim(platform, WORKER_B) == 2
+        raise RuntimeError("warehouse went away")
+
+    monkeypatch.setattr(job, "optimize", taken_over_then_broken)
+    result = job.process_run(run_id, WORKER_A, 1, progress=lambda _: None)
+    assert result["status"] == "abandoned" and "warehouse went away" in result["error"]
+    with session_scope(platform) as s:
+        run = q.get_run(s, run_id)
+        assert (run.status, run.worker_id, run.attempts, run.error_message) == ("running", WORKER_B, 2, None)

@@ -204,7 +204,9 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
         error = f"{type(exc).__name__}: {exc}"
         say(f"failed: {error}")
         _remove_own_artifacts(engine, run_id, output_url, written)
-        mark_failed(run_id, error, worker_id, attempt, detail=traceback.format_exc())
+        if not mark_failed(run_id, error, worker_id, attempt, detail=traceback.format_exc()):
+            error = f"{error} (not recorded: the run is no longer held by attempt {attempt} of {worker_id})"
+            return {"run_id": run_id, "attempt": attempt, "status": "abandoned", "error": error}
         return {"run_id": run_id, "attempt": attempt, "status": "failed", "error": error}
     # Outside the try: once the completion is committed, nothing may remove these files.
     say(f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "
@@ -230,16 +232,17 @@ def _remove_own_artifacts(engine, run_id: str, output_url: str | None, names: li
         print(f"run {run_id}: left {output_url} in place: {exc}".splitlines()[0], file=sys.stderr, flush=True)
 
 
-def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail: str = "") -> None:
-    """Record this attempt's failure on the run, if the run is still its own."""
+def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail: str = "") -> bool:
+    """Record this attempt's failure on the run if the run is still its own; whether it was."""
+    if detail:
+        print(detail, file=sys.stderr, flush=True)
     engine = get_engine(get_settings().database_url)
     try:
         with session_scope(engine) as s:
             q.mark_run_failed(s, run_id, error, worker_id=worker_id, attempt=attempt)
+        return True
     except Conflict:
-        pass  # the run already ended or was requeued by another worker: leave it as it is
-    if detail:
-        print(detail, file=sys.stderr, flush=True)
+        return False  # the run already ended or was requeued by another worker: leave it as it is
 
 
 @dataclass
