@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, model_validator
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     run_timeout_seconds: float = Field(
         default=7200.0, gt=0,
         description="An optimizer task running this long is cancelled and its attempt failed (Ray mode)")
+    node_resources: Literal["auto", "always"] = Field(
+        default="auto",
+        description="When optimizer tasks and bidder replicas request their node resources: auto = where a "
+                    "live node declares them; always = always (a cluster whose node types scale from zero)")
     bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
     bidder_ready_timeout_seconds: float = Field(
         default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails")
@@ -90,6 +95,7 @@ class Settings(BaseSettings):
             "stale_after_seconds": self.stale_after_seconds,
             "max_attempts": self.max_attempts,
             "run_timeout_seconds": self.run_timeout_seconds,
+            "node_resources": self.node_resources,
             "bidder_refresh_seconds": self.bidder_refresh_seconds,
             "bidder_ready_timeout_seconds": self.bidder_ready_timeout_seconds,
             "bidder_min_replicas": self.bidder_min_replicas,

@@ -194,6 +194,23 @@ def test_cluster_yaml_and_serve_config_request_what_the_node_types_declare(monke
     assert optimizer_type["resources"][OPTIMIZER_RESOURCE] // per_task >= 1
 
 
+def test_node_resources_always_requests_both_kinds_with_no_live_node_declaring_them(monkeypatch):
+    """A node type that scales from zero has no live node to declare its resource; only a pending
+    request for it makes the autoscaler start one. cluster.yaml sets BIDOPT_NODE_RESOURCES=always."""
+    from bidopt.jobs import ray_runtime
+    from bidopt.jobs.ray_runtime import BIDDER_RESOURCE, OPTIMIZER_RESOURCE
+    from bidopt.settings import reset_settings_cache
+
+    head_only = [{"CPU": 4.0}]
+    assert "resources" not in ray_runtime.bidder_replica_options(head_only)  # auto: nothing declared
+    monkeypatch.setenv("BIDOPT_NODE_RESOURCES", "always")
+    reset_settings_cache()
+    assert ray_runtime.optimizer_task_options()["resources"] == {OPTIMIZER_RESOURCE: 1}  # no Ray asked
+    assert ray_runtime.bidder_replica_options(head_only)["resources"] == {BIDDER_RESOURCE: 1}
+    cluster = (ROOT / "cluster.yaml").read_text()
+    assert "BIDOPT_NODE_RESOURCES=always" in cluster
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_optimizer_tasks_never_share_a_node_with_bidder_replicas(platform_db, monkeypatch):

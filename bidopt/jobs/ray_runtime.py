@@ -45,6 +45,9 @@ def ensure_ray(**init_kwargs) -> None:
 # replicas each request their own kind, so that where both kinds of node exist an optimizer task
 # never lands on a bidder node (and the reverse). A cluster that declares neither (a laptop, a
 # single `ray start --head`) requests nothing extra, so `make demo` works unchanged.
+# With BIDOPT_NODE_RESOURCES=always (cluster.yaml sets it) both are requested whatever is live now:
+# a node type that scales from zero has no live node to declare its resource, and only a pending
+# request for it makes the autoscaler start one.
 #
 # Amounts, kept coherent with cluster.yaml (tests/test_cluster.py checks them):
 # * an optimizer task takes 1 CPU and 1 `optimizer`; optimizer_worker (m6i.2xlarge, 8 vCPUs)
@@ -73,7 +76,9 @@ def live_node_resources() -> list[dict[str, float]]:
 
 def declared_resources(nodes: list[dict[str, float]] | None = None) -> set[str]:
     """Which of the two kinds of node the connected cluster declares (call after ``ensure_ray``),
-    or the given live nodes' totals declare."""
+    or the given live nodes' totals declare; both under ``BIDOPT_NODE_RESOURCES=always``."""
+    if get_settings().node_resources == "always":
+        return {OPTIMIZER_RESOURCE, BIDDER_RESOURCE}
     if nodes is None:
         import ray
 
@@ -104,14 +109,16 @@ def bidder_replica_options(nodes: list[dict[str, float]] | None = None) -> dict:
     ``bidder`` resource where the cluster declares bidder nodes (``nodes``: the live nodes' total
     resources, read from the connected cluster when not given).
 
-    Raises ``UnplaceableError`` when the cluster declares bidder nodes but no node has all that a
-    replica requests (a bidder node with no CPUs, say), rather than deploying replicas that would wait
+    Raises ``UnplaceableError`` when the cluster declares bidder nodes (``BIDOPT_NODE_RESOURCES=auto``)
+    but no live node has all that a replica requests (a bidder node with no CPUs, say), rather than deploying replicas that would wait
     forever."""
     nodes = live_node_resources() if nodes is None else nodes
     options: dict = {"num_cpus": BIDDER_REPLICA_CPUS}
     if BIDDER_RESOURCE not in declared_resources(nodes):
         return options
     options["resources"] = dict(BIDDER_REPLICA_RESOURCES)
+    if get_settings().node_resources == "always":
+        return options  # bidder nodes may still be starting: the autoscaler places the replicas
     request = actor_request(options)
     if not any(all(node.get(name, 0) >= amount for name, amount in request.items()) for node in nodes):
         offered = [{name: node.get(name, 0) for name in request} for node in nodes if node.get(BIDDER_RESOURCE)]
