@@ -48,6 +48,27 @@ def _run_folder(engine, run_id):
 # --------------------------------------------------------------------------- the lease in the database
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_heartbeats_are_aged_by_the_database_clock_not_the_hosts(engine, monkeypatch):
+    """An optimizer host whose clock runs ten minutes ahead (skew between hosts) must not requeue
+    a run whose worker (on a host with the right time) beat a moment ago: claim, beat and staleness
+    all use PostgreSQL's clock."""
+    from bidopt.db import engine as engine_module
+
+    with session_scope(engine) as s:
+        run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="t").run_id
+    assert _claim(engine, WORKER_A) == 1
+    with session_scope(engine) as s:
+        assert q.heartbeat_run(s, run_id, WORKER_A, attempt=1)
+    skewed = lambda: utcnow() + timedelta(minutes=10)  # noqa: E731 - the other host's clock
+    monkeypatch.setattr(engine_module, "utcnow", skewed)
+    monkeypatch.setattr(q, "utcnow", skewed)
+    with session_scope(engine) as s:
+        assert q.requeue_stale_runs(s, heartbeat_timeout=timedelta(minutes=5), max_attempts=3) == []
+    with session_scope(engine) as s:
+        assert q.get_run(s, run_id).status == "running"
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_an_old_attempt_of_the_same_worker_can_change_nothing(engine):
     """A driver whose run was requeued and that re-claimed it itself: attempt 1's writes are refused."""

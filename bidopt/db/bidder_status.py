@@ -14,20 +14,14 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from bidopt.db.models import OptBidderReplica, utcnow
+from bidopt.db.engine import database_now
+from bidopt.db.models import OptBidderReplica
 
 GONE_AFTER_INTERVALS = 3
 PURGE_AFTER = timedelta(days=1)
-
-
-def database_now(session: Session) -> datetime:
-    """Now as naive UTC by the database's clock (PostgreSQL); SQLite is embedded, so its clock is ours."""
-    if session.get_bind().dialect.name == "postgresql":
-        return session.scalar(text("SELECT now() AT TIME ZONE 'UTC'"))
-    return utcnow()
 
 
 def report_replica(session: Session, status: dict[str, Any], *, started_at: float) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from bidopt.db.models import utcnow
 
 _ENGINES: dict[str, Engine] = {}
 
@@ -71,3 +74,13 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def database_now(session: Session) -> datetime:
+    """Now as naive UTC by the database's clock (PostgreSQL); SQLite is embedded, so its clock is ours.
+
+    Timestamps that other hosts compare (run heartbeats, bidder reports) use this clock, so hosts
+    whose clocks disagree still agree on how old a heartbeat is."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(text("SELECT now() AT TIME ZONE 'UTC'"))
+    return utcnow()

@@ -25,6 +25,7 @@ from bidopt.configs import (
     parse_run_configs,
     typed_value,
 )
+from bidopt.db.engine import database_now
 from bidopt.db.models import (
     ROLES,
     OptApiToken,
@@ -206,7 +207,7 @@ def claim_next_pending_run(session: Session, worker_id: str, *, now: datetime | 
     (``WHERE status = 'pending'``) so a run is claimed by exactly one worker even
     where row locks do not exist. The caller must commit right after.
     """
-    now = now or utcnow()
+    now = now or database_now(session)
     for _ in range(50):
         stmt = (
             select(OptRun.run_id)
@@ -255,7 +256,7 @@ def heartbeat_run(session: Session, run_id: str, worker_id: str, *, attempt: int
     result = session.execute(
         update(OptRun)
         .where(OptRun.run_id == run_id, *_held_by(worker_id, attempt))
-        .values(heartbeat_at=now or utcnow())
+        .values(heartbeat_at=now or database_now(session))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -359,7 +360,7 @@ def requeue_stale_runs(
 
     Returns ``[(run_id, new_status), ...]``.
     """
-    now = now or utcnow()
+    now = now or database_now(session)
     stale = list(session.scalars(
         select(OptRun).where(OptRun.status == "running", OptRun.heartbeat_at < now - heartbeat_timeout)
     ))
