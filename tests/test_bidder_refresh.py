@@ -242,9 +242,8 @@ def test_a_replica_retries_its_first_load_and_fails_if_the_database_stays_away(r
 
 
 def test_health_fails_when_the_refresh_hangs_but_not_when_the_database_is_down(platform_db, monkeypatch):
-    """A refresh that never returns (a database or store call that hangs) leaves the replica
-    answering from an old split without reporting: Serve must replace it. A database that is
-    down is different: refreshes end (failing), the replica keeps serving, health stays good."""
+    """A refresh that never returns in a replica that serves nothing: Serve must replace it. A database
+    that is down is different: refreshes end (failing), the replica keeps serving, health stays good."""
     import threading
 
     from sqlalchemy.exc import OperationalError
@@ -267,7 +266,7 @@ def test_health_fails_when_the_refresh_hangs_but_not_when_the_database_is_down(p
         monkeypatch.setattr(loader, "read_plan", hanging_read_plan)
         assert entered.wait(timeout=30)
         core.refresher.attempted_at -= loader.STUCK_AFTER_MIN_SECONDS + 1  # as if it had hung that long
-        with pytest.raises(RuntimeError, match="bidder refresh has not ended for .* it hangs"):
+        with pytest.raises(RuntimeError, match="bidder refresh has not ended for .* serves nothing"):
             core.check_health()
         attempted = core.refresher.attempted_at
         release.set()  # the call returns with an error: a database that is down, not a hang
@@ -275,6 +274,43 @@ def test_health_fails_when_the_refresh_hangs_but_not_when_the_database_is_down(p
             time.sleep(0.01)
         core.check_health()
         assert core.refresher.errors[loader.DATABASE].startswith("database: ")
+    finally:
+        release.set()
+        core.close()
+
+
+def test_a_replica_with_tables_stays_healthy_while_its_refresh_hangs(platform_db, monkeypatch):
+    """A database or store that hangs hangs every replica's refresh at once: failing health would make
+    Serve stop them all, while each can still bid from its last good split. It stays healthy (and
+    stops reporting, so the split view shows it lagging)."""
+    import threading
+
+    from bidopt.bidder import loader
+    from bidopt.settings import reset_settings_cache
+    from servable_runs import complete_servable
+
+    with session_scope(platform_db) as s:
+        run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="t").run_id
+    complete_servable(platform_db, run_id)
+    _split(platform_db, {run_id: 100})
+    monkeypatch.setenv("BIDOPT_BIDDER_REFRESH_SECONDS", "0.01")
+    reset_settings_cache()
+    core = BidderCore()
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_read_plan(url):
+        entered.set()
+        release.wait()
+        return {}
+
+    try:
+        monkeypatch.setattr(loader, "read_plan", hanging_read_plan)
+        assert entered.wait(timeout=30)
+        core.refresher.attempted_at -= loader.STUCK_AFTER_MIN_SECONDS + 1
+        assert core.refresher.stuck_for() is not None
+        core.check_health()  # serves drugs_hcp: stays up
+        status, _, _ = core.handle("drugs_hcp", orjson.dumps(REQ | {"user": {"id": "u1"}}))
+        assert status == 200
     finally:
         release.set()
         core.close()

@@ -66,17 +66,19 @@ class BidderCore:
         return self.refresher.status()
 
     def check_health(self) -> None:
-        """Raises unless the first load is done and the refresh thread is alive and not stuck
-        (Serve then replaces the replica). A database that is down is not a reason: refreshes
-        still end (and fail), the replica keeps serving its last good split, and a new one could
-        not load anything either."""
+        """Raises unless the first load is done and the refresh thread is alive (Serve then replaces
+        the replica), or while a replica that serves nothing has a refresh that does not end.
+
+        A database or store that is down or hangs is not a reason: every replica would see it at
+        once and Serve would stop them all, while a replica with tables keeps bidding from its last
+        good split (the split view shows it lagging: it stops reporting)."""
         if not self.refresher.ready:
             raise RuntimeError("bidder replica has not finished its first load")
         if not self.refresher.running:
             raise RuntimeError("bidder refresh thread is not running")
         stuck = self.refresher.stuck_for()
-        if stuck is not None:
-            raise RuntimeError(f"bidder refresh has not ended for {stuck:.0f} s: it hangs")
+        if stuck is not None and not self.refresher.state.entities:
+            raise RuntimeError(f"bidder refresh has not ended for {stuck:.0f} s and this replica serves nothing")
 
     def close(self) -> None:
         self.refresher.stop()
