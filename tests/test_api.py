@@ -250,14 +250,22 @@ def test_split_view_says_which_bidder_replicas_serve_it_and_why_others_lag(clien
     first.refresh_once()
     with session_scope(platform_db) as s:  # the third stops reporting (killed) long ago
         row = s.get(OptBidderReplica, "host:3:r")
-        row.reported_at -= timedelta(seconds=181)
+        row.reported_at -= timedelta(seconds=200)
     bidders = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()["bidders"]
     states = {r["replica_id"]: r for r in bidders["replicas"]}
     assert not bidders["live"] and bidders["summary"] == "1 of 2 bidder replicas lag (1 gone)"
     assert states["host:1:r"]["state"] == "live" and states["host:1:r"]["split_id"] == split["split_id"]
     assert states["host:2:r"]["state"] == "lagging" and states["host:2:r"]["split_id"] == split["split_id"] - 1
     assert "has not refreshed since the change" in states["host:2:r"]["reason"]
-    assert states["host:3:r"]["state"] == "gone" and "refresh intervals" in states["host:3:r"]["reason"]
+    assert states["host:3:r"]["state"] == "gone" and "stopped without saying so" in states["host:3:r"]["reason"]
+    with session_scope(platform_db) as s:  # silent for a while, not yet gone: its refresh may hang while
+        row = s.get(OptBidderReplica, "host:3:r")  # it answers from an old split, so it counts as lagging
+        row.reported_at += timedelta(seconds=120)
+        row.refresh_seconds = 5
+    bidders = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()["bidders"]
+    states = {r["replica_id"]: r for r in bidders["replicas"]}
+    assert not bidders["live"] and bidders["summary"] == "2 of 3 bidder replicas lag"
+    assert states["host:3:r"]["state"] == "silent" and "refresh hangs" in states["host:3:r"]["reason"]
 
     # a split whose run a replica then cannot load (its manifest removed after the switch): the reason
     client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {c: 100}})
@@ -271,6 +279,8 @@ def test_split_view_says_which_bidder_replicas_serve_it_and_why_others_lag(clien
     assert states["host:1:r"]["state"] == "live"
     assert states["host:2:r"]["state"] == "lagging" and f"drugs_hcp split {split['split_id'] + 1}: NotFound" in \
         states["host:2:r"]["reason"]
+    with session_scope(platform_db) as s:  # the silent third is gone for good by now
+        s.get(OptBidderReplica, "host:3:r").reported_at -= timedelta(seconds=300)
     second.stop()  # a clean stop removes the replica's row: it is not lagging, it is not there
     bidders = client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()["bidders"]
     assert bidders["live"] and {r["replica_id"] for r in bidders["replicas"]} == {"host:1:r", "host:3:r"}

@@ -4,8 +4,11 @@ Each replica upserts its own row after every refresh (``report_replica``) and de
 clean stop (``remove_replica``). ``reported_at`` is the database's clock, and so is the "now"
 that ages it (``database_now``): replicas and the API server on hosts whose clocks disagree
 still agree on how old a report is. A replica that has not reported for more than
-``GONE_AFTER_INTERVALS`` of its own refresh intervals is *gone* (killed, or its host lost),
-not lagging; rows gone for more than ``PURGE_AFTER`` are deleted by the next report.
+``SILENT_AFTER_INTERVALS`` of its own refresh intervals is *silent* and counts as lagging:
+a replica whose refresh hangs still answers from its old split and reports nothing, so silence
+is not proof of death. Only after ``GONE_AFTER`` (longer than Serve takes to replace a replica
+that fails its health check) is it *gone* and not counted; rows gone for more than
+``PURGE_AFTER`` are deleted by the next report.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from sqlalchemy.orm import Session
 from bidopt.db.engine import database_now
 from bidopt.db.models import OptBidderReplica
 
-GONE_AFTER_INTERVALS = 3
+SILENT_AFTER_INTERVALS = 3
+GONE_AFTER = timedelta(minutes=3)
 PURGE_AFTER = timedelta(days=1)
 
 
@@ -61,9 +65,10 @@ def split_liveness(session: Session, entity_code: str, split_id: int | None) -> 
 
     Returns ``{"live", "summary", "replicas": [...]}``; each replica has ``state`` ``live``,
     ``lagging`` (with ``reason``: its error for this entity, else its last error, else that it
-    has not refreshed since the change) or ``gone`` (no report for more than
-    ``GONE_AFTER_INTERVALS`` of its refresh intervals; not counted). ``live`` is true only when at
-    least one replica reports and none lags.
+    has not refreshed since the change), ``silent`` (no report for more than
+    ``SILENT_AFTER_INTERVALS`` of its refresh intervals: counted as lagging) or ``gone`` (no report
+    for ``GONE_AFTER``; not counted). ``live`` is true only when at least one replica reports and
+    none lags.
     """
     now = database_now(session)
     replicas, live, lagging, gone = [], 0, 0, 0
@@ -74,10 +79,15 @@ def split_liveness(session: Session, entity_code: str, split_id: int | None) -> 
         view = {"replica_id": row.replica_id, "hostname": row.hostname, "pid": row.pid, "ready": row.ready,
                 "split_id": served, "loaded_at": serving.get("loaded_at"), "reported_at": _ts(row.reported_at),
                 "seconds_since_report": round(max(age, 0.0), 1), "reason": None}
-        if age > GONE_AFTER_INTERVALS * row.refresh_seconds:
+        if age > GONE_AFTER.total_seconds():
             view["state"] = "gone"
-            view["reason"] = f"no report for {age:.0f} s (more than {GONE_AFTER_INTERVALS} refresh intervals)"
+            view["reason"] = f"no report for {age:.0f} s: stopped without saying so"
             gone += 1
+        elif age > SILENT_AFTER_INTERVALS * row.refresh_seconds:
+            view["state"] = "silent"
+            view["reason"] = (f"no report for {age:.0f} s (more than {SILENT_AFTER_INTERVALS} refresh intervals): "
+                              f"its refresh hangs, or it stopped without saying so")
+            lagging += 1
         elif served == split_id and row.ready:
             view["state"] = "live"
             live += 1
