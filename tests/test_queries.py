@@ -343,3 +343,37 @@ def test_stale_running_runs_are_requeued_then_failed(engine):
         assert q.requeue_stale_runs(s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2,
                                     now=T0 + timedelta(minutes=20)) == [(run_id, "failed")]
         assert q.get_run(s, run_id).status == "failed"
+
+
+def test_a_postgresql_server_that_never_answers_fails_the_connection_instead_of_hanging():
+    """A listener that accepts TCP and then says nothing (a stuck server, a half-open route): the
+    engine's connect timeout turns it into an error, so a bidder's refresh or an optimizer's
+    heartbeat fails and is retried instead of hanging for the kernel's TCP timeout."""
+    import socket
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from bidopt.db.engine import make_engine
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes handshakes; nothing ever answers
+    port = silent.getsockname()[1]
+    outcome: list = []
+
+    def connect() -> None:
+        try:
+            with make_engine(f"postgresql+psycopg://u@127.0.0.1:{port}/db").connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    try:
+        worker.start()
+        worker.join(timeout=120)  # liveness, not speed: without a timeout this never returns
+        assert not worker.is_alive(), "connecting to a silent server hangs"
+        assert outcome and "timeout" in str(outcome[0]).lower()
+    finally:
+        silent.close()

@@ -44,7 +44,15 @@ def make_engine(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3, not psycopg2
-    return create_engine(parsed, pool_pre_ping=True)
+    # A server that stops answering (a partition, a dropped route) must make calls fail, not hang:
+    # a bidder's refresh or an optimizer's heartbeat that blocks for the kernel's ~15-minute TCP
+    # timeout looks like a hung process. URL query parameters of the same names win.
+    connect_args = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in parsed.query}
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                   "keepalives_count": 3}
 
 
 def get_engine(url: str) -> Engine:
