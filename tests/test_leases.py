@@ -256,3 +256,64 @@ def test_an_error_after_the_lease_was_lost_is_reported_abandoned_and_recorded_no
     with session_scope(platform) as s:
         run = q.get_run(s, run_id)
         assert (run.status, run.worker_id, run.attempts, run.error_message) == ("running", WORKER_B, 2, None)
+
+
+def test_a_completion_whose_commit_outcome_is_unknown_keeps_its_files(platform, monkeypatch):
+    """The connection drops at COMMIT of the completion: the client gets a database error, but the
+    commit went through and becomes visible only later (a replica's lag, a slow fsync). The worker
+    must not remove its files, or the run ends completed with no manifest."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.exc import OperationalError
+
+    run_id = _create(platform)
+    assert _claim(platform, WORKER_A) == 1
+    real_complete, real_get_run = q.mark_run_completed, q.get_run
+    committed = []
+
+    def complete_then_lose_the_answer(session, rid, stats, **kwargs):
+        real_complete(session, rid, stats, **kwargs)
+        session.commit()  # the commit that goes through ...
+        committed.append(stats.s3_output_path)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    def not_yet_visible(session, rid):  # ... but is not visible to this worker's next read yet
+        run = real_get_run(session, rid)
+        return SimpleNamespace(status="running", s3_output_path=None) if committed else run
+
+    monkeypatch.setattr(q, "mark_run_completed", complete_then_lose_the_answer)
+    monkeypatch.setattr(q, "get_run", not_yet_visible)
+    result = job.process_run(run_id, WORKER_A, 1)
+    monkeypatch.setattr(q, "get_run", real_get_run)
+    assert committed and result["status"] == "abandoned"  # its failure was refused: the run is completed
+    with session_scope(platform) as s:
+        run = q.get_run(s, run_id)
+        assert run.status == "completed" and run.s3_output_path == committed[0]
+    read_run_artifacts(run.s3_output_path, ["suggested_bids.csv", "domain_multipliers.csv"])  # still loads
+
+
+def test_claiming_retries_a_database_that_is_away_then_gives_up(monkeypatch):
+    """A failover while claiming must not end the driver (its in-flight runs would each lose an
+    attempt); a database that stays away past the stale limit does end it."""
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.01")
+    monkeypatch.setenv("BIDOPT_STALE_AFTER_SECONDS", "0.5")
+    reset_settings_cache()
+    calls = []
+
+    def away_twice(worker_id):
+        calls.append(worker_id)
+        if len(calls) <= 2:
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        return None
+
+    monkeypatch.setattr(job, "_requeue_and_claim", away_twice)
+    assert job._claim(WORKER_A) is None and len(calls) == 3
+
+    def away(worker_id):
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(job, "_requeue_and_claim", away)
+    with pytest.raises(OperationalError):
+        job._claim(WORKER_A)

@@ -56,6 +56,8 @@ from datetime import timedelta
 import pandas as pd
 
 from bidopt.artifacts import attempt_output_url, remove_run_artifacts, run_output_url, write_run_artifacts
+from sqlalchemy.exc import DBAPIError
+
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import Conflict
@@ -146,7 +148,7 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
     the manifest. The run time limit is not enforced here (see the module docstring).
     """
     say = progress or (lambda text: print(f"{run_id}: {text}", flush=True))
-    engine = None
+    engine, completing = None, False
     output_url, written = None, []
     began = time.time()
 
@@ -189,6 +191,7 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
             segments_count=int(len(seg)), bid_median=float(seg.median()), bid_min=float(seg.min()),
             bid_max=float(seg.max()), s3_output_path=output_url, validation_status=result.validation_status,
             validation_details=result.validation_reasons)
+        completing = True  # from here an error may hide a commit that went through: keep the files
         try:
             with session_scope(engine) as s:
                 q.record_run_features(s, run_id, feature_records(spec, result))
@@ -203,7 +206,11 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
     except Exception as exc:  # noqa: BLE001 - every failure of a run is recorded on the run
         error = f"{type(exc).__name__}: {exc}"
         say(f"failed: {error}")
-        _remove_own_artifacts(engine, run_id, output_url, written)
+        if not completing:
+            # An error from the completion's own transaction (a connection lost at COMMIT) does not
+            # say whether the commit went through, and the run may become visible as completed from
+            # this folder only later: its files stay. Unreferenced leftovers are never read.
+            _remove_own_artifacts(engine, run_id, output_url, written)
         if not mark_failed(run_id, error, worker_id, attempt, detail=traceback.format_exc()):
             error = f"{error} (not recorded: the run is no longer held by attempt {attempt} of {worker_id})"
             return {"run_id": run_id, "attempt": attempt, "status": "abandoned", "error": error}
@@ -243,6 +250,9 @@ def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail
         return True
     except Conflict:
         return False  # the run already ended or was requeued by another worker: leave it as it is
+    except DBAPIError as exc:  # the database is away: the lease goes stale and the run is requeued
+        print(f"run {run_id}: could not record its failure: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+        return False
 
 
 @dataclass
@@ -258,7 +268,23 @@ class JobReport:
 
 
 def _claim(worker_id: str) -> Lease | None:
-    """Requeue runs whose worker died (no heartbeat for ``stale_after_seconds``), then claim the oldest."""
+    """Requeue runs whose worker died (no heartbeat for ``stale_after_seconds``), then claim the oldest.
+
+    A database that is away is retried every few seconds for up to ``stale_after_seconds`` (a
+    failover must not end the driver and cost every run it holds an attempt); then it raises."""
+    started = time.monotonic()
+    while True:
+        try:
+            return _requeue_and_claim(worker_id)
+        except DBAPIError as exc:
+            waited = time.monotonic() - started
+            if waited > get_settings().stale_after_seconds:
+                raise
+            print(f"claiming failed ({exc}); retrying".splitlines()[0], file=sys.stderr, flush=True)
+            time.sleep(min(5.0, get_settings().heartbeat_seconds))
+
+
+def _requeue_and_claim(worker_id: str) -> Lease | None:
     settings = get_settings()
     engine = get_engine(settings.database_url)
     with session_scope(engine) as s:
@@ -347,14 +373,18 @@ def _release(lease: Lease, reason: str) -> dict:
 
 def _outcome_from_db(lease: Lease, note: str) -> dict:
     """What became of a lease whose task was cancelled or released just as it may have finished."""
-    with session_scope(get_engine(get_settings().database_url)) as s:
-        run = q.get_run(s, lease.run_id)
-        if run.status == "completed" and run.worker_id == lease.worker_id and run.attempts == lease.attempt:
-            return {"run_id": run.run_id, "attempt": lease.attempt, "status": "completed",
-                    "validation_status": run.validation_status, "segments_count": run.segments_count,
-                    "bid_median": run.bid_median}
-        return {"run_id": run.run_id, "attempt": lease.attempt, "status": "abandoned",
-                "error": f"{note}; the run is now {run.status} (attempt {run.attempts})"}
+    try:
+        with session_scope(get_engine(get_settings().database_url)) as s:
+            run = q.get_run(s, lease.run_id)
+            if run.status == "completed" and run.worker_id == lease.worker_id and run.attempts == lease.attempt:
+                return {"run_id": run.run_id, "attempt": lease.attempt, "status": "completed",
+                        "validation_status": run.validation_status, "segments_count": run.segments_count,
+                        "bid_median": run.bid_median}
+            return {"run_id": run.run_id, "attempt": lease.attempt, "status": "abandoned",
+                    "error": f"{note}; the run is now {run.status} (attempt {run.attempts})"}
+    except DBAPIError as exc:  # the database is away: the lease goes stale and the run is requeued
+        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "abandoned",
+                "error": f"{note}; its outcome could not be read: {exc}".splitlines()[0]}
 
 
 @dataclass
