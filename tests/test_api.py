@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from bidopt.db import access
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.db.models import OptDeployment, OptRun, OptRunConfig
@@ -20,9 +21,10 @@ FAST = {"xgb_num_rounds": 30, "min_segment_bids": 100, "min_domain_bids": 300}
 @pytest.fixture
 def tokens(platform_db):
     with session_scope(platform_db) as s:
-        q.create_user(s, "olivia", "operator")
-        q.create_user(s, "victor", "viewer")
-        return {"operator": q.create_api_token(s, "olivia")[1], "viewer": q.create_api_token(s, "victor")[1]}
+        access.create_user(s, "olivia", "operator")
+        access.create_user(s, "victor", "viewer")
+        return {"operator": access.create_api_token(s, "olivia")[1],
+                "viewer": access.create_api_token(s, "victor")[1]}
 
 
 @pytest.fixture
@@ -109,8 +111,8 @@ def test_viewers_and_strangers_change_nothing(client, platform_db):
                           json={"split": {a: 100}}).status_code == status
     assert _count(platform_db, OptRun) == 1 and _count(platform_db, OptDeployment) == 0
     with session_scope(platform_db) as s:  # a revoked token is a stranger too
-        token_row, token = q.create_api_token(s, "olivia", "short-lived")
-        q.revoke_api_token(s, token_row.token_id)
+        token_row, token = access.create_api_token(s, "olivia", "short-lived")
+        access.revoke_api_token(s, token_row.token_id)
     assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from sqlalchemy import func, select
 
+from bidopt.db import access
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.db.models import OptApiToken, OptDeployment, OptRun, OptRunConfig, OptUser
@@ -21,10 +22,10 @@ TABLES = (OptRun, OptRunConfig, OptDeployment, OptUser, OptApiToken)
 @pytest.fixture
 def fuzz_env(platform_db):
     with session_scope(platform_db) as s:
-        q.create_user(s, "fuzz-viewer", "viewer")
-        q.create_user(s, "fuzz-operator", "operator")
-        tokens = {"viewer": q.create_api_token(s, "fuzz-viewer")[1],
-                  "operator": q.create_api_token(s, "fuzz-operator")[1]}
+        access.create_user(s, "fuzz-viewer", "viewer")
+        access.create_user(s, "fuzz-operator", "operator")
+        tokens = {"viewer": access.create_api_token(s, "fuzz-viewer")[1],
+                  "operator": access.create_api_token(s, "fuzz-operator")[1]}
     return platform_db, tokens
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import uvicorn
 
+from bidopt.db import access
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.bidder.loader import Refresher
@@ -57,8 +58,8 @@ def server(platform_db):
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_operator_creates_a_run_and_sets_an_80_20_split(platform_db, server, browser, tmp_path):
     with session_scope(platform_db) as s:
-        q.create_user(s, "olivia", "operator")
-        token = q.create_api_token(s, "olivia")[1]
+        access.create_user(s, "olivia", "operator")
+        token = access.create_api_token(s, "olivia")[1]
         done = [q.create_run(s, "drugs_hcp", {}, triggered_by="seed").run_id for _ in range(2)]
     for run_id in done:  # with artifacts: a split only switches to runs bidders can load
         complete_servable(platform_db, run_id)

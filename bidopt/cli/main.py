@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from bidopt.cli.output import print_json, print_mapping, print_table
 from bidopt.configs import RUN_CONFIG_SPECS, parse_key_value_pairs
+from bidopt.db import access
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.db.migrate import upgrade_database
@@ -473,7 +474,7 @@ def users() -> None:
 def users_add(username: str, role: str) -> None:
     """Add a user."""
     with _session() as s:
-        q.create_user(s, username, role)
+        access.create_user(s, username, role)
     click.echo(f"added {role} {username}; give them a token with `bidopt tokens create {username}`")
 
 
@@ -483,7 +484,7 @@ def users_list(as_json: bool) -> None:
     """List users."""
     with _session() as s:
         rows = [{"username": u.username, "role": u.role, "is_active": u.is_active,
-                 "created_at": u.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")} for u in q.list_users(s)]
+                 "created_at": u.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")} for u in access.list_users(s)]
     print_json(rows) if as_json else print_table(rows, ["username", "role", "is_active", "created_at"])
 
 
@@ -498,7 +499,7 @@ def tokens() -> None:
 def tokens_create(username: str, name: str) -> None:
     """Create an API token for USERNAME and print it (this is the only time it is shown)."""
     with _session() as s:
-        row, token = q.create_api_token(s, username, name)
+        row, token = access.create_api_token(s, username, name)
         token_id = row.token_id
     click.echo(f"token {token_id} for {username} (shown once): {token}")
 
@@ -510,7 +511,7 @@ def tokens_list(as_json: bool) -> None:
     with _session() as s:
         rows = [{"token_id": t.token_id, "username": t.user.username, "role": t.user.role, "name": t.name,
                  "created_at": t.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "revoked": t.revoked_at is not None} for t in q.list_api_tokens(s)]
+                 "revoked": t.revoked_at is not None} for t in access.list_api_tokens(s)]
     print_json(rows) if as_json else print_table(rows, ["token_id", "username", "role", "name", "created_at",
                                                         "revoked"])
 
@@ -520,7 +521,7 @@ def tokens_list(as_json: bool) -> None:
 def tokens_revoke(token_id: int) -> None:
     """Revoke a token: it stops working at once."""
     with _session() as s:
-        q.revoke_api_token(s, token_id)
+        access.revoke_api_token(s, token_id)
     click.echo(f"revoked token {token_id}")
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bidopt import service
-from bidopt.db import queries as q
+from bidopt.db import access
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import BidoptError
 from bidopt.settings import get_settings
@@ -54,18 +54,18 @@ def _session() -> Iterator[Session]:
 
 
 def caller(authorization: str | None = Header(default=None),
-           x_api_token: str | None = Header(default=None)) -> q.Caller:
+           x_api_token: str | None = Header(default=None)) -> access.Caller:
     token = x_api_token
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
     with session_scope(get_engine(get_settings().database_url)) as s:
-        who = q.authenticate_token(s, token)
+        who = access.authenticate_token(s, token)
     if who is None:
         raise ApiError("missing or invalid API token (Authorization: Bearer <token>)", 401)
     return who
 
 
-def operator(who: q.Caller = Depends(caller)) -> q.Caller:
+def operator(who: access.Caller = Depends(caller)) -> access.Caller:
     if not who.can_write:
         raise ApiError(f"{who.username} is a viewer: creating runs and changing splits needs an operator", 403)
     return who
@@ -95,7 +95,7 @@ def create_app() -> FastAPI:
     read = [Depends(caller)]
 
     @app.get("/api/me", tags=["auth"])
-    def me(who: q.Caller = Depends(caller)) -> dict:
+    def me(who: access.Caller = Depends(caller)) -> dict:
         return {"username": who.username, "role": who.role, "can_write": who.can_write}
 
     @app.get("/api/config-specs", tags=["runs"], dependencies=read)
@@ -116,7 +116,7 @@ def create_app() -> FastAPI:
         return service.list_runs(s, entity_code=entity_code, status=status, limit=limit)
 
     @app.post("/api/entities/{entity_code}/runs", tags=["runs"], status_code=201)
-    def create_run(entity_code: str, body: CreateRunRequest, who: q.Caller = Depends(operator)) -> dict:
+    def create_run(entity_code: str, body: CreateRunRequest, who: access.Caller = Depends(operator)) -> dict:
         with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
             return service.create_run(s, entity_code, body.configs, triggered_by=who.username)
 
@@ -129,7 +129,7 @@ def create_app() -> FastAPI:
         return service.split_view(s, entity_code)
 
     @app.put("/api/entities/{entity_code}/split", tags=["splits"])
-    def put_split(entity_code: str, body: SplitRequest, who: q.Caller = Depends(operator)) -> dict:
+    def put_split(entity_code: str, body: SplitRequest, who: access.Caller = Depends(operator)) -> dict:
         with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
             return service.set_traffic_split(s, entity_code, body.split, deployed_by=who.username)
 

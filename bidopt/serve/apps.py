@@ -33,7 +33,7 @@ from starlette.responses import Response  # noqa: F401 - the type Serve gets bac
 
 from bidopt.bidder.app import BidderCore, http_handler
 
-from bidopt.db import queries as q
+from bidopt.db import access
 from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS
 from bidopt.serve.api import create_app
 
@@ -115,13 +115,13 @@ bidder = Bidder.bind()
 def ensure_local_operator_token(session: Session, *, force_new: bool = False) -> str | None:
     """The embedded default's first token: with no active token in the database (or with
     ``force_new``), create the operator ``local`` if needed and return a new token for it."""
-    if not force_new and q.count_active_tokens(session) > 0:
+    if not force_new and access.count_active_tokens(session) > 0:
         return None
     try:
-        q.get_user(session, LOCAL_OPERATOR)
+        access.get_user(session, LOCAL_OPERATOR)
     except Exception:  # noqa: BLE001 - NotFound: first start
-        q.create_user(session, LOCAL_OPERATOR, "operator")
-    return q.create_api_token(session, LOCAL_OPERATOR, "bidopt serve")[1]
+        access.create_user(session, LOCAL_OPERATOR, "operator")
+    return access.create_api_token(session, LOCAL_OPERATOR, "bidopt serve")[1]
 
 
 def start_ray() -> None:
