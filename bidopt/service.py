@@ -1,4 +1,8 @@
-"""What operators do, as library functions: the API, the web UI and the CLI all call these."""
+"""What operators do, as library functions: the API, the web UI and the CLI all call these.
+
+Each function takes a ``Session`` (the caller owns the transaction, see ``session_scope``) and
+returns plain dicts and lists (``bidopt.views``), ready for JSON or a table.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,20 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from bidopt.artifacts import read_run_artifact
-from bidopt.bidder.loader import check_run_servable
 from bidopt.configs import ENTITY_CONFIG_SPECS, RUN_CONFIG_SPECS
-from bidopt.db import bidder_status
+from bidopt.db import access, bidder_status
 from bidopt.db import queries as q
 from bidopt.db.models import OptRun
-from bidopt.errors import Conflict, InvalidConfig
-from bidopt.views import _ts, deployment_view, entity_view, run_detail_view, run_row_view
+from bidopt.errors import Conflict, InvalidConfig, NotFound
+from bidopt.views import (
+    deployment_view,
+    entity_view,
+    format_ts,
+    run_detail_view,
+    run_row_view,
+    token_view,
+    user_view,
+)
 
 MAX_PAGE = 1000
 
@@ -39,6 +50,12 @@ def list_entities(session: Session) -> list[dict[str, Any]]:
 
 def get_entity(session: Session, entity_code: str) -> dict[str, Any]:
     return entity_view(session, q.get_entity_by_code(session, entity_code))
+
+
+def get_entity_with_latest_runs(session: Session, entity_code: str, *, limit: int = 10) -> dict[str, Any]:
+    """The entity's view with its newest runs under ``latest_runs`` (row views, newest first)."""
+    view = get_entity(session, entity_code)
+    return {**view, "latest_runs": list_run_rows(session, entity_code=entity_code, limit=limit)}
 
 
 def create_run(session: Session, entity_code: str, configs: dict[str, Any], *, triggered_by: str,
@@ -64,8 +81,22 @@ def list_runs(session: Session, *, entity_code: str | None = None, status: str |
     return out
 
 
+def list_run_rows(session: Session, *, entity_code: str | None = None, status: str | None = None,
+                  limit: int = 50) -> list[dict[str, Any]]:
+    """Runs newest first as row views only (no metrics: one query), what ``bidopt runs list`` prints."""
+    return [run_row_view(r) for r in q.list_runs(session, entity_code=entity_code, status=status, limit=limit)]
+
+
 def get_run(session: Session, run_id: str) -> dict[str, Any]:
     return run_detail_view(session, q.get_run(session, run_id))
+
+
+def get_newest_run(session: Session, entity_code: str) -> dict[str, Any]:
+    """The detail view of the entity's newest run; ``NotFound`` if it has none."""
+    newest = q.list_runs(session, entity_code=entity_code, limit=1)
+    if not newest:
+        raise NotFound(f"{entity_code} has no runs")
+    return run_detail_view(session, newest[0])
 
 
 def _completed_output(session: Session, run_id: str) -> str:
@@ -111,7 +142,7 @@ def split_view(session: Session, entity_code: str) -> dict[str, Any]:
     split_id = rows[0].split_id if rows else None
     return {"entity_code": entity_code, "split_id": split_id,
             "deployed_by": rows[0].deployed_by if rows else None,
-            "deployed_at": _ts(rows[0].deployed_at) if rows else None,
+            "deployed_at": format_ts(rows[0].deployed_at) if rows else None,
             "runs": [{"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in rows],
             "total_pct": sum(r.traffic_pct for r in rows),
             "bidders": bidder_status.split_liveness(session, entity_code, split_id)}
@@ -122,6 +153,8 @@ def check_split_servable(session: Session, entity_code: str, pairs: list[tuple[s
     split, by the bidder's own loading code (manifest, checksums, entity default row, a request
     field for every feature). Runs that are unknown, of another entity, not completed or not
     validated are left to ``replace_traffic_split``, which says so."""
+    from bidopt.bidder.loader import check_run_servable  # the bidder's code: imported only when deploying
+
     entity = q.get_entity_by_code(session, entity_code)
     for run_id, _ in pairs:
         run = session.get(OptRun, run_id)
@@ -183,3 +216,31 @@ def parse_split_args(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]
     if not pairs:
         raise InvalidConfig("give at least one RUN_ID=PERCENT")
     return pairs
+
+
+# ----------------------------------------------------------------------------- users and API tokens
+
+
+def add_user(session: Session, username: str, role: str) -> dict[str, Any]:
+    return user_view(access.create_user(session, username, role))
+
+
+def list_users(session: Session) -> list[dict[str, Any]]:
+    return [user_view(u) for u in access.list_users(session)]
+
+
+def create_token(session: Session, username: str, name: str = "default") -> dict[str, Any]:
+    """A new API token for ``username``: its view plus ``token``, the value, which is not stored
+    (only its hash) and so can be shown only now."""
+    row, token = access.create_api_token(session, username, name)
+    return {**token_view(row), "token": token}
+
+
+def list_tokens(session: Session) -> list[dict[str, Any]]:
+    """Every token, without its value."""
+    return [token_view(t) for t in access.list_api_tokens(session)]
+
+
+def revoke_token(session: Session, token_id: int) -> None:
+    """Revoke a token: it stops working at once."""
+    access.revoke_api_token(session, token_id)

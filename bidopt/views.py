@@ -9,10 +9,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from bidopt.db import queries as q
-from bidopt.db.models import OptDeployment, OptEntity, OptRun
+from bidopt.db.models import OptApiToken, OptDeployment, OptEntity, OptRun, OptUser
 
 
-def _ts(value: datetime | None) -> str | None:
+def format_ts(value: datetime | None) -> str | None:
+    """A stored (naive UTC) timestamp as ``2026-01-31T12:00:00Z``, or None."""
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
@@ -38,9 +39,9 @@ def run_row_view(run: OptRun) -> dict[str, Any]:
         "validation_status": run.validation_status,
         "triggered_by": run.triggered_by,
         "trigger_type": run.trigger_type,
-        "created_at": _ts(run.created_at),
-        "started_at": _ts(run.started_at),
-        "completed_at": _ts(run.completed_at),
+        "created_at": format_ts(run.created_at),
+        "started_at": format_ts(run.started_at),
+        "completed_at": format_ts(run.completed_at),
         "segments_count": run.segments_count,
         "bid_median": run.bid_median,
         "bid_min": run.bid_min,
@@ -76,6 +77,17 @@ def deployment_view(row: OptDeployment) -> dict[str, Any]:
         "traffic_pct": row.traffic_pct,
         "is_active": row.is_active,
         "deployed_by": row.deployed_by,
-        "deployed_at": _ts(row.deployed_at),
-        "deactivated_at": _ts(row.deactivated_at),
+        "deployed_at": format_ts(row.deployed_at),
+        "deactivated_at": format_ts(row.deactivated_at),
     }
+
+
+def user_view(user: OptUser) -> dict[str, Any]:
+    return {"username": user.username, "role": user.role, "is_active": user.is_active,
+            "created_at": format_ts(user.created_at)}
+
+
+def token_view(token: OptApiToken) -> dict[str, Any]:
+    """A token without its value (only its hash is stored)."""
+    return {"token_id": token.token_id, "username": token.user.username, "role": token.user.role,
+            "name": token.name, "created_at": format_ts(token.created_at), "revoked": token.revoked_at is not None}
