@@ -485,12 +485,48 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
                     done(_release(flight.lease, f"exceeded run time limit of {limit:g} s"))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m bidopt.jobs.optimize``: the Ray Jobs entrypoint (same options as ``bidopt optimizer run``)."""
-    from bidopt.cli.main import cli
+def describe_result(result: dict) -> str:
+    """The line ``bidopt optimizer run`` prints for a finished run (``on_result``)."""
+    if result["status"] == "completed":
+        return (f"run {result['run_id']} completed: {result['segments_count']} segments, "
+                f"median bid {result['bid_median']:.2f}, validation {result['validation_status']}")
+    # failed, requeued (its task died or timed out) or abandoned (its lease was lost)
+    return f"run {result['run_id']} {result['status']}: {result['error']}"
 
-    cli.main(args=["optimizer", "run", *(argv if argv is not None else sys.argv[1:])],
-             prog_name="python -m bidopt.jobs.optimize")
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bidopt.jobs.optimize``: the job as a plain script, with the options of
+    ``bidopt optimizer run`` (which ``bidopt optimizer submit`` runs as ``python -m bidopt optimizer run``).
+    The library never imports the CLI, so this parses its own options."""
+    import argparse
+
+    from bidopt.errors import BidoptError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bidopt.jobs.optimize",
+        description="Claim pending runs oldest first and optimise them, one Ray task per run. "
+                    "Exits non-zero with --once when any run failed.")
+    parser.add_argument("--once", action="store_true",
+                        help="Drain the pending queue and exit (default: keep polling).")
+    parser.add_argument("--poll-seconds", type=float, default=10.0,
+                        help="Wait between polls of an empty queue (default: 10).")
+    parser.add_argument("--parallel", type=int, default=2,
+                        help="Runs optimised at the same time (Ray tasks; default: 2).")
+    parser.add_argument("--max-runs", type=int, default=None, help="Stop after this many runs.")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="Run in this process, one run at a time, without Ray.")
+    args = parser.parse_args(argv)
+    try:
+        report = run_optimizer(once=args.once, poll_seconds=args.poll_seconds, parallel=max(args.parallel, 1),
+                               use_ray=not args.no_ray, max_runs=args.max_runs,
+                               on_result=lambda result: print(describe_result(result), flush=True))
+    except BidoptError as exc:  # one line and exit 1, as the CLI does
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if not report.processed:
+        print("no pending runs", flush=True)
+    if args.once and report.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,20 @@ from collections.abc import Callable
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
+def optimizer_entrypoint(*, once: bool = True, parallel: int = 2, python: str = "python") -> str:
+    """The job's shell command: the ``bidopt optimizer run`` command, through ``python -m bidopt``."""
+    return f"{python} -m bidopt optimizer run --parallel {parallel}" + (" --once" if once else "")
+
+
 def submit_optimizer_job(address: str, *, once: bool = True, parallel: int = 2, python: str = "python",
                          working_dir: str | None = None) -> tuple[object, str]:
-    """Submit ``python -m bidopt.jobs.optimize`` to the cluster whose dashboard is ``address``
-    (``http://head:8265``); returns ``(client, job id)``. BIDOPT_* variables set here go along
-    (what is not set comes from the cluster's own environment, see cluster.yaml)."""
+    """Submit ``python -m bidopt optimizer run`` (``optimizer_entrypoint``) to the cluster whose
+    dashboard is ``address`` (``http://head:8265``); returns ``(client, job id)``. BIDOPT_* variables
+    set here go along (what is not set comes from the cluster's own environment, see cluster.yaml)."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    entrypoint = f"{python} -m bidopt.jobs.optimize --parallel {parallel}" + (" --once" if once else "")
+    entrypoint = optimizer_entrypoint(once=once, parallel=parallel, python=python)
     runtime_env: dict = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("BIDOPT_")}}
     if working_dir:
         runtime_env["working_dir"] = working_dir
