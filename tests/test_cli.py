@@ -131,3 +131,59 @@ def test_deploy_refuses_unloadable_runs_and_show_says_whether_bidders_serve_the_
         assert "bidders: live on all 1 bidder replica" in seeded("deploy", "show", "drugs_hcp").output
     finally:
         replica.stop()
+
+
+def test_users_and_tokens(seeded):
+    from bidopt.db import access
+    from bidopt.db.engine import get_engine, session_scope
+    from bidopt.settings import get_settings
+
+    res = seeded("users", "add", "ann", "--role", "operator")
+    assert res.exit_code == 0 and "added operator ann; give them a token with `bidopt tokens create ann`" in res.output
+    res = seeded("users", "add", "ann", "--role", "viewer")
+    assert res.exit_code == 1 and res.output.strip() == "Error: user ann exists already"
+    assert [(u["username"], u["role"], u["is_active"]) for u in json.loads(seeded("users", "list", "--json").output)] \
+        == [("ann", "operator", True)]
+    assert seeded("users", "list").output.splitlines()[0].split() == ["USERNAME", "ROLE", "IS_ACTIVE", "CREATED_AT"]
+
+    res = seeded("tokens", "create", "ann", "--name", "ci")
+    assert res.exit_code == 0 and res.output.startswith("token 1 for ann (shown once): bo_"), res.output
+    token = res.output.split()[-1]
+    assert seeded("tokens", "create", "bob").output.strip() == "Error: unknown user: bob"
+    listed = json.loads(seeded("tokens", "list", "--json").output)
+    assert listed == [{"token_id": 1, "username": "ann", "role": "operator", "name": "ci",
+                       "created_at": listed[0]["created_at"], "revoked": False}]
+    assert token not in seeded("tokens", "list").output
+
+    engine = get_engine(get_settings().database_url)
+    with session_scope(engine) as s:
+        assert access.authenticate_token(s, token).username == "ann"
+    assert seeded("tokens", "revoke", "1").output.strip() == "revoked token 1"
+    assert seeded("tokens", "revoke", "9").output.strip() == "Error: unknown token id: 9"
+    with session_scope(engine) as s:
+        assert access.authenticate_token(s, token) is None
+    assert json.loads(seeded("tokens", "list", "--json").output)[0]["revoked"] is True
+
+
+def test_python_dash_m_bidopt_is_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bidopt", "settings", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["home"]
+
+
+def test_the_submitted_job_is_a_valid_optimizer_run_command():
+    """``bidopt optimizer submit`` runs ``python -m bidopt optimizer run ...`` on the cluster."""
+    import shlex
+
+    from bidopt.cli.optimizer import optimizer_run
+    from bidopt.jobs.submit import optimizer_entrypoint
+
+    for once in (True, False):
+        command = shlex.split(optimizer_entrypoint(once=once, parallel=3, python="/opt/py/bin/python"))
+        assert command[:5] == ["/opt/py/bin/python", "-m", "bidopt", "optimizer", "run"]
+        ctx = optimizer_run.make_context("run", command[5:])
+        assert ctx.params["parallel"] == 3 and ctx.params["once"] is once

@@ -1,0 +1,42 @@
+"""What the command modules share: the ``--json`` option, database sessions, the default user."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from contextlib import contextmanager
+
+import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from bidopt import service
+from bidopt.db.engine import get_engine, session_scope
+from bidopt.settings import get_settings
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def session():
+    """One transaction on the metadata database of the settings in force."""
+    return session_scope(get_engine(get_settings().database_url))
+
+
+@contextmanager
+def optional_session():
+    """A session when the metadata database can be read, else None (data commands work without it)."""
+    try:
+        with session() as s:
+            service.list_entities(s)  # the probe: no schema or no database raises
+            yield s
+            return
+    except (OperationalError, ProgrammingError):
+        pass
+    yield None
+
+
+def default_user() -> str:
+    """Who a command acts as unless ``--by`` says: $BIDOPT_USER, else the login name."""
+    try:
+        return os.environ.get("BIDOPT_USER") or getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "cli"
