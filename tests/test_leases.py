@@ -297,23 +297,31 @@ def test_claiming_retries_a_database_that_is_away_then_gives_up(monkeypatch):
     attempt); a database that stays away past the stale limit does end it."""
     from sqlalchemy.exc import OperationalError
 
+    from bidopt.db.engine import get_engine
+    from bidopt.errors import DatabaseUnavailable
+
     monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.01")
     monkeypatch.setenv("BIDOPT_STALE_AFTER_SECONDS", "0.5")
     reset_settings_cache()
     calls = []
 
+    def connection_lost():  # as SQLAlchemy reports it, through session_scope (which translates it)
+        with session_scope(get_engine(get_settings().database_url)):
+            raise OperationalError("SELECT", {}, Exception("connection refused"), connection_invalidated=True)
+
     def away_twice(worker_id):
         calls.append(worker_id)
         if len(calls) <= 2:
-            raise OperationalError("SELECT", {}, Exception("connection refused"))
+            connection_lost()
         return None
 
     monkeypatch.setattr(job, "_requeue_and_claim", away_twice)
     assert job._claim(WORKER_A) is None and len(calls) == 3
 
     def away(worker_id):
-        raise OperationalError("SELECT", {}, Exception("connection refused"))
+        connection_lost()
 
     monkeypatch.setattr(job, "_requeue_and_claim", away)
-    with pytest.raises(OperationalError):
+    with pytest.raises(DatabaseUnavailable) as raised:
         job._claim(WORKER_A)
+    assert isinstance(raised.value.__cause__, OperationalError)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bidopt.db.models import utcnow
+from bidopt.errors import BidoptError, DatabaseUnavailable, SchemaMissing
+from bidopt.settings import redact_url
 
 _ENGINES: dict[str, Engine] = {}
 
@@ -71,17 +74,61 @@ def dispose_engines() -> None:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One transaction: committed when the block ends, rolled back on any exception."""
+    """One transaction: committed when the block ends, rolled back on any exception.
+
+    The one place database errors are translated (``database_error``): a database that cannot be
+    reached raises ``DatabaseUnavailable`` and a missing schema ``SchemaMissing``, with the fix in
+    the message and SQLAlchemy's error chained; other errors leave unchanged."""
     factory = sessionmaker(bind=engine, expire_on_commit=False)
     session = factory()
     try:
         yield session
         session.commit()
+    except DBAPIError as exc:
+        with suppress(DBAPIError):  # a lost connection fails its rollback too; the statement's error counts
+            session.rollback()
+        error = database_error(exc, engine)
+        if error is None:
+            raise
+        raise error from exc
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+
+
+# PostgreSQL SQLSTATEs: connection exceptions (class 08), the server shutting down or starting up,
+# too many connections; and an undefined table or column.
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+_MISSING_SCHEMA_SQLSTATES = ("42P01", "42703")
+_SQLITE_MISSING_SCHEMA = ("no such table", "no such column")
+
+
+def database_error(exc: DBAPIError, engine: Engine) -> BidoptError | None:
+    """The ``BidoptError`` that ``exc`` from ``engine`` stands for, or None when it is none of these:
+
+    * ``DatabaseUnavailable``: connecting failed (refused, timed out, bad host or credentials) or
+      the connection was lost during a statement (SQLAlchemy invalidated it);
+    * ``SchemaMissing``: a table or column is missing (no ``bidopt db upgrade`` yet, or an older one).
+
+    Other errors (constraint violations, deadlocks, ``database is locked``) are not translated."""
+    url = redact_url(engine.url.render_as_string(hide_password=False))
+    cause = exc.orig if exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    reason = lines[0] if lines else type(cause).__name__
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg; None for client-side connection failures
+    if sqlstate in _MISSING_SCHEMA_SQLSTATES or (
+            sqlstate is None and isinstance(exc, OperationalError) and reason.startswith(_SQLITE_MISSING_SCHEMA)):
+        return SchemaMissing(f"the metadata database at {url} has no schema yet, or an older one ({reason}): "
+                             "run `bidopt db upgrade`")
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return None
+    if exc.connection_invalidated or (
+            sqlstate.startswith(_UNREACHABLE_SQLSTATES) if sqlstate else exc.statement is None):
+        return DatabaseUnavailable(f"cannot reach the metadata database at {url}: {reason}; "
+                                   "is it running? check BIDOPT_DATABASE_URL")
+    return None
 
 
 def database_now(session: Session) -> datetime:

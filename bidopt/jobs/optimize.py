@@ -56,11 +56,9 @@ from datetime import timedelta
 import pandas as pd
 
 from bidopt.artifacts import attempt_output_url, remove_run_artifacts, run_output_url, write_run_artifacts
-from sqlalchemy.exc import DBAPIError
-
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
-from bidopt.errors import Conflict
+from bidopt.errors import Conflict, DatabaseUnavailable
 from bidopt.optimizer.pipeline import RunResult, RunSpec, optimize
 from bidopt.settings import get_settings
 from bidopt.warehouse import open_warehouse
@@ -250,7 +248,7 @@ def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail
         return True
     except Conflict:
         return False  # the run already ended or was requeued by another worker: leave it as it is
-    except DBAPIError as exc:  # the database is away: the lease goes stale and the run is requeued
+    except DatabaseUnavailable as exc:  # the database is away: the lease goes stale and the run is requeued
         print(f"run {run_id}: could not record its failure: {exc}".splitlines()[0], file=sys.stderr, flush=True)
         return False
 
@@ -276,7 +274,7 @@ def _claim(worker_id: str) -> Lease | None:
     while True:
         try:
             return _requeue_and_claim(worker_id)
-        except DBAPIError as exc:
+        except DatabaseUnavailable as exc:
             waited = time.monotonic() - started
             if waited > get_settings().stale_after_seconds:
                 raise
@@ -382,7 +380,7 @@ def _outcome_from_db(lease: Lease, note: str) -> dict:
                         "bid_median": run.bid_median}
             return {"run_id": run.run_id, "attempt": lease.attempt, "status": "abandoned",
                     "error": f"{note}; the run is now {run.status} (attempt {run.attempts})"}
-    except DBAPIError as exc:  # the database is away: the lease goes stale and the run is requeued
+    except DatabaseUnavailable as exc:  # the database is away: the lease goes stale and the run is requeued
         return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "abandoned",
                 "error": f"{note}; its outcome could not be read: {exc}".splitlines()[0]}
 
