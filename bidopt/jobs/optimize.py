@@ -6,7 +6,9 @@ first (``claim_next_pending_run``: atomic, so two optimizers never take the
 same run), starts one named Ray task per run (``optimize <entity> <run_id>``
 in the dashboard), heartbeats the runs it holds while they work, and with
 ``--once`` exits when the queue is empty. Runs of different entities (and of
-the same entity) train in parallel up to ``--parallel``.
+the same entity) train in parallel up to ``--parallel``. Progress and trouble go to
+the ``bidopt.optimizer`` logger (INFO, WARNING and above); entry points print them
+with ``bidopt.logs.configure_logging``, and each Ray task configures it for itself.
 
 A claim is a lease: the worker id and the attempt number (``opt_runs.attempts``
 after the claim). Every write for the run -- heartbeat, completion, failure --
@@ -42,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import socket
 import sys
@@ -59,10 +62,16 @@ from bidopt.artifacts import attempt_output_url, remove_run_artifacts, run_outpu
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import Conflict, DatabaseUnavailable
+from bidopt.logs import configure_logging
 from bidopt.optimizer.pipeline import RunResult, RunSpec, optimize
 from bidopt.settings import get_settings
 from bidopt.warehouse import open_warehouse
 
+log = logging.getLogger("bidopt.optimizer")
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
 
 
 def new_worker_id() -> str:
@@ -145,7 +154,7 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
     itself is read from the database after loading, before writing artifacts and right before
     the manifest. The run time limit is not enforced here (see the module docstring).
     """
-    say = progress or (lambda text: print(f"{run_id}: {text}", flush=True))
+    say = progress or (lambda text: log.info("%s: %s", run_id, text))
     engine, completing = None, False
     output_url, written = None, []
     began = time.time()
@@ -221,6 +230,13 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
             "bid_median": stats.bid_median, "pid": os.getpid(), "began": began, "ended": time.time()}
 
 
+def _process_run_task(run_id: str, worker_id: str, attempt: int) -> dict:
+    """``process_run`` as a Ray task: a worker process has no logging of its own, and what it prints
+    reaches the driver's console (``log_to_driver``), prefixed with the task's name."""
+    configure_logging()
+    return process_run(run_id, worker_id, attempt)
+
+
 def _remove_own_artifacts(engine, run_id: str, output_url: str | None, names: list[str]) -> None:
     """Remove the files this attempt wrote to its own folder, manifest first -- unless the run is
     recorded as completed from that very folder (the completion committed but its answer was lost)
@@ -234,13 +250,13 @@ def _remove_own_artifacts(engine, run_id: str, output_url: str | None, names: li
                 return
         remove_run_artifacts(output_url, names)
     except Exception as exc:  # noqa: BLE001 - leftovers without a recorded run are never read
-        print(f"run {run_id}: left {output_url} in place: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+        log.warning(_first_line(f"run {run_id}: left {output_url} in place: {exc}"))
 
 
 def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail: str = "") -> bool:
     """Record this attempt's failure on the run if the run is still its own; whether it was."""
     if detail:
-        print(detail, file=sys.stderr, flush=True)
+        log.error(detail.rstrip("\n"))
     engine = get_engine(get_settings().database_url)
     try:
         with session_scope(engine) as s:
@@ -249,7 +265,7 @@ def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail
     except Conflict:
         return False  # the run already ended or was requeued by another worker: leave it as it is
     except DatabaseUnavailable as exc:  # the database is away: the lease goes stale and the run is requeued
-        print(f"run {run_id}: could not record its failure: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+        log.warning(_first_line(f"run {run_id}: could not record its failure: {exc}"))
         return False
 
 
@@ -278,7 +294,7 @@ def _claim(worker_id: str) -> Lease | None:
             waited = time.monotonic() - started
             if waited > get_settings().stale_after_seconds:
                 raise
-            print(f"claiming failed ({exc}); retrying".splitlines()[0], file=sys.stderr, flush=True)
+            log.warning(_first_line(f"claiming failed ({exc}); retrying"))
             time.sleep(min(5.0, get_settings().heartbeat_seconds))
 
 
@@ -288,7 +304,7 @@ def _requeue_and_claim(worker_id: str) -> Lease | None:
     with session_scope(engine) as s:
         for run_id, status in q.requeue_stale_runs(s, heartbeat_timeout=timedelta(seconds=settings.stale_after_seconds),
                                                    max_attempts=settings.max_attempts):
-            print(f"run {run_id}: its worker stopped heartbeating; now {status}", flush=True)
+            log.info("run %s: its worker stopped heartbeating; now %s", run_id, status)
     with session_scope(engine) as s:
         run = q.claim_next_pending_run(s, worker_id)
         return Lease(run.run_id, worker_id, run.attempts, run.entity.entity_code) if run else None
@@ -342,11 +358,10 @@ class Heartbeat:
             try:
                 refused = _heartbeat(sorted(held, key=lambda lease: (lease.run_id, lease.attempt)))
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; stale_after allows 3+
-                print(f"heartbeat failed: {exc}".splitlines()[0], file=sys.stderr, flush=True)
+                log.warning(_first_line(f"heartbeat failed: {exc}"))
                 continue
             for lease in refused:
-                print(f"run {lease.run_id}: attempt {lease.attempt} is no longer this worker's; stopping it",
-                      file=sys.stderr, flush=True)
+                log.warning("run %s: attempt %s is no longer this worker's; stopping it", lease.run_id, lease.attempt)
                 held[lease].set()
 
 
@@ -432,7 +447,7 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
 
     ensure_ray()
     # max_retries=0: Ray must never run an attempt twice; a dead task's run is requeued as a new attempt.
-    task = ray.remote(max_retries=0)(process_run)
+    task = ray.remote(max_retries=0)(_process_run_task)
     limit = settings.run_timeout_seconds
 
     def finish(ref) -> None:
@@ -514,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ray", action="store_true",
                         help="Run in this process, one run at a time, without Ray.")
     args = parser.parse_args(argv)
+    configure_logging()  # progress lines on the console, as `bidopt optimizer run` shows them
     try:
         report = run_optimizer(once=args.once, poll_seconds=args.poll_seconds, parallel=max(args.parallel, 1),
                                use_ray=not args.no_ray, max_runs=args.max_runs,
