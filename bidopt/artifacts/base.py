@@ -1,0 +1,28 @@
+"""The artifact store interface: bytes under keys below one root URL."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class ArtifactStore(ABC):
+    """Bytes under keys (``a/b/c.csv``) below one root URL."""
+
+    url: str
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Raises ``NotFound`` for a missing key."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+
+    def child_url(self, key: str) -> str:
+        return self.url.rstrip("/") + "/" + key.strip("/")

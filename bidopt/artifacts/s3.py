@@ -1,0 +1,59 @@
+"""``s3://bucket/prefix``: artifacts in S3 through boto3 and its usual credential chain.
+
+``BIDOPT_S3_ENDPOINT_URL`` points it at an S3-compatible endpoint (the tests use moto's server).
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlsplit
+
+from bidopt.artifacts.base import ArtifactStore
+from bidopt.errors import InvalidConfig, NotFound
+
+
+class S3ArtifactStore(ArtifactStore):
+    def __init__(self, url: str, bucket: str, prefix: str) -> None:
+        import boto3
+
+        from botocore.config import Config
+
+        self.url, self.bucket, self.prefix = url, bucket, prefix.strip("/")
+        # Bounded calls: an endpoint that stops answering fails a bidder refresh or an optimizer
+        # write within about a minute instead of boto3's default of several minutes of retries.
+        self._s3 = boto3.client("s3", endpoint_url=os.environ.get("BIDOPT_S3_ENDPOINT_URL") or None,
+                                config=Config(connect_timeout=5, read_timeout=20,
+                                              retries={"mode": "standard", "max_attempts": 3}))
+
+    @classmethod
+    def from_url(cls, url: str) -> S3ArtifactStore:
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise InvalidConfig(f"S3 URL needs a bucket: s3://bucket/prefix, got {url}")
+        return cls(url, parts.netloc, unquote(parts.path))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key.strip('/')}" if self.prefix else key.strip("/")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self._s3.exceptions.NoSuchKey:
+            raise NotFound(f"no artifact {self.child_url(key)}") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
