@@ -61,6 +61,58 @@ def test_serve_config_deploys_the_two_apps():
     assert set(autoscaling) <= set(AutoscalingConfig.model_fields)
 
 
+def test_serve_config_matches_what_bidopt_serve_deploys(monkeypatch):
+    """serve_config.yaml (a cluster) and `bidopt serve` (run_apps) deploy the same apps: same import
+    paths, route prefixes, max_ongoing_requests and logging; the bidder's autoscaling differs only in
+    min/max_replicas (sized for cluster.yaml's bidder nodes there, for one machine in the code)."""
+    import importlib
+
+    from ray import serve
+    from ray.serve.config import AutoscalingConfig
+
+    from bidopt.jobs import ray_runtime
+    from bidopt.serve import apps
+    from bidopt.settings import Settings
+
+    deployed = {}  # app name -> (route prefix, the deployment run_apps deploys)
+    monkeypatch.setattr(apps, "start_ray", lambda: None)
+    monkeypatch.setattr(ray_runtime, "bidder_replica_options", lambda: {"num_cpus": 0.25})
+    monkeypatch.setattr(serve, "start", lambda **_: None)
+    monkeypatch.setattr(serve, "run", lambda app, *, name, route_prefix: deployed.setdefault(
+        name, (route_prefix, app._bound_deployment)))
+    apps.run_apps()
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    assert config["http_options"]["port"] == 8000  # run_apps' default port
+    assert {a["name"] for a in config["applications"]} == set(deployed)
+    for app in config["applications"]:
+        route_prefix, code = deployed[app["name"]]
+        assert app["route_prefix"] == route_prefix, app["name"]
+        module, _, attr = app["import_path"].partition(":")
+        bound = getattr(importlib.import_module(module), attr)  # the import path resolves ...
+        assert isinstance(bound, serve.Application)
+        assert bound._bound_deployment.func_or_class is code.func_or_class  # ... to what run_apps deploys
+        for options in app.get("deployments", []):
+            assert options["name"] == code.name
+            assert options.get("max_ongoing_requests", code.max_ongoing_requests) == code.max_ongoing_requests
+            logging = code._deployment_config.logging_config
+            for key, value in options.get("logging_config", {}).items():
+                assert logging[key] == value, key
+            yaml_scaling = dict(options.get("autoscaling_config", {}))
+            if yaml_scaling:
+                code_scaling = code._deployment_config.autoscaling_config
+                assert set(yaml_scaling) == set(apps.BIDDER_AUTOSCALING)
+                assert set(yaml_scaling) <= set(AutoscalingConfig.model_fields)
+                for key in set(yaml_scaling) - {"min_replicas", "max_replicas"}:
+                    assert yaml_scaling[key] == apps.BIDDER_AUTOSCALING[key] == getattr(code_scaling, key), key
+    bidder_logging = deployed["bidder"][1]._deployment_config.logging_config
+    assert bidder_logging["enable_access_log"] is False and bidder_logging["log_level"] == "WARNING"
+    # The code's bounds are one machine's: the settings' defaults.
+    fields = Settings.model_fields
+    assert apps.BIDDER_AUTOSCALING["min_replicas"] == fields["bidder_min_replicas"].default
+    assert apps.BIDDER_AUTOSCALING["max_replicas"] == fields["bidder_max_replicas"].default
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_optimizer_tasks_of_two_entities_land_on_both_nodes(platform, monkeypatch):
