@@ -156,3 +156,28 @@ def test_api_answers_503_json_for_a_missing_schema(monkeypatch, empty_sqlite_url
     res = client.get("/api/me", headers={"Authorization": "Bearer bo_whatever"})
     assert res.status_code == 503 and "run `bidopt db upgrade`" in res.json()["error"]
 
+
+def test_the_local_operator_token_takes_only_a_missing_user_for_a_first_start(sqlite_url, monkeypatch):
+    """``bidopt serve`` creates the operator ``local`` when it does not exist (NotFound); any other
+    error (here the database going away) is raised, never taken for a first start."""
+    from bidopt.db import access
+    from bidopt.db.migrate import upgrade_database
+    from bidopt.serve.apps import ensure_local_operator_token
+
+    upgrade_database(sqlite_url)
+    engine = make_engine(sqlite_url)
+    with session_scope(engine) as s:
+        assert ensure_local_operator_token(s).startswith("bo_")
+        assert access.get_user(s, "local").role == "operator"
+        assert ensure_local_operator_token(s) is None
+        assert ensure_local_operator_token(s, force_new=True).startswith("bo_")  # the user is reused
+
+    def database_away(session, username):
+        raise DatabaseUnavailable("cannot reach the metadata database at sqlite://: gone")
+
+    monkeypatch.setattr(access, "get_user", database_away)
+    monkeypatch.setattr(access, "create_user", lambda *a, **k: pytest.fail("took an outage for a first start"))
+    with session_scope(engine) as s:
+        with pytest.raises(DatabaseUnavailable):
+            ensure_local_operator_token(s, force_new=True)
+    engine.dispose()

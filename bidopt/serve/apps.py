@@ -34,6 +34,7 @@ from starlette.responses import Response  # noqa: F401 - the type Serve gets bac
 from bidopt.bidder.app import BidderCore, http_handler
 
 from bidopt.db import access
+from bidopt.errors import NotFound
 from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS
 from bidopt.serve.api import create_app
 
@@ -50,7 +51,10 @@ class ManagementAPI:
 
 
 # Every key must be a field of ray.serve.config.AutoscalingConfig (a test checks: a misspelt
-# field would be ignored without a word).
+# field would be ignored without a word). min/max_replicas here are for one machine: they are the
+# defaults of BIDOPT_BIDDER_MIN_REPLICAS / BIDOPT_BIDDER_MAX_REPLICAS, which `bidopt serve` applies
+# (bidder_autoscaling). serve_config.yaml sizes them for a cluster's bidder nodes (cluster.yaml:
+# max 16); every other key there must equal this one's (tests/test_cluster.py checks).
 BIDDER_AUTOSCALING = {
     "min_replicas": 2,
     "max_replicas": 4,
@@ -119,7 +123,7 @@ def ensure_local_operator_token(session: Session, *, force_new: bool = False) ->
         return None
     try:
         access.get_user(session, LOCAL_OPERATOR)
-    except Exception:  # noqa: BLE001 - NotFound: first start
+    except NotFound:  # first start
         access.create_user(session, LOCAL_OPERATOR, "operator")
     return access.create_api_token(session, LOCAL_OPERATOR, "bidopt serve")[1]
 
