@@ -187,3 +187,22 @@ def test_the_submitted_job_is_a_valid_optimizer_run_command():
         assert command[:5] == ["/opt/py/bin/python", "-m", "bidopt", "optimizer", "run"]
         ctx = optimizer_run.make_context("run", command[5:])
         assert ctx.params["parallel"] == 3 and ctx.params["once"] is once
+
+
+def test_database_errors_session_scope_does_not_translate_still_get_one_line(monkeypatch):
+    """`db upgrade` connects through Alembic, not ``session_scope``: an unreachable database is
+    still one line and exit 1."""
+    import socket
+
+    from bidopt.settings import reset_settings_cache
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    monkeypatch.setenv("BIDOPT_DATABASE_URL", f"postgresql+psycopg://bid:s3cr3t@127.0.0.1:{port}/meta")
+    reset_settings_cache()
+    res = CliRunner().invoke(cli, ["db", "upgrade"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: database error: "), res.output
+    assert "s3cr3t" not in res.output

@@ -7,10 +7,10 @@ import os
 from contextlib import contextmanager
 
 import click
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from bidopt import service
 from bidopt.db.engine import get_engine, session_scope
+from bidopt.errors import DatabaseUnavailable, SchemaMissing
 from bidopt.settings import get_settings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -29,7 +29,7 @@ def optional_session():
             service.list_entities(s)  # the probe: no schema or no database raises
             yield s
             return
-    except (OperationalError, ProgrammingError):
+    except (SchemaMissing, DatabaseUnavailable):
         pass
     yield None
 

@@ -25,7 +25,7 @@ from bidopt.settings import get_settings
 
 
 class BidoptGroup(click.Group):
-    """Turns expected errors into a one-line message and a non-zero exit."""
+    """Turns expected errors (``BidoptError``, and database errors) into a one-line message and exit 1."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -33,10 +33,9 @@ class BidoptGroup(click.Group):
         except BidoptError as exc:
             raise click.ClickException(str(exc)) from None
         except (OperationalError, ProgrammingError) as exc:
+            # An unreachable database and a missing schema arrive as BidoptErrors (session_scope
+            # translates them); what is left, e.g. `db upgrade` failing to connect, still gets one line.
             text = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
-            if "no such table" in text or "does not exist" in text:
-                raise click.ClickException(
-                    "the metadata database has no schema yet: run `bidopt db upgrade`") from None
             raise click.ClickException(f"database error: {text.splitlines()[0]}") from None
 
 

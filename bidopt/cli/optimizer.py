@@ -25,7 +25,9 @@ def optimizer_run(once: bool, poll_seconds: float, parallel: int, max_runs: int 
     Exits non-zero with --once when any run failed.
     """
     from bidopt.jobs.optimize import describe_result, run_optimizer
+    from bidopt.logs import configure_logging
 
+    configure_logging()  # the job's progress lines (logger bidopt.optimizer) on the console
     report = run_optimizer(once=once, poll_seconds=poll_seconds, parallel=max(parallel, 1),
                            use_ray=not no_ray, on_result=lambda result: click.echo(describe_result(result)),
                            max_runs=max_runs)
