@@ -275,7 +275,8 @@ def test_a_completion_whose_commit_outcome_is_unknown_keeps_its_files(platform, 
         real_complete(session, rid, stats, **kwargs)
         session.commit()  # the commit that goes through ...
         committed.append(stats.s3_output_path)
-        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
+                               connection_invalidated=True)  # as SQLAlchemy reports a connection lost
 
     def not_yet_visible(session, rid):  # ... but is not visible to this worker's next read yet
         run = real_get_run(session, rid)

@@ -198,7 +198,7 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
             segments_count=int(len(seg)), bid_median=float(seg.median()), bid_min=float(seg.min()),
             bid_max=float(seg.max()), s3_output_path=output_url, validation_status=result.validation_status,
             validation_details=result.validation_reasons)
-        completing = True  # from here an error may hide a commit that went through: keep the files
+        completing = True  # from here a lost connection may hide a commit that went through
         try:
             with session_scope(engine) as s:
                 q.record_run_features(s, run_id, feature_records(spec, result))
@@ -213,10 +213,10 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
     except Exception as exc:  # noqa: BLE001 - every failure of a run is recorded on the run
         error = f"{type(exc).__name__}: {exc}"
         say(f"failed: {error}")
-        if not completing:
-            # An error from the completion's own transaction (a connection lost at COMMIT) does not
-            # say whether the commit went through, and the run may become visible as completed from
-            # this folder only later: its files stay. Unreferenced leftovers are never read.
+        if not (completing and isinstance(exc, DatabaseUnavailable)):
+            # A connection lost during the completion's own transaction (at COMMIT, say) does not
+            # tell whether the commit went through, and the run may become visible as completed
+            # from this folder only later: then its files stay. Unreferenced leftovers are never read.
             _remove_own_artifacts(engine, run_id, output_url, written)
         if not mark_failed(run_id, error, worker_id, attempt, detail=traceback.format_exc()):
             error = f"{error} (not recorded: the run is no longer held by attempt {attempt} of {worker_id})"
