@@ -19,6 +19,15 @@ PG_ADMIN_URL = os.environ.get("BIDOPT_TEST_PG_URL", "postgresql+psycopg://postgr
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``postgres``: every test that needs the PostgreSQL server (a ``db_url`` of ``postgresql``,
+    or the server's own fixtures), so that ``-m "not postgres"`` runs without it."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("db_url") == "postgresql" or {"pg_url", "pg_admin_engine"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.postgres)
+
+
 def services_required() -> bool:
     return os.environ.get("BIDOPT_REQUIRE_SERVICES", "") not in ("", "0", "false")
 

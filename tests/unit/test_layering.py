@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "bidopt"
+PACKAGE = Path(__file__).resolve().parents[2] / "bidopt"
 CLI_MAX_LINES = 250
 # The data layer: the CLI calls bidopt.service (or another library function), never these.
 DATA_LAYER = ("bidopt.db.queries", "bidopt.db.access")

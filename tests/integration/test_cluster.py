@@ -20,7 +20,7 @@ from bidopt.cli.main import cli
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cluster_yaml_is_a_valid_ray_cluster_definition():
