@@ -71,8 +71,7 @@ def free_port() -> int:
 
 
 def setup_platform(home: Path) -> None:
-    os.environ.update({"BIDOPT_HOME": str(home), "BIDOPT_BIDDER_REFRESH_SECONDS": "1",
-                       "RAY_AUTH_MODE": "disabled"})
+    os.environ.update({"BIDOPT_HOME": str(home), "BIDOPT_BIDDER_REFRESH_SECONDS": "1", "RAY_AUTH_MODE": "disabled"})
     from bidopt.data import generate_into_warehouse, get_warehouse
     from bidopt.db import queries as q
     from bidopt.db.engine import session_scope
@@ -106,8 +105,12 @@ def wait_bidding(url: str, timeout: float = 60) -> None:
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path) -> dict:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def latency_ms(label: str) -> float:
         m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -116,9 +119,13 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> dict:
 
     statuses = {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50": latency_ms("50"), "p99": latency_ms("99"), "statuses": statuses,
-            "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": latency_ms("50"),
+        "p99": latency_ms("99"),
+        "statuses": statuses,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def measure(name: str, url: str, seconds: int, script: Path, results: dict) -> None:
@@ -129,21 +136,31 @@ def measure(name: str, url: str, seconds: int, script: Path, results: dict) -> N
         results[(name, c)] = r
         total = sum(r["statuses"].values()) or 1
         others = {k: v for k, v in r["statuses"].items() if k not in (200, 204) and v}
-        print(f"  {name:14s} c={c:<3d} {r['rps']:>9,.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:7.2f} ms  "
-              f"200s {r['statuses'].get(200, 0) / total:5.1%}  other statuses {others or 'none'}"
-              f"{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}", flush=True)
+        print(
+            f"  {name:14s} c={c:<3d} {r['rps']:>9,.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:7.2f} ms  "
+            f"200s {r['statuses'].get(200, 0) / total:5.1%}  other statuses {others or 'none'}"
+            f"{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}",
+            flush=True,
+        )
 
 
 def run_serve(name: str, env: dict, seconds: int, script: Path, results: dict) -> None:
     """Ray and Serve in a child process, so that each Serve mode gets a fresh Ray with its own env."""
     port = free_port()
     # On SIGTERM the child shuts Serve down (which stops HAProxy) and its Ray with it.
-    code = ("import signal, sys, time; from ray import serve; from bidopt.serve.apps import run_apps; "
-            f"run_apps(port={port}); "
-            "signal.signal(signal.SIGTERM, lambda *a: (serve.shutdown(), sys.exit(0))); "
-            "print('up', flush=True); time.sleep(100000)")
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    code = (
+        "import signal, sys, time; from ray import serve; from bidopt.serve.apps import run_apps; "
+        f"run_apps(port={port}); "
+        "signal.signal(signal.SIGTERM, lambda *a: (serve.shutdown(), sys.exit(0))); "
+        "print('up', flush=True); time.sleep(100000)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "up", "serve did not start"
         measure(name, f"http://127.0.0.1:{port}/openrtb2/drugs_hcp", seconds, script, results)
@@ -169,9 +186,23 @@ def main() -> None:
 
         for name, factory in (("bare uvicorn", "bare_app"), ("bare raw asgi", "bare_raw_app")):
             port = free_port()
-            bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", f"bidopt.bidder.app:{factory}",
-                                     "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                                     "--log-level", "warning"], env=os.environ.copy())
+            bare = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    f"bidopt.bidder.app:{factory}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                env=os.environ.copy(),
+            )
             try:
                 measure(name, f"http://127.0.0.1:{port}/openrtb2/drugs_hcp", args.seconds, script, results)
             finally:
@@ -182,18 +213,27 @@ def main() -> None:
 
         run_serve("serve haproxy", SERVE_MODE_ENV, args.seconds, script, results)
         if args.default_proxy:
-            run_serve("serve default", {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
-                      args.seconds, script, results)
+            run_serve(
+                "serve default",
+                {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+                args.seconds,
+                script,
+                results,
+            )
 
     print("ratios, serve haproxy / bare uvicorn:")
     for c in (1, 8, 32):
         s, b = results[("serve haproxy", c)], results[("bare uvicorn", c)]
-        print(f"  c={c:<3d} throughput {s['rps'] / b['rps']:.2f}  p50 {s['p50'] / b['p50']:.2f}x  "
-              f"p99 {s['p99'] / b['p99']:.2f}x")
+        print(
+            f"  c={c:<3d} throughput {s['rps'] / b['rps']:.2f}  p50 {s['p50'] / b['p50']:.2f}x  "
+            f"p99 {s['p99'] / b['p99']:.2f}x"
+        )
     s8 = results[("serve haproxy", 8)]
-    print(f"goal at c=8: p99 {s8['p99']:.2f} ms (< 10 ms: {'met' if s8['p99'] < 10 else 'NOT met'}), "
-          f"throughput {s8['rps'] / results[('bare uvicorn', 8)]['rps']:.2f} of bare (>= 0.5: "
-          f"{'met' if s8['rps'] >= 0.5 * results[('bare uvicorn', 8)]['rps'] else 'NOT met'})")
+    print(
+        f"goal at c=8: p99 {s8['p99']:.2f} ms (< 10 ms: {'met' if s8['p99'] < 10 else 'NOT met'}), "
+        f"throughput {s8['rps'] / results[('bare uvicorn', 8)]['rps']:.2f} of bare (>= 0.5: "
+        f"{'met' if s8['rps'] >= 0.5 * results[('bare uvicorn', 8)]['rps'] else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -41,15 +41,17 @@ def one_run(rows: int) -> dict:
             attempt = q.claim_next_pending_run(s, worker).attempts
         steps: list[tuple[float, str]] = []
         t0 = time.perf_counter()
-        result = process_run(run_id, worker, attempt,
-                             progress=lambda text: steps.append((time.perf_counter(), text)))
+        result = process_run(run_id, worker, attempt, progress=lambda text: steps.append((time.perf_counter(), text)))
         total = time.perf_counter() - t0
         dispose_engines()
     if result["status"] != "completed":
         raise SystemExit(f"run failed: {result}")
     marks = [t0] + [t for t, _ in steps] + [t0 + total]
-    step_times = [(text[:44], marks[i + 2] - marks[i + 1]) for i, (_, text) in enumerate(steps)
-                  if not text.startswith("completed")]
+    step_times = [
+        (text[:44], marks[i + 2] - marks[i + 1])
+        for i, (_, text) in enumerate(steps)
+        if not text.startswith("completed")
+    ]
     return {"rows": rows, "seconds": total, "steps": step_times, "segments": result["segments_count"]}
 
 
@@ -59,14 +61,18 @@ def main() -> None:
     args = ap.parse_args()
     results = [one_run(n) for n in args.sizes]
     for r in results:
-        print(f"{r['rows']:>12,} rows: full run {r['seconds']:6.1f} s  {r['rows'] / r['seconds']:>12,.0f} rows/s  "
-              f"({r['segments']} segments)")
+        print(
+            f"{r['rows']:>12,} rows: full run {r['seconds']:6.1f} s  {r['rows'] / r['seconds']:>12,.0f} rows/s  "
+            f"({r['segments']} segments)"
+        )
         for name, secs in r["steps"]:
             print(f"{'':16s}{name:44s} {secs:6.2f} s")
     first, last = results[0], results[-1]
     if len(results) > 1:
-        print(f"growth {first['rows']:,} -> {last['rows']:,} rows (x{last['rows'] / first['rows']:.0f}): "
-              f"time x{last['seconds'] / first['seconds']:.2f}")
+        print(
+            f"growth {first['rows']:,} -> {last['rows']:,} rows (x{last['rows'] / first['rows']:.0f}): "
+            f"time x{last['seconds'] / first['seconds']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ from bidopt.warehouse import open_warehouse
 from bidopt.warehouse.contract import floor_bucket_label
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MACROS = {n: i for i, n in enumerate(
-    ["geo_region_name", "os_code", "browser_code", "device_type", "domain", "npi_matched"], start=1)}
+MACROS = {
+    n: i
+    for i, n in enumerate(
+        ["geo_region_name", "os_code", "browser_code", "device_type", "domain", "npi_matched"], start=1
+    )
+}
 THRESHOLDS = {"min_win_auc": 0.55, "max_win_ece": 0.05, "min_bid_coverage": 0.95}
 
 
@@ -71,8 +75,10 @@ def empirical_bid(rows: pd.DataFrame, target: float, max_bid: float) -> float:
 
 
 def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) -> None:
-    print(f"\n== {name}: {spec.rows:,} simulated bids, {spec.auction_type}, "
-          f"floors {'on' if spec.floor_available else 'off'}, target win rate {target}")
+    print(
+        f"\n== {name}: {spec.rows:,} simulated bids, {spec.auction_type}, "
+        f"floors {'on' if spec.floor_available else 'off'}, target win rate {target}"
+    )
     table = simulate_market(spec)
     with tempfile.TemporaryDirectory() as tmp:
         wh = open_warehouse(f"duckdb:///{tmp}")
@@ -83,8 +89,9 @@ def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) ->
         result = optimize(wh, run)
         seconds = time.perf_counter() - t0
         features = [c.name for c in result.features]
-        train = wh.aggregate_bids(spec.entity_code, result.window, features, bid_bucket_cpm=0.25,
-                                  holdout_from=result.holdout_from).to_pandas()
+        train = wh.aggregate_bids(
+            spec.entity_code, result.window, features, bid_bucket_cpm=0.25, holdout_from=result.holdout_from
+        ).to_pandas()
         train = train[~train.is_holdout]
         wh.close()
 
@@ -98,16 +105,21 @@ def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) ->
     test["key"] = test[features].astype(str).agg("|".join, axis=1)
     floor = test.floor_cpm.to_numpy()
 
-    true_p = true_win_probability(test.bid_cpm.to_numpy(), test.truth_mu.to_numpy(), test.truth_sigma.to_numpy(),
-                                  floor)
+    true_p = true_win_probability(test.bid_cpm.to_numpy(), test.truth_mu.to_numpy(), test.truth_sigma.to_numpy(), floor)
     model_p = result.model.predict(test[result.model.encoder.features], test.bid_cpm.to_numpy())
     won, ones = test.won.to_numpy(int), np.ones(len(test))
-    print(f"run: features {'+'.join(features)}, {len(result.segment_bids)} segments, "
-          f"validation {result.validation_status}, {seconds:.1f} s")
-    print(f"win-rate AUC on {len(test):,} held-out rows: model {weighted_auc(model_p, won, ones):.4f} | "
-          f"Bayes limit {weighted_auc(true_p, won, ones):.4f} | bid only {weighted_auc(test.bid_cpm, won, ones):.4f}")
-    print(f"win-rate ECE: model {expected_calibration_error(model_p, won, ones):.4f} | "
-          f"truth {expected_calibration_error(true_p, won, ones):.4f}")
+    print(
+        f"run: features {'+'.join(features)}, {len(result.segment_bids)} segments, "
+        f"validation {result.validation_status}, {seconds:.1f} s"
+    )
+    print(
+        f"win-rate AUC on {len(test):,} held-out rows: model {weighted_auc(model_p, won, ones):.4f} | "
+        f"Bayes limit {weighted_auc(true_p, won, ones):.4f} | bid only {weighted_auc(test.bid_cpm, won, ones):.4f}"
+    )
+    print(
+        f"win-rate ECE: model {expected_calibration_error(model_p, won, ones):.4f} | "
+        f"truth {expected_calibration_error(true_p, won, ones):.4f}"
+    )
 
     # bids of the three approaches for every held-out segment
     table_bids = result.bids.set_index("segment_key")["bid_cpm"]
@@ -118,18 +130,27 @@ def evaluate_market(name: str, spec: MarketSpec, target: float, static: dict) ->
     for key, seg in test.groupby("key"):
         mu, sigma, fl = seg.truth_mu.to_numpy(), seg.truth_sigma.to_numpy(), seg.floor_cpm.to_numpy()
         oracle = oracle_bid(target, mu, sigma, fl)
-        bids = {"optimizer": table_bids.get(key, np.nan), "global bid": global_bid,
-                "segment empirical": per_segment.get(key, global_bid)}
+        bids = {
+            "optimizer": table_bids.get(key, np.nan),
+            "global bid": global_bid,
+            "segment empirical": per_segment.get(key, global_bid),
+        }
         for approach, bid in bids.items():
             if np.isnan(bid):
                 continue
-            rows.append({"approach": approach, "weight": len(seg),
-                         "gap": abs(true_win_probability(bid, mu, sigma, fl).mean() - target),
-                         "ratio": bid / oracle if np.isfinite(oracle) else np.nan})
+            rows.append(
+                {
+                    "approach": approach,
+                    "weight": len(seg),
+                    "gap": abs(true_win_probability(bid, mu, sigma, fl).mean() - target),
+                    "ratio": bid / oracle if np.isfinite(oracle) else np.nan,
+                }
+            )
     res = pd.DataFrame(rows)
     print(f"per segment ({res[res.approach == 'optimizer'].shape[0]} held-out segments, traffic-weighted):")
-    print(f"  {'approach':18s} {'mean |true WR - target|':>24s} {'mean |bid/oracle - 1|':>22s} "
-          f"{'median bid/oracle':>18s}")
+    print(
+        f"  {'approach':18s} {'mean |true WR - target|':>24s} {'mean |bid/oracle - 1|':>22s} {'median bid/oracle':>18s}"
+    )
     for approach, part in res.groupby("approach", sort=False):
         ok = part[np.isfinite(part.ratio)]
         w = ok.weight.to_numpy(float)
@@ -146,8 +167,10 @@ def compare_multipliers(test: pd.DataFrame, result, target: float, top: int = 40
     oracle bid on the domain / oracle bid of the whole segment."""
     mult = result.multipliers.set_index("domain")["multiplier"]
     domains = [d for d in test.domain.value_counts().index[:top] if d in mult.index]
-    seg_oracle = {k: oracle_bid(target, g.truth_mu.to_numpy(), g.truth_sigma.to_numpy(), g.floor_cpm.to_numpy())
-                  for k, g in test.groupby("key")}
+    seg_oracle = {
+        k: oracle_bid(target, g.truth_mu.to_numpy(), g.truth_sigma.to_numpy(), g.floor_cpm.to_numpy())
+        for k, g in test.groupby("key")
+    }
     errors, flat = [], []
     for d in domains:
         part = test[test.domain == d]
@@ -163,8 +186,10 @@ def compare_multipliers(test: pd.DataFrame, result, target: float, top: int = 40
             truth = np.average(logs, weights=weights)
             errors.append(abs(np.log(mult[d]) - truth))
             flat.append(abs(truth))
-    print(f"domain multipliers, {len(errors)} biggest domains: mean |ln(multiplier / true)| "
-          f"{np.mean(errors):.4f} vs {np.mean(flat):.4f} without multipliers")
+    print(
+        f"domain multipliers, {len(errors)} biggest domains: mean |ln(multiplier / true)| "
+        f"{np.mean(errors):.4f} vs {np.mean(flat):.4f} without multipliers"
+    )
 
 
 def evaluate_ipinyou(target: float) -> None:
@@ -185,11 +210,28 @@ def evaluate_ipinyou(target: float) -> None:
         end = s["last_time"] + pd.Timedelta(microseconds=1)
         # the holdout slice is exactly the test file: from the start of its week to the end
         fraction = (end - IPINYOU_TEST_WEEK) / (end - s["first_time"])
-        configs = {"target_win_rate": target, "min_bid_cpm": 0.01, "max_bid_cpm": 3.0, "bid_bucket_cpm": 0.01,
-                   "holdout_fraction": round(fraction + 1e-4, 4), "lookback_days": 30, "min_segment_bids": 50,
-                   "min_domain_bids": 50, "xgb_num_rounds": 200, "xgb_max_depth": 4, "exploration_mode": "none"}
-        run = RunSpec("bench", "ipinyou_2259", "geo_region_name", MACROS,
-                      {"floor_available": True, "npi_enabled": False, "domain_enabled": True}, configs, THRESHOLDS)
+        configs = {
+            "target_win_rate": target,
+            "min_bid_cpm": 0.01,
+            "max_bid_cpm": 3.0,
+            "bid_bucket_cpm": 0.01,
+            "holdout_fraction": round(fraction + 1e-4, 4),
+            "lookback_days": 30,
+            "min_segment_bids": 50,
+            "min_domain_bids": 50,
+            "xgb_num_rounds": 200,
+            "xgb_max_depth": 4,
+            "exploration_mode": "none",
+        }
+        run = RunSpec(
+            "bench",
+            "ipinyou_2259",
+            "geo_region_name",
+            MACROS,
+            {"floor_available": True, "npi_enabled": False, "domain_enabled": True},
+            configs,
+            THRESHOLDS,
+        )
         result = optimize(wh, run)
         wh.close()
     assert result.holdout_from > datetime(2013, 10, 27, 23) and result.holdout_from <= IPINYOU_TEST_WEEK
@@ -201,13 +243,16 @@ def evaluate_ipinyou(target: float) -> None:
     if "floor_bucket" in features:
         df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
     df["domain"] = df["domain"].fillna("unknown")
-    model_auc = weighted_auc(result.model.predict(df[result.model.encoder.features], df.bid_cpm.to_numpy()),
-                             won, ones)
+    model_auc = weighted_auc(result.model.predict(df[result.model.encoder.features], df.bid_cpm.to_numpy()), won, ones)
     print(f"features {'+'.join(features)}; test rows {len(df):,}, test win rate {won.mean():.3f}")
-    print(f"win AUC on the test file: optimizer {model_auc:.4f} | published bid-only baseline 0.6807 | "
-          f"bid-only on the same rows here {weighted_auc(df.bid_cpm, won, ones):.4f}")
-    print(f"run metrics: holdout AUC {result.metrics['win_rate_model']['auc']:.4f}, "
-          f"ECE {result.metrics['win_rate_model']['ece']:.4f}, validation {result.validation_status}")
+    print(
+        f"win AUC on the test file: optimizer {model_auc:.4f} | published bid-only baseline 0.6807 | "
+        f"bid-only on the same rows here {weighted_auc(df.bid_cpm, won, ones):.4f}"
+    )
+    print(
+        f"run metrics: holdout AUC {result.metrics['win_rate_model']['auc']:.4f}, "
+        f"ECE {result.metrics['win_rate_model']['ece']:.4f}, validation {result.validation_status}"
+    )
 
 
 def main() -> None:
@@ -215,11 +260,18 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--target", type=float, default=0.4)
     args = ap.parse_args()
-    evaluate_market("market A", MarketSpec("bench_a", rows=args.rows, seed=101, npi_enabled=True),
-                    args.target, {"floor_available": False, "npi_enabled": True, "domain_enabled": True})
-    evaluate_market("market B", MarketSpec("bench_b", rows=args.rows, seed=202, auction_type="second_price",
-                                           floor_available=True),
-                    args.target, {"floor_available": True, "npi_enabled": False, "domain_enabled": False})
+    evaluate_market(
+        "market A",
+        MarketSpec("bench_a", rows=args.rows, seed=101, npi_enabled=True),
+        args.target,
+        {"floor_available": False, "npi_enabled": True, "domain_enabled": True},
+    )
+    evaluate_market(
+        "market B",
+        MarketSpec("bench_b", rows=args.rows, seed=202, auction_type="second_price", floor_available=True),
+        args.target,
+        {"floor_available": True, "npi_enabled": False, "domain_enabled": False},
+    )
     evaluate_ipinyou(args.target)
 
 

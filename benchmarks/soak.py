@@ -48,9 +48,15 @@ BIN = Path(sys.executable).parent
 
 
 def setup(home: Path) -> list[str]:
-    os.environ.update({"BIDOPT_HOME": str(home), "BIDOPT_BIDDER_REFRESH_SECONDS": str(REFRESH_SECONDS),
-                       "BIDOPT_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
-                       "BIDOPT_STALE_AFTER_SECONDS": str(STALE_AFTER_SECONDS), "RAY_AUTH_MODE": "disabled"})
+    os.environ.update(
+        {
+            "BIDOPT_HOME": str(home),
+            "BIDOPT_BIDDER_REFRESH_SECONDS": str(REFRESH_SECONDS),
+            "BIDOPT_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+            "BIDOPT_STALE_AFTER_SECONDS": str(STALE_AFTER_SECONDS),
+            "RAY_AUTH_MODE": "disabled",
+        }
+    )
     from bidopt.data import generate_into_warehouse, get_warehouse
     from bidopt.db import queries as q
     from bidopt.db.engine import session_scope
@@ -62,8 +68,10 @@ def setup(home: Path) -> list[str]:
     reset_settings_cache()
     engine = prepare_demo_database(get_settings().database_url)
     with session_scope(engine) as s:
-        ids = [q.create_run(s, "drugs_hcp", {"target_win_rate": t, "xgb_num_rounds": 60}, triggered_by="soak").run_id
-               for t in (0.3, 0.45, 0.6)]
+        ids = [
+            q.create_run(s, "drugs_hcp", {"target_win_rate": t, "xgb_num_rounds": 60}, triggered_by="soak").run_id
+            for t in (0.3, 0.45, 0.6)
+        ]
     with get_warehouse() as wh:
         generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=200_000, seed=8, npi_enabled=True))
     run_optimizer(once=True, use_ray=False, on_result=lambda r: None)
@@ -99,11 +107,16 @@ async def load(url: str, seconds: float, concurrency: int, stats: dict) -> None:
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
         async def worker() -> None:
             while time.monotonic() < deadline:
                 n = next(counter)
-                body = {"id": f"soak-{n}", "imp": [{"id": "1"}], "user": {"id": f"user-{n}"},
-                        "device": {"geo": {"region": ["CA", "TX", "NY", "FL"][n % 4]}, "os": "iOS"}}
+                body = {
+                    "id": f"soak-{n}",
+                    "imp": [{"id": "1"}],
+                    "user": {"id": f"user-{n}"},
+                    "device": {"geo": {"region": ["CA", "TX", "NY", "FL"][n % 4]}, "os": "iOS"},
+                }
                 sent = time.monotonic()
                 try:
                     r = await client.post(url, json=body)
@@ -139,8 +152,13 @@ def bidder_replica_pids() -> list[int]:
 
 
 def optimizer_worker() -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "bidopt"), "optimizer", "run", "--once", "--no-ray"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [str(BIN / "bidopt"), "optimizer", "run", "--once", "--no-ray"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 class PausedWorkerScenario:
@@ -159,8 +177,9 @@ class PausedWorkerScenario:
 
         try:
             with _session() as s:
-                self.run_id = q.create_run(s, "drugs_hcp", {"target_win_rate": 0.5, "xgb_num_rounds": 60},
-                                           triggered_by="soak").run_id
+                self.run_id = q.create_run(
+                    s, "drugs_hcp", {"target_win_rate": 0.5, "xgb_num_rounds": 60}, triggered_by="soak"
+                ).run_id
             a = optimizer_worker()
             deadline = time.monotonic() + 60
             while run_status(self.run_id)[0] != "running":
@@ -180,8 +199,10 @@ class PausedWorkerScenario:
             time.sleep(3)  # deployed in the splits while A is still paused
             os.kill(a.pid, signal.SIGCONT)
             out_a, _ = a.communicate(timeout=300)
-            self.say(f"worker A resumed after {time.monotonic() - paused:.0f} s and exited {a.returncode}; "
-                     f"its last line: {out_a.strip().splitlines()[-1] if out_a.strip() else '(none)'}")
+            self.say(
+                f"worker A resumed after {time.monotonic() - paused:.0f} s and exited {a.returncode}; "
+                f"its last line: {out_a.strip().splitlines()[-1] if out_a.strip() else '(none)'}"
+            )
             self.attempts = run_status(self.run_id)
         except Exception as exc:  # noqa: BLE001 - reported with the figures
             self.say(f"scenario failed: {type(exc).__name__}: {exc}")
@@ -223,8 +244,9 @@ async def kill_replica_later(after: float, events: list, kills: list) -> None:
     events.append("no replacement replica within 60 s")
 
 
-def stale_answers(answers: list[tuple[float, int]], changes: list[tuple[float, int, dict]], allowance: float
-                  ) -> tuple[int, float]:
+def stale_answers(
+    answers: list[tuple[float, int]], changes: list[tuple[float, int, dict]], allowance: float
+) -> tuple[int, float]:
     """Answers from a split that had been replaced more than ``allowance`` seconds before the request
     was sent, and the longest such lag seen at all."""
     changes = sorted(changes)
@@ -267,8 +289,13 @@ def main() -> int:
         first = dict(zip(ids, SPLITS[0]))
         changes = [(*set_split(first), first)]
         port = free_port()
-        child = subprocess.Popen([str(BIN / "bidopt"), "serve", "--port", str(port)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        child = subprocess.Popen(
+            [str(BIN / "bidopt"), "serve", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
         scenario = PausedWorkerScenario(ids)
         events: list[str] = []
         try:
@@ -279,15 +306,24 @@ def main() -> int:
                 raise SystemExit("bidopt serve did not start")
             url = f"http://127.0.0.1:{port}/openrtb2/drugs_hcp"
             wait_bidding(url)
-            stats = {"requests": 0, "status": Counter(), "errors": Counter(), "no_bid": Counter(),
-                     "per_split": defaultdict(Counter), "answers": [], "transport": []}
+            stats = {
+                "requests": 0,
+                "status": Counter(),
+                "errors": Counter(),
+                "no_bid": Counter(),
+                "per_split": defaultdict(Counter),
+                "answers": [],
+                "transport": [],
+            }
             kills: list[float] = []
 
             async def soak() -> None:
                 threading.Thread(target=scenario, daemon=True).start()
-                await asyncio.gather(load(url, args.seconds, args.concurrency, stats),
-                                     rotate(ids, args.seconds, args.split_every, changes),
-                                     kill_replica_later(args.seconds / 2, events, kills))
+                await asyncio.gather(
+                    load(url, args.seconds, args.concurrency, stats),
+                    rotate(ids, args.seconds, args.split_every, changes),
+                    kill_replica_later(args.seconds / 2, events, kills),
+                )
 
             started = time.monotonic()
             asyncio.run(soak())
@@ -309,17 +345,23 @@ def main() -> int:
         if t not in lost_in_kill:
             stats["errors"][t[2]] += 1
     errors = sum(stats["errors"].values())
-    print(f"{elapsed:.0f} s, concurrency {args.concurrency}, split changed every {args.split_every:g} s "
-          f"({len(changes)} splits), bidder refresh every {REFRESH_SECONDS:g} s")
-    print(f"requests served: {stats['requests']:,} ({stats['requests'] / elapsed:,.0f}/s); "
-          f"by status: {dict(sorted(stats['status'].items()))}")
+    print(
+        f"{elapsed:.0f} s, concurrency {args.concurrency}, split changed every {args.split_every:g} s "
+        f"({len(changes)} splits), bidder refresh every {REFRESH_SECONDS:g} s"
+    )
+    print(
+        f"requests served: {stats['requests']:,} ({stats['requests'] / elapsed:,.0f}/s); "
+        f"by status: {dict(sorted(stats['status'].items()))}"
+    )
     print(f"errors (5xx, other non-200/204, transport): {errors} {dict(+stats['errors']) or ''}")
     print(f"requests in flight on the killed replica whose connection closed: {len(lost_in_kill)}")
     print(f"no-bids by reason: {dict(stats['no_bid']) or '{}'}")
     for line in events + scenario.log:
         print(f"  {line}")
-    print(f"answers from a replaced split, sent more than {allowance:g} s after the change: {stale} "
-          f"(longest lag seen: {worst_lag:.2f} s)")
+    print(
+        f"answers from a replaced split, sent more than {allowance:g} s after the change: {stale} "
+        f"(longest lag seen: {worst_lag:.2f} s)"
+    )
     print(f"completed runs whose artifacts load: {n_completed - len(broken)} of {n_completed}")
     for line in broken:
         print(f"  BROKEN {line}")
@@ -337,9 +379,14 @@ def main() -> int:
             parts.append(f"{run_id[-9:]} {share:6.1%} vs {want:4.0%}")
         print(f"  split {split_id:>3} ({total:>6,} bids): " + " | ".join(parts))
     print(f"largest gap between share and weight (splits with 1,000+ bids): {worst:.1%}")
-    ok = (errors == 0 and stale == 0 and not broken and scenario.attempts is not None
-          and scenario.attempts[0] == "completed" and not stats["no_bid"].get(
-              "no active split for drugs_hcp"))
+    ok = (
+        errors == 0
+        and stale == 0
+        and not broken
+        and scenario.attempts is not None
+        and scenario.attempts[0] == "completed"
+        and not stats["no_bid"].get("no active split for drugs_hcp")
+    )
     print("soak:", "PASSED" if ok else "FAILED")
     return 0 if ok else 1
 

@@ -47,7 +47,8 @@ def main() -> None:
             "SELECT geo_region_name, device_type, os_code, CAST(FLOOR(bid_cpm / 0.25) AS BIGINT) AS b, "
             "COUNT(*), SUM(CASE WHEN won THEN 1 ELSE 0 END), SUM(CASE WHEN won AND clicked THEN 1 ELSE 0 END), "
             "SUM(CASE WHEN won THEN COALESCE(clearing_price_cpm, 0) ELSE 0 END), SUM(bid_cpm) "
-            f"FROM read_parquet('{glob}') WHERE event_time >= ? AND event_time < ? GROUP BY 1, 2, 3, 4")
+            f"FROM read_parquet('{glob}') WHERE event_time >= ? AND event_time < ? GROUP BY 1, 2, 3, 4"
+        )
         con = duckdb.connect()
 
         def ours():
@@ -64,8 +65,10 @@ def main() -> None:
                 t = time.perf_counter()
                 groups[name] = fn()
                 times[name].append(time.perf_counter() - t)
-        print(f"aggregation by {'+'.join(GROUP_BY)} x bid bucket {BUCKET}: {groups['warehouse layer']:,} groups "
-              f"(bare: {groups['bare duckdb']:,})")
+        print(
+            f"aggregation by {'+'.join(GROUP_BY)} x bid bucket {BUCKET}: {groups['warehouse layer']:,} groups "
+            f"(bare: {groups['bare duckdb']:,})"
+        )
         med = {k: statistics.median(v) for k, v in times.items()}
         for name, s in med.items():
             print(f"  {name:16s} median {s * 1000:8.1f} ms  {args.rows / s:>14,.0f} rows/s")

@@ -32,7 +32,7 @@ _SHOWN_CHARS = 40
 # crosses the bound it was clipped to.
 PRICE_DECIMALS = 4
 _PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_DECIMALS)
-_ALL_INTEGERS_FROM = 2.0 ** 53  # doubles this large have no fractional part to round
+_ALL_INTEGERS_FROM = 2.0**53  # doubles this large have no fractional part to round
 
 
 def _to_price_places(x: float, rounding: str) -> float:
@@ -160,51 +160,101 @@ RUN_CONFIG_SPECS: dict[str, ConfigSpec] = {
     s.key: s
     for s in [
         # --- business: what the buyer wants ---
-        _spec("target_win_rate", "float", "business", 0.35,
-              "Win rate each segment's bid should reach", 0.0, 1.0, False, False),
-        _spec("max_bid_cpm", "float", "business", 25.0,
-              "No suggested bid exceeds this CPM", 0.0, 10_000.0, False, True),
-        _spec("min_bid_cpm", "float", "business", 0.10,
-              "No suggested bid is below this CPM", 0.0, 10_000.0, False, True),
-        _spec("exploration_mode", "str", "business", "optimistic",
-              "How thin segments explore: none, uplift (fixed uplift) or optimistic "
-              "(upper confidence bound of the needed bid)", choices=("none", "uplift", "optimistic")),
-        _spec("aggressive_exploration", "bool", "business", False,
-              "Explore harder: twice the uplift and a wider thin-segment threshold"),
+        _spec(
+            "target_win_rate",
+            "float",
+            "business",
+            0.35,
+            "Win rate each segment's bid should reach",
+            0.0,
+            1.0,
+            False,
+            False,
+        ),
+        _spec(
+            "max_bid_cpm", "float", "business", 25.0, "No suggested bid exceeds this CPM", 0.0, 10_000.0, False, True
+        ),
+        _spec(
+            "min_bid_cpm", "float", "business", 0.10, "No suggested bid is below this CPM", 0.0, 10_000.0, False, True
+        ),
+        _spec(
+            "exploration_mode",
+            "str",
+            "business",
+            "optimistic",
+            "How thin segments explore: none, uplift (fixed uplift) or optimistic "
+            "(upper confidence bound of the needed bid)",
+            choices=("none", "uplift", "optimistic"),
+        ),
+        _spec(
+            "aggressive_exploration",
+            "bool",
+            "business",
+            False,
+            "Explore harder: twice the uplift and a wider thin-segment threshold",
+        ),
         # --- technical: how the optimizer works ---
         _spec("lookback_days", "int", "technical", 28, "Days of bid logs to read", 1, 365),
-        _spec("holdout_fraction", "float", "technical", 0.2,
-              "Latest share of the window held out to evaluate the models", 0.05, 0.5),
-        _spec("max_features", "int", "technical", 4,
-              "Most segment features, anchor included", 1, 8),
-        _spec("min_segment_bids", "int", "technical", 200,
-              "Bids a segment needs to be fully trusted; fewer means it explores", 1, 10_000_000),
-        _spec("bid_bucket_cpm", "float", "technical", 0.25,
-              "Width of the bid buckets the warehouse aggregates into", 0.0, 100.0, False, True),
-        _spec("exploration_uplift", "float", "technical", 0.15,
-              "Relative bid uplift for thin segments", 0.0, 2.0),
-        _spec("min_domain_bids", "int", "technical", 500,
-              "Bids a domain needs to get its own multiplier", 1, 10_000_000),
-        _spec("domain_multiplier_min", "float", "technical", 0.5,
-              "Lowest domain multiplier", 0.0, 1.0, False, True),
-        _spec("domain_multiplier_max", "float", "technical", 2.0,
-              "Highest domain multiplier", 1.0, 10.0),
+        _spec(
+            "holdout_fraction",
+            "float",
+            "technical",
+            0.2,
+            "Latest share of the window held out to evaluate the models",
+            0.05,
+            0.5,
+        ),
+        _spec("max_features", "int", "technical", 4, "Most segment features, anchor included", 1, 8),
+        _spec(
+            "min_segment_bids",
+            "int",
+            "technical",
+            200,
+            "Bids a segment needs to be fully trusted; fewer means it explores",
+            1,
+            10_000_000,
+        ),
+        _spec(
+            "bid_bucket_cpm",
+            "float",
+            "technical",
+            0.25,
+            "Width of the bid buckets the warehouse aggregates into",
+            0.0,
+            100.0,
+            False,
+            True,
+        ),
+        _spec("exploration_uplift", "float", "technical", 0.15, "Relative bid uplift for thin segments", 0.0, 2.0),
+        _spec(
+            "min_domain_bids", "int", "technical", 500, "Bids a domain needs to get its own multiplier", 1, 10_000_000
+        ),
+        _spec("domain_multiplier_min", "float", "technical", 0.5, "Lowest domain multiplier", 0.0, 1.0, False, True),
+        _spec("domain_multiplier_max", "float", "technical", 2.0, "Highest domain multiplier", 1.0, 10.0),
         _spec("xgb_num_rounds", "int", "technical", 200, "XGBoost boosting rounds", 10, 5000),
         _spec("xgb_max_depth", "int", "technical", 6, "XGBoost tree depth", 1, 16),
-        _spec("xgb_learning_rate", "float", "technical", 0.1,
-              "XGBoost learning rate", 0.0, 1.0, False, True),
+        _spec("xgb_learning_rate", "float", "technical", 0.1, "XGBoost learning rate", 0.0, 1.0, False, True),
     ]
 }
 
 ENTITY_CONFIG_SPECS: dict[str, ConfigSpec] = {
     s.key: s
     for s in [
-        _spec("floor_available", "bool", "static", False,
-              "Exchanges send floors: floors are a feature and bids never sit below the typical floor"),
-        _spec("npi_enabled", "bool", "static", False,
-              "Requests carry an NPI (prescriber) match: the npi_matched signal is used"),
-        _spec("domain_enabled", "bool", "static", False,
-              "Per-domain bid multipliers are written and applied"),
+        _spec(
+            "floor_available",
+            "bool",
+            "static",
+            False,
+            "Exchanges send floors: floors are a feature and bids never sit below the typical floor",
+        ),
+        _spec(
+            "npi_enabled",
+            "bool",
+            "static",
+            False,
+            "Requests carry an NPI (prescriber) match: the npi_matched signal is used",
+        ),
+        _spec("domain_enabled", "bool", "static", False, "Per-domain bid multipliers are written and applied"),
     ]
 }
 
@@ -232,8 +282,9 @@ def check_run_config_relations(values: dict[str, Any]) -> None:
         if lo >= hi:
             raise InvalidConfig(f"min_bid_cpm ({lo}) must be below max_bid_cpm ({hi})")
         if price_ceil(lo) > price_floor(hi):
-            raise InvalidConfig(f"min_bid_cpm ({lo}) and max_bid_cpm ({hi}) leave no bid with "
-                                f"{PRICE_DECIMALS} decimals between them")
+            raise InvalidConfig(
+                f"min_bid_cpm ({lo}) and max_bid_cpm ({hi}) leave no bid with {PRICE_DECIMALS} decimals between them"
+            )
 
 
 def parse_key_value_pairs(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:

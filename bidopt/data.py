@@ -31,8 +31,11 @@ def market_spec_for_entity(session: Session | None, entity_code: str, **override
         entity = q.find_entity_by_code(session, entity_code)
         if entity is not None:
             configs = q.get_entity_configs(session, entity.entity_id)
-            base = {"auction_type": entity.master.auction_type,
-                    "floor_available": configs["floor_available"], "npi_enabled": configs["npi_enabled"]}
+            base = {
+                "auction_type": entity.master.auction_type,
+                "floor_available": configs["floor_available"],
+                "npi_enabled": configs["npi_enabled"],
+            }
     spec = MarketSpec(entity_code=entity_code, **base)
     return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -34,14 +34,25 @@ MAX_PAGE = 1000
 
 def config_specs() -> dict[str, list[dict[str, Any]]]:
     """Every run and static config key with its section, type, default, range and help."""
-    def spec_view(spec) -> dict[str, Any]:
-        return {"key": spec.key, "section": spec.section, "value_type": spec.value_type, "default": spec.default,
-                "description": spec.description, "min_value": spec.min_value, "max_value": spec.max_value,
-                "min_inclusive": spec.min_inclusive, "max_inclusive": spec.max_inclusive,
-                "choices": list(spec.choices)}
 
-    return {"run": [spec_view(s) for s in RUN_CONFIG_SPECS.values()],
-            "static": [spec_view(s) for s in ENTITY_CONFIG_SPECS.values()]}
+    def spec_view(spec) -> dict[str, Any]:
+        return {
+            "key": spec.key,
+            "section": spec.section,
+            "value_type": spec.value_type,
+            "default": spec.default,
+            "description": spec.description,
+            "min_value": spec.min_value,
+            "max_value": spec.max_value,
+            "min_inclusive": spec.min_inclusive,
+            "max_inclusive": spec.max_inclusive,
+            "choices": list(spec.choices),
+        }
+
+    return {
+        "run": [spec_view(s) for s in RUN_CONFIG_SPECS.values()],
+        "static": [spec_view(s) for s in ENTITY_CONFIG_SPECS.values()],
+    }
 
 
 def list_entities(session: Session) -> list[dict[str, Any]]:
@@ -58,14 +69,16 @@ def get_entity_with_latest_runs(session: Session, entity_code: str, *, limit: in
     return {**view, "latest_runs": list_run_rows(session, entity_code=entity_code, limit=limit)}
 
 
-def create_run(session: Session, entity_code: str, configs: dict[str, Any], *, triggered_by: str,
-               trigger_type: str = "api") -> dict[str, Any]:
+def create_run(
+    session: Session, entity_code: str, configs: dict[str, Any], *, triggered_by: str, trigger_type: str = "api"
+) -> dict[str, Any]:
     run = q.create_run(session, entity_code, configs, triggered_by=triggered_by, trigger_type=trigger_type)
     return run_detail_view(session, run)
 
 
-def list_runs(session: Session, *, entity_code: str | None = None, status: str | None = None,
-              limit: int = 100) -> list[dict[str, Any]]:
+def list_runs(
+    session: Session, *, entity_code: str | None = None, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidConfig(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
     runs = q.list_runs(session, entity_code=entity_code, status=status, limit=limit)
@@ -81,8 +94,9 @@ def list_runs(session: Session, *, entity_code: str | None = None, status: str |
     return out
 
 
-def list_run_rows(session: Session, *, entity_code: str | None = None, status: str | None = None,
-                  limit: int = 50) -> list[dict[str, Any]]:
+def list_run_rows(
+    session: Session, *, entity_code: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Runs newest first as row views only (no metrics: one query), what ``bidopt runs list`` prints."""
     return [run_row_view(r) for r in q.list_runs(session, entity_code=entity_code, status=status, limit=limit)]
 
@@ -106,8 +120,9 @@ def _completed_output(session: Session, run_id: str) -> str:
     return run.s3_output_path
 
 
-def run_bid_table(session: Session, run_id: str, *, offset: int = 0, limit: int = 100,
-                  level: str | None = None) -> dict[str, Any]:
+def run_bid_table(
+    session: Session, run_id: str, *, offset: int = 0, limit: int = 100, level: str | None = None
+) -> dict[str, Any]:
     """A page of the run's ``suggested_bids.csv`` (checked against its manifest)."""
     if offset < 0 or not 1 <= limit <= MAX_PAGE:
         raise InvalidConfig(f"offset must be >= 0 and limit between 1 and {MAX_PAGE}")
@@ -117,7 +132,7 @@ def run_bid_table(session: Session, run_id: str, *, offset: int = 0, limit: int 
     rows = list(csv.DictReader(io.StringIO(data.decode())))
     if level:
         rows = [r for r in rows if r["level"] == level]
-    page = rows[offset: offset + limit]
+    page = rows[offset : offset + limit]
     for r in page:
         for key in ("bid_cpm", "predicted_win_rate"):
             r[key] = float(r[key])
@@ -140,12 +155,15 @@ def split_view(session: Session, entity_code: str) -> dict[str, Any]:
     bidder replica or which replicas lag and why (``bidopt.db.bidder_status.split_liveness``)."""
     rows = q.get_current_traffic_split(session, entity_code)
     split_id = rows[0].split_id if rows else None
-    return {"entity_code": entity_code, "split_id": split_id,
-            "deployed_by": rows[0].deployed_by if rows else None,
-            "deployed_at": format_ts(rows[0].deployed_at) if rows else None,
-            "runs": [{"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in rows],
-            "total_pct": sum(r.traffic_pct for r in rows),
-            "bidders": bidder_status.split_liveness(session, entity_code, split_id)}
+    return {
+        "entity_code": entity_code,
+        "split_id": split_id,
+        "deployed_by": rows[0].deployed_by if rows else None,
+        "deployed_at": format_ts(rows[0].deployed_at) if rows else None,
+        "runs": [{"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in rows],
+        "total_pct": sum(r.traffic_pct for r in rows),
+        "bidders": bidder_status.split_liveness(session, entity_code, split_id),
+    }
 
 
 def check_split_servable(session: Session, entity_code: str, pairs: list[tuple[str, Any]]) -> None:
@@ -158,8 +176,12 @@ def check_split_servable(session: Session, entity_code: str, pairs: list[tuple[s
     entity = q.get_entity_by_code(session, entity_code)
     for run_id, _ in pairs:
         run = session.get(OptRun, run_id)
-        if (run is None or run.entity_id != entity.entity_id or run.status != "completed"
-                or run.validation_status != "passed"):
+        if (
+            run is None
+            or run.entity_id != entity.entity_id
+            or run.status != "completed"
+            or run.validation_status != "passed"
+        ):
             continue
         try:
             check_run_servable(session, run_id)
@@ -198,9 +220,17 @@ def split_history(session: Session, entity_code: str) -> list[dict[str, Any]]:
     splits: dict[int, dict[str, Any]] = {}
     for row in q.get_traffic_split_history(session, entity_code):
         view = deployment_view(row)
-        entry = splits.setdefault(row.split_id, {
-            "split_id": row.split_id, "is_active": row.is_active, "deployed_by": row.deployed_by,
-            "deployed_at": view["deployed_at"], "deactivated_at": view["deactivated_at"], "runs": []})
+        entry = splits.setdefault(
+            row.split_id,
+            {
+                "split_id": row.split_id,
+                "is_active": row.is_active,
+                "deployed_by": row.deployed_by,
+                "deployed_at": view["deployed_at"],
+                "deactivated_at": view["deactivated_at"],
+                "runs": [],
+            },
+        )
         entry["runs"].append({"run_id": row.run_id, "traffic_pct": row.traffic_pct})
     return list(splits.values())
 

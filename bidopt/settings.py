@@ -34,26 +34,30 @@ class Settings(BaseSettings):
     cache_url: str = Field(default="memory://", description="memory:// or memcached://host:port")
     ray_address: str | None = Field(default=None, description="Ray address; unset = local Ray")
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="How often an optimizer says it is alive")
-    stale_after_seconds: float = Field(default=300.0, gt=0,
-                                       description="A running run without a heartbeat this long is requeued")
-    max_attempts: int = Field(default=3, ge=1,
-                              description="Attempts before a run whose worker or task died (or timed out) fails")
+    stale_after_seconds: float = Field(
+        default=300.0, gt=0, description="A running run without a heartbeat this long is requeued"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts before a run whose worker or task died (or timed out) fails"
+    )
     run_timeout_seconds: float = Field(
-        default=7200.0, gt=0,
-        description="An optimizer task running this long is cancelled and its attempt failed (Ray mode)")
+        default=7200.0,
+        gt=0,
+        description="An optimizer task running this long is cancelled and its attempt failed (Ray mode)",
+    )
     node_resources: Literal["auto", "always"] = Field(
         default="auto",
         description="When optimizer tasks and bidder replicas request their node resources: auto = where a "
-                    "live node declares them; always = always (a cluster whose node types scale from zero)")
+        "live node declares them; always = always (a cluster whose node types scale from zero)",
+    )
     bidder_refresh_seconds: float = Field(default=5.0, gt=0, description="How often bidders re-read the splits")
     bidder_ready_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails")
+        default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails"
+    )
     decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
     bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
-    require_services: bool = Field(
-        default=False, description="Tests fail instead of skipping when a server is missing"
-    )
+    require_services: bool = Field(default=False, description="Tests fail instead of skipping when a server is missing")
 
     @model_validator(mode="after")
     def _heartbeats_outlive_staleness(self) -> Settings:
@@ -64,7 +68,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"BIDOPT_STALE_AFTER_SECONDS ({self.stale_after_seconds:g}) must be at least 3 x "
                 f"BIDOPT_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), so that a live optimizer's runs "
-                f"are never requeued between two heartbeats")
+                f"are never requeued between two heartbeats"
+            )
         return self
 
     def model_post_init(self, __context) -> None:  # fill defaults that depend on home

@@ -40,10 +40,36 @@ from scipy.special import ndtr, ndtri
 from bidopt.errors import InvalidConfig
 
 GEOS = (
-    "california", "texas", "florida", "new york", "pennsylvania", "illinois", "ohio", "georgia",
-    "north carolina", "michigan", "new jersey", "virginia", "washington", "arizona", "massachusetts",
-    "tennessee", "indiana", "maryland", "missouri", "wisconsin", "colorado", "minnesota",
-    "south carolina", "alabama", "louisiana", "kentucky", "oregon", "oklahoma", "connecticut", "utah",
+    "california",
+    "texas",
+    "florida",
+    "new york",
+    "pennsylvania",
+    "illinois",
+    "ohio",
+    "georgia",
+    "north carolina",
+    "michigan",
+    "new jersey",
+    "virginia",
+    "washington",
+    "arizona",
+    "massachusetts",
+    "tennessee",
+    "indiana",
+    "maryland",
+    "missouri",
+    "wisconsin",
+    "colorado",
+    "minnesota",
+    "south carolina",
+    "alabama",
+    "louisiana",
+    "kentucky",
+    "oregon",
+    "oklahoma",
+    "connecticut",
+    "utah",
 )
 
 # (device, os, browser) -> share of traffic; the joint table keeps the combinations realistic.
@@ -131,16 +157,23 @@ def _build_market(spec: MarketSpec) -> _Market:
                 sigma.append(_DEVICE_SIGMA[device])
                 ctr.append(_DEVICE_CTR[device])
     geo_rank = np.arange(1, len(GEOS) + 1)
-    geo_p = geo_rank ** -0.8
+    geo_p = geo_rank**-0.8
     dom_rank = np.arange(1, spec.n_domains + 1)
-    domain_p = dom_rank ** -1.1  # long-tailed popularity
+    domain_p = dom_rank**-1.1  # long-tailed popularity
     return _Market(
-        combos=combos, combo_p=np.array(p) / sum(p), combo_mu=np.array(mu),
-        combo_sigma=np.array(sigma), combo_ctr=np.array(ctr),
-        geo_p=geo_p / geo_p.sum(), geo_mu=rng.normal(0, 0.35, len(GEOS)),
-        geo_ctr=rng.normal(0, 0.25, len(GEOS)), geo_policy_bias=rng.normal(0.1, 0.25, len(GEOS)),
-        domains=[f"pub{r:05d}.com" for r in dom_rank], domain_p=domain_p / domain_p.sum(),
-        domain_mu=rng.normal(0, 0.35, spec.n_domains), domain_ctr=rng.normal(0, 0.5, spec.n_domains),
+        combos=combos,
+        combo_p=np.array(p) / sum(p),
+        combo_mu=np.array(mu),
+        combo_sigma=np.array(sigma),
+        combo_ctr=np.array(ctr),
+        geo_p=geo_p / geo_p.sum(),
+        geo_mu=rng.normal(0, 0.35, len(GEOS)),
+        geo_ctr=rng.normal(0, 0.25, len(GEOS)),
+        geo_policy_bias=rng.normal(0.1, 0.25, len(GEOS)),
+        domains=[f"pub{r:05d}.com" for r in dom_rank],
+        domain_p=domain_p / domain_p.sum(),
+        domain_mu=rng.normal(0, 0.35, spec.n_domains),
+        domain_ctr=rng.normal(0, 0.5, spec.n_domains),
     )
 
 
@@ -164,8 +197,9 @@ def _dict_column(indices: np.ndarray, values: list[str]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), pa.array(values))
 
 
-def _chunk(spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int,
-           t_lo: float, t_hi: float, chunk_no: int) -> pa.Table:
+def _chunk(
+    spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int, t_lo: float, t_hi: float, chunk_no: int
+) -> pa.Table:
     combo = rng.choice(len(m.combos), size=n, p=m.combo_p)
     geo = rng.choice(len(GEOS), size=n, p=m.geo_p)
     dom = rng.choice(len(m.domains), size=n, p=m.domain_p)
@@ -198,8 +232,11 @@ def _chunk(spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int,
     clicked = won & (rng.random(n) < ctr)
 
     seconds = np.sort(rng.uniform(t_lo, t_hi, n))
-    start_us = int(spec.start_time.timestamp() * 1_000_000) if spec.start_time.tzinfo else \
-        int((spec.start_time - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    start_us = (
+        int(spec.start_time.timestamp() * 1_000_000)
+        if spec.start_time.tzinfo
+        else int((spec.start_time - datetime(1970, 1, 1)).total_seconds() * 1_000_000)
+    )
     times = pa.array(start_us + (seconds * 1_000_000).astype(np.int64), pa.timestamp("us"))
     seq = pa.array(np.arange(n, dtype=np.int64) + chunk_no * spec.chunk_rows).cast(pa.string())
     request_id = pc.binary_join_element_wise(f"{spec.entity_code}-{spec.seed}", seq, "-")
@@ -211,26 +248,28 @@ def _chunk(spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int,
         index_of_combo = np.array([values.index(c[i]) for c in m.combos])
         return _dict_column(index_of_combo[combo], values)
 
-    return pa.table({
-        "event_time": times,
-        "entity_code": pa.array(np.full(n, spec.entity_code, dtype=object), pa.string()),
-        "request_id": request_id,
-        "user_id": user_id,
-        "geo_region_name": _dict_column(geo, list(GEOS)),
-        "os_code": part(1),
-        "browser_code": part(2),
-        "device_type": part(0),
-        "domain": _dict_column(dom, m.domains),
-        "npi_matched": pa.array(npi),
-        "floor_cpm": pa.array(floor, pa.float64(), from_pandas=True),
-        "bid_cpm": pa.array(bid),
-        "won": pa.array(won),
-        "clearing_price_cpm": pa.array(clearing, pa.float64(), from_pandas=True),
-        "clicked": pa.array(clicked),
-        "truth_mu": pa.array(mu),
-        "truth_sigma": pa.array(sigma),
-        "truth_ctr": pa.array(ctr),
-    })
+    return pa.table(
+        {
+            "event_time": times,
+            "entity_code": pa.array(np.full(n, spec.entity_code, dtype=object), pa.string()),
+            "request_id": request_id,
+            "user_id": user_id,
+            "geo_region_name": _dict_column(geo, list(GEOS)),
+            "os_code": part(1),
+            "browser_code": part(2),
+            "device_type": part(0),
+            "domain": _dict_column(dom, m.domains),
+            "npi_matched": pa.array(npi),
+            "floor_cpm": pa.array(floor, pa.float64(), from_pandas=True),
+            "bid_cpm": pa.array(bid),
+            "won": pa.array(won),
+            "clearing_price_cpm": pa.array(clearing, pa.float64(), from_pandas=True),
+            "clicked": pa.array(clicked),
+            "truth_mu": pa.array(mu),
+            "truth_sigma": pa.array(sigma),
+            "truth_ctr": pa.array(ctr),
+        }
+    )
 
 
 def true_win_probability(bid, mu, sigma, floor=None):
@@ -263,5 +302,3 @@ def oracle_bid(target: float, mu, sigma, floor=None, *, lo: float = 1e-3, hi: fl
         else:
             a = mid
     return float(np.exp(b))
-
-

@@ -51,22 +51,30 @@ def run_row_view(run: OptRun) -> dict[str, Any]:
 
 def run_detail_view(session: Session, run: OptRun) -> dict[str, Any]:
     out = run_row_view(run)
-    out.update({
-        "version": run.version.version_name,
-        "attempts": run.attempts,
-        "worker_id": run.worker_id,
-        "s3_output_path": run.s3_output_path,
-        "validation_details": json.loads(run.validation_details) if run.validation_details else [],
-        "error_message": run.error_message,
-        "configs": q.get_run_configs_by_section(session, run.run_id),
-        "metrics": q.get_run_metrics(session, run.run_id),
-        "features": [
-            {"feature_order": f.feature_order, "feature_name": f.feature_name, "is_anchor": f.is_anchor,
-             "signal_score": f.signal_score, "macro_id": f.macro_id, "macro_template": f.macro_template,
-             "request_field": f.request_field}
-            for f in q.get_run_features_with_macros(session, run.run_id)
-        ],
-    })
+    out.update(
+        {
+            "version": run.version.version_name,
+            "attempts": run.attempts,
+            "worker_id": run.worker_id,
+            "s3_output_path": run.s3_output_path,
+            "validation_details": json.loads(run.validation_details) if run.validation_details else [],
+            "error_message": run.error_message,
+            "configs": q.get_run_configs_by_section(session, run.run_id),
+            "metrics": q.get_run_metrics(session, run.run_id),
+            "features": [
+                {
+                    "feature_order": f.feature_order,
+                    "feature_name": f.feature_name,
+                    "is_anchor": f.is_anchor,
+                    "signal_score": f.signal_score,
+                    "macro_id": f.macro_id,
+                    "macro_template": f.macro_template,
+                    "request_field": f.request_field,
+                }
+                for f in q.get_run_features_with_macros(session, run.run_id)
+            ],
+        }
+    )
     return out
 
 
@@ -83,11 +91,21 @@ def deployment_view(row: OptDeployment) -> dict[str, Any]:
 
 
 def user_view(user: OptUser) -> dict[str, Any]:
-    return {"username": user.username, "role": user.role, "is_active": user.is_active,
-            "created_at": format_ts(user.created_at)}
+    return {
+        "username": user.username,
+        "role": user.role,
+        "is_active": user.is_active,
+        "created_at": format_ts(user.created_at),
+    }
 
 
 def token_view(token: OptApiToken) -> dict[str, Any]:
     """A token without its value (only its hash is stored)."""
-    return {"token_id": token.token_id, "username": token.user.username, "role": token.user.role,
-            "name": token.name, "created_at": format_ts(token.created_at), "revoked": token.revoked_at is not None}
+    return {
+        "token_id": token.token_id,
+        "username": token.user.username,
+        "role": token.user.role,
+        "name": token.name,
+        "created_at": format_ts(token.created_at),
+        "revoked": token.revoked_at is not None,
+    }

@@ -142,8 +142,10 @@ def snowflake_url(fakesnow_server):
     conn.cursor().execute(f"CREATE SCHEMA IF NOT EXISTS BIDS.{schema}")
     conn.close()
     kw = fakesnow_server
-    return (f"snowflake://{kw['user']}:{kw['password']}@{kw['account']}/BIDS/{schema}"
-            f"?host={kw['host']}&port={kw['port']}&protocol={kw['protocol']}")
+    return (
+        f"snowflake://{kw['user']}:{kw['password']}@{kw['account']}/BIDS/{schema}"
+        f"?host={kw['host']}&port={kw['port']}&protocol={kw['protocol']}"
+    )
 
 
 @pytest.fixture(params=["duckdb", "snowflake"])
@@ -151,8 +153,9 @@ def warehouse(request, tmp_path):
     """An empty warehouse of each backend."""
     from bidopt.warehouse import open_warehouse
 
-    url = (f"duckdb:///{tmp_path / 'warehouse'}" if request.param == "duckdb"
-           else request.getfixturevalue("snowflake_url"))
+    url = (
+        f"duckdb:///{tmp_path / 'warehouse'}" if request.param == "duckdb" else request.getfixturevalue("snowflake_url")
+    )
     wh = open_warehouse(url)
     yield wh
     wh.close()
@@ -179,8 +182,12 @@ def s3_bucket(moto_server, monkeypatch):
         missing_service(f"moto server not importable: {moto_server}")
     import boto3
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "BIDOPT_S3_ENDPOINT_URL": moto_server}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "BIDOPT_S3_ENDPOINT_URL": moto_server,
+    }.items():
         monkeypatch.setenv(key, value)
     name = f"bidopt-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=name)
@@ -221,8 +228,11 @@ def start_memcached(port: int):
     exe = shutil.which("memcached") or ("/usr/bin/memcached" if Path("/usr/bin/memcached").exists() else None)
     if exe is None:
         missing_service("memcached is not installed (Debian package `memcached`)")
-    proc = subprocess.Popen([exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "nobody"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "nobody"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 10
     while time.time() < deadline:
         try:

@@ -25,9 +25,21 @@ from bidopt.artifacts.s3 import S3ArtifactStore
 from bidopt.errors import InvalidConfig, NotFound
 from bidopt.schemes import Backend, open_backend
 
-__all__ = ["ARTIFACT_STORES", "MANIFEST", "ArtifactStore", "LocalArtifactStore", "S3ArtifactStore",
-           "attempt_output_url", "open_artifact_store", "read_run_artifact", "read_run_artifacts",
-           "remove_run_artifacts", "run_output_url", "sha256", "write_run_artifacts"]
+__all__ = [
+    "ARTIFACT_STORES",
+    "MANIFEST",
+    "ArtifactStore",
+    "LocalArtifactStore",
+    "S3ArtifactStore",
+    "attempt_output_url",
+    "open_artifact_store",
+    "read_run_artifact",
+    "read_run_artifacts",
+    "remove_run_artifacts",
+    "run_output_url",
+    "sha256",
+    "write_run_artifacts",
+]
 
 MANIFEST = "manifest.json"
 
@@ -60,8 +72,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_run_artifacts(output_url: str, files: dict[str, bytes], *, meta: dict,
-                        before_manifest: Callable[[], None] | None = None) -> dict:
+def write_run_artifacts(
+    output_url: str, files: dict[str, bytes], *, meta: dict, before_manifest: Callable[[], None] | None = None
+) -> dict:
     """Write ``files`` then a manifest of their sizes and checksums; returns the manifest.
 
     ``before_manifest`` runs between the two; if it raises, no manifest is written (the

@@ -15,15 +15,16 @@ from bidopt.errors import InvalidConfig, NotFound
 class S3ArtifactStore(ArtifactStore):
     def __init__(self, url: str, bucket: str, prefix: str) -> None:
         import boto3
-
         from botocore.config import Config
 
         self.url, self.bucket, self.prefix = url, bucket, prefix.strip("/")
         # Bounded calls: an endpoint that stops answering fails a bidder refresh or an optimizer
         # write within about a minute instead of boto3's default of several minutes of retries.
-        self._s3 = boto3.client("s3", endpoint_url=os.environ.get("BIDOPT_S3_ENDPOINT_URL") or None,
-                                config=Config(connect_timeout=5, read_timeout=20,
-                                              retries={"mode": "standard", "max_attempts": 3}))
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=os.environ.get("BIDOPT_S3_ENDPOINT_URL") or None,
+            config=Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3}),
+        )
 
     @classmethod
     def from_url(cls, url: str) -> S3ArtifactStore:

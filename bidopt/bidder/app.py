@@ -38,8 +38,9 @@ class BidderCore:
     def __init__(self, settings: Settings | None = None, *, start: bool = True) -> None:
         s = settings or get_settings()
         self.replica_id = new_replica_id()
-        self.refresher = Refresher(s.database_url, open_cache(s.cache_url), s.bidder_refresh_seconds,
-                                   replica_id=self.replica_id)
+        self.refresher = Refresher(
+            s.database_url, open_cache(s.cache_url), s.bidder_refresh_seconds, replica_id=self.replica_id
+        )
         self.decisions = DecisionLog(s.decision_log_dir, self.replica_id.replace(":", "-"))
         if start:
             try:
@@ -49,8 +50,9 @@ class BidderCore:
                 raise
             self.refresher.start()
 
-    def handle(self, entity_code: str, body: bytes, received_at: float | None = None
-               ) -> tuple[int, bytes, dict[str, str]]:
+    def handle(
+        self, entity_code: str, body: bytes, received_at: float | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
         """``received_at``: ``time.monotonic()`` when the request arrived, so that reading its body
         counts against its ``tmax`` (default: now)."""
         try:
@@ -108,13 +110,20 @@ async def http_handler(core: BidderCore, request: Request) -> Response:
         return Response(orjson.dumps(core.status()), media_type="application/json")
     entity = entity_from_path(path)
     if request.method != "POST" or entity is None:
-        return Response(b'{"error": "POST /openrtb2/{entity_code} or GET /openrtb2/_status"}', status_code=404,
-                        media_type="application/json")
+        return Response(
+            b'{"error": "POST /openrtb2/{entity_code} or GET /openrtb2/_status"}',
+            status_code=404,
+            media_type="application/json",
+        )
     received_at = time.monotonic()
     body = await read_body_within_limit(request)
     if body is None:
-        return Response(orjson.dumps({"error": TOO_LARGE}), status_code=413, headers={"x-bidopt-reason": TOO_LARGE},
-                        media_type="application/json")
+        return Response(
+            orjson.dumps({"error": TOO_LARGE}),
+            status_code=413,
+            headers={"x-bidopt-reason": TOO_LARGE},
+            media_type="application/json",
+        )
     status, payload, headers = core.handle(entity, body, received_at)
     return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
@@ -123,7 +132,7 @@ def entity_from_path(path: str) -> str | None:
     """``/openrtb2/drugs_hcp`` -> ``drugs_hcp``; None for any other path."""
     if not path.startswith(PATH_PREFIX):
         return None
-    entity = path[len(PATH_PREFIX):].strip("/")
+    entity = path[len(PATH_PREFIX) :].strip("/")
     return entity if entity and "/" not in entity else None
 
 

@@ -117,8 +117,7 @@ class EntityServing:
         """Deterministic: the same user key gets the same run while the split is unchanged. The
         split id salts the hash, so each new split draws its arms from fresh users instead of
         giving the first arm to the same users in every experiment."""
-        digest = hashlib.blake2b(f"{self.split_id}:{self.entity_code}:{user_key}".encode(),
-                                 digest_size=8).digest()
+        digest = hashlib.blake2b(f"{self.split_id}:{self.entity_code}:{user_key}".encode(), digest_size=8).digest()
         bucket = int.from_bytes(digest, "big") % HASH_BUCKETS
         return self.runs[min(bisect_right(self.bounds, bucket), len(self.runs) - 1)]
 
@@ -204,8 +203,9 @@ def parse_request(body: bytes) -> dict:
     if cur is not None and not (isinstance(cur, list) and all(isinstance(c, str) for c in cur)):
         raise BadRequest("cur must be an array of currency codes")
     at = req.get("at")
-    if at is not None and not (_is_whole(at) and (at in (FIRST_PRICE, SECOND_PRICE_PLUS)
-                                                  or at > EXCHANGE_AUCTION_TYPES_ABOVE)):
+    if at is not None and not (
+        _is_whole(at) and (at in (FIRST_PRICE, SECOND_PRICE_PLUS) or at > EXCHANGE_AUCTION_TYPES_ABOVE)
+    ):
         raise BadRequest("at must be 1 (first price), 2 (second price plus) or above 500 (exchange-specific)")
     tmax = req.get("tmax")
     if tmax is not None and not (_is_whole(tmax) and tmax > 0):
@@ -235,8 +235,9 @@ class Decision:
     multiplier: float
 
 
-def decide(state: BidderState, entity_code: str, body: bytes, received_at: float | None = None
-           ) -> tuple[int, bytes, list[Decision], str]:
+def decide(
+    state: BidderState, entity_code: str, body: bytes, received_at: float | None = None
+) -> tuple[int, bytes, list[Decision], str]:
     """``(HTTP status, body, decisions, reason)``: 200 with a BidResponse, 204 (no bid, with the reason)
     or 400/413 (malformed, with the reason). Never raises for any body.
 
@@ -267,13 +268,22 @@ def decide(state: BidderState, entity_code: str, body: bytes, received_at: float
         if price is None:
             continue
         decisions.append(Decision(req["id"], run.run_id, imp["id"], key, level, price, multiplier))
-        bids.append({"id": f"{req['id']}-{imp['id']}", "impid": imp["id"], "price": price,
-                     "ext": {"run_id": run.run_id, "segment_key": key, "level": level,
-                             "domain_multiplier": multiplier}})
+        bids.append(
+            {
+                "id": f"{req['id']}-{imp['id']}",
+                "impid": imp["id"],
+                "price": price,
+                "ext": {"run_id": run.run_id, "segment_key": key, "level": level, "domain_multiplier": multiplier},
+            }
+        )
     if not bids:
         return 204, b"", [], "no impression clears its floor"
-    response = {"id": req["id"], "seatbid": [{"seat": "bidopt", "bid": bids}], "cur": "USD",
-                "ext": {"split_id": serving.split_id}}
+    response = {
+        "id": req["id"],
+        "seatbid": [{"seat": "bidopt", "bid": bids}],
+        "cur": "USD",
+        "ext": {"split_id": serving.split_id},
+    }
     payload = orjson.dumps(response)
     tmax = req.get("tmax")
     if tmax is not None and time.monotonic() > received_at + tmax / 1000:

@@ -24,20 +24,73 @@ from typing import Any
 from bidopt.warehouse.contract import UNKNOWN, floor_bucket_label, normalise_feature_value
 
 US_STATES = {
-    "AL": "alabama", "AK": "alaska", "AZ": "arizona", "AR": "arkansas", "CA": "california", "CO": "colorado",
-    "CT": "connecticut", "DE": "delaware", "DC": "district of columbia", "FL": "florida", "GA": "georgia",
-    "HI": "hawaii", "ID": "idaho", "IL": "illinois", "IN": "indiana", "IA": "iowa", "KS": "kansas",
-    "KY": "kentucky", "LA": "louisiana", "ME": "maine", "MD": "maryland", "MA": "massachusetts",
-    "MI": "michigan", "MN": "minnesota", "MS": "mississippi", "MO": "missouri", "MT": "montana",
-    "NE": "nebraska", "NV": "nevada", "NH": "new hampshire", "NJ": "new jersey", "NM": "new mexico",
-    "NY": "new york", "NC": "north carolina", "ND": "north dakota", "OH": "ohio", "OK": "oklahoma",
-    "OR": "oregon", "PA": "pennsylvania", "RI": "rhode island", "SC": "south carolina", "SD": "south dakota",
-    "TN": "tennessee", "TX": "texas", "UT": "utah", "VT": "vermont", "VA": "virginia", "WA": "washington",
-    "WV": "west virginia", "WI": "wisconsin", "WY": "wyoming",
+    "AL": "alabama",
+    "AK": "alaska",
+    "AZ": "arizona",
+    "AR": "arkansas",
+    "CA": "california",
+    "CO": "colorado",
+    "CT": "connecticut",
+    "DE": "delaware",
+    "DC": "district of columbia",
+    "FL": "florida",
+    "GA": "georgia",
+    "HI": "hawaii",
+    "ID": "idaho",
+    "IL": "illinois",
+    "IN": "indiana",
+    "IA": "iowa",
+    "KS": "kansas",
+    "KY": "kentucky",
+    "LA": "louisiana",
+    "ME": "maine",
+    "MD": "maryland",
+    "MA": "massachusetts",
+    "MI": "michigan",
+    "MN": "minnesota",
+    "MS": "mississippi",
+    "MO": "missouri",
+    "MT": "montana",
+    "NE": "nebraska",
+    "NV": "nevada",
+    "NH": "new hampshire",
+    "NJ": "new jersey",
+    "NM": "new mexico",
+    "NY": "new york",
+    "NC": "north carolina",
+    "ND": "north dakota",
+    "OH": "ohio",
+    "OK": "oklahoma",
+    "OR": "oregon",
+    "PA": "pennsylvania",
+    "RI": "rhode island",
+    "SC": "south carolina",
+    "SD": "south dakota",
+    "TN": "tennessee",
+    "TX": "texas",
+    "UT": "utah",
+    "VT": "vermont",
+    "VA": "virginia",
+    "WA": "washington",
+    "WV": "west virginia",
+    "WI": "wisconsin",
+    "WY": "wyoming",
 }
-_OS = {"ios": "ios", "iphone os": "ios", "ipados": "ios", "android": "android", "windows": "windows",
-       "windows phone": "windows", "mac os x": "macos", "macos": "macos", "os x": "macos", "mac": "macos",
-       "linux": "linux", "ubuntu": "linux", "chrome os": "linux"}
+_OS = {
+    "ios": "ios",
+    "iphone os": "ios",
+    "ipados": "ios",
+    "android": "android",
+    "windows": "windows",
+    "windows phone": "windows",
+    "mac os x": "macos",
+    "macos": "macos",
+    "os x": "macos",
+    "mac": "macos",
+    "linux": "linux",
+    "ubuntu": "linux",
+    "chrome os": "linux",
+}
 _DEVICE_TYPES = {1: "mobile", 4: "mobile", 2: "desktop", 5: "tablet", 3: "ctv", 6: "ctv", 7: "ctv"}
 
 
@@ -108,9 +161,11 @@ FeatureReader = Callable[[dict, dict], str]  # (request, impression) -> normalis
 def feature_reader(feature_name: str, request_field: str | None) -> FeatureReader:
     """How to read one feature from a request (and its impression)."""
     if feature_name == "floor_bucket":
+
         def read_floor(_req: dict, imp: dict) -> str:
             floor = imp.get("bidfloor")
             return floor_bucket_label(float(floor) if isinstance(floor, (int, float)) else None)
+
         return read_floor
     if not request_field:
         raise ValueError(f"feature {feature_name} has no macro telling which request field it is")

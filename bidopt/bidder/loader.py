@@ -27,16 +27,15 @@ import io
 import logging
 import os
 import socket
-import uuid
-from datetime import datetime, timezone
-
-import orjson
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
 from sqlalchemy.orm import Session
 
 from bidopt.artifacts import read_run_artifacts
@@ -73,8 +72,14 @@ def plan_run(session: Session, run_id: str, traffic_pct: int, output_url: str | 
     with, its price bounds and where its artifacts are."""
     features = tuple((f.feature_name, f.request_field) for f in q.get_run_features_with_macros(session, run_id))
     configs = q.get_run_configs(session, run_id)
-    return PlannedRun(run_id, traffic_pct, output_url or "", features,
-                      float(configs.get("max_bid_cpm", 1e9)), float(configs.get("min_bid_cpm", 0.0)))
+    return PlannedRun(
+        run_id,
+        traffic_pct,
+        output_url or "",
+        features,
+        float(configs.get("max_bid_cpm", 1e9)),
+        float(configs.get("min_bid_cpm", 0.0)),
+    )
 
 
 def read_plan(database_url: str) -> dict[str, tuple[int, list[PlannedRun]]]:
@@ -100,10 +105,15 @@ def load_run_tables(run: PlannedRun) -> RunTables:
     mult_csv = files["domain_multipliers.csv"].decode()
     multipliers = {row["domain"]: float(row["multiplier"]) for row in csv.DictReader(io.StringIO(mult_csv))}
     return RunTables(
-        run_id=run.run_id, features=tuple(f for f, _ in run.features),
+        run_id=run.run_id,
+        features=tuple(f for f, _ in run.features),
         readers=tuple(feature_reader(f, field) for f, field in run.features),
-        bids=bids, multipliers=multipliers, max_bid_cpm=run.max_bid_cpm, min_bid_cpm=run.min_bid_cpm,
-        checksum=manifest["files"]["suggested_bids.csv"]["sha256"])
+        bids=bids,
+        multipliers=multipliers,
+        max_bid_cpm=run.max_bid_cpm,
+        min_bid_cpm=run.min_bid_cpm,
+        checksum=manifest["files"]["suggested_bids.csv"]["sha256"],
+    )
 
 
 def check_run_servable(session: Session, run_id: str) -> None:
@@ -124,8 +134,9 @@ def _iso(ts: float | None) -> str | None:
 
 
 class Refresher:
-    def __init__(self, database_url: str, cache: BidCache | None = None, interval: float = 5.0, *,
-                 replica_id: str | None = None) -> None:
+    def __init__(
+        self, database_url: str, cache: BidCache | None = None, interval: float = 5.0, *, replica_id: str | None = None
+    ) -> None:
         self.database_url, self.cache, self.interval = database_url, cache, interval
         self.replica_id = replica_id  # None: report nowhere (tests, tools)
         self.started_at = time.time()
@@ -210,10 +221,12 @@ class Refresher:
                 break
             if left <= 0:
                 if DATABASE in failed:
-                    raise BidderNotReady(f"could not read the active splits within {timeout:g} s: "
-                                         f"{self.errors.get(DATABASE)}")
-                log.error("bidder: ready without %s after %g s: %s", ", ".join(sorted(failed)), timeout,
-                          self.last_error)
+                    raise BidderNotReady(
+                        f"could not read the active splits within {timeout:g} s: {self.errors.get(DATABASE)}"
+                    )
+                log.error(
+                    "bidder: ready without %s after %g s: %s", ", ".join(sorted(failed)), timeout, self.last_error
+                )
                 break
             log.warning("bidder: first load incomplete (%s); retrying", self.last_error)
             if self._stop.wait(min(pause, left)):
@@ -228,16 +241,27 @@ class Refresher:
         state, errors, loaded_at = self.state, self.errors, self._loaded_at
         serving: dict[str, dict] = {}
         for code, e in state.entities.items():
-            serving[code] = {"split_id": e.split_id, "loaded_at": _iso(loaded_at.get(code)),
-                             "runs": [{"run_id": t.run_id, "traffic_pct": w} for t, w in zip(e.runs, e.weights)]}
+            serving[code] = {
+                "split_id": e.split_id,
+                "loaded_at": _iso(loaded_at.get(code)),
+                "runs": [{"run_id": t.run_id, "traffic_pct": w} for t, w in zip(e.runs, e.weights)],
+            }
         for code, error in errors.items():
             if code != DATABASE:
                 serving.setdefault(code, {"split_id": None, "loaded_at": None, "runs": []})["error"] = error
         replica_id = self.replica_id or ""
         hostname, pid = socket.gethostname(), os.getpid()
-        return {"replica_id": replica_id, "hostname": hostname, "pid": pid, "ready": self.ready,
-                "started_at": _iso(self.started_at), "refreshed_at": _iso(self.refreshed_at),
-                "refresh_seconds": self.interval, "serving": serving, "last_error": self.last_error}
+        return {
+            "replica_id": replica_id,
+            "hostname": hostname,
+            "pid": pid,
+            "ready": self.ready,
+            "started_at": _iso(self.started_at),
+            "refreshed_at": _iso(self.refreshed_at),
+            "refresh_seconds": self.interval,
+            "serving": serving,
+            "last_error": self.last_error,
+        }
 
     def report(self) -> None:
         """Write ``status()`` to this replica's row; a database error is logged, never raised."""
@@ -271,16 +295,27 @@ class Refresher:
         entity = serving.entity_code
         try:
             for t in serving.runs:
-                self.cache.publish_run(entity, t.run_id, t.bids, t.multipliers,
-                                       {"features": list(t.features), "checksum": t.checksum, "rows": len(t.bids)})
-            self.cache.publish_split(entity, {"split_id": serving.split_id, "runs": [
-                {"run_id": t.run_id, "traffic_pct": w} for t, w in zip(serving.runs, serving.weights)]})
+                self.cache.publish_run(
+                    entity,
+                    t.run_id,
+                    t.bids,
+                    t.multipliers,
+                    {"features": list(t.features), "checksum": t.checksum, "rows": len(t.bids)},
+                )
+            self.cache.publish_split(
+                entity,
+                {
+                    "split_id": serving.split_id,
+                    "runs": [{"run_id": t.run_id, "traffic_pct": w} for t, w in zip(serving.runs, serving.weights)],
+                },
+            )
         except Exception as exc:  # noqa: BLE001 - the shared cache is for others; we serve from memory
             log.warning("bidder refresh: publishing %s to %s failed: %s", entity, self.cache.url, exc)
 
     def start(self) -> None:
         """Refresh every ``interval`` seconds in a daemon thread (after ``first_load``, the first
         refresh comes one interval later)."""
+
         def loop() -> None:
             if self.refreshed_at is not None and self._stop.wait(self.interval):
                 return
@@ -343,10 +378,23 @@ class DecisionLog:
         if batch:
             # one write per batch, serialised with orjson: this thread shares the GIL with the
             # request path, so a slow flush would show up as tail latency
-            lines = b"".join(orjson.dumps({
-                "ts": round(ts, 3), "entity_code": entity, "run_id": d.run_id, "request_id": d.request_id,
-                "impid": d.impid, "segment_key": d.segment_key, "level": d.level, "price": d.price,
-                "domain_multiplier": d.multiplier}) + b"\n" for ts, entity, d in batch)
+            lines = b"".join(
+                orjson.dumps(
+                    {
+                        "ts": round(ts, 3),
+                        "entity_code": entity,
+                        "run_id": d.run_id,
+                        "request_id": d.request_id,
+                        "impid": d.impid,
+                        "segment_key": d.segment_key,
+                        "level": d.level,
+                        "price": d.price,
+                        "domain_multiplier": d.multiplier,
+                    }
+                )
+                + b"\n"
+                for ts, entity, d in batch
+            )
             with open(self.path, "ab") as fh:
                 fh.write(lines)
         return len(batch)

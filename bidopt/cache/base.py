@@ -24,8 +24,9 @@ class BidCache(ABC):
     @abstractmethod
     def get(self, key: str) -> str | None: ...
 
-    def publish_run(self, entity_code: str, run_id: str, bids: dict[str, float], multipliers: dict[str, float],
-                    meta: dict) -> None:
+    def publish_run(
+        self, entity_code: str, run_id: str, bids: dict[str, float], multipliers: dict[str, float], meta: dict
+    ) -> None:
         values = {cache_key(entity_code, run_id, "bid", k): repr(v) for k, v in bids.items()}
         values.update({cache_key(entity_code, run_id, "dm", d): repr(m) for d, m in multipliers.items()})
         values[cache_key(entity_code, run_id, "meta")] = json.dumps(meta)

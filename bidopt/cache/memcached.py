@@ -18,8 +18,7 @@ class MemcachedCache(BidCache):
         from pymemcache.client.base import PooledClient
 
         self.url = url
-        self._client = PooledClient((host, port), connect_timeout=0.5, timeout=1.0, no_delay=True,
-                                    max_pool_size=4)
+        self._client = PooledClient((host, port), connect_timeout=0.5, timeout=1.0, no_delay=True, max_pool_size=4)
 
     @classmethod
     def from_url(cls, url: str) -> MemcachedCache:
@@ -31,7 +30,7 @@ class MemcachedCache(BidCache):
     def set_many(self, values: dict[str, str]) -> None:
         items = list(values.items())
         for i in range(0, len(items), self.BATCH):
-            failed = self._client.set_many(dict(items[i:i + self.BATCH]), noreply=False)
+            failed = self._client.set_many(dict(items[i : i + self.BATCH]), noreply=False)
             if failed:
                 raise ConnectionError(f"memcached did not store {len(failed)} keys")
 

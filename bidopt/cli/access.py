@@ -16,8 +16,12 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("username")
-@click.option("--role", type=click.Choice(["viewer", "operator"]), required=True,
-              help="viewer: read only; operator: also create runs and change splits.")
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator"]),
+    required=True,
+    help="viewer: read only; operator: also create runs and change splits.",
+)
 def users_add(username: str, role: str) -> None:
     """Add a user."""
     with session() as s:
@@ -55,8 +59,9 @@ def tokens_list(as_json: bool) -> None:
     """List tokens (without their values)."""
     with session() as s:
         rows = service.list_tokens(s)
-    print_json(rows) if as_json else print_table(rows, ["token_id", "username", "role", "name", "created_at",
-                                                        "revoked"])
+    print_json(rows) if as_json else print_table(
+        rows, ["token_id", "username", "role", "name", "created_at", "revoked"]
+    )
 
 
 @tokens.command("revoke")

@@ -24,8 +24,10 @@ def entities_list(as_json: bool) -> None:
         print_json(rows)
         return
     flat = [{**{k: v for k, v in r.items() if k != "static_configs"}, **r["static_configs"]} for r in rows]
-    print_table(flat, ["entity_code", "name", "supply_source", "current_version",
-                       "floor_available", "npi_enabled", "domain_enabled"])
+    print_table(
+        flat,
+        ["entity_code", "name", "supply_source", "current_version", "floor_available", "npi_enabled", "domain_enabled"],
+    )
 
 
 @entities.command("show")

@@ -29,8 +29,9 @@ def runs_create(entity_code: str, config_pairs: tuple[str, ...], triggered_by: s
     """Create a pending run for ENTITY_CODE; the optimizer picks it up."""
     configs = parse_key_value_pairs(config_pairs)
     with session() as s:
-        view = service.create_run(s, entity_code, configs, triggered_by=triggered_by or default_user(),
-                                  trigger_type="manual")
+        view = service.create_run(
+            s, entity_code, configs, triggered_by=triggered_by or default_user(), trigger_type="manual"
+        )
     if as_json:
         print_json(view)
     else:
@@ -49,8 +50,20 @@ def runs_list(entity_code: str | None, status: str | None, limit: int, as_json: 
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["run_id", "entity_code", "status", "validation_status", "triggered_by",
-                           "segments_count", "bid_median", "bid_min", "bid_max"])
+        print_table(
+            rows,
+            [
+                "run_id",
+                "entity_code",
+                "status",
+                "validation_status",
+                "triggered_by",
+                "segments_count",
+                "bid_median",
+                "bid_min",
+                "bid_max",
+            ],
+        )
 
 
 @runs.command("show")
@@ -76,8 +89,7 @@ def runs_show(run_id: str | None, entity_code: str | None, as_json: bool) -> Non
     print_mapping(view["configs"], indent=2)
     if view["features"]:
         click.echo("features:")
-        print_table(view["features"], ["feature_order", "feature_name", "is_anchor", "signal_score",
-                                       "macro_template"])
+        print_table(view["features"], ["feature_order", "feature_name", "is_anchor", "signal_score", "macro_template"])
     if view["metrics"]:
         click.echo("metrics:")
         print_mapping(view["metrics"], indent=2)

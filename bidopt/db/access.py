@@ -69,8 +69,9 @@ def create_api_token(session: Session, username: str, name: str = "default") -> 
     if not user.is_active:
         raise Conflict(f"user {username} is inactive")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = OptApiToken(user_id=user.user_id, token_hash=_hash_token(token), name=name[:100] or "default",
-                      created_at=utcnow())
+    row = OptApiToken(
+        user_id=user.user_id, token_hash=_hash_token(token), name=name[:100] or "default", created_at=utcnow()
+    )
     session.add(row)
     session.flush()
     return row, token

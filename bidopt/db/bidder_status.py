@@ -31,24 +31,39 @@ PURGE_AFTER = timedelta(days=1)
 def report_replica(session: Session, status: dict[str, Any], *, started_at: float) -> None:
     """Insert or update the row of ``status["replica_id"]`` (only its own replica writes it)."""
     now = database_now(session)
-    values = dict(hostname=status["hostname"][:255], pid=int(status["pid"]),
-                  started_at=datetime.fromtimestamp(started_at, timezone.utc).replace(tzinfo=None),
-                  reported_at=now, refresh_seconds=float(status["refresh_seconds"]), ready=bool(status["ready"]),
-                  serving=json.dumps(status["serving"], sort_keys=True),
-                  last_error=(status["last_error"] or None) and status["last_error"][:4000])
+    values = dict(
+        hostname=status["hostname"][:255],
+        pid=int(status["pid"]),
+        started_at=datetime.fromtimestamp(started_at, timezone.utc).replace(tzinfo=None),
+        reported_at=now,
+        refresh_seconds=float(status["refresh_seconds"]),
+        ready=bool(status["ready"]),
+        serving=json.dumps(status["serving"], sort_keys=True),
+        last_error=(status["last_error"] or None) and status["last_error"][:4000],
+    )
     replica_id = status["replica_id"]
-    result = session.execute(update(OptBidderReplica).where(OptBidderReplica.replica_id == replica_id)
-                             .values(**values).execution_options(synchronize_session=False))
+    result = session.execute(
+        update(OptBidderReplica)
+        .where(OptBidderReplica.replica_id == replica_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
     if result.rowcount == 0:
         session.add(OptBidderReplica(replica_id=replica_id, **values))
-    session.execute(delete(OptBidderReplica).where(OptBidderReplica.reported_at < now - PURGE_AFTER)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        delete(OptBidderReplica)
+        .where(OptBidderReplica.reported_at < now - PURGE_AFTER)
+        .execution_options(synchronize_session=False)
+    )
     session.flush()
 
 
 def remove_replica(session: Session, replica_id: str) -> None:
-    session.execute(delete(OptBidderReplica).where(OptBidderReplica.replica_id == replica_id)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        delete(OptBidderReplica)
+        .where(OptBidderReplica.replica_id == replica_id)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def list_replicas(session: Session) -> list[OptBidderReplica]:
@@ -76,17 +91,27 @@ def split_liveness(session: Session, entity_code: str, split_id: int | None) -> 
         age = (now - row.reported_at).total_seconds()
         serving = json.loads(row.serving).get(entity_code) or {}
         served = serving.get("split_id")
-        view = {"replica_id": row.replica_id, "hostname": row.hostname, "pid": row.pid, "ready": row.ready,
-                "split_id": served, "loaded_at": serving.get("loaded_at"), "reported_at": _ts(row.reported_at),
-                "seconds_since_report": round(max(age, 0.0), 1), "reason": None}
+        view = {
+            "replica_id": row.replica_id,
+            "hostname": row.hostname,
+            "pid": row.pid,
+            "ready": row.ready,
+            "split_id": served,
+            "loaded_at": serving.get("loaded_at"),
+            "reported_at": _ts(row.reported_at),
+            "seconds_since_report": round(max(age, 0.0), 1),
+            "reason": None,
+        }
         if age > GONE_AFTER.total_seconds():
             view["state"] = "gone"
             view["reason"] = f"no report for {age:.0f} s: stopped without saying so"
             gone += 1
         elif age > SILENT_AFTER_INTERVALS * row.refresh_seconds:
             view["state"] = "silent"
-            view["reason"] = (f"no report for {age:.0f} s (more than {SILENT_AFTER_INTERVALS} refresh intervals): "
-                              f"its refresh hangs, or it stopped without saying so")
+            view["reason"] = (
+                f"no report for {age:.0f} s (more than {SILENT_AFTER_INTERVALS} refresh intervals): "
+                f"its refresh hangs, or it stopped without saying so"
+            )
             lagging += 1
         elif served == split_id and row.ready:
             view["state"] = "live"
@@ -101,8 +126,10 @@ def split_liveness(session: Session, entity_code: str, split_id: int | None) -> 
             elif not row.ready:
                 view["reason"] = "starting: first load not finished"
             else:
-                view["reason"] = (f"serves split {served if served is not None else 'none'}; has not refreshed "
-                                  f"since the change (every {row.refresh_seconds:g} s)")
+                view["reason"] = (
+                    f"serves split {served if served is not None else 'none'}; has not refreshed "
+                    f"since the change (every {row.refresh_seconds:g} s)"
+                )
         replicas.append(view)
     reporting = live + lagging
     if reporting == 0:

@@ -54,8 +54,13 @@ def make_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
-PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-                   "keepalives_count": 3}
+PG_CONNECT_ARGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def get_engine(url: str) -> Engine:
@@ -119,15 +124,19 @@ def database_error(exc: DBAPIError, engine: Engine) -> BidoptError | None:
     reason = lines[0] if lines else type(cause).__name__
     sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg; None for client-side connection failures
     if sqlstate in _MISSING_SCHEMA_SQLSTATES or (
-            sqlstate is None and isinstance(exc, OperationalError) and reason.startswith(_SQLITE_MISSING_SCHEMA)):
-        return SchemaMissing(f"the metadata database at {url} has no schema yet, or an older one ({reason}): "
-                             "run `bidopt db upgrade`")
+        sqlstate is None and isinstance(exc, OperationalError) and reason.startswith(_SQLITE_MISSING_SCHEMA)
+    ):
+        return SchemaMissing(
+            f"the metadata database at {url} has no schema yet, or an older one ({reason}): run `bidopt db upgrade`"
+        )
     if not isinstance(exc, (OperationalError, InterfaceError)):
         return None
     if exc.connection_invalidated or (
-            sqlstate.startswith(_UNREACHABLE_SQLSTATES) if sqlstate else exc.statement is None):
-        return DatabaseUnavailable(f"cannot reach the metadata database at {url}: {reason}; "
-                                   "is it running? check BIDOPT_DATABASE_URL")
+        sqlstate.startswith(_UNREACHABLE_SQLSTATES) if sqlstate else exc.statement is None
+    ):
+        return DatabaseUnavailable(
+            f"cannot reach the metadata database at {url}: {reason}; is it running? check BIDOPT_DATABASE_URL"
+        )
     return None
 
 

@@ -249,8 +249,7 @@ class OptRunFeature(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "feature_order"),
         UniqueConstraint("run_id", "feature_name"),
-        CheckConstraint("signal_score IS NULL OR (signal_score >= 0 AND signal_score <= 100)",
-                        name="signal_score"),
+        CheckConstraint("signal_score IS NULL OR (signal_score >= 0 AND signal_score <= 100)", name="signal_score"),
     )
 
     run_feature_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -28,6 +28,7 @@ from bidopt.configs import (
 )
 from bidopt.db.engine import database_now
 from bidopt.db.models import (
+    RUN_STATUSES,
     OptDeployment,
     OptEntity,
     OptEntityConfig,
@@ -37,7 +38,6 @@ from bidopt.db.models import (
     OptRunConfig,
     OptRunFeature,
     OptRunMetric,
-    RUN_STATUSES,
     utcnow,
 )
 from bidopt.errors import Conflict, InvalidConfig, NotFound
@@ -75,13 +75,14 @@ def set_entity_config(session: Session, entity_id: int, key: str, raw_value: Any
         raise InvalidConfig(f"unknown entity config key: {key} (known: {', '.join(ENTITY_CONFIG_SPECS)})")
     text = spec.to_text(spec.parse(raw_value))
     row = session.scalar(
-        select(OptEntityConfig).where(
-            OptEntityConfig.entity_id == entity_id, OptEntityConfig.config_key == key
-        )
+        select(OptEntityConfig).where(OptEntityConfig.entity_id == entity_id, OptEntityConfig.config_key == key)
     )
     if row is None:
-        session.add(OptEntityConfig(entity_id=entity_id, config_key=key, config_value=text,
-                                    value_type=spec.value_type, updated_at=utcnow()))
+        session.add(
+            OptEntityConfig(
+                entity_id=entity_id, config_key=key, config_value=text, value_type=spec.value_type, updated_at=utcnow()
+            )
+        )
     else:
         row.config_value, row.value_type, row.updated_at = text, spec.value_type, utcnow()
     session.flush()
@@ -152,8 +153,15 @@ def create_run(
                 session.flush()
                 for key, value in values.items():
                     spec = RUN_CONFIG_SPECS[key]
-                    session.add(OptRunConfig(run_id=run_id, section=spec.section, config_key=key,
-                                             config_value=spec.to_text(value), value_type=spec.value_type))
+                    session.add(
+                        OptRunConfig(
+                            run_id=run_id,
+                            section=spec.section,
+                            config_key=key,
+                            config_value=spec.to_text(value),
+                            value_type=spec.value_type,
+                        )
+                    )
                 session.flush()
             return run
         except IntegrityError:
@@ -189,7 +197,8 @@ def get_run_configs(session: Session, run_id: str) -> dict[str, Any]:
 def get_run_configs_by_section(session: Session, run_id: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     rows = session.scalars(
-        select(OptRunConfig).where(OptRunConfig.run_id == run_id)
+        select(OptRunConfig)
+        .where(OptRunConfig.run_id == run_id)
         .order_by(OptRunConfig.section, OptRunConfig.config_key)
     )
     for r in rows:
@@ -208,10 +217,7 @@ def claim_next_pending_run(session: Session, worker_id: str, *, now: datetime | 
     now = now or database_now(session)
     for _ in range(50):
         stmt = (
-            select(OptRun.run_id)
-            .where(OptRun.status == "pending")
-            .order_by(OptRun.created_at, OptRun.run_id)
-            .limit(1)
+            select(OptRun.run_id).where(OptRun.status == "pending").order_by(OptRun.created_at, OptRun.run_id).limit(1)
         )
         if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
@@ -221,8 +227,14 @@ def claim_next_pending_run(session: Session, worker_id: str, *, now: datetime | 
         result = session.execute(
             update(OptRun)
             .where(OptRun.run_id == run_id, OptRun.status == "pending")
-            .values(status="running", started_at=now, heartbeat_at=now, worker_id=worker_id,
-                    attempts=OptRun.attempts + 1, error_message=None)
+            .values(
+                status="running",
+                started_at=now,
+                heartbeat_at=now,
+                worker_id=worker_id,
+                attempts=OptRun.attempts + 1,
+                error_message=None,
+            )
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1:
@@ -247,8 +259,9 @@ def _held_by(worker_id: str | None, attempt: int | None) -> list:
     return conds
 
 
-def heartbeat_run(session: Session, run_id: str, worker_id: str, *, attempt: int | None = None,
-                  now: datetime | None = None) -> bool:
+def heartbeat_run(
+    session: Session, run_id: str, worker_id: str, *, attempt: int | None = None, now: datetime | None = None
+) -> bool:
     """Record that ``worker_id`` (attempt ``attempt``) still works on ``run_id``; False if the run
     is no longer its own -- the worker must then stop and leave the run alone."""
     result = session.execute(
@@ -278,8 +291,13 @@ class RunStats:
 
 
 def mark_run_completed(
-    session: Session, run_id: str, stats: RunStats, *, worker_id: str | None = None,
-    attempt: int | None = None, now: datetime | None = None,
+    session: Session,
+    run_id: str,
+    stats: RunStats,
+    *,
+    worker_id: str | None = None,
+    attempt: int | None = None,
+    now: datetime | None = None,
 ) -> None:
     """running -> completed with summary stats; ``stats.s3_output_path`` is the completing
     attempt's folder. Raises ``Conflict`` if the run is not running (or, with ``worker_id`` /
@@ -287,13 +305,21 @@ def mark_run_completed(
     if stats.validation_status not in ("passed", "failed"):
         raise InvalidConfig(f"validation_status must be passed or failed, got {stats.validation_status!r}")
     result = session.execute(
-        update(OptRun).where(OptRun.run_id == run_id, *_held_by(worker_id, attempt)).values(
-            status="completed", completed_at=now or utcnow(),
-            segments_count=stats.segments_count, bid_median=stats.bid_median,
-            bid_min=stats.bid_min, bid_max=stats.bid_max, s3_output_path=stats.s3_output_path,
+        update(OptRun)
+        .where(OptRun.run_id == run_id, *_held_by(worker_id, attempt))
+        .values(
+            status="completed",
+            completed_at=now or utcnow(),
+            segments_count=stats.segments_count,
+            bid_median=stats.bid_median,
+            bid_min=stats.bid_min,
+            bid_max=stats.bid_max,
+            s3_output_path=stats.s3_output_path,
             validation_status=stats.validation_status,
-            validation_details=json.dumps(stats.validation_details), error_message=None,
-        ).execution_options(synchronize_session=False)
+            validation_details=json.dumps(stats.validation_details),
+            error_message=None,
+        )
+        .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         raise Conflict(f"run {run_id} is not running{_lease_text(worker_id, attempt)}")
@@ -305,8 +331,13 @@ def _lease_text(worker_id: str | None, attempt: int | None) -> str:
 
 
 def mark_run_failed(
-    session: Session, run_id: str, error: str, *, worker_id: str | None = None,
-    attempt: int | None = None, now: datetime | None = None,
+    session: Session,
+    run_id: str,
+    error: str,
+    *,
+    worker_id: str | None = None,
+    attempt: int | None = None,
+    now: datetime | None = None,
 ) -> None:
     """pending/running -> failed with the error; with ``worker_id`` / ``attempt`` only a running
     run still held by that lease. Raises ``Conflict`` if the run already ended (or moved on)."""
@@ -315,9 +346,14 @@ def mark_run_failed(
     else:
         conds = _held_by(worker_id, attempt)
     result = session.execute(
-        update(OptRun).where(OptRun.run_id == run_id, *conds).values(
-            status="failed", completed_at=now or utcnow(), error_message=error[:4000],
-        ).execution_options(synchronize_session=False)
+        update(OptRun)
+        .where(OptRun.run_id == run_id, *conds)
+        .values(
+            status="failed",
+            completed_at=now or utcnow(),
+            error_message=error[:4000],
+        )
+        .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         if worker_id is None and attempt is None:
@@ -326,28 +362,46 @@ def mark_run_failed(
 
 
 def release_run_lease(
-    session: Session, run_id: str, *, worker_id: str | None, attempt: int, reason: str, max_attempts: int,
-    heartbeat_at: datetime | None | object = ..., now: datetime | None = None,
+    session: Session,
+    run_id: str,
+    *,
+    worker_id: str | None,
+    attempt: int,
+    reason: str,
+    max_attempts: int,
+    heartbeat_at: datetime | None | object = ...,
+    now: datetime | None = None,
 ) -> str | None:
     """End attempt ``attempt`` of a running run whose work was lost (its worker or task died, or
     it ran past its time limit): back to ``pending`` while ``attempt < max_attempts``, else
     ``failed`` ("gave up after N attempts: <reason>"). Returns the new status, or ``None`` when
     the run is no longer held by that lease (it completed, failed or was taken over meanwhile:
     nothing is changed). ``heartbeat_at``, when given, must also still match (stale requeue)."""
-    conds = [OptRun.run_id == run_id, OptRun.status == "running", OptRun.worker_id == worker_id,
-             OptRun.attempts == attempt]
+    conds = [
+        OptRun.run_id == run_id,
+        OptRun.status == "running",
+        OptRun.worker_id == worker_id,
+        OptRun.attempts == attempt,
+    ]
     if heartbeat_at is not ...:
         conds.append(OptRun.heartbeat_at == heartbeat_at)
     if attempt < max_attempts:
-        values = dict(status="pending", worker_id=None, heartbeat_at=None, started_at=None,
-                      error_message=f"requeued after attempt {attempt}: {reason}"[:4000])
+        values = dict(
+            status="pending",
+            worker_id=None,
+            heartbeat_at=None,
+            started_at=None,
+            error_message=f"requeued after attempt {attempt}: {reason}"[:4000],
+        )
         new_status = "pending"
     else:
-        values = dict(status="failed", completed_at=now or utcnow(),
-                      error_message=f"gave up after {attempt} attempts: {reason}"[:4000])
+        values = dict(
+            status="failed",
+            completed_at=now or utcnow(),
+            error_message=f"gave up after {attempt} attempts: {reason}"[:4000],
+        )
         new_status = "failed"
-    result = session.execute(update(OptRun).where(*conds).values(**values)
-                             .execution_options(synchronize_session=False))
+    result = session.execute(update(OptRun).where(*conds).values(**values).execution_options(synchronize_session=False))
     return new_status if result.rowcount == 1 else None
 
 
@@ -359,16 +413,23 @@ def requeue_stale_runs(
     Returns ``[(run_id, new_status), ...]``.
     """
     now = now or database_now(session)
-    stale = list(session.scalars(
-        select(OptRun).where(OptRun.status == "running", OptRun.heartbeat_at < now - heartbeat_timeout)
-    ))
+    stale = list(
+        session.scalars(select(OptRun).where(OptRun.status == "running", OptRun.heartbeat_at < now - heartbeat_timeout))
+    )
     changed = []
     for run in stale:
-        reason = (f"worker {run.worker_id} stopped heartbeating (last {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
+        reason = f"worker {run.worker_id} stopped heartbeating (last {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
         # The same lease and the same last heartbeat as read: a beat or a requeue in between wins.
-        new_status = release_run_lease(session, run.run_id, worker_id=run.worker_id, attempt=run.attempts,
-                                       reason=reason, max_attempts=max_attempts,
-                                       heartbeat_at=run.heartbeat_at, now=now)
+        new_status = release_run_lease(
+            session,
+            run.run_id,
+            worker_id=run.worker_id,
+            attempt=run.attempts,
+            reason=reason,
+            max_attempts=max_attempts,
+            heartbeat_at=run.heartbeat_at,
+            now=now,
+        )
         if new_status is not None:
             changed.append((run.run_id, new_status))
     return changed
@@ -391,9 +452,17 @@ def record_run_features(session: Session, run_id: str, features: Sequence[Featur
     get_run(session, run_id)
     session.query(OptRunFeature).filter(OptRunFeature.run_id == run_id).delete()
     for f in features:
-        session.add(OptRunFeature(run_id=run_id, feature_name=f.feature_name, feature_order=f.feature_order,
-                                  is_anchor=f.is_anchor, signal_score=f.signal_score, macro_id=f.macro_id,
-                                  request_field=f.request_field))
+        session.add(
+            OptRunFeature(
+                run_id=run_id,
+                feature_name=f.feature_name,
+                feature_order=f.feature_order,
+                is_anchor=f.is_anchor,
+                signal_score=f.signal_score,
+                macro_id=f.macro_id,
+                request_field=f.request_field,
+            )
+        )
     session.flush()
 
 
@@ -404,7 +473,8 @@ def record_run_metrics(session: Session, run_id: str, metrics: Mapping[str, Mapp
         if not values:
             continue
         session.query(OptRunMetric).filter(
-            OptRunMetric.run_id == run_id, OptRunMetric.section == section,
+            OptRunMetric.run_id == run_id,
+            OptRunMetric.section == section,
             OptRunMetric.metric_name.in_(list(values)),
         ).delete(synchronize_session=False)
         for name, value in values.items():
@@ -418,7 +488,8 @@ def record_run_metrics(session: Session, run_id: str, metrics: Mapping[str, Mapp
 def get_run_metrics(session: Session, run_id: str) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     rows = session.scalars(
-        select(OptRunMetric).where(OptRunMetric.run_id == run_id)
+        select(OptRunMetric)
+        .where(OptRunMetric.run_id == run_id)
         .order_by(OptRunMetric.section, OptRunMetric.metric_name)
     )
     for r in rows:
@@ -447,8 +518,15 @@ def get_run_features_with_macros(session: Session, run_id: str) -> list[RunFeatu
         .order_by(OptRunFeature.feature_order)
     )
     return [
-        RunFeatureWithMacro(f.feature_order, f.feature_name, f.is_anchor, f.signal_score, f.macro_id,
-                            m.macro_template if m else None, f.request_field)
+        RunFeatureWithMacro(
+            f.feature_order,
+            f.feature_name,
+            f.is_anchor,
+            f.signal_score,
+            f.macro_id,
+            m.macro_template if m else None,
+            f.request_field,
+        )
         for f, m in rows
     ]
 
@@ -456,11 +534,15 @@ def get_run_features_with_macros(session: Session, run_id: str) -> list[RunFeatu
 def list_completed_passed_runs(session: Session, entity_code: str) -> list[OptRun]:
     """Runs that may take traffic: completed with validation passed, newest first."""
     entity = get_entity_by_code(session, entity_code)
-    return list(session.scalars(
-        select(OptRun).where(OptRun.entity_id == entity.entity_id, OptRun.status == "completed",
-                             OptRun.validation_status == "passed")
-        .order_by(OptRun.completed_at.desc(), OptRun.run_id.desc())
-    ))
+    return list(
+        session.scalars(
+            select(OptRun)
+            .where(
+                OptRun.entity_id == entity.entity_id, OptRun.status == "completed", OptRun.validation_status == "passed"
+            )
+            .order_by(OptRun.completed_at.desc(), OptRun.run_id.desc())
+        )
+    )
 
 
 # --------------------------------------------------------------------------- traffic splits
@@ -468,20 +550,25 @@ def list_completed_passed_runs(session: Session, entity_code: str) -> list[OptRu
 
 def get_current_traffic_split(session: Session, entity_code: str) -> list[OptDeployment]:
     entity = get_entity_by_code(session, entity_code)
-    return list(session.scalars(
-        select(OptDeployment)
-        .where(OptDeployment.entity_id == entity.entity_id, OptDeployment.is_active.is_(True))
-        .order_by(OptDeployment.traffic_pct.desc(), OptDeployment.run_id)
-    ))
+    return list(
+        session.scalars(
+            select(OptDeployment)
+            .where(OptDeployment.entity_id == entity.entity_id, OptDeployment.is_active.is_(True))
+            .order_by(OptDeployment.traffic_pct.desc(), OptDeployment.run_id)
+        )
+    )
 
 
 def get_traffic_split_history(session: Session, entity_code: str) -> list[OptDeployment]:
     """Every deployment row of the entity, newest split first."""
     entity = get_entity_by_code(session, entity_code)
-    return list(session.scalars(
-        select(OptDeployment).where(OptDeployment.entity_id == entity.entity_id)
-        .order_by(OptDeployment.split_id.desc(), OptDeployment.traffic_pct.desc(), OptDeployment.run_id)
-    ))
+    return list(
+        session.scalars(
+            select(OptDeployment)
+            .where(OptDeployment.entity_id == entity.entity_id)
+            .order_by(OptDeployment.split_id.desc(), OptDeployment.traffic_pct.desc(), OptDeployment.run_id)
+        )
+    )
 
 
 def validate_split_shape(split: Iterable[tuple[str, Any]]) -> list[tuple[str, int]]:
@@ -528,13 +615,12 @@ def replace_traffic_split(
     pairs = validate_split_shape(split.items() if isinstance(split, Mapping) else split)
     if not deployed_by:
         raise InvalidConfig("deployed_by is required")
-    entity = session.scalar(
-        select(OptEntity).where(OptEntity.entity_code == entity_code).with_for_update()
-    )
+    entity = session.scalar(select(OptEntity).where(OptEntity.entity_code == entity_code).with_for_update())
     if entity is None:
         raise NotFound(f"unknown entity: {entity_code}")
-    runs = {r.run_id: r for r in session.scalars(
-        select(OptRun).where(OptRun.run_id.in_([run_id for run_id, _ in pairs])))}
+    runs = {
+        r.run_id: r for r in session.scalars(select(OptRun).where(OptRun.run_id.in_([run_id for run_id, _ in pairs])))
+    }
     for run_id, _ in pairs:
         run = runs.get(run_id)
         if run is None:
@@ -557,8 +643,15 @@ def replace_traffic_split(
         .execution_options(synchronize_session=False)
     )
     rows = [
-        OptDeployment(split_id=split_id, run_id=run_id, entity_id=entity.entity_id, traffic_pct=pct,
-                      is_active=True, deployed_by=deployed_by, deployed_at=now)
+        OptDeployment(
+            split_id=split_id,
+            run_id=run_id,
+            entity_id=entity.entity_id,
+            traffic_pct=pct,
+            is_active=True,
+            deployed_by=deployed_by,
+            deployed_at=now,
+        )
         for run_id, pct in pairs
     ]
     session.add_all(rows)
@@ -578,8 +671,13 @@ class ActiveDeployment:
 def list_active_deployments(session: Session, entity_code: str | None = None) -> list[ActiveDeployment]:
     """What the bidder serves: every active split row with the run's output path."""
     stmt = (
-        select(OptEntity.entity_code, OptDeployment.split_id, OptDeployment.run_id,
-               OptDeployment.traffic_pct, OptRun.s3_output_path)
+        select(
+            OptEntity.entity_code,
+            OptDeployment.split_id,
+            OptDeployment.run_id,
+            OptDeployment.traffic_pct,
+            OptRun.s3_output_path,
+        )
         .join(OptEntity, OptEntity.entity_id == OptDeployment.entity_id)
         .join(OptRun, OptRun.run_id == OptDeployment.run_id)
         .where(OptDeployment.is_active.is_(True), OptEntity.is_active.is_(True))

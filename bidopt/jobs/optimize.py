@@ -86,13 +86,18 @@ def load_run_spec(session, run_id: str) -> tuple[RunSpec, str]:
     entity, version = run.entity, run.version
     macros = q.list_active_feature_macros(session, entity.master_id)
     spec = RunSpec(
-        run_id=run.run_id, entity_code=entity.entity_code, anchor_feature=version.anchor_feature,
+        run_id=run.run_id,
+        entity_code=entity.entity_code,
+        anchor_feature=version.anchor_feature,
         macro_ids={m.feature_name: m.macro_id for m in macros},
         request_fields={m.feature_name: m.request_field for m in macros},
         static=q.get_entity_configs(session, entity.entity_id),
         configs=q.get_run_configs(session, run.run_id),
-        thresholds={"min_win_auc": version.min_win_auc, "max_win_ece": version.max_win_ece,
-                    "min_bid_coverage": version.min_bid_coverage},
+        thresholds={
+            "min_win_auc": version.min_win_auc,
+            "max_win_ece": version.max_win_ece,
+            "min_bid_coverage": version.min_bid_coverage,
+        },
     )
     return spec, run_output_url(get_settings().artifact_url, entity.base_path, run.run_id)
 
@@ -106,14 +111,18 @@ def _csv(df: pd.DataFrame) -> bytes:
 def feature_records(spec: RunSpec, result: RunResult) -> list[q.FeatureRecord]:
     """The run's features in key order with their macros and the request fields the run was trained
     with, for opt_run_features and features.json."""
-    return [q.FeatureRecord(c.name, i + 1, c.is_anchor, c.signal_score, spec.macro_ids.get(c.name),
-                            spec.request_fields.get(c.name))
-            for i, c in enumerate(result.features)]
+    return [
+        q.FeatureRecord(
+            c.name, i + 1, c.is_anchor, c.signal_score, spec.macro_ids.get(c.name), spec.request_fields.get(c.name)
+        )
+        for i, c in enumerate(result.features)
+    ]
 
 
 def artifact_files(spec: RunSpec, result: RunResult) -> dict[str, bytes]:
-    multipliers = result.multipliers if result.multipliers is not None else pd.DataFrame(
-        columns=["domain", "multiplier"])
+    multipliers = (
+        result.multipliers if result.multipliers is not None else pd.DataFrame(columns=["domain", "multiplier"])
+    )
     features = [dataclasses.asdict(f) for f in feature_records(spec, result)]
     files = {
         "suggested_bids.csv": _csv(result.bids),
@@ -121,8 +130,10 @@ def artifact_files(spec: RunSpec, result: RunResult) -> dict[str, bytes]:
         "win_model.ubj": result.win_model,
         "metrics.json": json.dumps(result.metrics, indent=2, sort_keys=True, default=float).encode(),
         "win_curves.json": json.dumps(result.curves).encode(),
-        "features.json": json.dumps({"features": features, "candidates_scored": result.feature_scores,
-                                     "validation": result.validation_reasons}, indent=2).encode(),
+        "features.json": json.dumps(
+            {"features": features, "candidates_scored": result.feature_scores, "validation": result.validation_reasons},
+            indent=2,
+        ).encode(),
     }
     if result.ctr_model is not None:
         files["ctr_model.ubj"] = result.ctr_model
@@ -143,8 +154,13 @@ class LeaseLost(Exception):
     """This attempt no longer holds its run (it was requeued, and maybe re-claimed): stop, record nothing."""
 
 
-def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[str], None] | None = None,
-                stop: threading.Event | None = None) -> dict:
+def process_run(
+    run_id: str,
+    worker_id: str,
+    attempt: int,
+    progress: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> dict:
     """Optimise one run claimed as attempt ``attempt`` by ``worker_id`` end to end; never raises
     for a run's own failure.
 
@@ -188,16 +204,29 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
         check_lease("before writing artifacts")
         step(f"writing artifacts to {output_url}")
         written = list(files)  # before the first byte: a write that fails half-way is cleaned up too
-        write_run_artifacts(output_url, files, before_manifest=lambda: check_lease("before the manifest"), meta={
-            "run_id": run_id, "attempt": attempt, "entity_code": spec.entity_code,
-            "features": [c.name for c in result.features],
-            "window": [result.window.start.isoformat(), result.window.end.isoformat()],
-            "validation_status": result.validation_status})
+        write_run_artifacts(
+            output_url,
+            files,
+            before_manifest=lambda: check_lease("before the manifest"),
+            meta={
+                "run_id": run_id,
+                "attempt": attempt,
+                "entity_code": spec.entity_code,
+                "features": [c.name for c in result.features],
+                "window": [result.window.start.isoformat(), result.window.end.isoformat()],
+                "validation_status": result.validation_status,
+            },
+        )
         seg = result.segment_bids
         stats = q.RunStats(
-            segments_count=int(len(seg)), bid_median=float(seg.median()), bid_min=float(seg.min()),
-            bid_max=float(seg.max()), s3_output_path=output_url, validation_status=result.validation_status,
-            validation_details=result.validation_reasons)
+            segments_count=int(len(seg)),
+            bid_median=float(seg.median()),
+            bid_min=float(seg.min()),
+            bid_max=float(seg.max()),
+            s3_output_path=output_url,
+            validation_status=result.validation_status,
+            validation_details=result.validation_reasons,
+        )
         completing = True  # from here a lost connection may hide a commit that went through
         try:
             with session_scope(engine) as s:
@@ -223,11 +252,21 @@ def process_run(run_id: str, worker_id: str, attempt: int, progress: Callable[[s
             return {"run_id": run_id, "attempt": attempt, "status": "abandoned", "error": error}
         return {"run_id": run_id, "attempt": attempt, "status": "failed", "error": error}
     # Outside the try: once the completion is committed, nothing may remove these files.
-    say(f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "
-        f"validation {stats.validation_status}")
-    return {"run_id": run_id, "attempt": attempt, "status": "completed",
-            "validation_status": stats.validation_status, "segments_count": stats.segments_count,
-            "bid_median": stats.bid_median, "pid": os.getpid(), "began": began, "ended": time.time()}
+    say(
+        f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "
+        f"validation {stats.validation_status}"
+    )
+    return {
+        "run_id": run_id,
+        "attempt": attempt,
+        "status": "completed",
+        "validation_status": stats.validation_status,
+        "segments_count": stats.segments_count,
+        "bid_median": stats.bid_median,
+        "pid": os.getpid(),
+        "began": began,
+        "ended": time.time(),
+    }
 
 
 def _process_run_task(run_id: str, worker_id: str, attempt: int) -> dict:
@@ -302,8 +341,9 @@ def _requeue_and_claim(worker_id: str) -> Lease | None:
     settings = get_settings()
     engine = get_engine(settings.database_url)
     with session_scope(engine) as s:
-        for run_id, status in q.requeue_stale_runs(s, heartbeat_timeout=timedelta(seconds=settings.stale_after_seconds),
-                                                   max_attempts=settings.max_attempts):
+        for run_id, status in q.requeue_stale_runs(
+            s, heartbeat_timeout=timedelta(seconds=settings.stale_after_seconds), max_attempts=settings.max_attempts
+        ):
             log.info("run %s: its worker stopped heartbeating; now %s", run_id, status)
     with session_scope(engine) as s:
         run = q.claim_next_pending_run(s, worker_id)
@@ -314,8 +354,9 @@ def _heartbeat(leases: list[Lease]) -> list[Lease]:
     """Heartbeat ``leases``; returns those the database refused (no longer held)."""
     engine = get_engine(get_settings().database_url)
     with session_scope(engine) as s:
-        return [lease for lease in leases
-                if not q.heartbeat_run(s, lease.run_id, lease.worker_id, attempt=lease.attempt)]
+        return [
+            lease for lease in leases if not q.heartbeat_run(s, lease.run_id, lease.worker_id, attempt=lease.attempt)
+        ]
 
 
 class Heartbeat:
@@ -370,17 +411,30 @@ def _release(lease: Lease, reason: str) -> dict:
     settings = get_settings()
     try:
         with session_scope(get_engine(settings.database_url)) as s:
-            status = q.release_run_lease(s, lease.run_id, worker_id=lease.worker_id, attempt=lease.attempt,
-                                         reason=reason, max_attempts=settings.max_attempts)
+            status = q.release_run_lease(
+                s,
+                lease.run_id,
+                worker_id=lease.worker_id,
+                attempt=lease.attempt,
+                reason=reason,
+                max_attempts=settings.max_attempts,
+            )
     except Exception as exc:  # noqa: BLE001 - no longer heartbeated: the stale check requeues it later
-        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "abandoned",
-                "error": f"{reason}; could not record it ({exc}); requeued once its heartbeat is stale"
-                         .splitlines()[0]}
+        return {
+            "run_id": lease.run_id,
+            "attempt": lease.attempt,
+            "status": "abandoned",
+            "error": f"{reason}; could not record it ({exc}); requeued once its heartbeat is stale".splitlines()[0],
+        }
     if status == "pending":
         return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "requeued", "error": reason}
     if status == "failed":
-        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "failed",
-                "error": f"gave up after {lease.attempt} attempts: {reason}"}
+        return {
+            "run_id": lease.run_id,
+            "attempt": lease.attempt,
+            "status": "failed",
+            "error": f"gave up after {lease.attempt} attempts: {reason}",
+        }
     return _outcome_from_db(lease, reason)
 
 
@@ -390,14 +444,27 @@ def _outcome_from_db(lease: Lease, note: str) -> dict:
         with session_scope(get_engine(get_settings().database_url)) as s:
             run = q.get_run(s, lease.run_id)
             if run.status == "completed" and run.worker_id == lease.worker_id and run.attempts == lease.attempt:
-                return {"run_id": run.run_id, "attempt": lease.attempt, "status": "completed",
-                        "validation_status": run.validation_status, "segments_count": run.segments_count,
-                        "bid_median": run.bid_median}
-            return {"run_id": run.run_id, "attempt": lease.attempt, "status": "abandoned",
-                    "error": f"{note}; the run is now {run.status} (attempt {run.attempts})"}
+                return {
+                    "run_id": run.run_id,
+                    "attempt": lease.attempt,
+                    "status": "completed",
+                    "validation_status": run.validation_status,
+                    "segments_count": run.segments_count,
+                    "bid_median": run.bid_median,
+                }
+            return {
+                "run_id": run.run_id,
+                "attempt": lease.attempt,
+                "status": "abandoned",
+                "error": f"{note}; the run is now {run.status} (attempt {run.attempts})",
+            }
     except DatabaseUnavailable as exc:  # the database is away: the lease goes stale and the run is requeued
-        return {"run_id": lease.run_id, "attempt": lease.attempt, "status": "abandoned",
-                "error": f"{note}; its outcome could not be read: {exc}".splitlines()[0]}
+        return {
+            "run_id": lease.run_id,
+            "attempt": lease.attempt,
+            "status": "abandoned",
+            "error": f"{note}; its outcome could not be read: {exc}".splitlines()[0],
+        }
 
 
 @dataclass
@@ -407,8 +474,15 @@ class _Flight:
     deadline: float  # time.monotonic() after which the task is cancelled
 
 
-def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, use_ray: bool = True,
-                  on_result: Callable[[dict], None] | None = None, max_runs: int | None = None) -> JobReport:
+def run_optimizer(
+    *,
+    once: bool,
+    poll_seconds: float = 10.0,
+    parallel: int = 2,
+    use_ray: bool = True,
+    on_result: Callable[[dict], None] | None = None,
+    max_runs: int | None = None,
+) -> JobReport:
     """Drain (``once``) or keep polling the pending queue. Returns what was processed (one entry
     per attempt; a requeued run may appear again). Invalid settings raise ``InvalidSettings``
     before anything is claimed."""
@@ -471,8 +545,9 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
                 if lease is None:
                     break
                 # Asked per task: optimizer nodes may have joined or left the cluster since the last one.
-                ref = task.options(**optimizer_task_options(), name=f"optimize {lease.entity_code} {lease.run_id}") \
-                    .remote(lease.run_id, worker_id, lease.attempt)
+                ref = task.options(
+                    **optimizer_task_options(), name=f"optimize {lease.entity_code} {lease.run_id}"
+                ).remote(lease.run_id, worker_id, lease.attempt)
                 in_flight[ref] = _Flight(lease, beat.hold(lease), time.monotonic() + limit)
             if not in_flight:
                 if once or not budget_left():
@@ -491,8 +566,12 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
                     finish(ref)  # it finished meanwhile: its own answer counts
                 elif flight.lost.is_set():
                     cancel(ref)
-                    done(_outcome_from_db(flight.lease, "the heartbeat found the run no longer held by this "
-                                                        "attempt; its task was cancelled"))
+                    done(
+                        _outcome_from_db(
+                            flight.lease,
+                            "the heartbeat found the run no longer held by this attempt; its task was cancelled",
+                        )
+                    )
                 else:
                     cancel(ref)
                     done(_release(flight.lease, f"exceeded run time limit of {limit:g} s"))
@@ -501,8 +580,10 @@ def run_optimizer(*, once: bool, poll_seconds: float = 10.0, parallel: int = 2, 
 def describe_result(result: dict) -> str:
     """The line ``bidopt optimizer run`` prints for a finished run (``on_result``)."""
     if result["status"] == "completed":
-        return (f"run {result['run_id']} completed: {result['segments_count']} segments, "
-                f"median bid {result['bid_median']:.2f}, validation {result['validation_status']}")
+        return (
+            f"run {result['run_id']} completed: {result['segments_count']} segments, "
+            f"median bid {result['bid_median']:.2f}, validation {result['validation_status']}"
+        )
     # failed, requeued (its task died or timed out) or abandoned (its lease was lost)
     return f"run {result['run_id']} {result['status']}: {result['error']}"
 
@@ -518,22 +599,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bidopt.jobs.optimize",
         description="Claim pending runs oldest first and optimise them, one Ray task per run. "
-                    "Exits non-zero with --once when any run failed.")
-    parser.add_argument("--once", action="store_true",
-                        help="Drain the pending queue and exit (default: keep polling).")
-    parser.add_argument("--poll-seconds", type=float, default=10.0,
-                        help="Wait between polls of an empty queue (default: 10).")
-    parser.add_argument("--parallel", type=int, default=2,
-                        help="Runs optimised at the same time (Ray tasks; default: 2).")
+        "Exits non-zero with --once when any run failed.",
+    )
+    parser.add_argument("--once", action="store_true", help="Drain the pending queue and exit (default: keep polling).")
+    parser.add_argument(
+        "--poll-seconds", type=float, default=10.0, help="Wait between polls of an empty queue (default: 10)."
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="Runs optimised at the same time (Ray tasks; default: 2)."
+    )
     parser.add_argument("--max-runs", type=int, default=None, help="Stop after this many runs.")
-    parser.add_argument("--no-ray", action="store_true",
-                        help="Run in this process, one run at a time, without Ray.")
+    parser.add_argument("--no-ray", action="store_true", help="Run in this process, one run at a time, without Ray.")
     args = parser.parse_args(argv)
     configure_logging()  # progress lines on the console, as `bidopt optimizer run` shows them
     try:
-        report = run_optimizer(once=args.once, poll_seconds=args.poll_seconds, parallel=max(args.parallel, 1),
-                               use_ray=not args.no_ray, max_runs=args.max_runs,
-                               on_result=lambda result: print(describe_result(result), flush=True))
+        report = run_optimizer(
+            once=args.once,
+            poll_seconds=args.poll_seconds,
+            parallel=max(args.parallel, 1),
+            use_ray=not args.no_ray,
+            max_runs=args.max_runs,
+            on_result=lambda result: print(describe_result(result), flush=True),
+        )
     except BidoptError as exc:  # one line and exit 1, as the CLI does
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

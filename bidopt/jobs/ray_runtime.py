@@ -12,9 +12,16 @@ def worker_env() -> dict[str, str]:
     folder: relative defaults (``./.bidopt``) become absolute URLs here."""
     s = get_settings()
     env = {k: v for k, v in os.environ.items() if k.startswith("BIDOPT_") or k.startswith("AWS_")}
-    env.update({"BIDOPT_HOME": str(s.home), "BIDOPT_DATABASE_URL": s.database_url,
-                "BIDOPT_WAREHOUSE_URL": s.warehouse_url, "BIDOPT_ARTIFACT_URL": s.artifact_url,
-                "BIDOPT_CACHE_URL": s.cache_url, "BIDOPT_DECISION_LOG_DIR": s.decision_log_dir})
+    env.update(
+        {
+            "BIDOPT_HOME": str(s.home),
+            "BIDOPT_DATABASE_URL": s.database_url,
+            "BIDOPT_WAREHOUSE_URL": s.warehouse_url,
+            "BIDOPT_ARTIFACT_URL": s.artifact_url,
+            "BIDOPT_CACHE_URL": s.cache_url,
+            "BIDOPT_DECISION_LOG_DIR": s.decision_log_dir,
+        }
+    )
     return env
 
 
@@ -37,8 +44,12 @@ def ensure_ray(**init_kwargs) -> None:
         return
     # Unset means a new local Ray ("local"), never whatever cluster /tmp/ray/ray_current_cluster
     # names: that file outlives a cluster stopped by PID, and ray.init() would wait on it forever.
-    ray.init(address=get_settings().ray_address or "local", runtime_env={"env_vars": worker_env()},
-             log_to_driver=True, **init_kwargs)
+    ray.init(
+        address=get_settings().ray_address or "local",
+        runtime_env={"env_vars": worker_env()},
+        log_to_driver=True,
+        **init_kwargs,
+    )
 
 
 # Custom node resources that cluster.yaml declares on its node types. Optimizer tasks and bidder
@@ -110,8 +121,8 @@ def bidder_replica_options(nodes: list[dict[str, float]] | None = None) -> dict:
     resources, read from the connected cluster when not given).
 
     Raises ``UnplaceableError`` when the cluster declares bidder nodes (``BIDOPT_NODE_RESOURCES=auto``)
-    but no live node has all that a replica requests (a bidder node with no CPUs, say), rather than deploying replicas that would wait
-    forever."""
+    but no live node has all that a replica requests (a bidder node with no CPUs, say), rather than
+    deploying replicas that would wait forever."""
     nodes = live_node_resources() if nodes is None else nodes
     options: dict = {"num_cpus": BIDDER_REPLICA_CPUS}
     if BIDDER_RESOURCE not in declared_resources(nodes):
@@ -126,5 +137,6 @@ def bidder_replica_options(nodes: list[dict[str, float]] | None = None) -> dict:
             f"no node of this Ray cluster can host a bidder replica, which requests {request}; the nodes "
             f"that declare {BIDDER_RESOURCE!r} have {offered}. Give the bidder nodes at least that much "
             f"(cluster.yaml: bidder_worker), or drop the {BIDDER_RESOURCE!r} resource from every node to "
-            f"let replicas go anywhere.")
+            f"let replicas go anywhere."
+        )
     return options

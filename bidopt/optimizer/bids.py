@@ -45,8 +45,16 @@ class BidPolicy:
 
     @classmethod
     def from_configs(cls, cfg: dict, *, use_floors: bool) -> BidPolicy:
-        return cls(cfg["target_win_rate"], cfg["min_bid_cpm"], cfg["max_bid_cpm"], cfg["exploration_mode"],
-                   cfg["aggressive_exploration"], cfg["exploration_uplift"], cfg["min_segment_bids"], use_floors)
+        return cls(
+            cfg["target_win_rate"],
+            cfg["min_bid_cpm"],
+            cfg["max_bid_cpm"],
+            cfg["exploration_mode"],
+            cfg["aggressive_exploration"],
+            cfg["exploration_uplift"],
+            cfg["min_segment_bids"],
+            use_floors,
+        )
 
     @property
     def thin_threshold(self) -> int:
@@ -62,8 +70,9 @@ class BidPolicy:
         return np.clip(np.round(bids, PRICE_DECIMALS), price_ceil(self.min_bid_cpm), price_floor(self.max_bid_cpm))
 
 
-def exploration_targets(target_win_rate: float, weights: np.ndarray, thin: np.ndarray, *, aggressive: bool
-                        ) -> np.ndarray:
+def exploration_targets(
+    target_win_rate: float, weights: np.ndarray, thin: np.ndarray, *, aggressive: bool
+) -> np.ndarray:
     """Per segment, the win rate optimistic exploration aims at: for thin segments an upper
     confidence bound of the target (what they need could be more than the model says, and only
     bidding there finds out), between the plain target and ``OPTIMISTIC_TARGET_CEILING``;
@@ -98,11 +107,11 @@ class Mixture:
             self._codes = model.encoder.encode(self.cells)
         p = model.predict_encoded(self._codes, bid_per_group[self.group])
         w = self.weights
-        return np.bincount(self.group, w * p, self.n_groups) / np.maximum(np.bincount(self.group, w, self.n_groups),
-                                                                          1e-12)
+        return np.bincount(self.group, w * p, self.n_groups) / np.maximum(
+            np.bincount(self.group, w, self.n_groups), 1e-12
+        )
 
-    def lowest_bids(self, model: WinRateModel, grid: np.ndarray, targets: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def lowest_bids(self, model: WinRateModel, grid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per group: the lowest grid bid whose mixture win rate reaches the group's target
         (bisection on the monotone mixture), or the top of the grid; and whether it was reached."""
         top = len(grid) - 1
@@ -156,8 +165,7 @@ def suggest_bids(
     thin = weights < policy.thin_threshold
     bids = model_bids
     if policy.exploration_mode == "optimistic" and thin.any():
-        targets = exploration_targets(policy.target_win_rate, weights, thin,
-                                      aggressive=policy.aggressive_exploration)
+        targets = exploration_targets(policy.target_win_rate, weights, thin, aggressive=policy.aggressive_exploration)
         bids, reached = mix.lowest_bids(model, grid, targets)
     if policy.exploration_mode == "uplift":
         uplift = policy.exploration_uplift * (2 if policy.aggressive_exploration else 1)
@@ -169,21 +177,24 @@ def suggest_bids(
     capped = (~reached) | (bids > policy.max_bid_cpm)
     bids = policy.round_bids(bids)
 
-    rows = pd.DataFrame({
-        "segment_key": keys,
-        "level": "segment",
-        "bid_cpm": bids,
-        "predicted_win_rate": np.round(mix.rate(model, bids), 4),
-        "train_bids": weights.astype(np.int64),
-        "explored": thin & (policy.exploration_mode != "none"),
-        "capped": capped,
-    })
+    rows = pd.DataFrame(
+        {
+            "segment_key": keys,
+            "level": "segment",
+            "bid_cpm": bids,
+            "predicted_win_rate": np.round(mix.rate(model, bids), 4),
+            "train_bids": weights.astype(np.int64),
+            "explored": thin & (policy.exploration_mode != "none"),
+            "capped": capped,
+        }
+    )
     backoffs = _backoff_rows(model, cells, features, grid, policy)
     return pd.concat([rows, backoffs], ignore_index=True), pd.Series(model_bids, index=keys)
 
 
-def _backoff_rows(model: WinRateModel, cells: pd.DataFrame, features: list[str], grid: np.ndarray,
-                  policy: BidPolicy) -> pd.DataFrame:
+def _backoff_rows(
+    model: WinRateModel, cells: pd.DataFrame, features: list[str], grid: np.ndarray, policy: BidPolicy
+) -> pd.DataFrame:
     """Traffic-weighted mixtures of each anchor value and of the whole entity."""
     out = []
     levels = [([features[0]], "anchor")] if len(features) > 1 else []
@@ -196,10 +207,17 @@ def _backoff_rows(model: WinRateModel, cells: pd.DataFrame, features: list[str],
         w = np.bincount(codes, mix.weights, len(groups))
         for i in range(len(groups)):
             head = [str(groups.iloc[i, 0])] if columns else []
-            out.append({"segment_key": backoff_key(head, len(features)),
-                        "level": level, "bid_cpm": float(bids[i]),
-                        "predicted_win_rate": round(float(rates[i]), 4), "train_bids": int(w[i]),
-                        "explored": False, "capped": not bool(reached[i])})
+            out.append(
+                {
+                    "segment_key": backoff_key(head, len(features)),
+                    "level": level,
+                    "bid_cpm": float(bids[i]),
+                    "predicted_win_rate": round(float(rates[i]), 4),
+                    "train_bids": int(w[i]),
+                    "explored": False,
+                    "capped": not bool(reached[i]),
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -242,20 +260,36 @@ def domain_multipliers(
     if part.empty:
         return pd.DataFrame(columns=cols)
     w = part["bids"].to_numpy(float)
-    agg = part.assign(wlr=w * part["log_ratio"]).groupby(domain_column).agg(
-        wlr=("wlr", "sum"), w=("bids", "sum"), segments=("bids", "size"))
+    agg = (
+        part.assign(wlr=w * part["log_ratio"])
+        .groupby(domain_column)
+        .agg(wlr=("wlr", "sum"), w=("bids", "sum"), segments=("bids", "size"))
+    )
     # Rounded to the bids' decimals inside the bounds rounded inwards, like ``BidPolicy.round_bids``:
     # an upper bound of 1.99996 must not become a multiplier of 2.0.
-    mult = np.clip(np.round(np.exp(agg["wlr"] / agg["w"]).to_numpy(), PRICE_DECIMALS),
-                   price_ceil(lower), price_floor(upper))
-    out = pd.DataFrame({"domain": agg.index.astype(str), "multiplier": mult,
-                        "bids": totals.reindex(agg.index).to_numpy(np.int64),
-                        "segments": agg["segments"].to_numpy(np.int64)})
+    mult = np.clip(
+        np.round(np.exp(agg["wlr"] / agg["w"]).to_numpy(), PRICE_DECIMALS), price_ceil(lower), price_floor(upper)
+    )
+    out = pd.DataFrame(
+        {
+            "domain": agg.index.astype(str),
+            "multiplier": mult,
+            "bids": totals.reindex(agg.index).to_numpy(np.int64),
+            "segments": agg["segments"].to_numpy(np.int64),
+        }
+    )
     return out.sort_values("bids", ascending=False).reset_index(drop=True)
 
 
-def top_segment_curves(model: WinRateModel, cells: pd.DataFrame, features: Sequence[str], policy: BidPolicy,
-                       *, top: int = 8, points: int = 40) -> dict:
+def top_segment_curves(
+    model: WinRateModel,
+    cells: pd.DataFrame,
+    features: Sequence[str],
+    policy: BidPolicy,
+    *,
+    top: int = 8,
+    points: int = 40,
+) -> dict:
     """Mixture win-rate curves of the ``top`` segments by traffic, for plots:
     ``{"bids": [...], "segments": [{"segment_key", "train_bids", "win_rate": [...]}, ...]}``."""
     features = list(features)
@@ -268,7 +302,15 @@ def top_segment_curves(model: WinRateModel, cells: pd.DataFrame, features: Seque
     mix = Mixture(cells[keep].reset_index(drop=True), np.array([remap[c] for c in codes[keep]]), len(chosen))
     grid = np.geomspace(policy.min_bid_cpm, policy.max_bid_cpm, points)
     rates = np.column_stack([mix.rate(model, np.full(len(chosen), b)) for b in grid])
-    return {"bids": [round(float(b), 4) for b in grid], "target_win_rate": policy.target_win_rate,
-            "segments": [{"segment_key": segment_key(segs.iloc[c].astype(str).tolist()),
-                          "train_bids": int(weights[c]), "win_rate": [round(float(r), 4) for r in rates[i]]}
-                         for i, c in enumerate(chosen)]}
+    return {
+        "bids": [round(float(b), 4) for b in grid],
+        "target_win_rate": policy.target_win_rate,
+        "segments": [
+            {
+                "segment_key": segment_key(segs.iloc[c].astype(str).tolist()),
+                "train_bids": int(weights[c]),
+                "win_rate": [round(float(r), 4) for r in rates[i]],
+            }
+            for i, c in enumerate(chosen)
+        ],
+    }

@@ -39,8 +39,7 @@ def _bid_bin(df: pd.DataFrame) -> np.ndarray:
     return np.floor(np.log(np.maximum(mean_bid(df), 1e-6)) / BID_BIN_LOG_WIDTH).astype(np.int64)
 
 
-def _cell_predictions(train: pd.DataFrame, test: pd.DataFrame, keys: list[str],
-                      prior_test: np.ndarray) -> np.ndarray:
+def _cell_predictions(train: pd.DataFrame, test: pd.DataFrame, keys: list[str], prior_test: np.ndarray) -> np.ndarray:
     """Shrunk training win rate of each test row's cell, towards ``prior_test``."""
     cells = train.groupby(keys, observed=True)[["wins", "bids"]].sum()
     joined = test[keys].merge(cells, left_on=keys, right_index=True, how="left")

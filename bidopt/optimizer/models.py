@@ -35,8 +35,9 @@ def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) ->
     return float(((neg_below + 0.5 * n_grp) * p_grp).sum() / (total_pos * total_neg))
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-                               n_bins: int = 10) -> float | None:
+def expected_calibration_error(
+    probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, n_bins: int = 10
+) -> float | None:
     """Weighted ECE over ``n_bins`` equal-width probability bins."""
     probs, labels, weights = (np.asarray(a, dtype=float) for a in (probs, labels, weights))
     total = weights.sum()
@@ -126,8 +127,11 @@ class WinRateModel:
         x = _log_bid(bids)
         codes = self.encoder.encode(df).astype(np.int64) + 1  # UNSEEN (-1) -> 0
         radix = np.array([len(self.encoder.categories[f]) + 1 for f in self.encoder.features], dtype=np.int64)
-        packed = (codes * np.r_[np.cumprod(radix[::-1])[::-1][1:], 1]).sum(axis=1) if len(radix) else \
-            np.zeros(len(df), dtype=np.int64)
+        packed = (
+            (codes * np.r_[np.cumprod(radix[::-1])[::-1][1:], 1]).sum(axis=1)
+            if len(radix)
+            else np.zeros(len(df), dtype=np.int64)
+        )
         keys, inverse = np.unique(packed, return_inverse=True)
         splits = self.bid_thresholds()
         if len(keys) * (len(splits) + 1) >= len(df):  # few rows per segment: direct is cheaper
@@ -164,9 +168,15 @@ class CtrModel:
 
 def _params(cfg: dict, monotone: str | None) -> dict:
     params = {
-        "objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",
-        "max_depth": cfg["xgb_max_depth"], "eta": cfg["xgb_learning_rate"], "max_cat_to_onehot": 1,
-        "min_child_weight": 5.0, "nthread": cfg.get("nthread", 0), "seed": 0,
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "tree_method": "hist",
+        "max_depth": cfg["xgb_max_depth"],
+        "eta": cfg["xgb_learning_rate"],
+        "max_cat_to_onehot": 1,
+        "min_child_weight": 5.0,
+        "nthread": cfg.get("nthread", 0),
+        "seed": 0,
     }
     if monotone:
         params["monotone_constraints"] = monotone
@@ -207,8 +217,7 @@ def train_ctr_model(train: pd.DataFrame, features: Sequence[str], cfg: dict) -> 
     encoder = CategoryEncoder.fit(won, features)
     rows, labels, weights = expand_binary(won, "clicks", "wins")
     x = encoder.encode(rows).astype(np.float32)
-    dtrain = xgb.DMatrix(x, label=labels, weight=weights, feature_types=["c"] * x.shape[1],
-                         enable_categorical=True)
+    dtrain = xgb.DMatrix(x, label=labels, weight=weights, feature_types=["c"] * x.shape[1], enable_categorical=True)
     params = _params(cfg, None) | {"max_depth": min(cfg["xgb_max_depth"], 4), "min_child_weight": 20.0}
     booster = xgb.train(params, dtrain, num_boost_round=max(cfg["xgb_num_rounds"] // 2, 10))
     return CtrModel(booster, encoder)
@@ -254,7 +263,7 @@ def fit_bid_landscape(df: pd.DataFrame, group: str | None, *, iterations: int = 
         h_bb = (w * x * x).sum()
         g_a = np.bincount(codes, r, k)
         g_b = (r * x).sum()
-        schur = h_bb - (h_ab ** 2 / h_aa).sum()
+        schur = h_bb - (h_ab**2 / h_aa).sum()
         db = (g_b - (h_ab * g_a / h_aa).sum()) / schur
         da = (g_a - h_ab * db) / h_aa
         a, b = a + da, b + db

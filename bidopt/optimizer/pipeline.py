@@ -89,22 +89,30 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
     cfg = parse_run_configs(spec.configs)  # fails before any work on a bad config
     candidates = candidate_features(spec)
     if spec.anchor_feature not in candidates:
-        raise InvalidConfig(f"anchor feature {spec.anchor_feature} is not an active feature of "
-                            f"{spec.entity_code} (candidates: {', '.join(candidates) or 'none'})")
+        raise InvalidConfig(
+            f"anchor feature {spec.anchor_feature} is not an active feature of "
+            f"{spec.entity_code} (candidates: {', '.join(candidates) or 'none'})"
+        )
     window, holdout_from = run_window(warehouse, spec.entity_code, cfg)
     bucket = cfg["bid_bucket_cpm"]
 
     def aggregate(group_by: list[str]) -> pd.DataFrame:
-        return warehouse.aggregate_bids(spec.entity_code, window, group_by, bid_bucket_cpm=bucket,
-                                        holdout_from=holdout_from).to_pandas()
+        return warehouse.aggregate_bids(
+            spec.entity_code, window, group_by, bid_bucket_cpm=bucket, holdout_from=holdout_from
+        ).to_pandas()
 
     progress(f"selecting features from {', '.join(candidates)}")
     scores: list[dict] = []
     chosen = F.select_features(
-        aggregate, spec.anchor_feature, candidates, max_features=cfg["max_features"],
+        aggregate,
+        spec.anchor_feature,
+        candidates,
+        max_features=cfg["max_features"],
         min_segment_bids=cfg["min_segment_bids"],
         on_score=lambda name, score, support: scores.append(
-            {"feature": name, "signal_score": score, "support": support}))
+            {"feature": name, "signal_score": score, "support": support}
+        ),
+    )
     features = [c.name for c in chosen]
 
     # The model adjusts for the domain (see bidopt.optimizer.bids): domains with
@@ -115,9 +123,13 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
     keep = [d for d in train_bids.index[train_bids >= cfg["min_domain_bids"]] if d != "unknown"]
     keep = set(keep[:MAX_ADJUST_DOMAINS])
     model_columns = [*features, "domain"]
-    agg = B.lump_rare(agg, "domain", keep).groupby(
-        [*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
-        ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]].sum()
+    agg = (
+        B.lump_rare(agg, "domain", keep)
+        .groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
+            ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]
+        ]
+        .sum()
+    )
     train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
     if train.empty:
         raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
@@ -143,8 +155,15 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
     if spec.static.get("domain_enabled"):
         progress("computing domain multipliers")
         multipliers = B.domain_multipliers(
-            win, cells, features, model_bids, policy, min_domain_bids=cfg["min_domain_bids"],
-            lower=cfg["domain_multiplier_min"], upper=cfg["domain_multiplier_max"])
+            win,
+            cells,
+            features,
+            model_bids,
+            policy,
+            min_domain_bids=cfg["min_domain_bids"],
+            lower=cfg["domain_multiplier_min"],
+            upper=cfg["domain_multiplier_max"],
+        )
 
     total_bids, total_wins = float(agg["bids"].sum()), float(agg["wins"].sum())
     seg_bids = bid_table.loc[bid_table["level"] == "segment"]
@@ -153,7 +172,8 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
         "ctr_model": ctr_metrics,
         "bid_landscape": landscape,
         "global_stats": {
-            "bids": total_bids, "wins": total_wins,
+            "bids": total_bids,
+            "wins": total_wins,
             "win_rate": total_wins / total_bids if total_bids else None,
             "clicks": float(agg["clicks"].sum()),
             "avg_clearing_price_cpm": float(agg["spend_cpm"].sum()) / total_wins if total_wins else None,
@@ -167,11 +187,19 @@ def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lam
     status, reasons = validate(bid_table, multipliers, metrics, coverage, cfg, spec.thresholds)
     metrics["validation"] = {"bid_coverage": coverage}
     return RunResult(
-        features=chosen, metrics=metrics, bids=bid_table, multipliers=multipliers,
+        features=chosen,
+        metrics=metrics,
+        bids=bid_table,
+        multipliers=multipliers,
         win_model=bytes(win.booster.save_raw("ubj")),
         ctr_model=bytes(ctr.booster.save_raw("ubj")) if ctr is not None else None,
-        validation_status=status, validation_reasons=reasons, window=window, feature_scores=scores,
-        holdout_from=holdout_from, model=win, curves=curves,
+        validation_status=status,
+        validation_reasons=reasons,
+        window=window,
+        feature_scores=scores,
+        holdout_from=holdout_from,
+        model=win,
+        curves=curves,
     )
 
 
@@ -186,8 +214,14 @@ def _coverage(bid_table: pd.DataFrame, test: pd.DataFrame, features: list[str]) 
     return float((w * hit).sum() / w.sum())
 
 
-def validate(bid_table: pd.DataFrame, multipliers: pd.DataFrame | None, metrics: dict, coverage: float | None,
-             cfg: dict, thresholds: dict) -> tuple[str, list[str]]:
+def validate(
+    bid_table: pd.DataFrame,
+    multipliers: pd.DataFrame | None,
+    metrics: dict,
+    coverage: float | None,
+    cfg: dict,
+    thresholds: dict,
+) -> tuple[str, list[str]]:
     """Checks on bids and models; ``("passed" | "failed", reasons)``. Every check adds a line.
     ``coverage``: the held-out traffic share with a full segment key of its own (``_coverage``)."""
     reasons: list[str] = []
@@ -200,23 +234,36 @@ def validate(bid_table: pd.DataFrame, multipliers: pd.DataFrame | None, metrics:
 
     bids = bid_table["bid_cpm"].to_numpy(float)
     check(bool(np.isfinite(bids).all()), "every bid is finite")
-    check(bool(((bids >= cfg["min_bid_cpm"] - 1e-9) & (bids <= cfg["max_bid_cpm"] + 1e-9)).all()),
-          f"every bid within [{cfg['min_bid_cpm']}, {cfg['max_bid_cpm']}]")
+    check(
+        bool(((bids >= cfg["min_bid_cpm"] - 1e-9) & (bids <= cfg["max_bid_cpm"] + 1e-9)).all()),
+        f"every bid within [{cfg['min_bid_cpm']}, {cfg['max_bid_cpm']}]",
+    )
     check(bool((bid_table["level"] == "default").sum() == 1), "one entity default row")
     check(not bid_table["segment_key"].duplicated().any(), "segment keys are unique")
-    check(coverage is not None and coverage >= thresholds["min_bid_coverage"],
-          f"bid coverage of held-out traffic {_fmt(coverage)} >= {thresholds['min_bid_coverage']}")
+    check(
+        coverage is not None and coverage >= thresholds["min_bid_coverage"],
+        f"bid coverage of held-out traffic {_fmt(coverage)} >= {thresholds['min_bid_coverage']}",
+    )
     auc = metrics["win_rate_model"].get("auc")
-    check(auc is not None and auc >= thresholds["min_win_auc"],
-          f"win-rate model AUC {_fmt(auc)} >= {thresholds['min_win_auc']}")
+    check(
+        auc is not None and auc >= thresholds["min_win_auc"],
+        f"win-rate model AUC {_fmt(auc)} >= {thresholds['min_win_auc']}",
+    )
     ece = metrics["win_rate_model"].get("ece")
-    check(ece is not None and ece <= thresholds["max_win_ece"],
-          f"win-rate model ECE {_fmt(ece)} <= {thresholds['max_win_ece']}")
+    check(
+        ece is not None and ece <= thresholds["max_win_ece"],
+        f"win-rate model ECE {_fmt(ece)} <= {thresholds['max_win_ece']}",
+    )
     if multipliers is not None and len(multipliers):
         m = multipliers["multiplier"].to_numpy(float)
-        check(bool(np.isfinite(m).all() and (m >= cfg["domain_multiplier_min"] - 1e-9).all()
-                   and (m <= cfg["domain_multiplier_max"] + 1e-9).all()),
-              f"domain multipliers within [{cfg['domain_multiplier_min']}, {cfg['domain_multiplier_max']}]")
+        check(
+            bool(
+                np.isfinite(m).all()
+                and (m >= cfg["domain_multiplier_min"] - 1e-9).all()
+                and (m <= cfg["domain_multiplier_max"] + 1e-9).all()
+            ),
+            f"domain multipliers within [{cfg['domain_multiplier_min']}, {cfg['domain_multiplier_max']}]",
+        )
     return ("failed" if failed else "passed"), reasons
 
 

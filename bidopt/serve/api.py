@@ -44,8 +44,7 @@ class SplitRequest(BaseModel):
     """The new split: whole percentages per completed, validated run, adding up to 100."""
 
     model_config = ConfigDict(extra="forbid")
-    split: dict[str, Any] | list[dict[str, Any]] = Field(examples=[{"20260203_150000": 80,
-                                                                    "20260204_090000": 20}])
+    split: dict[str, Any] | list[dict[str, Any]] = Field(examples=[{"20260203_150000": 80, "20260204_090000": 20}])
 
 
 def _session() -> Iterator[Session]:
@@ -53,8 +52,9 @@ def _session() -> Iterator[Session]:
         yield s
 
 
-def caller(authorization: str | None = Header(default=None),
-           x_api_token: str | None = Header(default=None)) -> access.Caller:
+def caller(
+    authorization: str | None = Header(default=None), x_api_token: str | None = Header(default=None)
+) -> access.Caller:
     token = x_api_token
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
@@ -72,8 +72,11 @@ def operator(who: access.Caller = Depends(caller)) -> access.Caller:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="bidopt management API", version="0.1.0",
-                  description="Entities, optimizer runs, metrics and A/B traffic splits.")
+    app = FastAPI(
+        title="bidopt management API",
+        version="0.1.0",
+        description="Entities, optimizer runs, metrics and A/B traffic splits.",
+    )
 
     @app.exception_handler(BidoptError)
     async def bidopt_error(_request: Request, exc: BidoptError) -> JSONResponse:
@@ -111,8 +114,12 @@ def create_app() -> FastAPI:
         return service.get_entity(s, entity_code)
 
     @app.get("/api/entities/{entity_code}/runs", tags=["runs"], dependencies=read)
-    def entity_runs(entity_code: str, status: str | None = None, limit: int = Query(100, ge=1, le=1000),
-                    s: Session = Depends(_session)) -> list[dict]:
+    def entity_runs(
+        entity_code: str,
+        status: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+        s: Session = Depends(_session),
+    ) -> list[dict]:
         return service.list_runs(s, entity_code=entity_code, status=status, limit=limit)
 
     @app.post("/api/entities/{entity_code}/runs", tags=["runs"], status_code=201)
@@ -138,8 +145,12 @@ def create_app() -> FastAPI:
         return service.split_history(s, entity_code)
 
     @app.get("/api/runs", tags=["runs"], dependencies=read)
-    def runs(entity: str | None = None, status: str | None = None, limit: int = Query(100, ge=1, le=1000),
-             s: Session = Depends(_session)) -> list[dict]:
+    def runs(
+        entity: str | None = None,
+        status: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+        s: Session = Depends(_session),
+    ) -> list[dict]:
         return service.list_runs(s, entity_code=entity, status=status, limit=limit)
 
     @app.get("/api/runs/{run_id}", tags=["runs"], dependencies=read)
@@ -147,8 +158,13 @@ def create_app() -> FastAPI:
         return service.get_run(s, run_id)
 
     @app.get("/api/runs/{run_id}/bids", tags=["runs"], dependencies=read)
-    def run_bids(run_id: str, offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
-                 level: str | None = None, s: Session = Depends(_session)) -> dict:
+    def run_bids(
+        run_id: str,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(100, ge=1, le=1000),
+        level: str | None = None,
+        s: Session = Depends(_session),
+    ) -> dict:
         return service.run_bid_table(s, run_id, offset=offset, limit=limit, level=level)
 
     @app.get("/api/runs/{run_id}/curves", tags=["runs"], dependencies=read)

@@ -32,7 +32,6 @@ from starlette.requests import Request
 from starlette.responses import Response  # noqa: F401 - the type Serve gets back
 
 from bidopt.bidder.app import BidderCore, http_handler
-
 from bidopt.db import access
 from bidopt.errors import NotFound
 from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS
@@ -43,8 +42,7 @@ LOCAL_OPERATOR = "local"
 management_app = create_app()
 
 
-@serve.deployment(name="management", num_replicas=1, max_ongoing_requests=100,
-                  ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="management", num_replicas=1, max_ongoing_requests=100, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(management_app)
 class ManagementAPI:
     """Routes come from the FastAPI app; settings are read from BIDOPT_* in the replica."""
@@ -67,10 +65,14 @@ BIDDER_AUTOSCALING = {
 # ray_actor_options here are the default of `serve deploy` without options; `bidopt serve` replaces them
 # with bidder_replica_options() (the bidder resource where the cluster declares bidder nodes), and
 # serve_config.yaml requests that resource explicitly.
-@serve.deployment(name="bidder", max_ongoing_requests=100, autoscaling_config=BIDDER_AUTOSCALING,
-                  ray_actor_options={"num_cpus": BIDDER_REPLICA_CPUS},
-                  # a log line per request costs more than the decision itself; decisions have their own log
-                  logging_config={"enable_access_log": False, "log_level": "WARNING"})
+@serve.deployment(
+    name="bidder",
+    max_ongoing_requests=100,
+    autoscaling_config=BIDDER_AUTOSCALING,
+    ray_actor_options={"num_cpus": BIDDER_REPLICA_CPUS},
+    # a log line per request costs more than the decision itself; decisions have their own log
+    logging_config={"enable_access_log": False, "log_level": "WARNING"},
+)
 class Bidder:
     """Each replica keeps its own near cache and refresher thread (``BidderCore``).
 
@@ -98,8 +100,12 @@ class Bidder:
 # Serve's HAProxy ingress and throughput-optimised mode; HAProxy's per-request metrics log (parsed
 # by a Python actor: a fifth of a core at 5k req/s here) off, one HAProxy thread on small machines.
 # Decisions have their own log; HAProxy's stats page still counts requests.
-SERVE_MODE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-                  "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0", "RAY_SERVE_HAPROXY_NBTHREAD": "1"}
+SERVE_MODE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+}
 
 
 def bidder_autoscaling() -> dict:
@@ -149,8 +155,11 @@ def run_apps(*, host: str = "127.0.0.1", port: int = 8000) -> str:
     replica_options = bidder_replica_options()
     serve.start(http_options={"host": host, "port": port})
     serve.run(ManagementAPI.bind(), name="management", route_prefix="/")
-    serve.run(Bidder.options(autoscaling_config=bidder_autoscaling(), ray_actor_options=replica_options).bind(),
-              name="bidder", route_prefix="/openrtb2")
+    serve.run(
+        Bidder.options(autoscaling_config=bidder_autoscaling(), ray_actor_options=replica_options).bind(),
+        name="bidder",
+        route_prefix="/openrtb2",
+    )
     return f"http://{host}:{port}/"
 
 
@@ -241,8 +250,10 @@ class ServeLifetime:
 
         if not owns_ray:
             ray.shutdown()  # disconnects this driver; the cluster and its Serve apps are not ours to stop
-            return (f"bidopt serve: detached from the Ray cluster at {get_settings().ray_address}; the Serve "
-                    f"apps keep running there (`serve shutdown` on the cluster stops them)")
+            return (
+                f"bidopt serve: detached from the Ray cluster at {get_settings().ray_address}; the Serve "
+                f"apps keep running there (`serve shutdown` on the cluster stops them)"
+            )
         # Recorded before the shutdown: a worker whose raylet has gone is no longer our descendant.
         started = self.started_processes()
         if ray.is_initialized():
@@ -260,8 +271,8 @@ class ServeLifetime:
     @staticmethod
     def started_processes() -> dict:
         """This process's descendants (psutil processes by PID): the local Ray and what it started."""
-        import ray  # noqa: F401 - puts Ray's copy of psutil (ray/thirdparty_files) on sys.path
         import psutil
+        import ray  # noqa: F401 - puts Ray's copy of psutil (ray/thirdparty_files) on sys.path
 
         return {p.pid: p for p in psutil.Process().children(recursive=True)}
 

@@ -44,8 +44,7 @@ def group_expression(name: str) -> str:
         return name
     if name == "floor_bucket":
         return floor_bucket_sql()
-    raise InvalidConfig(
-        f"unknown feature {name!r}: features are {', '.join(FEATURE_COLUMNS + DERIVED_FEATURES)}")
+    raise InvalidConfig(f"unknown feature {name!r}: features are {', '.join(FEATURE_COLUMNS + DERIVED_FEATURES)}")
 
 
 @dataclass(frozen=True)
@@ -88,15 +87,18 @@ def floor_sql(source: str, group_by: Sequence[str]) -> str:
     exprs = [f"{group_expression(g)} AS {g}" for g in group_by]
     select = ", ".join(exprs + ["MEDIAN(floor_cpm) AS typical_floor", "COUNT(floor_cpm) AS floors"])
     group = " GROUP BY " + ", ".join(str(i) for i in range(1, len(exprs) + 1)) if exprs else ""
-    return (f"SELECT {select} FROM {source} "
-            "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)"
-            + group)
+    return (
+        f"SELECT {select} FROM {source} "
+        "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)" + group
+    )
 
 
 def summary_sql(source: str) -> str:
     """Rows and time range of one entity. Parameter: entity_code."""
-    return (f"SELECT COUNT(*) AS bids, MIN(event_time) AS first_time, MAX(event_time) AS last_time "
-            f"FROM {source} WHERE entity_code = ?")
+    return (
+        f"SELECT COUNT(*) AS bids, MIN(event_time) AS first_time, MAX(event_time) AS last_time "
+        f"FROM {source} WHERE entity_code = ?"
+    )
 
 
 def tidy_aggregate(table: pa.Table, group_by: Sequence[str], *, holdout: bool) -> pa.Table:
@@ -195,8 +197,10 @@ class BidLogWarehouse(ABC):
         source = self._source(check_entity_code(entity_code))
         names = list(group_by) + ["typical_floor", "floors"]
         if source is None:
-            return pa.table({n: pa.array([], pa.string()) for n in group_by}
-                            | {"typical_floor": pa.array([], pa.float64()), "floors": pa.array([], pa.int64())})
+            return pa.table(
+                {n: pa.array([], pa.string()) for n in group_by}
+                | {"typical_floor": pa.array([], pa.float64()), "floors": pa.array([], pa.int64())}
+            )
         table = self._query(floor_sql(source, group_by), [entity_code, window.start, window.end])
         table = table.rename_columns([c.lower() for c in table.column_names]).select(names)
         cols = [pc.fill_null(pc.utf8_lower(table[g].cast(pa.string())), UNKNOWN) for g in group_by]

@@ -37,23 +37,25 @@ import pyarrow.compute as pc
 
 from bidopt.errors import InvalidConfig
 
-BID_LOG_SCHEMA = pa.schema([
-    pa.field("event_time", pa.timestamp("us"), nullable=False),
-    pa.field("entity_code", pa.string(), nullable=False),
-    pa.field("request_id", pa.string(), nullable=False),
-    pa.field("user_id", pa.string()),
-    pa.field("geo_region_name", pa.string()),
-    pa.field("os_code", pa.string()),
-    pa.field("browser_code", pa.string()),
-    pa.field("device_type", pa.string()),
-    pa.field("domain", pa.string()),
-    pa.field("npi_matched", pa.bool_(), nullable=False),
-    pa.field("floor_cpm", pa.float64()),
-    pa.field("bid_cpm", pa.float64(), nullable=False),
-    pa.field("won", pa.bool_(), nullable=False),
-    pa.field("clearing_price_cpm", pa.float64()),
-    pa.field("clicked", pa.bool_(), nullable=False),
-])
+BID_LOG_SCHEMA = pa.schema(
+    [
+        pa.field("event_time", pa.timestamp("us"), nullable=False),
+        pa.field("entity_code", pa.string(), nullable=False),
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string()),
+        pa.field("geo_region_name", pa.string()),
+        pa.field("os_code", pa.string()),
+        pa.field("browser_code", pa.string()),
+        pa.field("device_type", pa.string()),
+        pa.field("domain", pa.string()),
+        pa.field("npi_matched", pa.bool_(), nullable=False),
+        pa.field("floor_cpm", pa.float64()),
+        pa.field("bid_cpm", pa.float64(), nullable=False),
+        pa.field("won", pa.bool_(), nullable=False),
+        pa.field("clearing_price_cpm", pa.float64()),
+        pa.field("clicked", pa.bool_(), nullable=False),
+    ]
+)
 
 CONTRACT_COLUMNS = tuple(BID_LOG_SCHEMA.names)
 
@@ -112,8 +114,9 @@ def _normalise_feature_chunk(values: pa.Array) -> pa.Array:
     if not pc.all(is_ascii).as_py():
         # Arrow lower-cases some letters unlike Python (e.g. a final sigma, dotted I), so
         # non-ASCII values take the Python path: the bidder's own function, hence the same key.
-        python = [None if ascii_ else _normalised_text(v) for v, ascii_ in zip(distinct.to_pylist(),
-                                                                                is_ascii.to_pylist())]
+        python = [
+            None if ascii_ else _normalised_text(v) for v, ascii_ in zip(distinct.to_pylist(), is_ascii.to_pylist())
+        ]
         out = pc.if_else(is_ascii, out, pa.array(python, pa.string()))
     out = pc.if_else(pc.equal(out, ""), pa.scalar(None, pa.string()), out)
     return pc.take(out, indices)
@@ -155,8 +158,10 @@ def _num(x: float) -> str:
 
 def floor_bucket_sql(column: str = "floor_cpm") -> str:
     """SQL CASE computing ``floor_bucket_label`` (edges are code constants, not input)."""
-    parts = [f"WHEN {column} IS NULL OR {column} <= 0 THEN 'none'",
-             f"WHEN {column} < {FLOOR_BUCKET_EDGES[0]!r} THEN 'lt{_num(FLOOR_BUCKET_EDGES[0])}'"]
+    parts = [
+        f"WHEN {column} IS NULL OR {column} <= 0 THEN 'none'",
+        f"WHEN {column} < {FLOOR_BUCKET_EDGES[0]!r} THEN 'lt{_num(FLOOR_BUCKET_EDGES[0])}'",
+    ]
     for lo, hi in zip(FLOOR_BUCKET_EDGES, FLOOR_BUCKET_EDGES[1:]):
         parts.append(f"WHEN {column} < {hi!r} THEN '{_num(lo)}-{_num(hi)}'")
     parts.append(f"ELSE 'ge{_num(FLOOR_BUCKET_EDGES[-1])}'")

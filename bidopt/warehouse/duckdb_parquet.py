@@ -65,4 +65,3 @@ class DuckDBParquetWarehouse(BidLogWarehouse):
     def close(self) -> None:
         with self._lock:
             self._con.close()
-

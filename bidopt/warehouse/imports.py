@@ -46,17 +46,26 @@ def read_bid_log_file(path: Path, *, entity_code: str | None = None) -> pa.Table
     elif suffix in (".csv", ".gz") or path.name.endswith(".csv.gz"):
         types = {f.name: f.type for f in BID_LOG_SCHEMA}
         try:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types=types, strings_can_be_null=True,
-                true_values=["true", "True", "TRUE", "1"], false_values=["false", "False", "FALSE", "0"]))
+            table = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types,
+                    strings_can_be_null=True,
+                    true_values=["true", "True", "TRUE", "1"],
+                    false_values=["false", "False", "FALSE", "0"],
+                ),
+            )
         except pa.ArrowInvalid as exc:
             raise InvalidConfig(f"cannot read {path.name}: {exc}") from None
     else:
         raise InvalidConfig(f"unsupported file type {path.suffix!r}: use .csv, .csv.gz or .parquet")
     if entity_code is not None:
         col = pa.array([entity_code] * table.num_rows, pa.string())
-        table = (table.set_column(table.column_names.index("entity_code"), "entity_code", col)
-                 if "entity_code" in table.column_names else table.append_column("entity_code", col))
+        table = (
+            table.set_column(table.column_names.index("entity_code"), "entity_code", col)
+            if "entity_code" in table.column_names
+            else table.append_column("entity_code", col)
+        )
     return conform_bid_logs(table)
 
 
@@ -81,8 +90,9 @@ def _split_ua(ua: str) -> tuple[str | None, str | None, str | None]:
     if not ua or ua == "other":
         return None, None, None
     os_part, _, browser = ua.partition("_")
-    device = {"android": "mobile", "ios": "mobile", "windows": "desktop", "mac": "desktop",
-              "linux": "desktop"}.get(os_part)
+    device = {"android": "mobile", "ios": "mobile", "windows": "desktop", "mac": "desktop", "linux": "desktop"}.get(
+        os_part
+    )
     return os_part, browser or None, device
 
 
@@ -114,8 +124,7 @@ def read_ipinyou_dlf(folder: Path, split: str, *, entity_code: str) -> pa.Table:
             os_code, browser, device = _split_ua(fields.get(14, ""))
             won = market < bid
             markets.append(market / _FEN_PER_CNY)
-            cols["event_time"].append(week + timedelta(days=(weekday - 1) % 7, hours=hour,
-                                                       microseconds=line_no))
+            cols["event_time"].append(week + timedelta(days=(weekday - 1) % 7, hours=hour, microseconds=line_no))
             cols["entity_code"].append(entity_code)
             cols["request_id"].append(f"ipinyou-{split}-{line_no}")
             cols["user_id"].append(None)

@@ -93,8 +93,9 @@ class SnowflakeWarehouse(BidLogWarehouse):
             try:
                 self._conn = snowflake.connector.connect(**self._kwargs)
             except snowflake.connector.errors.Error as exc:
-                raise ServiceUnavailable(f"cannot connect to Snowflake account "
-                                         f"{self._kwargs['account']}: {exc}") from None
+                raise ServiceUnavailable(
+                    f"cannot connect to Snowflake account {self._kwargs['account']}: {exc}"
+                ) from None
         return self._conn
 
     def _query(self, sql: str, params: Sequence[object]) -> pa.Table:
@@ -112,8 +113,7 @@ class SnowflakeWarehouse(BidLogWarehouse):
 
     def _table_exists(self) -> bool:
         rows = self._query(
-            "SELECT COUNT(*) AS n FROM information_schema.tables "
-            "WHERE table_schema = ? AND table_name = ?",
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
             [self._kwargs["schema"].upper(), self.table.upper()],
         )
         return rows.column(0)[0].as_py() > 0
@@ -140,7 +140,8 @@ class SnowflakeWarehouse(BidLogWarehouse):
                     cur.execute(f"PUT 'file://{path.as_posix()}' @{stage} AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
                     cur.execute(
                         f"COPY INTO {self.table} FROM @{stage}/{name} FILE_FORMAT = (TYPE = PARQUET) "
-                        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE")
+                        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
+                    )
                     loaded = sum(int(r[2]) for r in cur.fetchall() if str(r[1]).upper() == "LOADED")
                 finally:
                     cur.close()

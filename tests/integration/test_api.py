@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from servable_runs import complete_servable
 from sqlalchemy import func, select
 
 from bidopt.db import access
@@ -13,7 +14,6 @@ from bidopt.db.engine import session_scope
 from bidopt.db.models import OptDeployment, OptRun, OptRunConfig
 from bidopt.jobs.optimize import run_optimizer
 from bidopt.serve.api import create_app
-from servable_runs import complete_servable
 
 FAST = {"xgb_num_rounds": 30, "min_segment_bids": 100, "min_domain_bids": 300}
 
@@ -23,8 +23,7 @@ def tokens(platform_db):
     with session_scope(platform_db) as s:
         access.create_user(s, "olivia", "operator")
         access.create_user(s, "victor", "viewer")
-        return {"operator": access.create_api_token(s, "olivia")[1],
-                "viewer": access.create_api_token(s, "victor")[1]}
+        return {"operator": access.create_api_token(s, "olivia")[1], "viewer": access.create_api_token(s, "victor")[1]}
 
 
 @pytest.fixture
@@ -59,26 +58,33 @@ def test_entities_and_caller(client):
 
 
 def test_create_run_records_the_caller_not_the_body(client, platform_db):
-    res = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator,
-                      json={"configs": {"target_win_rate": "0.45", "max_bid_cpm": 12}})
+    res = client.post(
+        "/api/entities/drugs_hcp/runs",
+        headers=client.as_operator,
+        json={"configs": {"target_win_rate": "0.45", "max_bid_cpm": 12}},
+    )
     assert res.status_code == 201, res.text
     run = res.json()
     assert (run["status"], run["triggered_by"], run["trigger_type"]) == ("pending", "olivia", "api")
     assert run["configs"]["business"]["target_win_rate"] == 0.45
-    spoof = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator,
-                        json={"configs": {}, "triggered_by": "someone_else"})
+    spoof = client.post(
+        "/api/entities/drugs_hcp/runs", headers=client.as_operator, json={"configs": {}, "triggered_by": "someone_else"}
+    )
     assert spoof.status_code == 422 and "triggered_by" in spoof.json()["error"]
     listed = client.get("/api/runs?entity=drugs_hcp&status=pending", headers=client.as_viewer).json()
     assert [r["run_id"] for r in listed] == [run["run_id"]]
 
 
-@pytest.mark.parametrize("body,status,message", [
-    ({"configs": {"target_win_rate": 1.5}}, 422, "target_win_rate must be < 1.0"),
-    ({"configs": {"colour": "red"}}, 422, "unknown config key: colour"),
-    ({"configs": {"max_bid_cpm": "lots"}}, 422, "max_bid_cpm must be a number"),
-    ({"configs": "target_win_rate=0.4"}, 422, "configs"),
-    ({}, 201, None),
-])
+@pytest.mark.parametrize(
+    "body,status,message",
+    [
+        ({"configs": {"target_win_rate": 1.5}}, 422, "target_win_rate must be < 1.0"),
+        ({"configs": {"colour": "red"}}, 422, "unknown config key: colour"),
+        ({"configs": {"max_bid_cpm": "lots"}}, 422, "max_bid_cpm must be a number"),
+        ({"configs": "target_win_rate=0.4"}, 422, "configs"),
+        ({}, 201, None),
+    ],
+)
 def test_run_configs_are_validated_like_the_cli(client, platform_db, body, status, message):
     res = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json=body)
     assert res.status_code == status, res.text
@@ -87,16 +93,22 @@ def test_run_configs_are_validated_like_the_cli(client, platform_db, body, statu
         assert _count(platform_db, OptRun) == 0 and _count(platform_db, OptRunConfig) == 0
 
 
-@pytest.mark.parametrize("configs_json,message", [
-    (b'{"max_bid_cpm": 1' + b"0" * 400 + b"}", "max_bid_cpm must be a finite number"),  # was a 500
-    (b'{"lookback_days": 1' + b"0" * 400 + b"}", "lookback_days must be <= 365"),
-    (b'{"min_bid_cpm": 0}', "min_bid_cpm must be > 0.0"),
-    (b'{"max_bid_cpm": "1e999"}', "max_bid_cpm must be a finite number"),
-    (b'{"max_bid_cpm": "' + b"9" * 5000 + b'"}', "max_bid_cpm is 5000 characters long"),
-])
+@pytest.mark.parametrize(
+    "configs_json,message",
+    [
+        (b'{"max_bid_cpm": 1' + b"0" * 400 + b"}", "max_bid_cpm must be a finite number"),  # was a 500
+        (b'{"lookback_days": 1' + b"0" * 400 + b"}", "lookback_days must be <= 365"),
+        (b'{"min_bid_cpm": 0}', "min_bid_cpm must be > 0.0"),
+        (b'{"max_bid_cpm": "1e999"}', "max_bid_cpm must be a finite number"),
+        (b'{"max_bid_cpm": "' + b"9" * 5000 + b'"}', "max_bid_cpm is 5000 characters long"),
+    ],
+)
 def test_absurd_config_values_get_422_with_the_reason(client, platform_db, configs_json, message):
-    res = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator | {"Content-Type": "application/json"},
-                      content=b'{"configs": ' + configs_json + b"}")
+    res = client.post(
+        "/api/entities/drugs_hcp/runs",
+        headers=client.as_operator | {"Content-Type": "application/json"},
+        content=b'{"configs": ' + configs_json + b"}",
+    )
     assert res.status_code == 422, res.text
     assert message in res.json()["error"] and len(res.text) < 300
     assert _count(platform_db, OptRun) == 0 and _count(platform_db, OptRunConfig) == 0
@@ -107,8 +119,9 @@ def test_viewers_and_strangers_change_nothing(client, platform_db):
     _complete(platform_db, a)
     for headers, status in ((client.as_viewer, 403), ({}, 401), ({"Authorization": "Bearer bo_forged"}, 401)):
         assert client.post("/api/entities/drugs_hcp/runs", headers=headers, json={}).status_code == status
-        assert client.put("/api/entities/drugs_hcp/split", headers=headers,
-                          json={"split": {a: 100}}).status_code == status
+        assert (
+            client.put("/api/entities/drugs_hcp/split", headers=headers, json={"split": {a: 100}}).status_code == status
+        )
     assert _count(platform_db, OptRun) == 1 and _count(platform_db, OptDeployment) == 0
     with session_scope(platform_db) as s:  # a revoked token is a stranger too
         token_row, token = access.create_api_token(s, "olivia", "short-lived")
@@ -117,8 +130,10 @@ def test_viewers_and_strangers_change_nothing(client, platform_db):
 
 
 def test_split_rules_history_and_who_deployed(client, platform_db):
-    ids = [client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
-           for _ in range(4)]
+    ids = [
+        client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+        for _ in range(4)
+    ]
     a, b, pending, failed = ids
     _complete(platform_db, a)
     _complete(platform_db, b)
@@ -155,8 +170,7 @@ def test_concurrent_split_replacements_through_the_api(client, platform_db):
     codes = []
 
     def put(i):
-        r = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator,
-                       json={"split": {a: 100 - i, b: i}})
+        r = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {a: 100 - i, b: i}})
         codes.append(r.status_code)
 
     threads = [threading.Thread(target=put, args=(i,)) for i in range(1, 21)]
@@ -168,8 +182,9 @@ def test_concurrent_split_replacements_through_the_api(client, platform_db):
 
 
 def test_run_detail_bid_table_and_curves_of_a_real_run(client, platform):
-    run_id = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator,
-                         json={"configs": FAST}).json()["run_id"]
+    run_id = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={"configs": FAST}).json()[
+        "run_id"
+    ]
     pending_bids = client.get(f"/api/runs/{run_id}/bids", headers=client.as_viewer)
     assert pending_bids.status_code == 409 and "no artifacts" in pending_bids.json()["error"]
     run_optimizer(once=True, use_ray=False)
@@ -194,8 +209,11 @@ def test_openapi_schema_and_ui_are_served(client):
     assert page.status_code == 200 and "/ui/app.js" in page.text
     assert "function abPage" in client.get("/ui/app.js").text
     assert client.get("/ui/../../etc/passwd").status_code == 404
-    not_json = client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, content=b"\x00{",
-                           )
+    not_json = client.post(
+        "/api/entities/drugs_hcp/runs",
+        headers=client.as_operator,
+        content=b"\x00{",
+    )
     assert not_json.status_code in (400, 422) and "error" in not_json.json()
     assert client.get("/api/nowhere").json() == {"error": "Not Found"}
 
@@ -204,19 +222,26 @@ def test_a_split_bidders_cannot_load_is_refused_and_changes_nothing(client, plat
     """409 naming the run and the reason, checked by the bidder's own loading code; nothing written."""
     from bidopt.artifacts import open_artifact_store
 
-    ids = [client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
-           for _ in range(4)]
+    ids = [
+        client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+        for _ in range(4)
+    ]
     good, no_manifest, corrupt, no_default = ids
     _complete(platform_db, good)
     open_artifact_store(complete_servable(platform_db, no_manifest)).delete("manifest.json")
-    open_artifact_store(complete_servable(platform_db, corrupt)).put_bytes("suggested_bids.csv", b"segment_key,bid_cpm\n*,9\n")
+    open_artifact_store(complete_servable(platform_db, corrupt)).put_bytes(
+        "suggested_bids.csv", b"segment_key,bid_cpm\n*,9\n"
+    )
     complete_servable(platform_db, no_default, bids_csv=b"segment_key,bid_cpm\ncalifornia,2.5\n")
-    assert client.put("/api/entities/drugs_hcp/split", headers=client.as_operator,
-                      json={"split": {good: 100}}).status_code == 200
+    assert (
+        client.put("/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {good: 100}}).status_code
+        == 200
+    )
     before = _count(platform_db, OptDeployment)
     for bad, reason in ((no_manifest, "NotFound"), (corrupt, "checksum"), (no_default, "no entity default row")):
-        res = client.put("/api/entities/drugs_hcp/split", headers=client.as_operator,
-                         json={"split": {good: 50, bad: 50}})
+        res = client.put(
+            "/api/entities/drugs_hcp/split", headers=client.as_operator, json={"split": {good: 50, bad: 50}}
+        )
         assert res.status_code == 409, res.text
         message = res.json()["error"]
         assert f"run {bad} cannot be served" in message and reason in message and "not changed" in message
@@ -233,8 +258,10 @@ def test_split_view_says_which_bidder_replicas_serve_it_and_why_others_lag(clien
     from bidopt.db.models import OptBidderReplica
     from bidopt.settings import get_settings
 
-    a, b, c = [client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
-               for _ in range(3)]
+    a, b, c = [
+        client.post("/api/entities/drugs_hcp/runs", headers=client.as_operator, json={}).json()["run_id"]
+        for _ in range(3)
+    ]
     for run_id in (a, b, c):
         _complete(platform_db, run_id)
     url = get_settings().database_url
@@ -276,11 +303,15 @@ def test_split_view_says_which_bidder_replicas_serve_it_and_why_others_lag(clien
         output = q.get_run(s, c).s3_output_path
     open_artifact_store(output).delete("manifest.json")
     second.refresh_once()
-    states = {r["replica_id"]: r for r in client.get("/api/entities/drugs_hcp/split",
-                                                     headers=client.as_viewer).json()["bidders"]["replicas"]}
+    states = {
+        r["replica_id"]: r
+        for r in client.get("/api/entities/drugs_hcp/split", headers=client.as_viewer).json()["bidders"]["replicas"]
+    }
     assert states["host:1:r"]["state"] == "live"
-    assert states["host:2:r"]["state"] == "lagging" and f"drugs_hcp split {split['split_id'] + 1}: NotFound" in \
-        states["host:2:r"]["reason"]
+    assert (
+        states["host:2:r"]["state"] == "lagging"
+        and f"drugs_hcp split {split['split_id'] + 1}: NotFound" in states["host:2:r"]["reason"]
+    )
     with session_scope(platform_db) as s:  # the silent third is gone for good by now
         s.get(OptBidderReplica, "host:3:r").reported_at -= timedelta(seconds=300)
     second.stop()  # a clean stop removes the replica's row: it is not lagging, it is not there

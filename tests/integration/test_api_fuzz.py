@@ -3,9 +3,10 @@ without write rights change nothing whatever they send."""
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from servable_runs import complete_servable
 from sqlalchemy import func, select
 
 from bidopt.db import access
@@ -13,7 +14,6 @@ from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.db.models import OptApiToken, OptDeployment, OptRun, OptRunConfig, OptUser
 from bidopt.serve.api import create_app
-from servable_runs import complete_servable
 
 pytestmark = pytest.mark.slow
 TABLES = (OptRun, OptRunConfig, OptDeployment, OptUser, OptApiToken)
@@ -24,8 +24,10 @@ def fuzz_env(platform_db):
     with session_scope(platform_db) as s:
         access.create_user(s, "fuzz-viewer", "viewer")
         access.create_user(s, "fuzz-operator", "operator")
-        tokens = {"viewer": access.create_api_token(s, "fuzz-viewer")[1],
-                  "operator": access.create_api_token(s, "fuzz-operator")[1]}
+        tokens = {
+            "viewer": access.create_api_token(s, "fuzz-viewer")[1],
+            "operator": access.create_api_token(s, "fuzz-operator")[1],
+        }
     return platform_db, tokens
 
 
@@ -72,8 +74,11 @@ def test_strangers_and_viewers_change_nothing_and_nothing_crashes(fuzz_env):
     before = _counts(engine)
 
     def check(case):
-        for headers in ({}, {"Authorization": "Bearer bo_not-a-token"},
-                        {"Authorization": f"Bearer {tokens['viewer']}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer bo_not-a-token"},
+            {"Authorization": f"Bearer {tokens['viewer']}"},
+        ):
             response = case.call(headers=headers)
             assert response.status_code < 500, (case.method, case.formatted_path, response.text)
             if case.method.upper() in ("POST", "PUT", "PATCH", "DELETE"):

@@ -17,15 +17,21 @@ from bidopt.jobs.optimize import run_optimizer
 from bidopt.settings import get_settings
 
 FAST = {"xgb_num_rounds": 30, "min_segment_bids": 100, "min_domain_bids": 300}
-REQ = {"id": "r", "imp": [{"id": "1"}], "device": {"geo": {"region": "CA"}, "os": "Android"},
-       "site": {"domain": "pub00001.com"}}
+REQ = {
+    "id": "r",
+    "imp": [{"id": "1"}],
+    "device": {"geo": {"region": "CA"}, "os": "Android"},
+    "site": {"domain": "pub00001.com"},
+}
 
 
 @pytest.fixture
 def runs(platform):
     with session_scope(platform) as s:
-        ids = [q.create_run(s, "drugs_hcp", FAST | {"target_win_rate": t}, triggered_by="t").run_id
-               for t in (0.3, 0.6, 0.5)]
+        ids = [
+            q.create_run(s, "drugs_hcp", FAST | {"target_win_rate": t}, triggered_by="t").run_id
+            for t in (0.3, 0.6, 0.5)
+        ]
     assert {r["status"] for r in run_optimizer(once=True, use_ray=False).processed} == {"completed"}
     return platform, ids
 
@@ -56,8 +62,10 @@ def test_refresh_loads_splits_and_swaps_atomically(runs):
     run_a = first.entities["drugs_hcp"].runs[0]
     default_key = "|".join(["*"] * len(run_a.features))
     assert cache.get_bid("drugs_hcp", a, default_key) == run_a.bids[default_key]
-    assert cache.get_json("drugs_hcp", "split")["runs"] == [{"run_id": a, "traffic_pct": 80},
-                                                            {"run_id": b, "traffic_pct": 20}]
+    assert cache.get_json("drugs_hcp", "split")["runs"] == [
+        {"run_id": a, "traffic_pct": 80},
+        {"run_id": b, "traffic_pct": 20},
+    ]
     _split(engine, {c: 100})
     assert r.refresh_once() == {"drugs_hcp": "loaded"}
     assert {_run_of(r.state, f"u{i}") for i in range(50)} == {c}
@@ -285,9 +293,10 @@ def test_a_replica_with_tables_stays_healthy_while_its_refresh_hangs(platform_db
     stops reporting, so the split view shows it lagging)."""
     import threading
 
+    from servable_runs import complete_servable
+
     from bidopt.bidder import loader
     from bidopt.settings import reset_settings_cache
-    from servable_runs import complete_servable
 
     with session_scope(platform_db) as s:
         run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="t").run_id

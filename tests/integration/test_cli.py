@@ -35,8 +35,9 @@ def test_seed_is_idempotent_and_entities_show_static_settings(seeded):
 
 
 def test_create_list_show_run(seeded):
-    res = seeded("runs", "create", "drugs_hcp", "-c", "target_win_rate=0.4", "-c", "max_bid_cpm=20",
-                 "--by", "alice", "--json")
+    res = seeded(
+        "runs", "create", "drugs_hcp", "-c", "target_win_rate=0.4", "-c", "max_bid_cpm=20", "--by", "alice", "--json"
+    )
     assert res.exit_code == 0, res.output
     run = json.loads(res.output)
     assert run["status"] == "pending" and run["triggered_by"] == "alice"
@@ -47,15 +48,18 @@ def test_create_list_show_run(seeded):
     assert "target_win_rate" in shown and "pending" in shown
 
 
-@pytest.mark.parametrize("args,message", [
-    (("runs", "create", "nope"), "unknown entity: nope"),
-    (("runs", "create", "drugs_hcp", "-c", "colour=red"), "unknown config key: colour"),
-    (("runs", "create", "drugs_hcp", "-c", "max_bid_cpm=lots"), "max_bid_cpm must be a number"),
-    (("runs", "create", "drugs_hcp", "-c", "target_win_rate"), "expected key=value"),
-    (("runs", "show", "20990101_000000"), "unknown run"),
-    (("runs", "list", "--status", "sleeping"), "status must be one of"),
-    (("entities", "show", "nope"), "unknown entity: nope"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("runs", "create", "nope"), "unknown entity: nope"),
+        (("runs", "create", "drugs_hcp", "-c", "colour=red"), "unknown config key: colour"),
+        (("runs", "create", "drugs_hcp", "-c", "max_bid_cpm=lots"), "max_bid_cpm must be a number"),
+        (("runs", "create", "drugs_hcp", "-c", "target_win_rate"), "expected key=value"),
+        (("runs", "show", "20990101_000000"), "unknown run"),
+        (("runs", "list", "--status", "sleeping"), "status must be one of"),
+        (("entities", "show", "nope"), "unknown entity: nope"),
+    ],
+)
 def test_bad_input_is_one_line_and_non_zero(seeded, args, message):
     res = seeded(*args)
     assert res.exit_code == 1
@@ -99,11 +103,12 @@ def test_runs_show_newest_of_an_entity(seeded):
 
 
 def test_deploy_refuses_unloadable_runs_and_show_says_whether_bidders_serve_the_split(seeded):
+    from servable_runs import complete_servable
+
     from bidopt.artifacts import open_artifact_store
     from bidopt.bidder.loader import Refresher
     from bidopt.db.engine import get_engine
     from bidopt.settings import get_settings
-    from servable_runs import complete_servable
 
     url = get_settings().database_url
     a, b, broken = [json.loads(seeded("runs", "create", "drugs_hcp", "--json").output)["run_id"] for _ in range(3)]
@@ -126,7 +131,8 @@ def test_deploy_refuses_unloadable_runs_and_show_says_whether_bidders_serve_the_
         assert "bidder-host:7:abc" in out and "lagging" in out and "has not refreshed since the change" in out
         view = json.loads(seeded("deploy", "show", "drugs_hcp", "--json").output)
         assert [(r["replica_id"], r["state"], r["split_id"]) for r in view["bidders"]["replicas"]] == [
-            ("bidder-host:7:abc", "lagging", view["split_id"] - 1)]
+            ("bidder-host:7:abc", "lagging", view["split_id"] - 1)
+        ]
         replica.refresh_once()
         assert "bidders: live on all 1 bidder replica" in seeded("deploy", "show", "drugs_hcp").output
     finally:
@@ -142,8 +148,9 @@ def test_users_and_tokens(seeded):
     assert res.exit_code == 0 and "added operator ann; give them a token with `bidopt tokens create ann`" in res.output
     res = seeded("users", "add", "ann", "--role", "viewer")
     assert res.exit_code == 1 and res.output.strip() == "Error: user ann exists already"
-    assert [(u["username"], u["role"], u["is_active"]) for u in json.loads(seeded("users", "list", "--json").output)] \
-        == [("ann", "operator", True)]
+    assert [
+        (u["username"], u["role"], u["is_active"]) for u in json.loads(seeded("users", "list", "--json").output)
+    ] == [("ann", "operator", True)]
     assert seeded("users", "list").output.splitlines()[0].split() == ["USERNAME", "ROLE", "IS_ACTIVE", "CREATED_AT"]
 
     res = seeded("tokens", "create", "ann", "--name", "ci")
@@ -151,8 +158,16 @@ def test_users_and_tokens(seeded):
     token = res.output.split()[-1]
     assert seeded("tokens", "create", "bob").output.strip() == "Error: unknown user: bob"
     listed = json.loads(seeded("tokens", "list", "--json").output)
-    assert listed == [{"token_id": 1, "username": "ann", "role": "operator", "name": "ci",
-                       "created_at": listed[0]["created_at"], "revoked": False}]
+    assert listed == [
+        {
+            "token_id": 1,
+            "username": "ann",
+            "role": "operator",
+            "name": "ci",
+            "created_at": listed[0]["created_at"],
+            "revoked": False,
+        }
+    ]
     assert token not in seeded("tokens", "list").output
 
     engine = get_engine(get_settings().database_url)
@@ -169,8 +184,9 @@ def test_python_dash_m_bidopt_is_the_cli():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "bidopt", "settings", "--json"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bidopt", "settings", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["home"]
 

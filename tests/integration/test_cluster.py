@@ -78,8 +78,11 @@ def test_serve_config_matches_what_bidopt_serve_deploys(monkeypatch):
     monkeypatch.setattr(apps, "start_ray", lambda: None)
     monkeypatch.setattr(ray_runtime, "bidder_replica_options", lambda: {"num_cpus": 0.25})
     monkeypatch.setattr(serve, "start", lambda **_: None)
-    monkeypatch.setattr(serve, "run", lambda app, *, name, route_prefix: deployed.setdefault(
-        name, (route_prefix, app._bound_deployment)))
+    monkeypatch.setattr(
+        serve,
+        "run",
+        lambda app, *, name, route_prefix: deployed.setdefault(name, (route_prefix, app._bound_deployment)),
+    )
     apps.run_apps()
 
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -128,12 +131,17 @@ def test_optimizer_tasks_of_two_entities_land_on_both_nodes(platform, monkeypatc
     try:
         ray.init(address=cluster.address)
         with session_scope(platform) as s:
-            ids = {code: q.create_run(s, code, {"xgb_num_rounds": 60}, triggered_by="t").run_id
-                   for code in ("drugs_hcp", "auto_intenders")}
+            ids = {
+                code: q.create_run(s, code, {"xgb_num_rounds": 60}, triggered_by="t").run_id
+                for code in ("drugs_hcp", "auto_intenders")
+            }
         report = run_optimizer(once=True, parallel=2)
         assert {r["status"] for r in report.processed} == {"completed"}
-        tasks = {t.name: t.node_id for t in list_tasks(filters=[("name", "!=", "")], limit=1000)
-                 if t.name.startswith("optimize ")}
+        tasks = {
+            t.name: t.node_id
+            for t in list_tasks(filters=[("name", "!=", "")], limit=1000)
+            if t.name.startswith("optimize ")
+        }
         nodes = {tasks[f"optimize {code} {run_id}"] for code, run_id in ids.items()}
         assert len(nodes) == 2  # one CPU per node, one task per run: both nodes worked
     finally:
@@ -155,12 +163,29 @@ def test_optimizer_submit_runs_the_job_on_a_cluster(platform):
     # its own RAY_TMPDIR: `ray start` records itself as the host's current cluster there, and that
     # record outlives a cluster stopped by PID
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(ray_tmp),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                             f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": str(ray_tmp),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 90
@@ -174,8 +199,11 @@ def test_optimizer_submit_runs_the_job_on_a_cluster(platform):
             time.sleep(1)
         with session_scope(platform) as s:
             run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 40}, triggered_by="t").run_id
-        res = CliRunner().invoke(cli, ["optimizer", "submit", "--address", address, "--python", sys.executable],
-                                 env={"RAY_AUTH_MODE": "disabled"})
+        res = CliRunner().invoke(
+            cli,
+            ["optimizer", "submit", "--address", address, "--python", sys.executable],
+            env={"RAY_AUTH_MODE": "disabled"},
+        )
         assert res.exit_code == 0, res.output
         assert f"run {run_id} completed" in res.output and "SUCCEEDED" in res.output
         with session_scope(platform) as s:
@@ -202,8 +230,11 @@ def test_bidder_replicas_request_the_bidder_resource_only_where_a_node_declares_
     assert bidder_replica_options(both) == {"num_cpus": BIDDER_REPLICA_CPUS, "resources": {"bidder": 1}}
 
 
-@pytest.mark.parametrize("bidder_node", [{"bidder": 4.0}, {"CPU": 0.1, "bidder": 4.0}, {"CPU": 4.0, "bidder": 0.5}],
-                         ids=["no-cpus", "too-few-cpus", "too-little-bidder"])
+@pytest.mark.parametrize(
+    "bidder_node",
+    [{"bidder": 4.0}, {"CPU": 0.1, "bidder": 4.0}, {"CPU": 4.0, "bidder": 0.5}],
+    ids=["no-cpus", "too-few-cpus", "too-little-bidder"],
+)
 def test_a_bidder_replica_no_node_can_host_is_refused_with_the_reason(bidder_node):
     """Deployed anyway, such replicas would stay pending and `serve.run` would wait forever."""
     from bidopt.jobs.ray_runtime import UnplaceableError, bidder_replica_options
@@ -296,8 +327,9 @@ def test_optimizer_tasks_never_share_a_node_with_bidder_replicas(platform_db, mo
             time.sleep(seconds)  # long enough that the four overlap
             return ray.get_runtime_context().get_node_id()
 
-        refs = [optimizer_stand_in.options(name=f"optimize {i}", **optimizer_task_options()).remote(2.0)
-                for i in range(4)]
+        refs = [
+            optimizer_stand_in.options(name=f"optimize {i}", **optimizer_task_options()).remote(2.0) for i in range(4)
+        ]
         task_nodes = set(ray.get(refs, timeout=300))
         assert not task_nodes & replica_nodes, "an optimizer task ran on a node hosting a bidder replica"
         assert (task_nodes, replica_nodes) == ({optimizer_node.node_id}, {bidder_node.node_id})

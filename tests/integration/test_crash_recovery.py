@@ -36,8 +36,13 @@ def _wait_for(predicate, timeout=120):
 def test_a_killed_optimizer_leaves_no_manifest_and_its_run_is_finished_by_another(platform, monkeypatch):
     with session_scope(platform) as s:
         run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 3000}, triggered_by="t").run_id
-    proc = subprocess.Popen([sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
-                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     first_line = proc.stdout.readline()  # "<run>: optimising drugs_hcp"
     assert run_id in first_line, first_line
     _wait_for(lambda: _status(platform, run_id)[0] == "running")
@@ -86,15 +91,28 @@ def test_heartbeats_keep_a_long_run_from_being_taken_over(platform, monkeypatch)
 def test_four_optimizer_processes_process_fifty_runs_exactly_once(platform):
     quick = {"xgb_num_rounds": 10, "max_features": 1, "min_domain_bids": 100_000}
     with session_scope(platform) as s:
-        ids = {q.create_run(s, "drugs_hcp" if i % 2 else "auto_intenders", quick, triggered_by="t").run_id
-               for i in range(50)}
-    procs = [subprocess.Popen([sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
-                              env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for _ in range(4)]
+        ids = {
+            q.create_run(s, "drugs_hcp" if i % 2 else "auto_intenders", quick, triggered_by="t").run_id
+            for i in range(50)
+        }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0]
-    done = [line.split()[1] for out in outputs for line in out.splitlines()
-            if line.startswith("run ") and " completed: " in line]
+    done = [
+        line.split()[1]
+        for out in outputs
+        for line in out.splitlines()
+        if line.startswith("run ") and " completed: " in line
+    ]
     assert sorted(done) == sorted(ids)  # each run reported by exactly one process
     assert sum(1 for out in outputs if any(line.startswith("run ") for line in out.splitlines())) >= 2
     with session_scope(platform) as s:

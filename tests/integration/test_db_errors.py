@@ -102,8 +102,9 @@ def test_a_lost_connection_is_unavailable_but_a_deadlock_is_not(empty_sqlite_url
     engine = make_engine(empty_sqlite_url)
     with pytest.raises(DatabaseUnavailable, match="server closed the connection unexpectedly"):
         with session_scope(engine):
-            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"),
-                                   connection_invalidated=True)
+            raise OperationalError(
+                "SELECT 1", {}, Exception("server closed the connection unexpectedly"), connection_invalidated=True
+            )
 
     class Deadlock(Exception):
         sqlstate = "40P01"

@@ -21,10 +21,12 @@ def _job(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
 
 def test_the_job_script_runs_without_importing_the_cli():
     upgrade_database(get_settings().database_url)
-    code = ("import sys\n"
-            "from bidopt.jobs.optimize import main\n"
-            "main(sys.argv[1:])\n"
-            "print('cli modules:', sorted(m for m in sys.modules if m.startswith('bidopt.cli')))\n")
+    code = (
+        "import sys\n"
+        "from bidopt.jobs.optimize import main\n"
+        "main(sys.argv[1:])\n"
+        "print('cli modules:', sorted(m for m in sys.modules if m.startswith('bidopt.cli')))\n"
+    )
     out = _job("--once", "--no-ray", code=code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["no pending runs", "cli modules: []"]
@@ -37,8 +39,9 @@ def test_the_job_script_runs_without_importing_the_cli():
     out = _job("--once", "--no-ray", code=code)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert f"{run_id}: selecting features from browser_code, device_type, geo_region_name, npi_matched, os_code" \
-        in lines  # the job's progress (logging), on the console as with `bidopt optimizer run`
+    assert (
+        f"{run_id}: selecting features from browser_code, device_type, geo_region_name, npi_matched, os_code" in lines
+    )  # the job's progress (logging), on the console as with `bidopt optimizer run`
     assert any(line.startswith(f"run {run_id} completed: ") for line in lines)
     assert lines[-1] == "cli modules: []"
 

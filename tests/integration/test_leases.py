@@ -36,8 +36,12 @@ def _claim(engine, worker_id):
 def _requeue_as_stale(engine):
     """What any optimizer does before claiming, once the holder's heartbeats are older than the limit."""
     with session_scope(engine) as s:
-        return q.requeue_stale_runs(s, heartbeat_timeout=timedelta(seconds=get_settings().stale_after_seconds),
-                                    max_attempts=3, now=utcnow() + timedelta(hours=1))
+        return q.requeue_stale_runs(
+            s,
+            heartbeat_timeout=timedelta(seconds=get_settings().stale_after_seconds),
+            max_attempts=3,
+            now=utcnow() + timedelta(hours=1),
+        )
 
 
 def _run_folder(engine, run_id):
@@ -98,16 +102,24 @@ def test_releasing_a_lease_requeues_until_max_attempts_then_fails_with_the_reaso
         run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="t").run_id
     _claim(engine, WORKER_A)
     with session_scope(engine) as s:
-        assert q.release_run_lease(s, run_id, worker_id=WORKER_A, attempt=1, reason="optimizer task died: OOM",
-                                   max_attempts=2) == "pending"
+        assert (
+            q.release_run_lease(
+                s, run_id, worker_id=WORKER_A, attempt=1, reason="optimizer task died: OOM", max_attempts=2
+            )
+            == "pending"
+        )
     with session_scope(engine) as s:
         run = q.get_run(s, run_id)
         assert (run.status, run.worker_id) == ("pending", None)
         assert run.error_message == "requeued after attempt 1: optimizer task died: OOM"
     _claim(engine, WORKER_B)
     with session_scope(engine) as s:
-        assert q.release_run_lease(s, run_id, worker_id=WORKER_B, attempt=2,
-                                   reason="exceeded run time limit of 5 s", max_attempts=2) == "failed"
+        assert (
+            q.release_run_lease(
+                s, run_id, worker_id=WORKER_B, attempt=2, reason="exceeded run time limit of 5 s", max_attempts=2
+            )
+            == "failed"
+        )
     with session_scope(engine) as s:
         run = q.get_run(s, run_id)
         assert run.status == "failed"
@@ -235,9 +247,11 @@ def test_the_cli_shows_invalid_settings_as_one_line(monkeypatch, command):
     reset_settings_cache()
     res = CliRunner().invoke(cli, command)
     assert res.exit_code == 1 and res.exception is not None and not isinstance(res.exception, InvalidSettings)
-    assert res.output == ("Error: invalid settings: BIDOPT_STALE_AFTER_SECONDS (120) must be at least 3 x "
-                          "BIDOPT_HEARTBEAT_SECONDS (60), so that a live optimizer's runs are never requeued "
-                          "between two heartbeats\n")
+    assert res.output == (
+        "Error: invalid settings: BIDOPT_STALE_AFTER_SECONDS (120) must be at least 3 x "
+        "BIDOPT_HEARTBEAT_SECONDS (60), so that a live optimizer's runs are never requeued "
+        "between two heartbeats\n"
+    )
 
 
 def test_an_error_after_the_lease_was_lost_is_reported_abandoned_and_recorded_nowhere(platform, monkeypatch):
@@ -275,8 +289,9 @@ def test_a_completion_whose_commit_outcome_is_unknown_keeps_its_files(platform, 
         real_complete(session, rid, stats, **kwargs)
         session.commit()  # the commit that goes through ...
         committed.append(stats.s3_output_path)
-        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"),
-                               connection_invalidated=True)  # as SQLAlchemy reports a connection lost
+        raise OperationalError(
+            "COMMIT", {}, Exception("server closed the connection unexpectedly"), connection_invalidated=True
+        )  # as SQLAlchemy reports a connection lost
 
     def not_yet_visible(session, rid):  # ... but is not visible to this worker's next read yet
         run = real_get_run(session, rid)

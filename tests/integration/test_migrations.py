@@ -7,9 +7,18 @@ from bidopt.db.migrate import current_revision, upgrade_database
 from bidopt.db.models import Base
 
 TABLES = {
-    "opt_master", "opt_versions", "opt_entities", "opt_entity_configs", "opt_runs",
-    "opt_run_configs", "opt_run_metrics", "opt_run_features", "opt_feature_macros", "opt_deployments",
-    "opt_users", "opt_api_tokens",  # who may call the management API (0002)
+    "opt_master",
+    "opt_versions",
+    "opt_entities",
+    "opt_entity_configs",
+    "opt_runs",
+    "opt_run_configs",
+    "opt_run_metrics",
+    "opt_run_features",
+    "opt_feature_macros",
+    "opt_deployments",
+    "opt_users",
+    "opt_api_tokens",  # who may call the management API (0002)
     "opt_bidder_replicas",  # what each bidder replica serves (0003)
 }
 
@@ -42,9 +51,13 @@ def test_upgrade_from_0001_keeps_data(db_url):
     engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO opt_versions (version_name, anchor_feature, min_win_auc, max_win_ece, "
-                              "min_bid_coverage, created_at) VALUES ('v1', 'geo_region_name', 0.5, 0.1, 0.9, "
-                              "CURRENT_TIMESTAMP)"))
+            conn.execute(
+                text(
+                    "INSERT INTO opt_versions (version_name, anchor_feature, min_win_auc, max_win_ece, "
+                    "min_bid_coverage, created_at) VALUES ('v1', 'geo_region_name', 0.5, 0.1, 0.9, "
+                    "CURRENT_TIMESTAMP)"
+                )
+            )
         upgrade_database(db_url)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT version_name FROM opt_versions")).scalar() == "v1"
@@ -62,25 +75,50 @@ def test_upgrade_from_0002_pins_each_run_features_request_field(db_url):
     engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO opt_master (master_id, source_code, name, source_type, auction_type, "
-                              "macro_namespace, is_active, created_at) VALUES (1, 'ADX', 'x', 'exchange', "
-                              "'first_price', 'ADX', TRUE, CURRENT_TIMESTAMP)"))
-            conn.execute(text("INSERT INTO opt_versions (version_id, version_name, anchor_feature, min_win_auc, "
-                              "max_win_ece, min_bid_coverage, created_at) VALUES (1, 'v1', 'geo_region_name', "
-                              "0.5, 0.1, 0.9, CURRENT_TIMESTAMP)"))
-            conn.execute(text("INSERT INTO opt_entities (entity_id, entity_code, name, master_id, "
-                              "current_version_id, base_path, is_active, created_at) VALUES (1, 'e', 'e', 1, 1, "
-                              "'e', TRUE, CURRENT_TIMESTAMP)"))
+            conn.execute(
+                text(
+                    "INSERT INTO opt_master (master_id, source_code, name, source_type, auction_type, "
+                    "macro_namespace, is_active, created_at) VALUES (1, 'ADX', 'x', 'exchange', "
+                    "'first_price', 'ADX', TRUE, CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO opt_versions (version_id, version_name, anchor_feature, min_win_auc, "
+                    "max_win_ece, min_bid_coverage, created_at) VALUES (1, 'v1', 'geo_region_name', "
+                    "0.5, 0.1, 0.9, CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO opt_entities (entity_id, entity_code, name, master_id, "
+                    "current_version_id, base_path, is_active, created_at) VALUES (1, 'e', 'e', 1, 1, "
+                    "'e', TRUE, CURRENT_TIMESTAMP)"
+                )
+            )
             for macro_id, feature, field in ((1, "geo_region_name", "device.geo.region"), (2, "os_code", "device.os")):
-                conn.execute(text("INSERT INTO opt_feature_macros (macro_id, master_id, feature_name, macro_template, "
-                                  "request_field, status) VALUES (:id, 1, :f, '[M]', :field, 'A')"),
-                             {"id": macro_id, "f": feature, "field": field})
-            conn.execute(text("INSERT INTO opt_runs (run_id, entity_id, version_id, status, triggered_by, "
-                              "trigger_type, created_at, attempts) VALUES ('r1', 1, 1, 'completed', 't', 'manual', "
-                              "CURRENT_TIMESTAMP, 1)"))
+                conn.execute(
+                    text(
+                        "INSERT INTO opt_feature_macros (macro_id, master_id, feature_name, macro_template, "
+                        "request_field, status) VALUES (:id, 1, :f, '[M]', :field, 'A')"
+                    ),
+                    {"id": macro_id, "f": feature, "field": field},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO opt_runs (run_id, entity_id, version_id, status, triggered_by, "
+                    "trigger_type, created_at, attempts) VALUES ('r1', 1, 1, 'completed', 't', 'manual', "
+                    "CURRENT_TIMESTAMP, 1)"
+                )
+            )
             for order, feature, macro_id in ((1, "geo_region_name", 1), (2, "os_code", 2), (3, "floor_bucket", None)):
-                conn.execute(text("INSERT INTO opt_run_features (run_id, feature_name, feature_order, is_anchor, "
-                                  "macro_id) VALUES ('r1', :f, :o, FALSE, :m)"), {"f": feature, "o": order, "m": macro_id})
+                conn.execute(
+                    text(
+                        "INSERT INTO opt_run_features (run_id, feature_name, feature_order, is_anchor, "
+                        "macro_id) VALUES ('r1', :f, :o, FALSE, :m)"
+                    ),
+                    {"f": feature, "o": order, "m": macro_id},
+                )
         upgrade_database(db_url)
         assert current_revision(db_url) == "0003"
         with engine.connect() as conn:

@@ -28,8 +28,11 @@ def _create(engine, entity="drugs_hcp", **configs):
 def _run(engine, run_id):
     with session_scope(engine) as s:
         run = q.get_run(s, run_id)
-        return {"run": run, "features": q.get_run_features_with_macros(s, run_id),
-                "metrics": q.get_run_metrics(s, run_id)}
+        return {
+            "run": run,
+            "features": q.get_run_features_with_macros(s, run_id),
+            "metrics": q.get_run_metrics(s, run_id),
+        }
 
 
 def test_pending_runs_become_validated_bid_tables(platform):
@@ -53,8 +56,15 @@ def test_pending_runs_become_validated_bid_tables(platform):
     # artifacts: manifest checks out, bid table matches the run's stats
     assert run.s3_output_path.endswith(f"/drugs_hcp/runs/{a}/attempt-1")  # the completing attempt's folder
     manifest = json.loads(open_artifact_store(run.s3_output_path).get_bytes(MANIFEST))
-    assert set(manifest["files"]) >= {"suggested_bids.csv", "domain_multipliers.csv", "win_model.ubj",
-                                      "ctr_model.ubj", "metrics.json", "features.json", "win_curves.json"}
+    assert set(manifest["files"]) >= {
+        "suggested_bids.csv",
+        "domain_multipliers.csv",
+        "win_model.ubj",
+        "ctr_model.ubj",
+        "metrics.json",
+        "features.json",
+        "win_curves.json",
+    }
     curves = json.loads(read_run_artifact(run.s3_output_path, "win_curves.json"))
     assert len(curves["segments"]) == 8 and len(curves["bids"]) == 40
     for seg in curves["segments"]:
@@ -81,8 +91,11 @@ def test_invalid_configs_fail_readably_and_the_job_goes_on(platform):
     bad = _create(platform)
     good = _create(platform)
     with session_scope(platform) as s:  # a value that bypassed the API (hand-edited row)
-        s.execute(update(OptRunConfig).where(OptRunConfig.run_id == bad,
-                                             OptRunConfig.config_key == "target_win_rate").values(config_value="1.5"))
+        s.execute(
+            update(OptRunConfig)
+            .where(OptRunConfig.run_id == bad, OptRunConfig.config_key == "target_win_rate")
+            .values(config_value="1.5")
+        )
     report = run_optimizer(once=True, use_ray=False)
     assert {r["run_id"]: r["status"] for r in report.processed} == {bad: "failed", good: "completed"}
     run = _run(platform, bad)["run"]
@@ -119,8 +132,7 @@ def test_an_entity_without_logs_fails_with_the_reason(platform_db):
 
 
 def test_two_optimizers_never_process_the_same_run(platform):
-    ids = {_create(platform, "drugs_hcp" if i % 2 else "auto_intenders", xgb_num_rounds="10")
-           for i in range(6)}
+    ids = {_create(platform, "drugs_hcp" if i % 2 else "auto_intenders", xgb_num_rounds="10") for i in range(6)}
     seen, lock = [], threading.Lock()
 
     def worker():
@@ -138,8 +150,11 @@ def test_artifacts_go_to_s3_when_the_base_path_is_s3(platform, s3_bucket):
     from bidopt.db.models import OptEntity
 
     with session_scope(platform) as s:
-        s.execute(update(OptEntity).where(OptEntity.entity_code == "drugs_hcp")
-                  .values(base_path=f"s3://{s3_bucket}/lines/drugs_hcp"))
+        s.execute(
+            update(OptEntity)
+            .where(OptEntity.entity_code == "drugs_hcp")
+            .values(base_path=f"s3://{s3_bucket}/lines/drugs_hcp")
+        )
     run_id = _create(platform)
     assert run_optimizer(once=True, use_ray=False).processed[0]["status"] == "completed"
     url = _run(platform, run_id)["run"].s3_output_path
@@ -149,7 +164,9 @@ def test_artifacts_go_to_s3_when_the_base_path_is_s3(platform, s3_bucket):
     s3 = boto3.client("s3", endpoint_url=__import__("os").environ["BIDOPT_S3_ENDPOINT_URL"])
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert f"lines/drugs_hcp/runs/{run_id}/attempt-1/{MANIFEST}" in keys
-    body = s3.get_object(Bucket=s3_bucket, Key=f"lines/drugs_hcp/runs/{run_id}/attempt-1/suggested_bids.csv")["Body"].read()
+    body = s3.get_object(Bucket=s3_bucket, Key=f"lines/drugs_hcp/runs/{run_id}/attempt-1/suggested_bids.csv")[
+        "Body"
+    ].read()
     manifest = json.loads(open_artifact_store(url).get_bytes(MANIFEST))
     assert manifest["files"]["suggested_bids.csv"]["sha256"] == sha256(body)
     # a corrupted object is caught by its checksum
@@ -179,10 +196,16 @@ def test_module_entrypoint_for_ray_job_submit(platform, tmp_path):
 
     run_id = _create(platform)
     env = {**os.environ}
-    out = subprocess.run([sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "bidopt.jobs.optimize", "--once", "--no-ray"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert f"run {run_id} completed" in out.stdout
-    helped = subprocess.run([sys.executable, "-m", "bidopt.jobs.optimize", "--help"], capture_output=True,
-                            text=True, timeout=60)
+    helped = subprocess.run(
+        [sys.executable, "-m", "bidopt.jobs.optimize", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert "--once" in helped.stdout and "python -m bidopt.jobs.optimize" in helped.stdout

@@ -65,8 +65,12 @@ def _running_task_pid(run_id: str) -> int | None:
     from ray.util.state import list_tasks
 
     # Our own cluster's address: other Ray clusters may run on this machine.
-    tasks = list_tasks(address=ray.get_runtime_context().gcs_address,
-                       filters=[("name", "=", f"optimize drugs_hcp {run_id}")], detail=True, limit=100)
+    tasks = list_tasks(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("name", "=", f"optimize drugs_hcp {run_id}")],
+        detail=True,
+        limit=100,
+    )
     for task in tasks:
         if task.state == "RUNNING" and task.worker_pid:
             return task.worker_pid
@@ -126,8 +130,9 @@ def test_the_driver_cancels_a_task_whose_run_it_lost_and_records_nothing(platfor
     thread, results = _in_background()
     pid = _wait_for(lambda: _running_task_pid(run_id))
     with session_scope(platform) as s:  # the driver was out of touch past the limit; B took the run
-        assert q.requeue_stale_runs(s, heartbeat_timeout=timedelta(seconds=1), max_attempts=3,
-                                    now=utcnow() + timedelta(hours=1)) == [(run_id, "pending")]
+        assert q.requeue_stale_runs(
+            s, heartbeat_timeout=timedelta(seconds=1), max_attempts=3, now=utcnow() + timedelta(hours=1)
+        ) == [(run_id, "pending")]
     with session_scope(platform) as s:
         assert q.claim_next_pending_run(s, "host-b:2:bbbbbb").attempts == 2
     thread.join(timeout=600)

@@ -20,8 +20,7 @@ def _create(engine, entity="drugs_hcp", now=T0, **configs):
 
 def _complete(engine, run_id, validation="passed"):
     with session_scope(engine) as s:
-        s.execute(OptRun.__table__.update().where(OptRun.run_id == run_id).values(
-            status="running", worker_id="w"))
+        s.execute(OptRun.__table__.update().where(OptRun.run_id == run_id).values(status="running", worker_id="w"))
         q.mark_run_completed(s, run_id, q.RunStats(10, 2.0, 1.0, 3.0, f"file:///x/{run_id}", validation, []))
 
 
@@ -29,7 +28,10 @@ def test_entity_lookup_and_static_configs(engine):
     with session_scope(engine) as s:
         entity = q.get_entity_by_code(s, "drugs_hcp")
         assert q.get_entity_configs(s, entity.entity_id) == {
-            "floor_available": False, "npi_enabled": True, "domain_enabled": True}
+            "floor_available": False,
+            "npi_enabled": True,
+            "domain_enabled": True,
+        }
         assert [e.entity_code for e in q.list_entities(s)] == ["auto_intenders", "drugs_hcp"]
         with pytest.raises(NotFound, match="unknown entity: nope"):
             q.get_entity_by_code(s, "nope")
@@ -71,17 +73,20 @@ def test_concurrent_creates_in_one_second_get_distinct_ids(engine):
     assert len(set(ids)) == 6
 
 
-@pytest.mark.parametrize("configs,message", [
-    ({"target_win_rate": "1.0"}, "target_win_rate must be < 1.0"),
-    ({"target_win_rate": "0"}, "target_win_rate must be > 0.0"),
-    ({"max_bid_cpm": "-1"}, "max_bid_cpm must be > 0.0"),
-    ({"max_bid_cpm": "ten"}, "max_bid_cpm must be a number"),
-    ({"exploration_mode": "wild"}, "exploration_mode must be one of"),
-    ({"aggressive_exploration": "maybe"}, "aggressive_exploration must be a boolean"),
-    ({"lookback_days": "2.5"}, "lookback_days must be a whole number"),
-    ({"min_bid_cpm": "5", "max_bid_cpm": "4"}, "min_bid_cpm .* must be below max_bid_cpm"),
-    ({"nonsense": "1"}, "unknown config key: nonsense"),
-])
+@pytest.mark.parametrize(
+    "configs,message",
+    [
+        ({"target_win_rate": "1.0"}, "target_win_rate must be < 1.0"),
+        ({"target_win_rate": "0"}, "target_win_rate must be > 0.0"),
+        ({"max_bid_cpm": "-1"}, "max_bid_cpm must be > 0.0"),
+        ({"max_bid_cpm": "ten"}, "max_bid_cpm must be a number"),
+        ({"exploration_mode": "wild"}, "exploration_mode must be one of"),
+        ({"aggressive_exploration": "maybe"}, "aggressive_exploration must be a boolean"),
+        ({"lookback_days": "2.5"}, "lookback_days must be a whole number"),
+        ({"min_bid_cpm": "5", "max_bid_cpm": "4"}, "min_bid_cpm .* must be below max_bid_cpm"),
+        ({"nonsense": "1"}, "unknown config key: nonsense"),
+    ],
+)
 def test_invalid_run_configs_are_rejected_and_write_nothing(engine, configs, message):
     with pytest.raises(InvalidConfig, match=message):
         _create(engine, **configs)
@@ -90,26 +95,29 @@ def test_invalid_run_configs_are_rejected_and_write_nothing(engine, configs, mes
         assert s.scalar(select(func.count()).select_from(OptRunConfig)) == 0
 
 
-@pytest.mark.parametrize("configs,message", [
-    ({"min_bid_cpm": 0}, "min_bid_cpm must be > 0.0"),  # a geomspace from 0 failed the run late
-    ({"min_bid_cpm": "-0.0"}, "min_bid_cpm must be > 0.0"),
-    ({"max_bid_cpm": 10 ** 400}, "max_bid_cpm must be a finite number"),  # was an OverflowError (a 500)
-    ({"max_bid_cpm": "1" * 400}, "max_bid_cpm is 400 characters long"),
-    ({"max_bid_cpm": 10 ** 5000}, "max_bid_cpm must be a finite number, got an integer of about 5001 digits"),
-    ({"lookback_days": 10 ** 400}, "lookback_days must be <= 365, got an integer of about 401 digits"),
-    ({"lookback_days": -(10 ** 5000)}, "lookback_days must be >= 1, got an integer of about"),
-    ({"lookback_days": 1e300}, "lookback_days must be <= 365"),
-    ({"lookback_days": float("inf")}, "lookback_days must be a whole number"),
-    ({"max_bid_cpm": "1e400"}, "max_bid_cpm must be a finite number"),
-    ({"max_bid_cpm": float("nan")}, "max_bid_cpm must be a finite number"),
-    ({"max_bid_cpm": "NaN"}, "max_bid_cpm must be a number"),
-    ({"max_bid_cpm": "inf"}, "max_bid_cpm must be a number"),
-    ({"max_bid_cpm": "\uff11\uff10"}, "max_bid_cpm must be a number"),  # full-width digits are not ASCII
-    ({"lookback_days": "1_000"}, "lookback_days must be a whole number"),
-    ({"max_bid_cpm": None}, "max_bid_cpm must be a number, got None"),
-    ({"exploration_mode": "x" * 1_000_000}, "exploration_mode is 1000000 characters long"),
-    ({"min_bid_cpm": "2.00001", "max_bid_cpm": "2.00009"}, "leave no bid with 4 decimals between them"),
-])
+@pytest.mark.parametrize(
+    "configs,message",
+    [
+        ({"min_bid_cpm": 0}, "min_bid_cpm must be > 0.0"),  # a geomspace from 0 failed the run late
+        ({"min_bid_cpm": "-0.0"}, "min_bid_cpm must be > 0.0"),
+        ({"max_bid_cpm": 10**400}, "max_bid_cpm must be a finite number"),  # was an OverflowError (a 500)
+        ({"max_bid_cpm": "1" * 400}, "max_bid_cpm is 400 characters long"),
+        ({"max_bid_cpm": 10**5000}, "max_bid_cpm must be a finite number, got an integer of about 5001 digits"),
+        ({"lookback_days": 10**400}, "lookback_days must be <= 365, got an integer of about 401 digits"),
+        ({"lookback_days": -(10**5000)}, "lookback_days must be >= 1, got an integer of about"),
+        ({"lookback_days": 1e300}, "lookback_days must be <= 365"),
+        ({"lookback_days": float("inf")}, "lookback_days must be a whole number"),
+        ({"max_bid_cpm": "1e400"}, "max_bid_cpm must be a finite number"),
+        ({"max_bid_cpm": float("nan")}, "max_bid_cpm must be a finite number"),
+        ({"max_bid_cpm": "NaN"}, "max_bid_cpm must be a number"),
+        ({"max_bid_cpm": "inf"}, "max_bid_cpm must be a number"),
+        ({"max_bid_cpm": "\uff11\uff10"}, "max_bid_cpm must be a number"),  # full-width digits are not ASCII
+        ({"lookback_days": "1_000"}, "lookback_days must be a whole number"),
+        ({"max_bid_cpm": None}, "max_bid_cpm must be a number, got None"),
+        ({"exploration_mode": "x" * 1_000_000}, "exploration_mode is 1000000 characters long"),
+        ({"min_bid_cpm": "2.00001", "max_bid_cpm": "2.00009"}, "leave no bid with 4 decimals between them"),
+    ],
+)
 def test_absurd_config_values_are_refused_up_front_with_the_reason(engine, configs, message):
     with pytest.raises(InvalidConfig) as caught:
         _create(engine, **configs)
@@ -125,13 +133,16 @@ def test_config_bounds_that_round_to_a_shared_bid_are_accepted(engine):
         assert technical["exploration_uplift"] == 0.0 and str(technical["exploration_uplift"]) == "0.0"
 
 
-@pytest.mark.parametrize("raw,message", [
-    ("maybe", "npi_enabled must be a boolean"),
-    ("y" * 10_000, "npi_enabled is 10000 characters long"),
-    (10 ** 400, "npi_enabled must be a boolean"),
-    (float("nan"), "npi_enabled must be a boolean"),
-    (None, "npi_enabled must be a boolean"),
-])
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ("maybe", "npi_enabled must be a boolean"),
+        ("y" * 10_000, "npi_enabled is 10000 characters long"),
+        (10**400, "npi_enabled must be a boolean"),
+        (float("nan"), "npi_enabled must be a boolean"),
+        (None, "npi_enabled must be a boolean"),
+    ],
+)
 def test_absurd_entity_config_values_are_refused_and_keep_the_old_value(engine, raw, message):
     with session_scope(engine) as s:
         entity = q.get_entity_by_code(s, "drugs_hcp")
@@ -189,7 +200,11 @@ def test_complete_and_fail_only_from_the_right_state(engine):
     with session_scope(engine) as s:
         run = q.get_run(s, a)
         assert (run.status, run.segments_count, run.bid_median, run.validation_status) == (
-            "completed", 12, 2.5, "passed")
+            "completed",
+            12,
+            2.5,
+            "passed",
+        )
         assert json.loads(run.validation_details) == ["ok"]
         with pytest.raises(Conflict):
             q.mark_run_failed(s, a, "boom")
@@ -202,14 +217,20 @@ def test_complete_and_fail_only_from_the_right_state(engine):
 def test_features_with_macros_in_feature_order(engine):
     run_id = _create(engine)
     with session_scope(engine) as s:
-        macros = {m.feature_name: m for m in q.list_active_feature_macros(
-            s, q.get_entity_by_code(s, "drugs_hcp").master_id)}
-        q.record_run_features(s, run_id, [
-            q.FeatureRecord("os_code", 2, False, 41.5, macros["os_code"].macro_id, "device.os"),
-            q.FeatureRecord("geo_region_name", 1, True, None, macros["geo_region_name"].macro_id,
-                            "device.geo.region"),
-            q.FeatureRecord("floor_bucket", 3, False, 10.0, None, None),
-        ])
+        macros = {
+            m.feature_name: m for m in q.list_active_feature_macros(s, q.get_entity_by_code(s, "drugs_hcp").master_id)
+        }
+        q.record_run_features(
+            s,
+            run_id,
+            [
+                q.FeatureRecord("os_code", 2, False, 41.5, macros["os_code"].macro_id, "device.os"),
+                q.FeatureRecord(
+                    "geo_region_name", 1, True, None, macros["geo_region_name"].macro_id, "device.geo.region"
+                ),
+                q.FeatureRecord("floor_bucket", 3, False, 10.0, None, None),
+            ],
+        )
     with session_scope(engine) as s:  # a macro edited after the run: the run keeps its field
         macros["os_code"] = s.merge(macros["os_code"])
         macros["os_code"].request_field = "device.osv"
@@ -226,12 +247,15 @@ def test_features_with_macros_in_feature_order(engine):
 def test_metrics_by_section_and_rewrite(engine):
     run_id = _create(engine)
     with session_scope(engine) as s:
-        q.record_run_metrics(s, run_id, {"win_rate_model": {"auc": 0.7, "ece": float("nan")},
-                                         "global_stats": {"win_rate": 0.3}})
+        q.record_run_metrics(
+            s, run_id, {"win_rate_model": {"auc": 0.7, "ece": float("nan")}, "global_stats": {"win_rate": 0.3}}
+        )
         q.record_run_metrics(s, run_id, {"win_rate_model": {"auc": 0.71}})
     with session_scope(engine) as s:
         assert q.get_run_metrics(s, run_id) == {
-            "global_stats": {"win_rate": 0.3}, "win_rate_model": {"auc": 0.71, "ece": None}}
+            "global_stats": {"win_rate": 0.3},
+            "win_rate_model": {"auc": 0.71, "ece": None},
+        }
         assert s.scalar(select(func.count()).select_from(OptRunMetric)) == 3
 
 
@@ -260,17 +284,20 @@ def test_replace_traffic_split_deactivates_the_old_set(engine):
     assert _active(engine) == sorted([(a, 80), (b, 20)])
     with session_scope(engine) as s:
         history = q.get_traffic_split_history(s, "drugs_hcp")
-        assert [(d.split_id, d.run_id, d.is_active) for d in history] == [
-            (2, a, True), (2, b, True), (1, a, False)]
+        assert [(d.split_id, d.run_id, d.is_active) for d in history] == [(2, a, True), (2, b, True), (1, a, False)]
         assert history[-1].deactivated_at is not None and history[0].deployed_by == "carol"
         deployed = q.list_active_deployments(s)
         assert {(d.entity_code, d.run_id, d.traffic_pct) for d in deployed} == {
-            ("drugs_hcp", a, 80), ("drugs_hcp", b, 20)}
+            ("drugs_hcp", a, 80),
+            ("drugs_hcp", b, 20),
+        }
         assert all(d.s3_output_path.endswith(d.run_id) for d in deployed)
 
 
-@pytest.mark.parametrize("case", ["sum", "zero", "duplicate", "fraction", "pending", "failed_validation",
-                                  "other_entity", "unknown_run", "empty"])
+@pytest.mark.parametrize(
+    "case",
+    ["sum", "zero", "duplicate", "fraction", "pending", "failed_validation", "other_entity", "unknown_run", "empty"],
+)
 def test_invalid_splits_are_rejected_and_keep_the_active_set(engine, case):
     a, b = _create(engine), _create(engine)
     pending = _create(engine)
@@ -332,16 +359,22 @@ def test_stale_running_runs_are_requeued_then_failed(engine):
         assert q.heartbeat_run(s, run_id, "w1", now=T0 + timedelta(seconds=30))
         assert not q.heartbeat_run(s, run_id, "intruder")
         # not stale yet
-        assert q.requeue_stale_runs(s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2,
-                                    now=T0 + timedelta(minutes=1)) == []
-        assert q.requeue_stale_runs(s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2,
-                                    now=T0 + timedelta(minutes=5)) == [(run_id, "pending")]
+        assert (
+            q.requeue_stale_runs(
+                s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2, now=T0 + timedelta(minutes=1)
+            )
+            == []
+        )
+        assert q.requeue_stale_runs(
+            s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2, now=T0 + timedelta(minutes=5)
+        ) == [(run_id, "pending")]
     with session_scope(engine) as s:
         assert "stopped heartbeating" in q.get_run(s, run_id).error_message
         assert q.claim_next_pending_run(s, "w2", now=T0 + timedelta(minutes=6)).attempts == 2
     with session_scope(engine) as s:
-        assert q.requeue_stale_runs(s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2,
-                                    now=T0 + timedelta(minutes=20)) == [(run_id, "failed")]
+        assert q.requeue_stale_runs(
+            s, heartbeat_timeout=timedelta(minutes=2), max_attempts=2, now=T0 + timedelta(minutes=20)
+        ) == [(run_id, "failed")]
         assert q.get_run(s, run_id).status == "failed"
 
 

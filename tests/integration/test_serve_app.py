@@ -54,11 +54,16 @@ def test_bidopt_serve_deploys_management_and_bidder(platform, monkeypatch):
         assert httpx.get(url + "api/entities", timeout=30).status_code == 401
         assert "/ui/app.js" in httpx.get(url, timeout=30).text
 
-        bid_request = {"id": "q1", "imp": [{"id": "1"}], "device": {"geo": {"region": "TX"}, "os": "Android"},
-                       "user": {"id": "someone"}}
+        bid_request = {
+            "id": "q1",
+            "imp": [{"id": "1"}],
+            "device": {"geo": {"region": "TX"}, "os": "Android"},
+            "user": {"id": "someone"},
+        }
         assert httpx.post(url + "openrtb2/drugs_hcp", json=bid_request, timeout=30).status_code == 204  # no split
-        split = httpx.put(url + "api/entities/drugs_hcp/split", headers=headers, timeout=30,
-                          json={"split": {ids[0]: 80, ids[1]: 20}})
+        split = httpx.put(
+            url + "api/entities/drugs_hcp/split", headers=headers, timeout=30, json={"split": {ids[0]: 80, ids[1]: 20}}
+        )
         assert split.status_code == 200, split.text
         import time
 
@@ -110,8 +115,12 @@ def test_bidder_replicas_take_traffic_only_after_loading_the_active_split(platfo
         split_id = q.replace_traffic_split(s, "drugs_hcp", {run_id: 100}, deployed_by="t")[0].split_id
     try:
         url = run_apps(port=_free_port())  # returns once the deployments are running
-        bid_request = {"id": "q1", "imp": [{"id": "1"}], "device": {"geo": {"region": "TX"}, "os": "Android"},
-                       "user": {"id": "someone"}}
+        bid_request = {
+            "id": "q1",
+            "imp": [{"id": "1"}],
+            "device": {"geo": {"region": "TX"}, "os": "Android"},
+            "user": {"id": "someone"},
+        }
         first = httpx.post(url + "openrtb2/drugs_hcp", json=bid_request, timeout=30)
         assert first.status_code == 200, first.headers
         assert first.json()["ext"]["split_id"] == split_id

@@ -53,6 +53,7 @@ def lifetime(monkeypatch):
 def _signal_self(signum):
     def send(*_args, **_kwargs):
         os.kill(os.getpid(), signum)  # the handler runs in this (main) thread before os.kill returns
+
     return send
 
 
@@ -75,8 +76,10 @@ def test_a_second_signal_while_stopping_does_not_cut_the_stop_short(lifetime, mo
     monkeypatch.setattr(serve, "shutdown", slow_serve_shutdown)
     assert lifetime.run(host="127.0.0.1", port=1, on_ready=_signal_self(signal.SIGINT)) == STOPPED
     assert lifetime.calls == ["start_ray", "run_apps", "serve.shutdown", "ray.shutdown"]
-    assert lifetime.said[1:] == ["bidopt serve: SIGTERM while stopping; still shutting down",
-                                 "bidopt serve: SIGINT while stopping; still shutting down"]
+    assert lifetime.said[1:] == [
+        "bidopt serve: SIGTERM while stopping; still shutting down",
+        "bidopt serve: SIGINT while stopping; still shutting down",
+    ]
     os.kill(os.getpid(), signal.SIGTERM)  # after the stop, too: reported, not fatal
     assert lifetime.said[-1] == "bidopt serve: SIGTERM while stopping; still shutting down"
 
@@ -87,10 +90,12 @@ def test_a_signal_before_serve_is_up_stops_what_was_started(lifetime, monkeypatc
 
     ready: list[str] = []
     if phase == "ray starting":
+
         def ray_init_got_sigterm():
             # ray.init replaces the SIGTERM handler with one that calls sys.exit(SIGTERM)
             lifetime.calls.append("start_ray")
             raise SystemExit(signal.SIGTERM)
+
         monkeypatch.setattr(apps, "start_ray", ray_init_got_sigterm)
     else:
         monkeypatch.setattr(apps, "run_apps", _signal_self(signal.SIGINT))
@@ -134,8 +139,8 @@ def _started_by(pid: int, ray_tmp: Path) -> dict:
     """Every live process that `bidopt serve` (``pid``, leader of its own session) started: its
     descendants, anything left in its session, and anything that names its Ray folder (a worker
     whose parent has gone is nobody's descendant any more)."""
-    import ray  # noqa: F401 - puts Ray's copy of psutil on sys.path
     import psutil
+    import ray  # noqa: F401 - puts Ray's copy of psutil on sys.path
 
     found = {}
     try:
@@ -155,8 +160,8 @@ def _started_by(pid: int, ray_tmp: Path) -> dict:
 
 def _running(process) -> bool:
     """A zombie runs nothing: whoever it belonged to has exited, and init reaps it."""
-    import ray  # noqa: F401
     import psutil
+    import ray  # noqa: F401
 
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -166,18 +171,25 @@ def _running(process) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT to the group, then SIGTERM while stopping",
-                                 "SIGTERM before Serve is up"])
+@pytest.mark.parametrize(
+    "how", ["SIGTERM", "SIGINT to the group, then SIGTERM while stopping", "SIGTERM before Serve is up"]
+)
 def test_bidopt_serve_stops_cleanly_on_a_signal(platform_db, how):
-    import ray  # noqa: F401 - puts Ray's copy of psutil on sys.path
     import psutil
+    import ray  # noqa: F401 - puts Ray's copy of psutil on sys.path
 
     port = _free_port()
     # its own Ray folder (short: Ray's socket paths must fit in 107 characters)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([str(BIDOPT), "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIDOPT), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
     reader.start()

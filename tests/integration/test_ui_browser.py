@@ -10,19 +10,27 @@ import time
 
 import pytest
 import uvicorn
-
-from bidopt.db import access
-from bidopt.db import queries as q
-from bidopt.db.engine import session_scope
-from bidopt.bidder.loader import Refresher
-from bidopt.serve.api import create_app
-from bidopt.settings import get_settings
 from conftest import missing_service
 from servable_runs import complete_servable
 
+from bidopt.bidder.loader import Refresher
+from bidopt.db import access
+from bidopt.db import queries as q
+from bidopt.db.engine import session_scope
+from bidopt.serve.api import create_app
+from bidopt.settings import get_settings
+
 pytestmark = pytest.mark.slow
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture

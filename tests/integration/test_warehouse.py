@@ -6,7 +6,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from click.testing import CliRunner
 
 from bidopt.bidder.fields import feature_reader
@@ -22,8 +21,11 @@ FULL = Window(datetime(2025, 1, 1), datetime(2027, 1, 1))
 
 @pytest.fixture(scope="module")
 def logs():
-    a = simulate_market(MarketSpec("drugs_hcp", rows=4000, days=10, end_time=END, seed=3,
-                                   floor_available=True, npi_enabled=True, n_domains=50))
+    a = simulate_market(
+        MarketSpec(
+            "drugs_hcp", rows=4000, days=10, end_time=END, seed=3, floor_available=True, npi_enabled=True, n_domains=50
+        )
+    )
     b = simulate_market(MarketSpec("auto_intenders", rows=1500, days=10, end_time=END, seed=4, n_domains=50))
     return a, b
 
@@ -33,25 +35,39 @@ def _expected(table: pa.Table, entity: str, group_by, bucket: float, window: Win
     for col in ("geo_region_name", "os_code", "browser_code", "device_type", "domain"):
         df[col] = df[col].astype(str)
     df = df[(df.entity_code == entity) & (df.event_time >= window.start) & (df.event_time < window.end)]
-    df = df.assign(bid_bucket=(df.bid_cpm // bucket).astype("int64"),
-                   floor_bucket=[floor_bucket_label(None if pd.isna(f) else f) for f in df.floor_cpm],
-                   npi_matched=df.npi_matched.map({True: "true", False: "false"}),
-                   spend=df.clearing_price_cpm.fillna(0.0), click_won=df.clicked & df.won)
+    df = df.assign(
+        bid_bucket=(df.bid_cpm // bucket).astype("int64"),
+        floor_bucket=[floor_bucket_label(None if pd.isna(f) else f) for f in df.floor_cpm],
+        npi_matched=df.npi_matched.map({True: "true", False: "false"}),
+        spend=df.clearing_price_cpm.fillna(0.0),
+        click_won=df.clicked & df.won,
+    )
     keys = list(group_by)
     if holdout_from is not None:
         df["is_holdout"] = df.event_time >= holdout_from
         keys.append("is_holdout")
     keys.append("bid_bucket")
-    return df.groupby(keys).agg(bids=("bid_cpm", "size"), wins=("won", "sum"), clicks=("click_won", "sum"),
-                                spend_cpm=("spend", "sum"), bid_sum=("bid_cpm", "sum")).reset_index()
+    return (
+        df.groupby(keys)
+        .agg(
+            bids=("bid_cpm", "size"),
+            wins=("won", "sum"),
+            clicks=("click_won", "sum"),
+            spend_cpm=("spend", "sum"),
+            bid_sum=("bid_cpm", "sum"),
+        )
+        .reset_index()
+    )
 
 
 def _sorted(df, keys):
     return df.sort_values(keys).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("group_by", [["geo_region_name"], ["geo_region_name", "device_type", "npi_matched"],
-                                      ["os_code", "floor_bucket"], []])
+@pytest.mark.parametrize(
+    "group_by",
+    [["geo_region_name"], ["geo_region_name", "device_type", "npi_matched"], ["os_code", "floor_bucket"], []],
+)
 def test_aggregate_matches_an_independent_groupby(warehouse, logs, group_by):
     a, b = logs
     warehouse.load_bid_logs(a)
@@ -73,12 +89,15 @@ def test_holdout_flag_and_entity_isolation(warehouse, logs):
     warehouse.load_bid_logs(a)
     warehouse.load_bid_logs(b)
     holdout_from = END - timedelta(days=2)
-    got = warehouse.aggregate_bids("auto_intenders", FULL, ["device_type"], bid_bucket_cpm=1.0,
-                                   holdout_from=holdout_from).to_pandas()
+    got = warehouse.aggregate_bids(
+        "auto_intenders", FULL, ["device_type"], bid_bucket_cpm=1.0, holdout_from=holdout_from
+    ).to_pandas()
     want = _expected(b, "auto_intenders", ["device_type"], 1.0, FULL, holdout_from)
     keys = ["device_type", "is_holdout", "bid_bucket"]
-    assert _sorted(got, keys)[keys + ["bids", "wins"]].values.tolist() == \
-        _sorted(want, keys)[keys + ["bids", "wins"]].values.tolist()
+    assert (
+        _sorted(got, keys)[keys + ["bids", "wins"]].values.tolist()
+        == _sorted(want, keys)[keys + ["bids", "wins"]].values.tolist()
+    )
     assert got["bids"].sum() == b.num_rows  # nothing of drugs_hcp leaks in
     assert got[got.is_holdout]["bids"].sum() == (b.to_pandas().event_time >= holdout_from).sum()
 
@@ -115,10 +134,10 @@ def test_hostile_entity_codes_are_rejected(warehouse, entity):
 def test_quotes_in_values_are_data_not_sql(warehouse, logs):
     """Values with quotes and the separator go through bindings and are normalised, not executed."""
     t = logs[1].slice(0, 5).to_pandas()
-    t["domain"] = ["o'reilly.com", "a|b.com", "x\"; DROP TABLE bid_logs; --", "ok.com", "ok.com"]
+    t["domain"] = ["o'reilly.com", "a|b.com", 'x"; DROP TABLE bid_logs; --', "ok.com", "ok.com"]
     warehouse.load_bid_logs(pa.Table.from_pandas(t, preserve_index=False))
     got = warehouse.aggregate_bids("auto_intenders", FULL, ["domain"], bid_bucket_cpm=1000.0).to_pandas()
-    assert sorted(got.domain) == sorted({"o'reilly.com", "a/b.com", "x\"; drop table bid_logs; --", "ok.com"})
+    assert sorted(got.domain) == sorted({"o'reilly.com", "a/b.com", 'x"; drop table bid_logs; --', "ok.com"})
     assert warehouse.summary("auto_intenders")["bids"] == 5
 
 
@@ -127,8 +146,11 @@ def test_contract_errors_name_the_column(logs):
     with pytest.raises(InvalidConfig, match="lack column: won"):
         conform_bid_logs(a.drop_columns(["won"]))
     with pytest.raises(InvalidConfig, match="bid_cpm has 1 empty"):
-        conform_bid_logs(a.set_column(a.column_names.index("bid_cpm"), "bid_cpm",
-                                      pa.array([None] + [1.0] * (a.num_rows - 1), pa.float64())))
+        conform_bid_logs(
+            a.set_column(
+                a.column_names.index("bid_cpm"), "bid_cpm", pa.array([None] + [1.0] * (a.num_rows - 1), pa.float64())
+            )
+        )
     with pytest.raises(InvalidConfig, match="won cannot be read"):
         conform_bid_logs(a.set_column(a.column_names.index("won"), "won", pa.array(["maybe"] * a.num_rows)))
     out = conform_bid_logs(a)
@@ -152,8 +174,18 @@ def test_unknown_warehouse_urls():
 
 # Raw feature values as logs carry them: padded, mixed case, the key separator, empty, blank,
 # absent, non-ASCII letters whose lower case Arrow and Python disagree on, ASCII control spaces.
-RAW_FEATURE_VALUES = ["  MedNews.COM ", "a|b.com", "", "   ", None, "\u039f\u0394\u039f\u03a3.gr", "\u0130zmir.tr",
-                      "\x1cTab.com\x1f", "Tab.com", "x\u3000"]
+RAW_FEATURE_VALUES = [
+    "  MedNews.COM ",
+    "a|b.com",
+    "",
+    "   ",
+    None,
+    "\u039f\u0394\u039f\u03a3.gr",
+    "\u0130zmir.tr",
+    "\x1cTab.com\x1f",
+    "Tab.com",
+    "x\u3000",
+]
 
 
 def _bidder_builds(raw):

@@ -9,9 +9,11 @@ from bidopt.errors import InvalidConfig
 from bidopt.schemes import Backend, known_schemes
 from bidopt.warehouse import WAREHOUSES, open_warehouse
 
-KINDS = [("warehouse", WAREHOUSES, open_warehouse),
-         ("artifact", ARTIFACT_STORES, open_artifact_store),
-         ("cache", CACHES, open_cache)]
+KINDS = [
+    ("warehouse", WAREHOUSES, open_warehouse),
+    ("artifact", ARTIFACT_STORES, open_artifact_store),
+    ("cache", CACHES, open_cache),
+]
 
 
 @pytest.mark.parametrize("kind,table,open_url", KINDS, ids=[k for k, _, _ in KINDS])

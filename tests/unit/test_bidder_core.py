@@ -13,14 +13,19 @@ from hypothesis import strategies as st
 from bidopt.bidder.core import BidderState, EntityServing, RunTables, decide, parse_request
 from bidopt.bidder.fields import browser_from_ua, feature_reader
 
-FEATURES = (("geo_region_name", "device.geo.region"), ("os_code", "device.os"),
-            ("npi_matched", "user.ext.npi_matched"))
+FEATURES = (("geo_region_name", "device.geo.region"), ("os_code", "device.os"), ("npi_matched", "user.ext.npi_matched"))
 
 
 def tables(run_id="r1", bids=None, multipliers=None, max_bid=20.0, features=FEATURES):
-    return RunTables(run_id, tuple(f for f, _ in features), tuple(feature_reader(f, p) for f, p in features),
-                     bids or {"california|ios|true": 4.0, "california|*|*": 2.5, "*|*|*": 1.0},
-                     multipliers or {}, max_bid, "sha")
+    return RunTables(
+        run_id,
+        tuple(f for f, _ in features),
+        tuple(feature_reader(f, p) for f, p in features),
+        bids or {"california|ios|true": 4.0, "california|*|*": 2.5, "*|*|*": 1.0},
+        multipliers or {},
+        max_bid,
+        "sha",
+    )
 
 
 def state(*runs_and_pcts, split_id=1):
@@ -30,9 +35,13 @@ def state(*runs_and_pcts, split_id=1):
 
 
 def request(**over):
-    req = {"id": "req-1", "imp": [{"id": "1", "bidfloor": 0.5}],
-           "device": {"os": "iOS", "geo": {"region": "CA"}, "ua": "Mozilla/5.0 (iPhone) Safari/604.1"},
-           "user": {"id": "u-1", "ext": {"npi_matched": 1}}, "site": {"domain": "MedNews.com"}}
+    req = {
+        "id": "req-1",
+        "imp": [{"id": "1", "bidfloor": 0.5}],
+        "device": {"os": "iOS", "geo": {"region": "CA"}, "ua": "Mozilla/5.0 (iPhone) Safari/604.1"},
+        "user": {"id": "u-1", "ext": {"npi_matched": 1}},
+        "site": {"domain": "MedNews.com"},
+    }
     req.update(over)
     return orjson.dumps(req)
 
@@ -44,7 +53,11 @@ def test_full_key_from_macros_and_response_shape():
     assert resp["id"] == "req-1" and resp["cur"] == "USD"
     bid = resp["seatbid"][0]["bid"][0]
     assert (bid["impid"], bid["price"], bid["ext"]["segment_key"], bid["ext"]["level"]) == (
-        "1", 4.0, "california|ios|true", "segment")
+        "1",
+        4.0,
+        "california|ios|true",
+        "segment",
+    )
     assert bid["ext"]["run_id"] == "r1" and decisions[0].price == 4.0
 
 
@@ -78,24 +91,27 @@ def test_floor_bucket_feature_reads_the_impression():
     assert [(b["impid"], b["ext"]["segment_key"]) for b in bids] == [("1", "california|1-2"), ("2", "*|*")]
 
 
-@pytest.mark.parametrize("body,message", [
-    (b"not json", "not JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"imp": [{"id": "1"}]}', "id must be"),
-    (b'{"id": 7, "imp": [{"id": "1"}]}', "id must be"),
-    (b'{"id": "x"}', "imp must be a non-empty array"),
-    (b'{"id": "x", "imp": []}', "imp must be a non-empty array"),
-    (b'{"id": "x", "imp": ["a"]}', "imp[0] must be an object"),
-    (b'{"id": "x", "imp": [{"banner": {}}]}', "imp[0].id"),
-    (b'{"id": "x", "imp": [{"id": "1"}, {"id": "1"}]}', "appears twice"),
-    (b'{"id": "x", "imp": [{"id": "1", "bidfloor": -1}]}', "bidfloor"),
-    (b'{"id": "x", "imp": [{"id": "1", "bidfloor": "1"}]}', "bidfloor"),
-    (b'{"id": "x", "imp": [{"id": "1", "bidfloor": NaN}]}', "not JSON"),
-    (b'{"id": "x", "imp": [{"id": "1"}], "device": "phone"}', "device must be an object"),
-    (b'{"id": "x", "imp": [{"id": "1"}], "device": {"geo": 5}}', "device.geo must be an object"),
-    (b'{"id": "x", "imp": [{"id": "1"}], "cur": "USD"}', "cur must be an array"),
-    (b'{"id": "x", "imp": [{"id": "1"}], "user": [1]}', "user must be an object"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"imp": [{"id": "1"}]}', "id must be"),
+        (b'{"id": 7, "imp": [{"id": "1"}]}', "id must be"),
+        (b'{"id": "x"}', "imp must be a non-empty array"),
+        (b'{"id": "x", "imp": []}', "imp must be a non-empty array"),
+        (b'{"id": "x", "imp": ["a"]}', "imp[0] must be an object"),
+        (b'{"id": "x", "imp": [{"banner": {}}]}', "imp[0].id"),
+        (b'{"id": "x", "imp": [{"id": "1"}, {"id": "1"}]}', "appears twice"),
+        (b'{"id": "x", "imp": [{"id": "1", "bidfloor": -1}]}', "bidfloor"),
+        (b'{"id": "x", "imp": [{"id": "1", "bidfloor": "1"}]}', "bidfloor"),
+        (b'{"id": "x", "imp": [{"id": "1", "bidfloor": NaN}]}', "not JSON"),
+        (b'{"id": "x", "imp": [{"id": "1"}], "device": "phone"}', "device must be an object"),
+        (b'{"id": "x", "imp": [{"id": "1"}], "device": {"geo": 5}}', "device.geo must be an object"),
+        (b'{"id": "x", "imp": [{"id": "1"}], "cur": "USD"}', "cur must be an array"),
+        (b'{"id": "x", "imp": [{"id": "1"}], "user": [1]}', "user must be an object"),
+    ],
+)
 def test_malformed_requests_get_400_with_the_reason(body, message):
     status, payload, decisions, reason = decide(state(), "drugs_hcp", body)
     assert status == 400 and message in json.loads(payload)["error"] and decisions == []
@@ -107,20 +123,49 @@ def test_oversized_requests_get_413():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=300),
-                 st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
-                              lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
-                                  st.sampled_from(["id", "imp", "device", "user", "site", "app", "geo", "os",
-                                                   "region", "bidfloor", "ext", "cur", "ua", "domain"]),
-                                  kids, max_size=5), max_leaves=30).map(lambda v: json.dumps(v).encode())))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+            lambda kids: (
+                st.lists(kids, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "id",
+                            "imp",
+                            "device",
+                            "user",
+                            "site",
+                            "app",
+                            "geo",
+                            "os",
+                            "region",
+                            "bidfloor",
+                            "ext",
+                            "cur",
+                            "ua",
+                            "domain",
+                        ]
+                    ),
+                    kids,
+                    max_size=5,
+                )
+            ),
+            max_leaves=30,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 def test_any_body_gets_an_answer_never_an_exception(body):
     status, _, _, _ = decide(state(), "drugs_hcp", body)
     assert status in (200, 204, 400, 413)
 
 
 def test_real_openrtb_examples_are_answered(shared_data):
-    files = sorted(p for p in (shared_data / "openrtb").glob("*.json")
-                   if "req" in p.name.lower() or "request" in p.name.lower())
+    files = sorted(
+        p for p in (shared_data / "openrtb").glob("*.json") if "req" in p.name.lower() or "request" in p.name.lower()
+    )
     assert len(files) >= 15
     for path in files:
         body = path.read_bytes()
@@ -153,15 +198,23 @@ def test_ab_split_is_sticky_per_user_and_matches_the_weights():
     assert len(runs) == 1
 
 
-@pytest.mark.parametrize("ua,family", [
-    ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1", "safari"),
-    ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36", "chrome"),
-    ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0", "edge"),
-    ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 SamsungBrowser/23.0 Chrome/115.0 Mobile Safari/537.36",
-     "samsung"),
-    ("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0", "firefox"),
-    (None, "unknown"),
-])
+@pytest.mark.parametrize(
+    "ua,family",
+    [
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1",
+            "safari",
+        ),
+        ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36", "chrome"),
+        ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0", "edge"),
+        (
+            "Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 SamsungBrowser/23.0 Chrome/115.0 Mobile Safari/537.36",
+            "samsung",
+        ),
+        ("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0", "firefox"),
+        (None, "unknown"),
+    ],
+)
 def test_browser_family(ua, family):
     assert browser_from_ua(ua) == family
 
@@ -204,9 +257,14 @@ def test_a_multiplier_never_pushes_a_clearing_bid_under_the_floor_nor_under_min_
 
 
 def test_null_means_absent_and_currency_codes_ignore_case():
-    for over in ({"imp": [{"id": "1", "bidfloor": None}]}, {"imp": [{"id": "1", "bidfloorcur": None}]},
-                 {"cur": None}, {"imp": [{"id": "1", "bidfloorcur": "usd"}]}, {"cur": ["eur", "uSd"]},
-                 {"at": None, "tmax": None}):
+    for over in (
+        {"imp": [{"id": "1", "bidfloor": None}]},
+        {"imp": [{"id": "1", "bidfloorcur": None}]},
+        {"cur": None},
+        {"imp": [{"id": "1", "bidfloorcur": "usd"}]},
+        {"cur": ["eur", "uSd"]},
+        {"at": None, "tmax": None},
+    ):
         assert _price(decide(state(), "drugs_hcp", request(**over))) == 4.0, over
     # duplicated keys: the last one counts, for validation and pricing alike
     dup = b'{"id": "x", "imp": [{"id": "1", "bidfloor": 99, "bidfloor": null}]}'
@@ -217,15 +275,27 @@ def test_null_means_absent_and_currency_codes_ignore_case():
         assert decide(state(), "drugs_hcp", request(cur=[code]))[0] == 204, code
 
 
-@pytest.mark.parametrize("over,message", [
-    ({"at": 0}, "at must be"), ({"at": 3}, "at must be"), ({"at": 500}, "at must be"),
-    ({"at": "1"}, "at must be"), ({"at": 1.5}, "at must be"), ({"at": True}, "at must be"),
-    ({"tmax": 0}, "tmax must be"), ({"tmax": -100}, "tmax must be"), ({"tmax": "120"}, "tmax must be"),
-    ({"tmax": 120.5}, "tmax must be"), ({"tmax": False}, "tmax must be"),
-    ({"imp": [{"id": "1", "bidfloor": -0.01}]}, "bidfloor"), ({"imp": [{"id": "1", "bidfloor": [1]}]}, "bidfloor"),
-    ({"imp": [{"id": "1", "bidfloorcur": 840}]}, "bidfloorcur"), ({"cur": ["USD", None]}, "cur must be"),
-    ({"imp": [{"id": str(i)} for i in range(101)]}, "at most 100 impressions"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"at": 0}, "at must be"),
+        ({"at": 3}, "at must be"),
+        ({"at": 500}, "at must be"),
+        ({"at": "1"}, "at must be"),
+        ({"at": 1.5}, "at must be"),
+        ({"at": True}, "at must be"),
+        ({"tmax": 0}, "tmax must be"),
+        ({"tmax": -100}, "tmax must be"),
+        ({"tmax": "120"}, "tmax must be"),
+        ({"tmax": 120.5}, "tmax must be"),
+        ({"tmax": False}, "tmax must be"),
+        ({"imp": [{"id": "1", "bidfloor": -0.01}]}, "bidfloor"),
+        ({"imp": [{"id": "1", "bidfloor": [1]}]}, "bidfloor"),
+        ({"imp": [{"id": "1", "bidfloorcur": 840}]}, "bidfloorcur"),
+        ({"cur": ["USD", None]}, "cur must be"),
+        ({"imp": [{"id": str(i)} for i in range(101)]}, "at most 100 impressions"),
+    ],
+)
 def test_auction_type_tmax_and_floors_are_validated(over, message):
     status, payload, decisions, reason = decide(state(), "drugs_hcp", request(**over))
     assert status == 400 and message in json.loads(payload)["error"] and decisions == []
@@ -275,4 +345,8 @@ def test_a_nan_bid_or_multiplier_is_no_bid_never_a_null_price():
 def test_region_codes_are_ascii_state_codes_only():
     read = feature_reader("geo_region_name", "device.geo.region")
     assert [read({"device": {"geo": {"region": r}}}, {}) for r in ("sd", " US-SD ", "\u017fd", "")] == [
-        "south dakota", "south dakota", "\u017fd", "unknown"]
+        "south dakota",
+        "south dakota",
+        "\u017fd",
+        "unknown",
+    ]

@@ -30,17 +30,33 @@ class Body:
 
 
 def _call(core, method, path, body: Body, headers=()):
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(k.encode(), v.encode()) for k, v in headers], "scheme": "http",
-             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1234), "root_path": ""}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1234),
+        "root_path": "",
+    }
     return asyncio.run(http_handler(core, Request(scope, body)))
 
 
 @pytest.fixture
 def core():
     c = BidderCore(start=False)
-    tables = RunTables("r1", ("geo_region_name",), (feature_reader("geo_region_name", "device.geo.region"),),
-                       {"california": 3.0, "*": 1.0}, {}, 20.0, "sha")
+    tables = RunTables(
+        "r1",
+        ("geo_region_name",),
+        (feature_reader("geo_region_name", "device.geo.region"),),
+        {"california": 3.0, "*": 1.0},
+        {},
+        20.0,
+        "sha",
+    )
     c.refresher.state = BidderState({"drugs_hcp": EntityServing("drugs_hcp", 7, (tables,), (100,))})
     yield c
     c.close()

@@ -18,14 +18,18 @@ from bidopt.warehouse.imports import read_bid_log_file, read_ipinyou_dlf
 @pytest.fixture
 def sample():
     return simulate_market(MarketSpec("drugs_hcp", rows=500, seed=2, floor_available=True)).select(
-        list(CONTRACT_COLUMNS))
+        list(CONTRACT_COLUMNS)
+    )
 
 
 def test_csv_and_parquet_round_trip(tmp_path, sample):
     import pyarrow.parquet as pq
 
-    plain = sample.cast(pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type)
-                                            else f.type) for f in sample.schema]))
+    plain = sample.cast(
+        pa.schema(
+            [pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in sample.schema]
+        )
+    )
     pacsv.write_csv(plain, tmp_path / "logs.csv")
     pq.write_table(plain, tmp_path / "logs.parquet")
     for name in ("logs.csv", "logs.parquet"):
@@ -63,8 +67,11 @@ def test_ipinyou_adapter_on_the_real_sample(shared_data):
 
 
 def test_cli_import_and_summary(tmp_path, sample):
-    plain = sample.cast(pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type)
-                                            else f.type) for f in sample.schema]))
+    plain = sample.cast(
+        pa.schema(
+            [pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in sample.schema]
+        )
+    )
     pacsv.write_csv(plain, tmp_path / "logs.csv")
     runner = CliRunner()
     res = runner.invoke(cli, ["data", "import", str(tmp_path / "logs.csv")])

@@ -114,7 +114,7 @@ def _cycle_path(graph: dict[str, set[str]], component: set[str]) -> list[str]:
         nxt = next((w for w in step if w not in seen), None)
         if nxt is None:  # every neighbour seen: close the loop at the first one on the path
             nxt = step[0]
-            return [*path[path.index(nxt):], nxt]
+            return [*path[path.index(nxt) :], nxt]
         path.append(nxt)
         seen.add(nxt)
 
@@ -131,9 +131,13 @@ def test_no_import_cycle():
 def test_the_library_never_imports_the_cli():
     mods = modules()
     known = set(mods)
-    wrong = [f"{name} (line {line}) imports {module}"
-             for name, path in mods.items() if not is_cli(name)
-             for module, _, line in imports_of(name, path, known) if is_cli(resolve(module, known) or "")]
+    wrong = [
+        f"{name} (line {line}) imports {module}"
+        for name, path in mods.items()
+        if not is_cli(name)
+        for module, _, line in imports_of(name, path, known)
+        if is_cli(resolve(module, known) or "")
+    ]
     assert not wrong, wrong
 
 
@@ -143,20 +147,24 @@ def test_cli_modules_are_small_and_go_through_the_service_layer():
     known = set(modules())
     too_long = {name: n for name, path in mods.items() if (n := len(path.read_text().splitlines())) > CLI_MAX_LINES}
     assert not too_long, f"CLI modules over {CLI_MAX_LINES} lines: {too_long}"
-    data_layer = [f"{name} (line {line}) imports {module}"
-                  for name, path in mods.items()
-                  for module, _, line in imports_of(name, path, known)
-                  if resolve(module, known) in DATA_LAYER or module in DATA_LAYER]
+    data_layer = [
+        f"{name} (line {line}) imports {module}"
+        for name, path in mods.items()
+        for module, _, line in imports_of(name, path, known)
+        if resolve(module, known) in DATA_LAYER or module in DATA_LAYER
+    ]
     assert not data_layer, data_layer
 
 
 def test_no_module_imports_a_private_name_of_another():
     mods = modules()
     known = set(mods)
-    private = [f"{name} (line {line}): from {module} import {imported}"
-               for name, path in mods.items()
-               for module, imported, line in imports_of(name, path, known)
-               if imported and imported.startswith("_") and not imported.startswith("__")]
+    private = [
+        f"{name} (line {line}): from {module} import {imported}"
+        for name, path in mods.items()
+        for module, imported, line in imports_of(name, path, known)
+        if imported and imported.startswith("_") and not imported.startswith("__")
+    ]
     assert not private, private
 
 
@@ -177,17 +185,21 @@ def fake_package(tmp_path):
 
 
 def test_a_cycle_through_a_lazy_import_is_found(fake_package):
-    root = fake_package({
-        "cli/__init__.py": "",
-        "cli/main.py": "from bidopt.jobs.run import go\n",
-        "jobs/__init__.py": "",
-        "jobs/run.py": "def go():\n    from bidopt.cli.main import cli\n",
-        "a.py": "from . import b\n",
-        "b.py": "import bidopt.c\n",
-        "c.py": "from bidopt import a\n",
-        "d.py": "from bidopt import a\n",
-    })
+    root = fake_package(
+        {
+            "cli/__init__.py": "",
+            "cli/main.py": "from bidopt.jobs.run import go\n",
+            "jobs/__init__.py": "",
+            "jobs/run.py": "def go():\n    from bidopt.cli.main import cli\n",
+            "a.py": "from . import b\n",
+            "b.py": "import bidopt.c\n",
+            "c.py": "from bidopt import a\n",
+            "d.py": "from bidopt import a\n",
+        }
+    )
     cycles = find_cycles(import_graph(root))
     assert sorted(sorted(set(c)) for c in cycles) == [
-        ["bidopt.a", "bidopt.b", "bidopt.c"], ["bidopt.cli.main", "bidopt.jobs.run"]]
+        ["bidopt.a", "bidopt.b", "bidopt.c"],
+        ["bidopt.cli.main", "bidopt.jobs.run"],
+    ]
     assert all(c[0] == c[-1] for c in cycles)

@@ -65,15 +65,20 @@ def test_signal_scores_rank_real_signal_above_noise(market):
     geo = F.signal_score(agg(["geo_region_name"]), [], "geo_region_name")
     browser = F.signal_score(agg(["browser_code"]), [], "browser_code")
     assert geo > 5 * max(browser, 0.1)
-    chosen = F.select_features(agg, "geo_region_name", ["geo_region_name", "os_code", "browser_code",
-                                                       "device_type", "npi_matched"],
-                               max_features=4, min_segment_bids=200)
+    chosen = F.select_features(
+        agg,
+        "geo_region_name",
+        ["geo_region_name", "os_code", "browser_code", "device_type", "npi_matched"],
+        max_features=4,
+        min_segment_bids=200,
+    )
     names = [c.name for c in chosen]
     assert names[0] == "geo_region_name" and chosen[0].is_anchor and chosen[0].signal_score is None
     assert "browser_code" not in names and "npi_matched" in names
     assert all(0 <= c.signal_score <= 100 for c in chosen[1:])
-    one = F.select_features(agg, "geo_region_name", ["geo_region_name", "os_code"], max_features=1,
-                            min_segment_bids=200)
+    one = F.select_features(
+        agg, "geo_region_name", ["geo_region_name", "os_code"], max_features=1, min_segment_bids=200
+    )
     assert [c.name for c in one] == ["geo_region_name"]
 
 
@@ -123,8 +128,9 @@ def test_caps_minimum_floors_and_exploration():
     base = CFG | {"target_win_rate": 0.5, "min_bid_cpm": 0.5, "max_bid_cpm": 2.5, "min_segment_bids": 200}
 
     def table(**kw):
-        return B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(base | kw, use_floors=False))[0] \
-            .set_index("segment_key")
+        return B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(base | kw, use_floors=False))[0].set_index(
+            "segment_key"
+        )
 
     none = table(exploration_mode="none")
     assert none.loc["a", "bid_cpm"] == pytest.approx(1.0, rel=0.15)  # logit 0 at ln(bid) = 0
@@ -141,9 +147,15 @@ def test_caps_minimum_floors_and_exploration():
     optimistic = table(exploration_mode="optimistic", max_bid_cpm=100, target_win_rate=0.3)
     assert optimistic.loc["b", "bid_cpm"] > low_none.loc["b", "bid_cpm"]
     assert optimistic.loc["a", "bid_cpm"] == low_none.loc["a", "bid_cpm"]  # well supported: no exploration
-    floors = B.suggest_bids(model, segs, ["f"], B.BidPolicy.from_configs(
-        base | {"exploration_mode": "none", "target_win_rate": 0.2, "max_bid_cpm": 100}, use_floors=True),
-        floors=segs[["f", "typical_floor"]])[0].set_index("segment_key")
+    floors = B.suggest_bids(
+        model,
+        segs,
+        ["f"],
+        B.BidPolicy.from_configs(
+            base | {"exploration_mode": "none", "target_win_rate": 0.2, "max_bid_cpm": 100}, use_floors=True
+        ),
+        floors=segs[["f", "typical_floor"]],
+    )[0].set_index("segment_key")
     assert floors.loc["b", "bid_cpm"] >= 2.0 and floors.loc["a", "bid_cpm"] < 2.0
 
 
@@ -168,19 +180,22 @@ def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
     """The mixture bid sits between the domains' own bids, and the multipliers turn it into each
     domain's own bid."""
     model, cells = _two_domain_cells()
-    policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none",
-                                             "max_bid_cpm": 50.0}, use_floors=False)
+    policy = B.BidPolicy.from_configs(
+        CFG | {"target_win_rate": 0.5, "exploration_mode": "none", "max_bid_cpm": 50.0}, use_floors=False
+    )
     table, model_bids = B.suggest_bids(model, cells, ["f"], policy)
     bids = table.set_index("segment_key")["bid_cpm"]
     assert np.exp(-0.4) * 0.9 < bids["a"] < np.exp(0.4) * 1.1 and bids["b"] > bids["a"] * 2
-    mult = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
-                                lower=0.5, upper=2.0).set_index("domain")
+    mult = B.domain_multipliers(
+        model, cells, ["f"], model_bids, policy, min_domain_bids=500, lower=0.5, upper=2.0
+    ).set_index("domain")
     assert "tiny.com" not in mult.index
     for domain, shift in (("cheap.com", -0.4), ("dear.com", 0.4)):
         own = np.exp(shift)  # each domain's own bid / the segment's mixture bid, up to the mixture's centre
         assert mult.loc[domain, "multiplier"] * bids["a"] == pytest.approx(own, rel=0.12)
-    tight = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
-                                 lower=0.9, upper=1.1).set_index("domain")
+    tight = B.domain_multipliers(
+        model, cells, ["f"], model_bids, policy, min_domain_bids=500, lower=0.9, upper=1.1
+    ).set_index("domain")
     assert tight["multiplier"].tolist() == [pytest.approx(x) for x in np.clip(mult["multiplier"], 0.9, 1.1)]
 
 
@@ -190,8 +205,10 @@ def test_rounding_never_crosses_the_bounds():
     model, _ = _toy_model()
     segs = pd.DataFrame({"f": ["a", "b"], "bids": [10_000, 10_000]})
     for target, lo, hi in ((0.5, 0.10004, 2.00006), (0.02, 0.50004, 100.0), (0.5, 2.00001, 2.0001)):
-        policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": target, "exploration_mode": "none",
-                                                 "min_bid_cpm": lo, "max_bid_cpm": hi}, use_floors=False)
+        policy = B.BidPolicy.from_configs(
+            CFG | {"target_win_rate": target, "exploration_mode": "none", "min_bid_cpm": lo, "max_bid_cpm": hi},
+            use_floors=False,
+        )
         bids = B.suggest_bids(model, segs, ["f"], policy)[0]["bid_cpm"].to_numpy()
         assert ((bids >= lo) & (bids <= hi)).all(), (lo, hi, bids)
         assert (bids == np.round(bids, 4)).all()
@@ -199,11 +216,13 @@ def test_rounding_never_crosses_the_bounds():
     assert B.suggest_bids(model, segs, ["f"], capped)[0].set_index("segment_key").loc["b", "bid_cpm"] == 2.0
 
     model, cells = _two_domain_cells()
-    policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.5, "exploration_mode": "none",
-                                             "max_bid_cpm": 50.0}, use_floors=False)
+    policy = B.BidPolicy.from_configs(
+        CFG | {"target_win_rate": 0.5, "exploration_mode": "none", "max_bid_cpm": 50.0}, use_floors=False
+    )
     _, model_bids = B.suggest_bids(model, cells, ["f"], policy)
-    mult = B.domain_multipliers(model, cells, ["f"], model_bids, policy, min_domain_bids=500,
-                                lower=0.90004, upper=1.09996).set_index("domain")["multiplier"]
+    mult = B.domain_multipliers(
+        model, cells, ["f"], model_bids, policy, min_domain_bids=500, lower=0.90004, upper=1.09996
+    ).set_index("domain")["multiplier"]
     assert (mult["cheap.com"], mult["dear.com"]) == (0.9001, 1.0999)  # rounding used to give 0.9 and 1.1
 
 
@@ -220,8 +239,9 @@ def test_optimistic_exploration_never_aims_below_the_target():
     segs = pd.DataFrame({"f": ["a", "b"], "bids": [50, 10_000]})  # a is thin; 0.995 is reachable for it
 
     def bid_of_a(mode):
-        policy = B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.995, "exploration_mode": mode,
-                                                 "max_bid_cpm": 100.0}, use_floors=False)
+        policy = B.BidPolicy.from_configs(
+            CFG | {"target_win_rate": 0.995, "exploration_mode": mode, "max_bid_cpm": 100.0}, use_floors=False
+        )
         return B.suggest_bids(model, segs, ["f"], policy)[0].set_index("segment_key").loc["a", "bid_cpm"]
 
     assert bid_of_a("optimistic") >= bid_of_a("none") < 100.0

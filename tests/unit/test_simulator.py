@@ -15,8 +15,9 @@ def first_price():
 
 @pytest.fixture(scope="module")
 def second_price_floors():
-    return simulate_market(MarketSpec("auto", rows=100_000, seed=12, auction_type="second_price",
-                                      floor_available=True)).to_pandas()
+    return simulate_market(
+        MarketSpec("auto", rows=100_000, seed=12, auction_type="second_price", floor_available=True)
+    ).to_pandas()
 
 
 def test_same_seed_same_rows_and_chunking_does_not_matter():
@@ -26,8 +27,10 @@ def test_same_seed_same_rows_and_chunking_does_not_matter():
     c = simulate_market(MarketSpec("e", rows=5000, seed=6))
     assert not a.column("bid_cpm").equals(c.column("bid_cpm"))
     chunked = simulate_market(MarketSpec("e", rows=5000, seed=5, chunk_rows=1000))
-    assert chunked.num_rows == 5000 and pc.all(pc.greater_equal(
-        chunked["event_time"].slice(1), chunked["event_time"].slice(0, 4999))).as_py()  # time-ordered
+    assert (
+        chunked.num_rows == 5000
+        and pc.all(pc.greater_equal(chunked["event_time"].slice(1), chunked["event_time"].slice(0, 4999))).as_py()
+    )  # time-ordered
     assert len(set(chunked["request_id"].to_pylist())) == 5000
 
 
@@ -45,8 +48,7 @@ def test_truth_is_calibrated_against_the_outcomes(first_price):
 
 def test_bids_vary_within_segments_and_domains_are_long_tailed(first_price):
     df = first_price
-    spread = df.groupby(["geo_region_name", "device_type"], observed=True).bid_cpm.agg(
-        lambda s: np.log(s).std())
+    spread = df.groupby(["geo_region_name", "device_type"], observed=True).bid_cpm.agg(lambda s: np.log(s).std())
     assert (spread > 0.3).all()
     shares = df.domain.value_counts(normalize=True).to_numpy()
     assert shares[:20].sum() > 0.3 and (shares < 1e-4).sum() > 100  # a head and a long tail

@@ -3,6 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -32,8 +33,9 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=100), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("revoked_at", sa.DateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["user_id"], ["opt_users.user_id"], ondelete="CASCADE",
-                                name=op.f("fk_opt_api_tokens_user_id_opt_users")),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["opt_users.user_id"], ondelete="CASCADE", name=op.f("fk_opt_api_tokens_user_id_opt_users")
+        ),
         sa.PrimaryKeyConstraint("token_id", name=op.f("pk_opt_api_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_opt_api_tokens_token_hash")),
     )

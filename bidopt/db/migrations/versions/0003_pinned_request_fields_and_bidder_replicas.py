@@ -8,6 +8,7 @@ Revises: 0002
   are filled from their macro's current field (the best there is for runs made before).
 * ``opt_bidder_replicas``: one row per bidder replica with the split it serves per entity.
 """
+
 import sqlalchemy as sa
 from alembic import op
 
