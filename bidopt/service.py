@@ -66,7 +66,7 @@ def get_entity(session: Session, entity_code: str) -> dict[str, Any]:
 def get_entity_with_latest_runs(session: Session, entity_code: str, *, limit: int = 10) -> dict[str, Any]:
     """The entity's view with its newest runs under ``latest_runs`` (row views, newest first)."""
     view = get_entity(session, entity_code)
-    return {**view, "latest_runs": list_run_rows(session, entity_code=entity_code, limit=limit)}
+    return {**view, "latest_runs": list_runs(session, entity_code=entity_code, limit=limit, with_metrics=False)}
 
 
 def create_run(
@@ -77,11 +77,20 @@ def create_run(
 
 
 def list_runs(
-    session: Session, *, entity_code: str | None = None, status: str | None = None, limit: int = 100
+    session: Session,
+    *,
+    entity_code: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    with_metrics: bool = True,
 ) -> list[dict[str, Any]]:
+    """Runs newest first as row views; ``with_metrics`` adds the model metrics and the error
+    (a query per run: the API's list), without them one query (``bidopt runs list``)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidConfig(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
     runs = q.list_runs(session, entity_code=entity_code, status=status, limit=limit)
+    if not with_metrics:
+        return [run_row_view(r) for r in runs]
     out = []
     for run in runs:
         row = run_row_view(run)
@@ -92,13 +101,6 @@ def list_runs(
         row["error_message"] = run.error_message
         out.append(row)
     return out
-
-
-def list_run_rows(
-    session: Session, *, entity_code: str | None = None, status: str | None = None, limit: int = 50
-) -> list[dict[str, Any]]:
-    """Runs newest first as row views only (no metrics: one query), what ``bidopt runs list`` prints."""
-    return [run_row_view(r) for r in q.list_runs(session, entity_code=entity_code, status=status, limit=limit)]
 
 
 def get_run(session: Session, run_id: str) -> dict[str, Any]:

@@ -27,11 +27,11 @@ def optional_session():
     try:
         with session() as s:
             service.list_entities(s)  # the probe: no schema or no database raises
-            yield s
-            return
     except (SchemaMissing, DatabaseUnavailable):
-        pass
-    yield None
+        yield None
+        return
+    with session() as s:  # outside the try: an error of the command's own is not taken for "no database"
+        yield s
 
 
 def default_user() -> str:

@@ -46,7 +46,7 @@ def runs_create(entity_code: str, config_pairs: tuple[str, ...], triggered_by: s
 def runs_list(entity_code: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
     with session() as s:
-        rows = service.list_run_rows(s, entity_code=entity_code, status=status, limit=limit)
+        rows = service.list_runs(s, entity_code=entity_code, status=status, limit=limit, with_metrics=False)
     if as_json:
         print_json(rows)
     else:

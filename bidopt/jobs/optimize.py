@@ -1,7 +1,7 @@
 """The optimizer job: claim pending runs, optimise each as a Ray task, record the results.
 
-Entry points: ``bidopt optimizer run`` and, for ``ray job submit``,
-``python -m bidopt.jobs.optimize [--once]``. The driver claims runs oldest
+Entry points: ``bidopt optimizer run`` (``python -m bidopt optimizer run`` under
+``ray job submit``) and the plain script ``python -m bidopt.jobs.optimize [--once]``. The driver claims runs oldest
 first (``claim_next_pending_run``: atomic, so two optimizers never take the
 same run), starts one named Ray task per run (``optimize <entity> <run_id>``
 in the dashboard), heartbeats the runs it holds while they work, and with
@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pandas as pd
+from sqlalchemy.exc import DBAPIError
 
 from bidopt.artifacts import attempt_output_url, remove_run_artifacts, run_output_url, write_run_artifacts
 from bidopt.db import queries as q
@@ -303,7 +304,7 @@ def mark_failed(run_id: str, error: str, worker_id: str, attempt: int, *, detail
         return True
     except Conflict:
         return False  # the run already ended or was requeued by another worker: leave it as it is
-    except DatabaseUnavailable as exc:  # the database is away: the lease goes stale and the run is requeued
+    except Exception as exc:  # noqa: BLE001 - away, deadlocked, read-only in a failover: the lease goes stale
         log.warning(_first_line(f"run {run_id}: could not record its failure: {exc}"))
         return False
 
@@ -329,7 +330,7 @@ def _claim(worker_id: str) -> Lease | None:
     while True:
         try:
             return _requeue_and_claim(worker_id)
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, DBAPIError) as exc:  # away, or a deadlock / read-only failover
             waited = time.monotonic() - started
             if waited > get_settings().stale_after_seconds:
                 raise
@@ -458,7 +459,7 @@ def _outcome_from_db(lease: Lease, note: str) -> dict:
                 "status": "abandoned",
                 "error": f"{note}; the run is now {run.status} (attempt {run.attempts})",
             }
-    except DatabaseUnavailable as exc:  # the database is away: the lease goes stale and the run is requeued
+    except Exception as exc:  # noqa: BLE001 - the database is away or failing: the lease goes stale, then requeued
         return {
             "run_id": lease.run_id,
             "attempt": lease.attempt,

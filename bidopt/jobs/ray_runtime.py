@@ -60,7 +60,7 @@ def ensure_ray(**init_kwargs) -> None:
 # a node type that scales from zero has no live node to declare its resource, and only a pending
 # request for it makes the autoscaler start one.
 #
-# Amounts, kept coherent with cluster.yaml (tests/test_cluster.py checks them):
+# Amounts, kept coherent with cluster.yaml (tests/integration/test_cluster.py checks them):
 # * an optimizer task takes 1 CPU and 1 `optimizer`; optimizer_worker (m6i.2xlarge, 8 vCPUs)
 #   declares `optimizer: 4`, so 4 runs share a node and XGBoost gets about 2 cores each.
 # * a bidder replica takes 0.25 CPU (a logical share, so that replicas fit next to the optimizer on a

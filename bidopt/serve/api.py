@@ -4,7 +4,8 @@ Every route calls a function of ``bidopt.service``. Callers authenticate with an
 API token (``Authorization: Bearer bo_...``); viewers read, operators also create
 runs and change traffic splits. Who created a run or deployed a split is the
 authenticated caller, never a field of the request. Errors are JSON
-``{"error": "..."}`` with a 4xx status.
+``{"error": "..."}`` with a 4xx status, or 503 when the metadata database is unreachable or has
+no schema.
 """
 
 from __future__ import annotations

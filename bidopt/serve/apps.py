@@ -52,7 +52,7 @@ class ManagementAPI:
 # field would be ignored without a word). min/max_replicas here are for one machine: they are the
 # defaults of BIDOPT_BIDDER_MIN_REPLICAS / BIDOPT_BIDDER_MAX_REPLICAS, which `bidopt serve` applies
 # (bidder_autoscaling). serve_config.yaml sizes them for a cluster's bidder nodes (cluster.yaml:
-# max 16); every other key there must equal this one's (tests/test_cluster.py checks).
+# max 16); every other key there must equal this one's (tests/integration/test_cluster.py checks).
 BIDDER_AUTOSCALING = {
     "min_replicas": 2,
     "max_replicas": 4,
@@ -272,7 +272,6 @@ class ServeLifetime:
     def started_processes() -> dict:
         """This process's descendants (psutil processes by PID): the local Ray and what it started."""
         import psutil
-        import ray  # noqa: F401 - puts Ray's copy of psutil (ray/thirdparty_files) on sys.path
 
         return {p.pid: p for p in psutil.Process().children(recursive=True)}
 

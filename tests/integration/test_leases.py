@@ -341,3 +341,37 @@ def test_claiming_retries_a_database_that_is_away_then_gives_up(monkeypatch):
     with pytest.raises(DatabaseUnavailable) as raised:
         job._claim(WORKER_A)
     assert isinstance(raised.value.__cause__, OperationalError)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_untranslated_database_errors_never_crash_the_driver(platform_db, monkeypatch):
+    """Errors session_scope leaves as they are (a deadlock, a read-only transaction during a
+    failover): claiming retries them, and recording a failure or reading an outcome swallows them
+    (the lease goes stale and the run is requeued) instead of ending the driver."""
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.01")
+    reset_settings_cache()
+
+    def deadlock(*_args, **_kwargs):
+        raise OperationalError("UPDATE opt_runs", {}, Exception("deadlock detected"))
+
+    calls = []
+
+    def deadlocked_once(worker_id):
+        calls.append(worker_id)
+        if len(calls) == 1:
+            deadlock()
+        return None
+
+    monkeypatch.setattr(job, "_requeue_and_claim", deadlocked_once)
+    assert job._claim(WORKER_A) is None and len(calls) == 2
+
+    run_id = _create(platform_db)  # no bid logs: the run fails
+    assert _claim(platform_db, WORKER_A) == 1
+    monkeypatch.setattr(q, "mark_run_failed", deadlock)
+    result = job.process_run(run_id, WORKER_A, 1)
+    assert result["status"] == "abandoned" and "not recorded" in result["error"]
+    monkeypatch.setattr(q, "get_run", deadlock)
+    outcome = job._outcome_from_db(job.Lease(run_id, WORKER_A, 1, "drugs_hcp"), "cancelled")
+    assert outcome["status"] == "abandoned" and "could not be read" in outcome["error"]

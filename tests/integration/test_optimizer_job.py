@@ -189,7 +189,7 @@ def test_cli_runs_the_queue(platform):
 
 
 def test_module_entrypoint_for_ray_job_submit(platform, tmp_path):
-    """``python -m bidopt.jobs.optimize`` is what ``ray job submit`` runs: same options, same effect."""
+    """``python -m bidopt.jobs.optimize``, the plain job script: same options and effect as ``bidopt optimizer run``."""
     import os
     import subprocess
     import sys
