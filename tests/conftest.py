@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from servers import missing_service, services_required, start_memcached  # noqa: F401 - re-exported
 
 from bidopt.settings import reset_settings_cache
 
@@ -26,17 +27,6 @@ def pytest_collection_modifyitems(config, items):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if params.get("db_url") == "postgresql" or {"pg_url", "pg_admin_engine"} & set(item.fixturenames):
             item.add_marker(pytest.mark.postgres)
-
-
-def services_required() -> bool:
-    return os.environ.get("BIDOPT_REQUIRE_SERVICES", "") not in ("", "0", "false")
-
-
-def missing_service(reason: str) -> None:
-    """Skip (developer machine) or fail (CI) because a server the test needs is not there."""
-    if services_required():
-        pytest.fail(f"required service missing: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -216,32 +206,6 @@ def platform(platform_db):
         for code, kw in (("drugs_hcp", {"npi_enabled": True}), ("auto_intenders", {"floor_available": True})):
             generate_into_warehouse(wh, MarketSpec(code, rows=80_000, seed=5, n_domains=200, **kw))
     return platform_db
-
-
-def start_memcached(port: int):
-    """A memcached process on 127.0.0.1:``port`` (Debian package `memcached`), ready for connections."""
-    import shutil
-    import socket
-    import subprocess
-    import time
-
-    exe = shutil.which("memcached") or ("/usr/bin/memcached" if Path("/usr/bin/memcached").exists() else None)
-    if exe is None:
-        missing_service("memcached is not installed (Debian package `memcached`)")
-    proc = subprocess.Popen(
-        [exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "nobody"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    missing_service(f"memcached did not start on port {port}")
 
 
 @pytest.fixture

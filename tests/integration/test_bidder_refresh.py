@@ -119,8 +119,8 @@ def test_memcached_gets_the_tables_and_its_loss_does_not_stop_bidding(runs, memc
 
 def test_a_restarted_memcached_is_filled_again(runs, memcached_server):
     """memcached restarts empty: the next refresh notices the missing split and republishes."""
-    from conftest import start_memcached
     from pymemcache.exceptions import MemcacheError
+    from servers import start_memcached
 
     engine, (a, b, c) = runs
     host, port, proc = memcached_server

@@ -10,8 +10,8 @@ import time
 
 import pytest
 import uvicorn
-from conftest import missing_service
 from servable_runs import complete_servable
+from servers import missing_service
 
 from bidopt.bidder.loader import Refresher
 from bidopt.db import access
