@@ -77,6 +77,7 @@ def setup_platform(home: Path) -> None:
     from bidopt.db.engine import session_scope
     from bidopt.db.seed import prepare_demo_database
     from bidopt.jobs.optimize import run_optimizer
+    from bidopt.logs import configure_logging
     from bidopt.settings import get_settings, reset_settings_cache
     from bidopt.simulator import MarketSpec
 
@@ -86,6 +87,7 @@ def setup_platform(home: Path) -> None:
         ids = [q.create_run(s, "drugs_hcp", {"target_win_rate": t}, triggered_by="bench").run_id for t in (0.4, 0.5)]
     with get_warehouse() as wh:
         generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=300_000, seed=4, npi_enabled=True))
+    configure_logging()  # the optimizer's progress lines, as before it logged
     run_optimizer(once=True, use_ray=False, on_result=lambda r: None)
     with session_scope(engine) as s:
         q.replace_traffic_split(s, "drugs_hcp", {ids[0]: 80, ids[1]: 20}, deployed_by="bench")

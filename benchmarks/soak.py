@@ -62,6 +62,7 @@ def setup(home: Path) -> list[str]:
     from bidopt.db.engine import session_scope
     from bidopt.db.seed import prepare_demo_database
     from bidopt.jobs.optimize import run_optimizer
+    from bidopt.logs import configure_logging
     from bidopt.settings import get_settings, reset_settings_cache
     from bidopt.simulator import MarketSpec
 
@@ -74,6 +75,7 @@ def setup(home: Path) -> list[str]:
         ]
     with get_warehouse() as wh:
         generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=200_000, seed=8, npi_enabled=True))
+    configure_logging()  # the optimizer's progress lines, as before it logged
     run_optimizer(once=True, use_ray=False, on_result=lambda r: None)
     return ids
 
