@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bidopt.errors import BidoptError
@@ -57,6 +57,28 @@ class Settings(BaseSettings):
     decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
     bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
+    events_url: str = Field(default="", description="Where bidders write decision and notice events (file:// or s3://)")
+    events_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a bidder writes its buffered events (a crash loses at most this)",
+    )
+    notice_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="HMAC key that signs notice URLs (shared by every bidder); unset: a key kept in BIDOPT_HOME",
+    )
+    notice_base_url: str = Field(
+        default="", description="Base URL exchanges call for notices (unset: the bid request's own scheme and host)"
+    )
+    attribution_window_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Notices older than this after their bid are refused; events compact only after it has passed",
+    )
+    control_loop_seconds: float = Field(
+        default=30.0, gt=0, description="How often the control loop checks guardrails and schedules"
+    )
     require_services: bool = Field(default=False, description="Tests fail instead of skipping when a server is missing")
 
     @model_validator(mode="after")
@@ -79,6 +101,8 @@ class Settings(BaseSettings):
             self.warehouse_url = f"duckdb:///{self.home / 'warehouse'}"
         if not self.artifact_url:
             self.artifact_url = f"file://{self.home / 'artifacts'}"
+        if not self.events_url:
+            self.events_url = f"file://{self.home / 'events'}"
         if not self.decision_log_dir:
             self.decision_log_dir = str(self.home / "decisions")
 
@@ -106,6 +130,12 @@ class Settings(BaseSettings):
             "bidder_min_replicas": self.bidder_min_replicas,
             "bidder_max_replicas": self.bidder_max_replicas,
             "decision_log_dir": self.decision_log_dir,
+            "events_url": redact_url(self.events_url),
+            "events_flush_seconds": self.events_flush_seconds,
+            "notice_secret": "***" if self.notice_secret.get_secret_value() else "(kept in BIDOPT_HOME)",
+            "notice_base_url": self.notice_base_url or None,
+            "attribution_window_seconds": self.attribution_window_seconds,
+            "control_loop_seconds": self.control_loop_seconds,
         }
 
 

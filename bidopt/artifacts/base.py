@@ -24,5 +24,10 @@ class ArtifactStore(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
 
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key that starts with ``prefix`` (a folder such as ``a/b/`` or any start of a key),
+        sorted; keys being written (temporary files) are not listed."""
+
     def child_url(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key.strip("/")

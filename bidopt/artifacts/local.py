@@ -42,3 +42,20 @@ class LocalArtifactStore(ArtifactStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        root = self.root.resolve()
+        folder, _, start = prefix.rpartition("/")
+        base = (root / folder).resolve() if folder else root
+        if base != root and root not in base.parents:
+            raise InvalidConfig(f"artifact prefix escapes the store: {prefix}")
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            # put_bytes writes ".<name>.tmp" then renames: a file being written is not a key yet
+            if path.is_file() and not path.name.startswith("."):
+                key = path.relative_to(root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)

@@ -58,3 +58,11 @@ class S3ArtifactStore(ArtifactStore):
 
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys = []
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)

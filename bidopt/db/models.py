@@ -160,6 +160,7 @@ class OptRun(Base):
         Index("ix_opt_runs_status_created_at", "status", "created_at"),
         # runs of an entity by status (completed + passed, run lists)
         Index("ix_opt_runs_entity_id_status", "entity_id", "status"),
+        Index("ix_opt_runs_entity_id_scheduled_for", "entity_id", "scheduled_for", unique=True),
     )
 
     run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -183,6 +184,9 @@ class OptRun(Base):
     validation_status: Mapped[str | None] = mapped_column(String(16))
     validation_details: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The slot a scheduled run was created for (0004); unique per entity, so two schedulers that
+    # race for the same slot cannot both create a run (NULL for runs that were not scheduled).
+    scheduled_for: Mapped[datetime | None] = mapped_column(DateTime)
 
     entity: Mapped[OptEntity] = relationship()
     version: Mapped[OptVersion] = relationship()
@@ -284,6 +288,9 @@ class OptDeployment(Base):
     deployed_by: Mapped[str] = mapped_column(String(100))
     deployed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     deactivated_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Why this split was deployed, when an automatic actor did it (0004): a guardrail's breach,
+    # a promotion. NULL for an operator's own split.
+    reason: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[OptRun] = relationship()
 
@@ -305,6 +312,44 @@ class OptBidderReplica(Base):
     # JSON {entity_code: {"split_id", "runs": [{"run_id", "traffic_pct"}], "loaded_at", "error"}}
     serving: Mapped[str] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # JSON of the replica's counters since it started (0004): notices accepted and rejected by reason
+    counters: Mapped[str | None] = mapped_column(Text)
+
+
+class OptEventCompaction(Base):
+    """One hour of an entity's bidder events loaded into its warehouse as bid-log rows (0004).
+    Loading an hour replaces the platform rows of that hour, so compacting again adds nothing;
+    this row records when it was done and what it loaded."""
+
+    __tablename__ = "opt_event_compactions"
+    __table_args__ = (UniqueConstraint("entity_id", "hour_start"),)
+
+    compaction_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("opt_entities.entity_id"))
+    hour_start: Mapped[datetime] = mapped_column(DateTime)
+    decisions: Mapped[int] = mapped_column(Integer)  # decision rows read (bids and no-bids, test excluded)
+    rows_loaded: Mapped[int] = mapped_column(Integer)  # bid-log rows written (bids placed)
+    wins: Mapped[int] = mapped_column(Integer)
+    clicks: Mapped[int] = mapped_column(Integer)
+    compacted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    compacted_by: Mapped[str] = mapped_column(String(100))
+
+
+class OptSchedule(Base):
+    """An entity's optimizer schedule (0004): every ``every_hours`` a pending run with these
+    configs and ``trigger_type = scheduled`` is created for the slot ``next_due_at``."""
+
+    __tablename__ = "opt_schedules"
+
+    schedule_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entity_id: Mapped[int] = mapped_column(ForeignKey("opt_entities.entity_id"), unique=True)
+    every_hours: Mapped[float] = mapped_column(Float)
+    configs: Mapped[str] = mapped_column(Text)  # JSON of run configs, validated like a run's
+    next_due_at: Mapped[datetime] = mapped_column(DateTime)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_run_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class OptUser(Base):

@@ -20,13 +20,15 @@ TABLES = {
     "opt_users",
     "opt_api_tokens",  # who may call the management API (0002)
     "opt_bidder_replicas",  # what each bidder replica serves (0003)
+    "opt_event_compactions",  # hours of bidder events loaded into the warehouse (0004)
+    "opt_schedules",  # per-entity optimizer schedules (0004)
 }
 
 
 def test_upgrade_from_empty_creates_exactly_the_models(db_url):
     assert current_revision(db_url) is None
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == "0004"
     engine = make_engine(db_url)
     try:
         assert set(inspect(engine).get_table_names()) - {"alembic_version"} == TABLES
@@ -40,7 +42,7 @@ def test_upgrade_from_empty_creates_exactly_the_models(db_url):
 def test_upgrade_is_idempotent(db_url):
     upgrade_database(db_url)
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == "0004"
 
 
 def test_upgrade_from_0001_keeps_data(db_url):
@@ -120,7 +122,7 @@ def test_upgrade_from_0002_pins_each_run_features_request_field(db_url):
                     {"f": feature, "o": order, "m": macro_id},
                 )
         upgrade_database(db_url)
-        assert current_revision(db_url) == "0003"
+        assert current_revision(db_url) == "0004"
         with engine.connect() as conn:
             pinned = dict(conn.execute(text("SELECT feature_name, request_field FROM opt_run_features")).all())
             assert pinned == {"geo_region_name": "device.geo.region", "os_code": "device.os", "floor_bucket": None}
