@@ -20,6 +20,9 @@ second-price auctions charge ``max(market, floor)``. With ``floor_available``
 three requests in four carry a floor, and the policy lifts some bids below
 the floor up to it.
 
+``sample_requests`` draws fresh requests of the same market (cells, floors, truth, users)
+without bids or outcomes, for the exchange simulator (``bidopt.exchange``) to send to a bidder.
+
 The generated table has the bid-log contract's columns plus ``truth_mu``,
 ``truth_sigma`` and ``truth_ctr`` (which warehouses drop on load). Generation is
 chunked (each chunk a slice of the time window, its own child seed), seeded and
@@ -197,24 +200,68 @@ def _dict_column(indices: np.ndarray, values: list[str]) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), pa.array(values))
 
 
-def _chunk(
-    spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int, t_lo: float, t_hi: float, chunk_no: int
-) -> pa.Table:
+@dataclass(frozen=True)
+class _Cells:
+    """Each request's cell (indices into the market's tables) and its market's ``ln N(mu, sigma)``."""
+
+    combo: np.ndarray
+    geo: np.ndarray
+    dom: np.ndarray
+    npi: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+
+
+def _draw_cells(spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int) -> _Cells:
     combo = rng.choice(len(m.combos), size=n, p=m.combo_p)
     geo = rng.choice(len(GEOS), size=n, p=m.geo_p)
     dom = rng.choice(len(m.domains), size=n, p=m.domain_p)
     npi = rng.random(n) < 0.15 if spec.npi_enabled else np.zeros(n, dtype=bool)
-
     mu = np.log(spec.base_cpm) + m.combo_mu[combo] + m.geo_mu[geo] + m.domain_mu[dom] + 0.45 * npi
     sigma = m.combo_sigma[combo] * np.exp(0.1 * m.geo_mu[geo])
-    market = np.exp(mu + sigma * rng.standard_normal(n))
+    return _Cells(combo, geo, dom, npi, mu, sigma)
 
-    floor = np.full(n, np.nan)
+
+def _draw_floors(spec: MarketSpec, rng: np.random.Generator, mu: np.ndarray) -> np.ndarray:
+    """Floors in CPM with 2 decimals, NaN where the exchange sent none (every request without floors)."""
+    floor = np.full(len(mu), np.nan)
     if spec.floor_available:
-        has_floor = rng.random(n) < 0.75
+        has_floor = rng.random(len(mu)) < 0.75
         floor[has_floor] = np.round(np.exp(mu[has_floor] - 0.5 + 0.35 * rng.standard_normal(has_floor.sum())), 2)
+    return floor
 
-    bid = np.exp(mu + m.geo_policy_bias[geo] + 0.45 * rng.standard_normal(n))
+
+def _true_ctr(m: _Market, c: _Cells) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(-5.8 + m.combo_ctr[c.combo] + m.geo_ctr[c.geo] + m.domain_ctr[c.dom] + 0.9 * c.npi)))
+
+
+def _feature_columns(m: _Market, c: _Cells) -> dict[str, pa.Array]:
+    """The contract's segment feature columns of the cells (dictionary-encoded)."""
+
+    def part(i: int) -> pa.Array:  # the i-th element of each request's (device, os, browser)
+        values = sorted({combo[i] for combo in m.combos})
+        index_of_combo = np.array([values.index(combo[i]) for combo in m.combos])
+        return _dict_column(index_of_combo[c.combo], values)
+
+    return {
+        "geo_region_name": _dict_column(c.geo, list(GEOS)),
+        "os_code": part(1),
+        "browser_code": part(2),
+        "device_type": part(0),
+        "domain": _dict_column(c.dom, m.domains),
+        "npi_matched": pa.array(c.npi),
+    }
+
+
+def _chunk(
+    spec: MarketSpec, m: _Market, rng: np.random.Generator, n: int, t_lo: float, t_hi: float, chunk_no: int
+) -> pa.Table:
+    cells = _draw_cells(spec, m, rng, n)
+    mu, sigma = cells.mu, cells.sigma
+    market = np.exp(mu + sigma * rng.standard_normal(n))
+    floor = _draw_floors(spec, rng, mu)
+
+    bid = np.exp(mu + m.geo_policy_bias[cells.geo] + 0.45 * rng.standard_normal(n))
     below_floor = ~np.isnan(floor) & (bid < floor)
     lift = below_floor & (rng.random(n) < 0.6)
     bid[lift] = floor[lift] * 1.01
@@ -228,7 +275,7 @@ def _chunk(
         price = np.round(np.fmax(market, np.nan_to_num(floor, nan=0.0)), 4)
     clearing = np.where(won, price, np.nan)
 
-    ctr = 1.0 / (1.0 + np.exp(-(-5.8 + m.combo_ctr[combo] + m.geo_ctr[geo] + m.domain_ctr[dom] + 0.9 * npi)))
+    ctr = _true_ctr(m, cells)
     clicked = won & (rng.random(n) < ctr)
 
     seconds = np.sort(rng.uniform(t_lo, t_hi, n))
@@ -243,23 +290,13 @@ def _chunk(
     users = rng.zipf(1.3, n) % max(n // 10, 1)
     user_id = pc.binary_join_element_wise("u", pa.array(users).cast(pa.string()), "")
 
-    def part(i: int) -> pa.Array:  # the i-th element of each request's (device, os, browser)
-        values = sorted({c[i] for c in m.combos})
-        index_of_combo = np.array([values.index(c[i]) for c in m.combos])
-        return _dict_column(index_of_combo[combo], values)
-
     return pa.table(
         {
             "event_time": times,
             "entity_code": pa.array(np.full(n, spec.entity_code, dtype=object), pa.string()),
             "request_id": request_id,
             "user_id": user_id,
-            "geo_region_name": _dict_column(geo, list(GEOS)),
-            "os_code": part(1),
-            "browser_code": part(2),
-            "device_type": part(0),
-            "domain": _dict_column(dom, m.domains),
-            "npi_matched": pa.array(npi),
+            **_feature_columns(m, cells),
             "floor_cpm": pa.array(floor, pa.float64(), from_pandas=True),
             "bid_cpm": pa.array(bid),
             "won": pa.array(won),
@@ -268,6 +305,39 @@ def _chunk(
             "truth_mu": pa.array(mu),
             "truth_sigma": pa.array(sigma),
             "truth_ctr": pa.array(ctr),
+        }
+    )
+
+
+def sample_requests(spec: MarketSpec, n: int, *, seed: int = 0, users: int | None = None) -> pa.Table:
+    """``n`` fresh requests of the spec's market (the same cells, prices and CTRs as its logs: the
+    market is fixed by ``spec.seed``), with their truth but no bid or outcome, for an exchange
+    to send to a bidder.
+
+    Columns: ``user_id`` (one of ``users`` simulated users, uniformly drawn, default ``n // 4``
+    and at least 1, so a user comes back and keeps its A/B arm), the contract's segment features
+    (``geo_region_name``, ``os_code``, ``browser_code``, ``device_type``, ``domain``,
+    ``npi_matched``), ``floor_cpm`` (null: no floor), ``truth_mu`` and ``truth_sigma`` (the
+    highest competing bid is ``exp(mu + sigma * N(0, 1))``; it is left to the caller to draw)
+    and ``truth_ctr``. ``seed`` picks the traffic: the same spec and seed give the same rows."""
+    if n < 1:
+        raise InvalidConfig(f"n must be >= 1, got {n}")
+    users = max(n // 4, 1) if users is None else users
+    if users < 1:
+        raise InvalidConfig(f"users must be >= 1, got {users}")
+    market = _build_market(spec)
+    rng = np.random.default_rng([spec.seed, 2, seed])
+    cells = _draw_cells(spec, market, rng, n)
+    floor = _draw_floors(spec, rng, cells.mu)
+    user_id = pc.binary_join_element_wise("u", pa.array(rng.integers(0, users, n)).cast(pa.string()), "")
+    return pa.table(
+        {
+            "user_id": user_id,
+            **_feature_columns(market, cells),
+            "floor_cpm": pa.array(floor, pa.float64(), from_pandas=True),
+            "truth_mu": pa.array(cells.mu),
+            "truth_sigma": pa.array(cells.sigma),
+            "truth_ctr": pa.array(_true_ctr(market, cells)),
         }
     )
 
