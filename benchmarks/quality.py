@@ -206,16 +206,15 @@ def evaluate_ipinyou(target: float) -> None:
         test = read_ipinyou_dlf(folder, "test", entity_code="ipinyou_2259")
         wh.load_bid_logs(train)
         wh.load_bid_logs(test)
-        s = wh.summary("ipinyou_2259")
-        end = s["last_time"] + pd.Timedelta(microseconds=1)
-        # the holdout slice is exactly the test file: from the start of its week to the end
-        fraction = (end - IPINYOU_TEST_WEEK) / (end - s["first_time"])
+        # the holdout slice is exactly the test file: the latest len(test) rows (the held-out share is
+        # of rows; PERCENTILE_DISC(1 - f) is the row at position ceil((1 - f)·n), the first test row)
+        fraction = (test.num_rows - 0.5) / (train.num_rows + test.num_rows)
         configs = {
             "target_win_rate": target,
             "min_bid_cpm": 0.01,
             "max_bid_cpm": 3.0,
             "bid_bucket_cpm": 0.01,
-            "holdout_fraction": round(fraction + 1e-4, 4),
+            "holdout_fraction": fraction,
             "lookback_days": 30,
             "min_segment_bids": 50,
             "min_domain_bids": 50,

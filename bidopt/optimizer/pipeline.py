@@ -74,14 +74,19 @@ def candidate_features(spec: RunSpec) -> list[str]:
 
 
 def run_window(warehouse: BidLogWarehouse, entity_code: str, cfg: dict) -> tuple[Window, object]:
-    """``lookback_days`` back from the newest log row; the latest ``holdout_fraction`` is held out."""
+    """``lookback_days`` back from the newest log row; the latest ``holdout_fraction`` of its rows is
+    held out (from the time quantile of the window's rows, not a share of its duration: the platform's
+    own rows come in bursts, the hours a split ran, and a share of the duration could hold out every
+    one of them)."""
     summary = warehouse.summary(entity_code)
     if not summary["bids"]:
         raise InvalidConfig(f"the warehouse has no bid logs for {entity_code}")
     end = summary["last_time"] + timedelta(microseconds=1)
     start = max(summary["first_time"], end - timedelta(days=cfg["lookback_days"]))
     window = Window(start, end)
-    holdout_from = end - (end - start) * cfg["holdout_fraction"]
+    holdout_from = warehouse.time_quantile(entity_code, window, 1.0 - cfg["holdout_fraction"])
+    if holdout_from is None:
+        raise InvalidConfig(f"the warehouse has no bid logs for {entity_code} in {start} .. {end}")
     return window, holdout_from
 
 

@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +22,7 @@ from bidopt.warehouse.contract import (
     DERIVED_FEATURES,
     FEATURE_COLUMNS,
     UNKNOWN,
+    conform_bid_logs,
     floor_bucket_sql,
 )
 
@@ -101,6 +102,38 @@ def summary_sql(source: str) -> str:
     )
 
 
+def time_quantile_sql(source: str, quantile: float) -> str:
+    """The ``quantile`` (a checked float, written as a literal: Snowflake's PERCENTILE_DISC takes only a
+    constant) of event_time inside a window. Parameters: entity_code, start, end."""
+    if not isinstance(quantile, float) or not 0.0 < quantile < 1.0:
+        raise InvalidConfig(f"quantile must be a float between 0 and 1, got {quantile!r}")
+    return (
+        f"SELECT PERCENTILE_DISC({quantile!r}) WITHIN GROUP (ORDER BY event_time) AS q FROM {source} "
+        "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)"
+    )
+
+
+def traffic_source_sql(source: str) -> str:
+    """Rows per traffic source of one entity. Parameter: entity_code."""
+    return f"SELECT traffic_source, COUNT(*) AS n FROM {source} WHERE entity_code = ? GROUP BY traffic_source"
+
+
+def check_platform_hour(entity_code: str, hour_start: datetime, table: pa.Table) -> pa.Table:
+    """``table`` conformed to the contract, refused unless every row is ``entity_code``'s and in
+    ``[hour_start, hour_start + 1h)`` (``hour_start`` a whole hour): what ``replace_platform_hour`` replaces."""
+    check_entity_code(entity_code)
+    if hour_start != hour_start.replace(minute=0, second=0, microsecond=0) or hour_start.tzinfo is not None:
+        raise InvalidConfig(f"hour_start must be a whole hour, naive UTC, got {hour_start}")
+    table = conform_bid_logs(table)
+    if table.num_rows:
+        if not pc.all(pc.equal(table["entity_code"], entity_code)).as_py():
+            raise InvalidConfig(f"platform rows of another entity than {entity_code}")
+        first, last = pc.min(table["event_time"]).as_py(), pc.max(table["event_time"]).as_py()
+        if first < hour_start or last >= hour_start + timedelta(hours=1):
+            raise InvalidConfig(f"platform rows from {first} to {last} are not all in the hour {hour_start}")
+    return table
+
+
 def tidy_aggregate(table: pa.Table, group_by: Sequence[str], *, holdout: bool) -> pa.Table:
     """Same names and types from every backend: lower-case names, features as normalised
     strings (``unknown`` for nulls), counts as int64, money as float64."""
@@ -135,6 +168,12 @@ class BidLogWarehouse(ABC):
         """Append rows in the contract's layout (extra columns are dropped); returns rows loaded."""
 
     @abstractmethod
+    def replace_platform_hour(self, entity_code: str, hour_start: datetime, table: pa.Table) -> int:
+        """Make ``table`` (contract rows of ``entity_code`` in the hour from ``hour_start``) the entity's
+        platform rows of that hour, atomically: the hour's previous platform rows are gone and these
+        are in, or (on failure) nothing changed. Imported rows are never touched. Returns rows loaded."""
+
+    @abstractmethod
     def _query(self, sql: str, params: Sequence[object]) -> pa.Table:
         """Run one parameterised query (``?`` placeholders) and return Arrow."""
 
@@ -161,6 +200,29 @@ class BidLogWarehouse(ABC):
         row = self._query(summary_sql(source), [entity_code]).to_pylist()[0]
         row = {k.lower(): v for k, v in row.items()}
         return {"bids": int(row["bids"] or 0), "first_time": row["first_time"], "last_time": row["last_time"]}
+
+    def time_quantile(self, entity_code: str, window: Window, quantile: float) -> datetime | None:
+        """The event_time below which ``quantile`` of the window's rows lie (PERCENTILE_DISC: the
+        first time whose cumulative share reaches it); None when the window has no rows."""
+        source = self._source(check_entity_code(entity_code))
+        if source is None:
+            return None
+        sql = time_quantile_sql(source, float(quantile)).replace("AS q FROM", "AS q, COUNT(*) AS n FROM")
+        table = self._query(sql, [entity_code, window.start, window.end])
+        table = table.rename_columns([c.lower() for c in table.column_names])
+        if not table.num_rows or not table["n"][0].as_py():  # no rows (fakesnow then says 1970, not NULL)
+            return None
+        # Snowflake answers in nanoseconds; the value is one of our microsecond times
+        return pc.cast(table["q"], pa.timestamp("us"), safe=False)[0].as_py()
+
+    def traffic_sources(self, entity_code: str) -> dict[str | None, int]:
+        """Rows of the entity per ``traffic_source`` (None: rows stored before the column existed)."""
+        source = self._source(check_entity_code(entity_code))
+        if source is None:
+            return {}
+        table = self._query(traffic_source_sql(source), [entity_code])
+        rows = table.rename_columns([c.lower() for c in table.column_names]).to_pylist()
+        return {r["traffic_source"]: int(r["n"]) for r in rows}
 
     def aggregate_bids(
         self,

@@ -18,6 +18,12 @@
 | `clearing_price_cpm` | double, null    | what we paid, CPM (null when lost)                        |
 | `clicked`            | boolean         | the won impression was clicked                            |
 
+Warehouses also store `traffic_source` (string, null): `imported` for rows loaded by
+``load_bid_logs`` (every import path), `platform` for rows compacted from the bidder's own events
+(``replace_platform_hour``), null in files and tables written before the column existed (they are
+still read: DuckDB reads the files by column name, Snowflake adds the column to an old table).
+It is not part of what an import must provide (``conform_bid_logs`` returns the columns above).
+
 Feature values are stored normalised (``normalise_feature_value``): lower case,
 trimmed, ``|`` replaced (it separates the values of a segment key). The bidder
 applies the same function to bid-request fields, so keys built from requests
@@ -58,6 +64,11 @@ BID_LOG_SCHEMA = pa.schema(
 )
 
 CONTRACT_COLUMNS = tuple(BID_LOG_SCHEMA.names)
+
+# Where stored rows came from (see the module docstring); the warehouse sets it, never the input.
+IMPORTED, PLATFORM = "imported", "platform"
+TRAFFIC_SOURCES = (IMPORTED, PLATFORM)
+STORED_SCHEMA = BID_LOG_SCHEMA.append(pa.field("traffic_source", pa.string()))
 
 # Columns that can be segment features (candidates are the active macros whose
 # feature_name is one of these).
@@ -204,3 +215,11 @@ def conform_bid_logs(table: pa.Table) -> pa.Table:
     if pc.any(pc.less(out["bid_cpm"], 0)).as_py():
         raise InvalidConfig("bid-log column bid_cpm has negative bids")
     return out
+
+
+def with_traffic_source(table: pa.Table, source: str) -> pa.Table:
+    """A conformed ``table`` (the contract's columns) with ``traffic_source = source`` on every row."""
+    if source not in TRAFFIC_SOURCES:
+        raise InvalidConfig(f"traffic source must be one of {', '.join(TRAFFIC_SOURCES)}, got {source!r}")
+    column = pa.array([source] * table.num_rows, pa.string())
+    return table.select(list(CONTRACT_COLUMNS)).append_column(STORED_SCHEMA.field("traffic_source"), column)

@@ -7,15 +7,22 @@ endpoint other than ``<account>.snowflakecomputing.com`` (the tests use fakesnow
 Queries use server-side binding (``paramstyle="qmark"``); results come back as Arrow.
 Loading goes the way Snowflake loads in bulk: Parquet written locally, ``PUT`` to a
 temporary stage, ``COPY INTO ... MATCH_BY_COLUMN_NAME``.
+
+The platform's own rows of an hour are replaced in one transaction (``DELETE`` of that hour's
+``traffic_source = 'platform'`` rows, then ``COPY INTO``), after the file is staged: a failure
+rolls back to the old rows. A table made before ``traffic_source`` existed gets the column
+(``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``) on the first load; its old rows read as null.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bidopt.errors import InvalidConfig, ServiceUnavailable
-from bidopt.warehouse.base import BidLogWarehouse
-from bidopt.warehouse.contract import conform_bid_logs
+from bidopt.warehouse.base import BidLogWarehouse, check_platform_hour
+from bidopt.warehouse.contract import IMPORTED, PLATFORM, conform_bid_logs, with_traffic_source
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 
@@ -43,7 +50,8 @@ CREATE_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
   bid_cpm DOUBLE NOT NULL,
   won BOOLEAN NOT NULL,
   clearing_price_cpm DOUBLE,
-  clicked BOOLEAN NOT NULL
+  clicked BOOLEAN NOT NULL,
+  traffic_source VARCHAR
 ) CLUSTER BY (entity_code, TO_DATE(event_time))"""
 
 
@@ -125,6 +133,20 @@ class SnowflakeWarehouse(BidLogWarehouse):
         table = conform_bid_logs(table)
         if table.num_rows == 0:
             return 0
+        return self._copy_in(with_traffic_source(table, IMPORTED))
+
+    def replace_platform_hour(self, entity_code: str, hour_start: datetime, table: pa.Table) -> int:
+        table = check_platform_hour(entity_code, hour_start, table)
+        delete = (
+            f"DELETE FROM {self.table} WHERE entity_code = ? AND traffic_source = ? "
+            "AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)"
+        )
+        params = (entity_code, PLATFORM, hour_start, hour_start + timedelta(hours=1))
+        return self._copy_in(with_traffic_source(table, PLATFORM), before=(delete, params))
+
+    def _copy_in(self, table: pa.Table, before: tuple[str, tuple] | None = None) -> int:
+        """Stage ``table`` and ``COPY INTO`` the bid-log table; with ``before`` (a statement and its
+        parameters), run it and the copy in one transaction."""
         stage = "bidopt_load"
         with tempfile.TemporaryDirectory(prefix="bidopt-sf-") as tmp:
             name = f"bid_logs_{uuid.uuid4().hex}.parquet"
@@ -134,19 +156,31 @@ class SnowflakeWarehouse(BidLogWarehouse):
                 cur = self._connection().cursor()
                 try:
                     cur.execute(CREATE_TABLE.format(table=self.table))
+                    cur.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS traffic_source VARCHAR")
                     cur.execute(f"CREATE TEMPORARY STAGE IF NOT EXISTS {stage} FILE_FORMAT = (TYPE = PARQUET)")
                     # PUT and COPY take no bind parameters; the path is our own temp file
                     # and the names are validated identifiers.
                     cur.execute(f"PUT 'file://{path.as_posix()}' @{stage} AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
-                    cur.execute(
-                        f"COPY INTO {self.table} FROM @{stage}/{name} FILE_FORMAT = (TYPE = PARQUET) "
-                        "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
-                    )
-                    loaded = sum(int(r[2]) for r in cur.fetchall() if str(r[1]).upper() == "LOADED")
+                    loaded = 0
+                    cur.execute("BEGIN")
+                    try:
+                        if before is not None:
+                            cur.execute(*before)
+                        if table.num_rows:
+                            cur.execute(
+                                f"COPY INTO {self.table} FROM @{stage}/{name} FILE_FORMAT = (TYPE = PARQUET) "
+                                "MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE PURGE = TRUE"
+                            )
+                            loaded = sum(int(r[2]) for r in cur.fetchall() if str(r[1]).upper() == "LOADED")
+                        if loaded != table.num_rows:
+                            raise ServiceUnavailable(f"Snowflake loaded {loaded} of {table.num_rows} rows")
+                        cur.execute("COMMIT")
+                    except BaseException:
+                        with contextlib.suppress(Exception):  # a dead connection rolls back by itself
+                            cur.execute("ROLLBACK")
+                        raise
                 finally:
                     cur.close()
-        if loaded != table.num_rows:
-            raise ServiceUnavailable(f"Snowflake loaded {loaded} of {table.num_rows} rows")
         return loaded
 
     def close(self) -> None:

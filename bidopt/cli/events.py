@@ -1,0 +1,57 @@
+"""``bidopt events``: the bidders' decision and notice events, compacted into the warehouse for training."""
+
+from __future__ import annotations
+
+import click
+
+from bidopt import service
+from bidopt.cli.common import default_user, json_option, session
+from bidopt.cli.output import print_json, print_table
+
+
+@click.group("events")
+def events() -> None:
+    """Bidder events (decisions and win/loss/billing/click notices) back into training."""
+
+
+@events.command("compact")
+@click.argument("entity_code")
+@click.option("--until", default=None, metavar="TIME", help="ISO 8601 UTC (default: now).")
+@click.option("--by", "compacted_by", default=None, help="Who compacts (default: $BIDOPT_USER or login).")
+@json_option
+def events_compact(entity_code: str, until: str | None, compacted_by: str | None, as_json: bool) -> None:
+    """Load ENTITY_CODE's bids, joined with their notices, into its warehouse as its own traffic.
+
+    Each whole hour H with H + 1h + BIDOPT_ATTRIBUTION_WINDOW_SECONDS <= TIME is compacted: its
+    bids become bid-log rows (won, clearing price, clicked; test requests left out) replacing
+    that hour's earlier platform rows, so compacting twice adds nothing. The next optimizer run
+    trains on them.
+    """
+    with session() as s:
+        result = service.compact_events(s, entity_code, until=until, compacted_by=compacted_by or default_user())
+    if as_json:
+        print_json(result)
+        return
+    click.echo(
+        f"{entity_code}: {len(result['hours'])} hour(s) compacted, {result['rows_loaded']} bid-log rows loaded "
+        f"(until {result['until']}; {result['skipped']} final hour(s) already compacted, "
+        f"{result['waiting']} waiting for their attribution window)"
+    )
+    if result["hours"]:
+        print_table(result["hours"], ["hour", "decisions", "rows_loaded", "wins", "clicks"])
+
+
+@events.command("show")
+@click.argument("entity_code")
+@click.option("--limit", default=48, show_default=True, type=click.IntRange(1, 100_000), help="Newest hours shown.")
+@json_option
+def events_show(entity_code: str, limit: int, as_json: bool) -> None:
+    """List ENTITY_CODE's compacted hours, newest first."""
+    with session() as s:
+        rows = service.list_compactions(s, entity_code, limit=limit)
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        click.echo(f"{entity_code}: no compacted hours")
+    else:
+        print_table(rows, ["hour", "decisions", "rows_loaded", "wins", "clicks", "compacted_at", "compacted_by"])

@@ -1,0 +1,272 @@
+"""The A/B readout's statistics (bidopt.readout) and the decision/notice join (bidopt.events.compact).
+
+Closed forms are computed here independently of the module (the Wilson bounds as roots of the score
+quadratic, the z-test by hand); coverage and false-positive rates are checked by simulation."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from synthetic_events import Arm, synthetic_split
+
+from bidopt.events.compact import bid_log_rows, compactable_hours, impression_outcomes
+from bidopt.events.schema import DECISIONS, NOTICES, rows_to_table
+from bidopt.readout import (
+    Z95,
+    ArmSpec,
+    ratio_interval,
+    split_readout,
+    sum_interval,
+    two_proportion_test,
+    welch_z_test,
+    wilson_interval,
+)
+
+T0 = datetime(2026, 11, 30, 10)
+
+
+def wilson_roots(x: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The p with (x/n - p)^2 = z^2 p (1 - p) / n: a quadratic a p^2 + b p + c = 0."""
+    phat = x / n
+    a = 1 + z * z / n
+    b = -(2 * phat + z * z / n)
+    c = phat * phat
+    disc = math.sqrt(b * b - 4 * a * c)
+    return (-b - disc) / (2 * a), (-b + disc) / (2 * a)
+
+
+@pytest.mark.parametrize(("x", "n"), [(40, 100), (1, 20), (0, 15), (15, 15), (6004, 9439)])
+def test_wilson_matches_the_roots_of_the_score_quadratic(x, n):
+    got = wilson_interval(x, n)
+    low, high = wilson_roots(x, n)
+    assert got["value"] == pytest.approx(x / n)
+    assert got["low"] == pytest.approx(max(low, 0.0), abs=1e-12)
+    assert got["high"] == pytest.approx(min(high, 1.0), abs=1e-12)
+
+
+def test_undefined_values_are_none_never_nan():
+    assert wilson_interval(0, 0) == {"value": None, "low": None, "high": None}
+    assert ratio_interval(np.array([]), np.array([])) == {"value": None, "low": None, "high": None}
+    assert ratio_interval(np.array([5.0]), np.array([1.0])) == {"value": 5.0, "low": None, "high": None}
+    assert ratio_interval(np.array([1e308, 1e308]), np.array([1.0, 1.0]))["low"] is None  # inf is not JSON
+    assert two_proportion_test(1, 0, 1, 10)["p_value"] is None
+    assert welch_z_test(None, None, 1.0, 0.1)["significant"] is False
+
+
+def test_two_proportion_test_by_hand():
+    got = two_proportion_test(45, 100, 60, 100)
+    pooled = 105 / 200
+    z = 0.15 / math.sqrt(pooled * (1 - pooled) * (2 / 100))
+    assert got["difference"] == pytest.approx(0.15)
+    assert got["p_value"] == pytest.approx(math.erfc(z / math.sqrt(2)))
+    assert got["p_value"] == pytest.approx(0.0336, abs=5e-4)  # z = 2.125
+    se = math.sqrt(0.45 * 0.55 / 100 + 0.6 * 0.4 / 100)
+    assert (got["low"], got["high"]) == pytest.approx((0.15 - Z95 * se, 0.15 + Z95 * se))
+    assert got["significant"] is True
+    assert two_proportion_test(50, 100, 50, 100)["p_value"] == pytest.approx(1.0)
+    assert two_proportion_test(0, 10, 0, 10)["significant"] is False
+
+
+def test_ratio_interval_with_one_win_per_unit_is_the_mean_interval():
+    rng = np.random.default_rng(1)
+    prices = rng.lognormal(0.5, 0.8, 500)
+    got = ratio_interval(prices, np.ones(500))
+    half = Z95 * prices.std(ddof=1) / math.sqrt(500)
+    assert got["value"] == pytest.approx(prices.mean())
+    assert (got["low"], got["high"]) == pytest.approx((prices.mean() - half, prices.mean() + half))
+    spend = sum_interval(prices)
+    half_sum = Z95 * math.sqrt(500) * prices.std(ddof=1)
+    assert (spend["value"], spend["low"], spend["high"]) == pytest.approx(
+        (prices.sum(), prices.sum() - half_sum, prices.sum() + half_sum)
+    )
+
+
+def test_wilson_interval_covers_the_true_rate_about_95_percent_of_the_time():
+    rng = np.random.default_rng(7)
+    for p, n in ((0.4, 2000), (0.03, 1500)):
+        draws = rng.binomial(n, p, 400)
+        covered = sum(wilson_interval(int(x), n)["low"] <= p <= wilson_interval(int(x), n)["high"] for x in draws)
+        assert 0.90 <= covered / 400 <= 0.99, (p, covered)
+
+
+def test_delta_method_ecpm_covers_the_true_mean_price_with_clustered_users():
+    """Users win 1-8 impressions each, their prices share a per-user level (clustered): the
+    per-user delta method still covers the true mean clearing price ~95% of the time."""
+    rng = np.random.default_rng(11)
+    mu, sigma_user, sigma = 0.5, 0.4, 0.7
+    truth = math.exp(mu + (sigma_user**2 + sigma**2) / 2)
+    covered = 0
+    for _ in range(400):
+        wins = rng.integers(1, 9, 600)
+        level = rng.normal(0.0, sigma_user, 600)
+        y = np.array([np.exp(mu + lv + sigma * rng.standard_normal(w)).sum() for lv, w in zip(level, wins)])
+        got = ratio_interval(y, wins.astype(float))
+        covered += got["low"] <= truth <= got["high"]
+    assert 0.90 <= covered / 400 <= 0.99, covered
+
+
+def test_the_z_test_flags_about_5_percent_of_equal_arms():
+    rng = np.random.default_rng(3)
+    n = 3000
+    xs, ys = rng.binomial(n, 0.4, 2000), rng.binomial(n, 0.4, 2000)
+    flagged = sum(two_proportion_test(int(a), n, int(b), n)["significant"] for a, b in zip(xs, ys))
+    assert 0.035 <= flagged / 2000 <= 0.065, flagged
+    # and the interval of the difference covers 0 as often
+    covers = sum(
+        (t := two_proportion_test(int(a), n, int(b), n))["low"] <= 0 <= t["high"] for a, b in zip(xs[:400], ys[:400])
+    )
+    assert 0.90 <= covers / 400 <= 0.99
+
+
+def test_a_synthetic_split_reads_out_its_truth():
+    arms = [Arm("run_a", 50, 0.4, 0.02), Arm("run_b", 50, 0.65, 0.03)]
+    dec, notes, truth = synthetic_split(
+        "drugs_hcp", 3, arms, requests=20_000, start=T0, test_share=0.01, replay_share=0.05, seed=2
+    )
+    report = split_readout(dec, notes, 3, [ArmSpec(0, "run_a", 50, 0.4), ArmSpec(1, "run_b", 50, 0.65)])
+    json.dumps(report, allow_nan=False)  # plain JSON
+    assert report["test_requests_excluded"] == truth["test_requests"] > 0
+    assert report["duplicates_dropped"] == truth["replays"] > 0
+    assert report["orphan_notices"] == 0
+    for arm in report["arms"]:
+        want = truth[arm["run_id"]]
+        assert (arm["bids"], arm["wins"], arm["clicks"]) == (want["bids"], want["wins"], want["clicks"])
+        assert arm["spend"]["value"] == pytest.approx(want["spend"])
+        assert arm["win_rate"]["low"] <= want["win_rate"] <= arm["win_rate"]["high"]
+        assert arm["win_rate_gap"] == pytest.approx(arm["win_rate"]["value"] - arm["target_win_rate"])
+        assert arm["ecpm"]["value"] == pytest.approx(want["spend"] * 1000 / want["wins"])
+        assert arm["ecpc"]["value"] == pytest.approx(want["spend"] / want["clicks"])
+        assert 0.03 < arm["no_bid_share"]["value"] < 0.07
+    by_metric = {c["metric"]: c for c in report["comparisons"]}
+    assert by_metric["win_rate"]["significant"] and by_metric["win_rate"]["difference"] > 0.2
+    assert by_metric["ecpm"]["significant"]  # higher bids clear higher in a second-price auction
+    hourly = [h for h in report["hourly"] if h["run_id"] == "run_b"]
+    assert sum(h["wins"] for h in hourly) == truth["run_b"]["wins"]
+    assert hourly[-1]["cumulative_spend"] == pytest.approx(truth["run_b"]["spend"])
+
+
+def _decision(rid, *, bid=True, test=False, t=T0, split_id=1, run_id="r1"):
+    return {
+        "event_time": t,
+        "entity_code": "e",
+        "request_id": rid,
+        "imp_id": "1",
+        "split_id": split_id,
+        "run_id": run_id,
+        "arm": 0,
+        "user_hash": f"u-{rid}",
+        "test": test,
+        "bid": bid,
+        "bid_cpm": 2.0 if bid else None,
+        "npi_matched": False,
+        "geo_region_name": "texas",
+    }
+
+
+def _notice(rid, kind, *, price=None, t=T0 + timedelta(seconds=1), test=False, split_id=1):
+    return {
+        "event_time": t,
+        "entity_code": "e",
+        "request_id": rid,
+        "imp_id": "1",
+        "kind": kind,
+        "split_id": split_id,
+        "run_id": "r1",
+        "bid_cpm": 2.0,
+        "bid_time": T0,
+        "price_cpm": price,
+        "test": test,
+    }
+
+
+def test_what_counts_as_a_win_a_price_and_a_click():
+    dec = rows_to_table(
+        DECISIONS,
+        [_decision("win"), _decision("billing-only"), _decision("lost"), _decision("nobid", bid=False)]
+        + [_decision("test", test=True), _decision("win", t=T0 + timedelta(seconds=3))],  # a resent request
+    )
+    notes = rows_to_table(
+        NOTICES,
+        [
+            _notice("win", "win", price=1.5),
+            _notice("win", "billing", price=9.0),  # the win notice's price wins
+            _notice("win", "win", price=7.0, t=T0 + timedelta(seconds=9)),  # a replay: the first counts
+            _notice("win", "click"),
+            _notice("billing-only", "billing", price=1.0),
+            _notice("lost", "loss"),
+            _notice("lost", "click"),  # a click without a win counts nothing
+            _notice("ghost", "win", price=3.0),  # no decision: an orphan
+            _notice("nobid", "win", price=3.0),  # its decision did not bid: an orphan
+            _notice("test", "win", price=3.0, test=True),
+        ],
+    )
+    out = impression_outcomes(dec, notes)
+    by = out.frame.set_index("request_id")
+    assert list(by.loc[["win", "billing-only", "lost", "nobid"], "won"]) == [True, True, False, False]
+    assert by.loc["win", "price_cpm"] == 1.5 and by.loc["billing-only", "price_cpm"] == 1.0
+    assert list(by["clicked"][by["clicked"]].index) == ["win"]
+    assert (out.test_requests_excluded, out.duplicates_dropped, out.orphan_notices) == (1, 1, 2)
+    assert out.duplicate_decisions == 1 and "test" not in by.index
+    report = split_readout(dec, notes, 1, [ArmSpec(0, "r1", 100, 0.5)])
+    arm = report["arms"][0]
+    assert (arm["impressions"], arm["bids"], arm["wins"], arm["clicks"]) == (4, 3, 2, 1)
+    assert arm["spend"]["value"] == pytest.approx(2.5 / 1000)
+    assert split_readout(dec, notes, 2, [ArmSpec(0, "r1", 100, 0.5)])["arms"][0]["bids"] == 0  # another split
+
+
+def test_an_hour_becomes_bid_log_rows():
+    dec = rows_to_table(
+        DECISIONS,
+        [_decision("a"), _decision("b"), _decision("c", bid=False), _decision("d", test=True)]
+        + [_decision("next-hour", t=T0 + timedelta(hours=1))],
+    )
+    notes = rows_to_table(
+        NOTICES,
+        [
+            _notice("a", "win", price=1.25),
+            _notice("a", "click", t=T0 + timedelta(minutes=70)),  # in the next hour: still joined
+            _notice("b", "loss"),
+            _notice("d", "win", price=1.0, test=True),
+        ],
+    )
+    rows = bid_log_rows("e", T0, dec, notes)
+    got = rows.table.to_pylist()
+    assert [r["request_id"] for r in got] == ["a", "b"]
+    outcomes = [(r["won"], r["clearing_price_cpm"], r["clicked"]) for r in got]
+    assert outcomes == [(True, 1.25, True), (False, None, False)]
+    assert got[0]["user_id"] == "u-a" and got[0]["geo_region_name"] == "texas" and got[0]["bid_cpm"] == 2.0
+    assert (rows.decisions, rows.wins, rows.clicks) == (3, 1, 1)
+    assert bid_log_rows("e", T0 + timedelta(hours=2), dec, notes).table.num_rows == 0
+
+
+def test_an_hour_is_compactable_only_after_its_attribution_window():
+    hours = [T0, T0 + timedelta(hours=1)]
+    window = timedelta(hours=1)
+    assert compactable_hours(hours, T0 + timedelta(hours=2), window) == [T0]
+    assert compactable_hours(hours, T0 + timedelta(hours=2) - timedelta(microseconds=1), window) == []
+    assert compactable_hours(hours, T0 + timedelta(hours=3), window) == hours
+
+
+def test_ecpm_intervals_treat_the_user_as_the_unit():
+    """40 users with 25 wins each at a price level of their own: the interval is the delta method's
+    over per-user sums, wider than if the 1000 wins were independent."""
+    rng = np.random.default_rng(5)
+    decisions, notices, per_user = [], [], []
+    for u in range(40):
+        level = rng.lognormal(0.5, 0.6)
+        prices = level * rng.lognormal(0, 0.1, 25)
+        per_user.append(prices.sum())
+        for k, price in enumerate(prices):
+            rid = f"{u}-{k}"
+            decisions.append({**_decision(rid), "user_hash": f"user{u}"})
+            notices.append(_notice(rid, "win", price=float(price)))
+    report = split_readout(
+        rows_to_table(DECISIONS, decisions), rows_to_table(NOTICES, notices), 1, [ArmSpec(0, "r1", 100, 0.5)]
+    )
+    want = ratio_interval(np.array(per_user), np.full(40, 25.0))
+    got = report["arms"][0]["ecpm"]
+    assert (got["low"], got["high"]) == pytest.approx((want["low"], want["high"]))
