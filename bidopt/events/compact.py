@@ -10,6 +10,10 @@ bid's outcome was, so the readout and the training rows can never disagree:
 * a bid *won* when a ``win`` notice came, or a ``billing`` notice when no win notice did (some
   exchanges send only one of them); its clearing price is the win notice's, else the billing
   notice's (a win whose price is missing or not finite adds no spend);
+* an exchange's notices can contradict each other (a win notice after a loss notice for the same
+  impression: a forgery made from a genuinely signed ``nurl``, or an exchange bug): the first of
+  them to arrive decides, so a win that came after the loss is not counted (the bidder also
+  refuses it at the door when the same replica took the loss);
 * a *click* counts only on a won impression;
 * a notice whose decision is missing, or did not bid, is an *orphan* and is not counted.
 
@@ -66,7 +70,7 @@ def impression_outcomes(decisions: pa.Table, notices: pa.Table) -> Outcomes:
 
     def of_kind(kind: str, price_name: str | None) -> pd.DataFrame:
         rows = notes.loc[notes["kind"] == kind]
-        out = rows[KEY].assign(**{f"has_{kind}": True})
+        out = rows[KEY].assign(**{f"has_{kind}": True, f"{kind}_time": rows["event_time"].to_numpy()})
         if price_name:
             out[price_name] = rows["price_cpm"].to_numpy(dtype=float)
         return out
@@ -74,16 +78,22 @@ def impression_outcomes(decisions: pa.Table, notices: pa.Table) -> Outcomes:
     frame = dec.merge(of_kind("win", "win_price"), on=KEY, how="left")
     frame = frame.merge(of_kind("billing", "billing_price"), on=KEY, how="left")
     frame = frame.merge(of_kind("click", None), on=KEY, how="left")
+    frame = frame.merge(of_kind("loss", None), on=KEY, how="left")
     bid = frame["bid"].astype(bool).to_numpy()
     has_win = frame["has_win"].fillna(False).astype(bool).to_numpy()
     has_billing = frame["has_billing"].fillna(False).astype(bool).to_numpy()
-    won = bid & (has_win | has_billing)
+    first_win = frame[["win_time", "billing_time"]].min(axis=1)
+    lost_first = (frame["loss_time"].notna() & (frame["loss_time"] < first_win)).to_numpy()
+    won = bid & (has_win | has_billing) & ~lost_first
     price = np.where(has_win, frame["win_price"].to_numpy(dtype=float), frame["billing_price"].to_numpy(dtype=float))
     price = np.where(won & np.isfinite(price) & (price >= 0), price, np.nan)
     frame["won"] = won
     frame["price_cpm"] = price
     frame["clicked"] = won & frame["has_click"].fillna(False).astype(bool).to_numpy()
-    frame = frame.drop(columns=["has_win", "has_billing", "has_click", "win_price", "billing_price"])
+    frame = frame.drop(
+        columns=["has_win", "has_billing", "has_click", "has_loss", "win_price", "billing_price"]
+        + ["win_time", "billing_time", "click_time", "loss_time"]
+    )
     return Outcomes(frame.reset_index(drop=True), test_requests, duplicates, duplicate_decisions, orphans)
 
 
