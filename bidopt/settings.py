@@ -54,7 +54,6 @@ class Settings(BaseSettings):
     bidder_ready_timeout_seconds: float = Field(
         default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails"
     )
-    decision_log_dir: str = Field(default="", description="Folder of the bidders' decision logs")
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
     bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
     events_url: str = Field(default="", description="Where bidders write decision and notice events (file:// or s3://)")
@@ -103,8 +102,6 @@ class Settings(BaseSettings):
             self.artifact_url = f"file://{self.home / 'artifacts'}"
         if not self.events_url:
             self.events_url = f"file://{self.home / 'events'}"
-        if not self.decision_log_dir:
-            self.decision_log_dir = str(self.home / "decisions")
 
     def __repr__(self) -> str:  # a settings object in a log or traceback shows no password
         return f"Settings({self.redacted()!r})"
@@ -129,7 +126,6 @@ class Settings(BaseSettings):
             "bidder_ready_timeout_seconds": self.bidder_ready_timeout_seconds,
             "bidder_min_replicas": self.bidder_min_replicas,
             "bidder_max_replicas": self.bidder_max_replicas,
-            "decision_log_dir": self.decision_log_dir,
             "events_url": redact_url(self.events_url),
             "events_flush_seconds": self.events_flush_seconds,
             "notice_secret": "***" if self.notice_secret.get_secret_value() else "(kept in BIDOPT_HOME)",

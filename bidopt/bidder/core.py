@@ -9,6 +9,11 @@ multiplier, floor, the run's min and max bid) and bid only where the price
 clears the impression's floor; no answer but 204 once the request's ``tmax`` has
 passed.
 
+Every impression of a request that reached a known entity yields a ``Decision`` (bid or not, with
+the reason), which the bidder writes as a decision event; every bid carries its signed notice URLs
+(``bidopt.notices``) when ``decide`` is given a signer. A request with ``"test": 1`` is answered as
+usual; its decisions and its notice URLs say it was a test, so it is never counted.
+
 OpenRTB fields that are ``null`` count as absent and take the spec's default
 (``bidfloor`` 0, ``bidfloorcur`` and ``cur`` USD, ``at`` 2, no ``tmax``), as
 exchanges send them; currency codes compare case-insensitively (ASCII only).
@@ -19,15 +24,17 @@ from __future__ import annotations
 import hashlib
 import time
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from bidopt.bidder.fields import FeatureReader, request_domain
+from bidopt.bidder.fields import EventReaders, FeatureReader, event_readers, request_domain
 from bidopt.configs import PRICE_DECIMALS, price_ceil, price_floor
-from bidopt.warehouse.contract import backoff_key, segment_key
+from bidopt.notices import MAX_ID_CHARS, NoticeSigner
+from bidopt.warehouse.contract import FEATURE_COLUMNS, backoff_key, segment_key
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_IMPS = 100
@@ -85,49 +92,79 @@ class RunTables:
 
     def lookup(self, req: dict, imp: dict) -> tuple[float, str, str]:
         """``(bid, key found, level)``: the full key, else the anchor's row, else the default."""
+        return self.lookup_values(req, imp)[:3]
+
+    def lookup_values(self, req: dict, imp: dict) -> tuple[float, str, str, list[str]]:
+        """``lookup`` and the feature values it read (the run's feature order)."""
         values = [read(req, imp) for read in self.readers]
         key = segment_key(values)
         bid = self.bids.get(key)
         if bid is not None:
-            return bid, key, "segment"
+            return bid, key, "segment", values
         n = len(values)
         if n > 1:
             anchor_key = backoff_key(values[:1], n)
             bid = self.bids.get(anchor_key)
             if bid is not None:
-                return bid, anchor_key, "anchor"
+                return bid, anchor_key, "anchor", values
         default_key = backoff_key([], n)
-        return self.bids[default_key], default_key, "default"
+        return self.bids[default_key], default_key, "default", values
+
+
+SourceFields = tuple[tuple[str, "str | None"], ...]  # (feature_name, request_field) of a supply source's active macros
+
+
+def source_event_readers(source_fields: SourceFields) -> EventReaders:
+    """The decision-event readers of an entity without a run (no active split)."""
+    return event_readers(FEATURE_COLUMNS, (), (), dict(source_fields))
 
 
 @dataclass(frozen=True)
 class EntityServing:
-    """The active split of one entity: runs with cumulative hash-bucket bounds."""
+    """The active split of one entity: runs with cumulative hash-bucket bounds.
+
+    ``source_fields``: the active macros of the entity's supply source when the split was loaded;
+    with each run's pinned readers they give ``event_readers`` (per run, ``FEATURE_COLUMNS`` order),
+    which read a decision event's features (``bidopt.bidder.fields.event_readers``)."""
 
     entity_code: str
     split_id: int
     runs: tuple[RunTables, ...]
     weights: tuple[int, ...]  # traffic_pct, same order as runs
+    source_fields: SourceFields = ()
     bounds: tuple[int, ...] = field(init=False)
+    event_readers: tuple[EventReaders, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bounds", tuple(w * HASH_BUCKETS // 100 for w in accumulate(self.weights)))
+        fields = dict(self.source_fields)
+        readers = tuple(event_readers(FEATURE_COLUMNS, r.features, r.readers, fields) for r in self.runs)
+        object.__setattr__(self, "event_readers", readers)
 
-    def choose(self, user_key: str) -> RunTables:
-        """Deterministic: the same user key gets the same run while the split is unchanged. The
-        split id salts the hash, so each new split draws its arms from fresh users instead of
-        giving the first arm to the same users in every experiment."""
+    def arm(self, user_key: str) -> int:
+        """The position of the user's run in the split. Deterministic: the same user key gets the same
+        run while the split is unchanged. The split id salts the hash, so each new split draws its
+        arms from fresh users instead of giving the first arm to the same users in every experiment."""
         digest = hashlib.blake2b(f"{self.split_id}:{self.entity_code}:{user_key}".encode(), digest_size=8).digest()
         bucket = int.from_bytes(digest, "big") % HASH_BUCKETS
-        return self.runs[min(bisect_right(self.bounds, bucket), len(self.runs) - 1)]
+        return min(bisect_right(self.bounds, bucket), len(self.runs) - 1)
+
+    def choose(self, user_key: str) -> RunTables:
+        """The user's run (see ``arm``)."""
+        return self.runs[self.arm(user_key)]
 
 
 @dataclass(frozen=True)
 class BidderState:
-    """Everything the request path reads; replaced as a whole (never mutated) on refresh."""
+    """Everything the request path reads; replaced as a whole (never mutated) on refresh.
+
+    ``known``: every entity of the catalogue, with the readers of its decision events when it has no
+    active split (its requests still get decision rows: no bid, "no active split"); an entity
+    in neither map is not ours and gets no rows."""
 
     entities: dict[str, EntityServing]
     loaded_at: float = 0.0
+    known: dict[str, EventReaders] = field(default_factory=dict)
 
 
 EMPTY_STATE = BidderState({})
@@ -169,8 +206,8 @@ def parse_request(body: bytes) -> dict:
     if not isinstance(req, dict):
         raise BadRequest("a bid request is a JSON object")
     rid = req.get("id")
-    if not isinstance(rid, str) or not rid or len(rid) > 256:
-        raise BadRequest("id must be a non-empty string (at most 256 characters)")
+    if not isinstance(rid, str) or not rid or len(rid) > MAX_ID_CHARS:
+        raise BadRequest(f"id must be a non-empty string (at most {MAX_ID_CHARS} characters)")
     imps = req.get("imp")
     if not isinstance(imps, list) or not imps:
         raise BadRequest("imp must be a non-empty array")
@@ -181,8 +218,8 @@ def parse_request(body: bytes) -> dict:
         if not isinstance(imp, dict):
             raise BadRequest(f"imp[{i}] must be an object")
         iid = imp.get("id")
-        if not isinstance(iid, str) or not iid:
-            raise BadRequest(f"imp[{i}].id must be a non-empty string")
+        if not isinstance(iid, str) or not iid or len(iid) > MAX_ID_CHARS:
+            raise BadRequest(f"imp[{i}].id must be a non-empty string (at most {MAX_ID_CHARS} characters)")
         if iid in seen:
             raise BadRequest(f"imp id {iid!r} appears twice")
         seen.add(iid)
@@ -222,70 +259,179 @@ def user_key(req: dict) -> str:
     return req["id"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What was bid, for the response and the decision log."""
+class Decision(NamedTuple):
+    """One impression of a request that reached a known entity: what was bid (``price``), or why not
+    (``reason``). A tuple, cheap to make on the request path; the event writer reads the request's
+    features (``readers`` over ``req`` and ``imp``) off the request path."""
 
     request_id: str
-    run_id: str
+    run_id: str | None
     impid: str
-    segment_key: str
-    level: str
-    price: float
-    multiplier: float
+    segment_key: str | None
+    level: str | None
+    price: float | None  # None: no bid
+    multiplier: float | None
+    split_id: int | None = None
+    arm: int | None = None
+    reason: str | None = None  # why no bid
+    floor: float = 0.0
+    test: bool = False
+    user_key: str = ""
+    req: dict | None = None
+    imp: dict | None = None
+    readers: EventReaders = ()  # FEATURE_COLUMNS order
+    values: Sequence[str] = ()  # what the run's lookup read (run feature order); empty without a lookup
+
+
+def is_test(req: dict) -> bool:
+    """OpenRTB ``test: 1``: the exchange's test traffic, answered but never counted."""
+    return req.get("test") == 1
+
+
+def _no_bids(req: dict, reason: str, readers, test: bool, ukey: str, run=None, split_id=None, arm=None):
+    rid, run_id = req["id"], run.run_id if run is not None else None
+    return [
+        Decision(
+            rid,
+            run_id,
+            imp["id"],
+            None,
+            None,
+            None,
+            None,
+            split_id,
+            arm,
+            reason,
+            float(imp_floor(imp)),
+            test,
+            ukey,
+            req,
+            imp,
+            readers,
+        )
+        for imp in req["imp"]
+    ]
 
 
 def decide(
-    state: BidderState, entity_code: str, body: bytes, received_at: float | None = None
+    state: BidderState,
+    entity_code: str,
+    body: bytes,
+    received_at: float | None = None,
+    *,
+    signer: NoticeSigner | None = None,
+    base_url: str = "",
+    now: float | None = None,
 ) -> tuple[int, bytes, list[Decision], str]:
     """``(HTTP status, body, decisions, reason)``: 200 with a BidResponse, 204 (no bid, with the reason)
     or 400/413 (malformed, with the reason). Never raises for any body.
 
+    ``decisions``: one per impression (bid or not) of a well-formed request for an entity of
+    ``state`` (served, or ``known`` without a split); none for a malformed request or another entity.
+
     ``received_at``: ``time.monotonic()`` when the request arrived (default: when ``decide`` starts).
     A request with ``tmax`` whose deadline has passed by the time the response is ready gets
-    204 ``tmax passed`` instead: the exchange has stopped waiting and a late bid is wasted."""
+    204 ``tmax passed`` instead: the exchange has stopped waiting and a late bid is wasted (its
+    decisions say so: no bid, ``tmax passed``).
+
+    ``signer``: each bid gets ``nurl``, ``lurl``, ``burl`` and ``ext.click_url``, signed for the bid's
+    request, impression, run, split, price, ``now`` (unix seconds; default the clock) and test flag,
+    under ``base_url`` (the request's scheme and host) unless the signer has a base URL of its own."""
     if received_at is None:
         received_at = time.monotonic()
     try:
         req = parse_request(body)
     except BadRequest as exc:
         return exc.status, orjson.dumps({"error": str(exc)}), [], str(exc)
+    test = is_test(req)
+    ukey = user_key(req)
     serving = state.entities.get(entity_code)
     if serving is None:
-        return 204, b"", [], f"no active split for {entity_code}"
+        reason = f"no active split for {entity_code}"
+        readers = state.known.get(entity_code)
+        return 204, b"", (_no_bids(req, reason, readers, test, ukey) if readers is not None else []), reason
+    arm = serving.arm(ukey)
+    run, readers, split_id = serving.runs[arm], serving.event_readers[arm], serving.split_id
     allowed = req.get("cur")
     if allowed and not any(is_usd(c) for c in allowed):
-        return 204, b"", [], "request does not accept USD"
-    run = serving.choose(user_key(req))
+        reason = "request does not accept USD"
+        return 204, b"", _no_bids(req, reason, readers, test, ukey, run, split_id, arm), reason
     domain = request_domain(req)
     multiplier = run.multipliers.get(domain, 1.0) if domain is not None and run.multipliers else 1.0
+    bid_ms = int((time.time() if now is None else now) * 1000)
+    rid, run_id = req["id"], run.run_id
     bids, decisions = [], []
     for imp in req["imp"]:
-        if not is_usd(imp_currency(imp)):
-            continue  # we price in USD only; never guess an exchange rate
-        base, key, level = run.lookup(req, imp)
-        price = run.quote(base, multiplier, imp_floor(imp))
+        floor = imp_floor(imp)
+        if not is_usd(imp_currency(imp)):  # we price in USD only; never guess an exchange rate
+            decisions.append(
+                Decision(
+                    rid,
+                    run_id,
+                    imp["id"],
+                    None,
+                    None,
+                    None,
+                    None,
+                    split_id,
+                    arm,
+                    "currency not USD",
+                    float(floor),
+                    test,
+                    ukey,
+                    req,
+                    imp,
+                    readers,
+                )
+            )
+            continue
+        base, key, level, values = run.lookup_values(req, imp)
+        price = run.quote(base, multiplier, floor)
+        decisions.append(
+            Decision(
+                rid,
+                run_id,
+                imp["id"],
+                key,
+                level,
+                price,
+                multiplier,
+                split_id,
+                arm,
+                None if price is not None else "no price clears the floor",
+                float(floor),
+                test,
+                ukey,
+                req,
+                imp,
+                readers,
+                values,
+            )
+        )
         if price is None:
             continue
-        decisions.append(Decision(req["id"], run.run_id, imp["id"], key, level, price, multiplier))
-        bids.append(
-            {
-                "id": f"{req['id']}-{imp['id']}",
-                "impid": imp["id"],
-                "price": price,
-                "ext": {"run_id": run.run_id, "segment_key": key, "level": level, "domain_multiplier": multiplier},
-            }
-        )
+        bid = {
+            "id": f"{rid}-{imp['id']}",
+            "impid": imp["id"],
+            "price": price,
+            "ext": {"run_id": run_id, "segment_key": key, "level": level, "domain_multiplier": multiplier},
+        }
+        if signer is not None:
+            urls = signer.urls(base_url, entity_code, rid, imp["id"], run_id, split_id, price, bid_ms, test)
+            bid["nurl"], bid["lurl"], bid["burl"] = urls["nurl"], urls["lurl"], urls["burl"]
+            bid["ext"]["click_url"] = urls["click_url"]
+        bids.append(bid)
     if not bids:
-        return 204, b"", [], "no impression clears its floor"
+        return 204, b"", decisions, "no impression clears its floor"
     response = {
-        "id": req["id"],
+        "id": rid,
         "seatbid": [{"seat": "bidopt", "bid": bids}],
         "cur": "USD",
-        "ext": {"split_id": serving.split_id},
+        "ext": {"split_id": split_id},
     }
     payload = orjson.dumps(response)
     tmax = req.get("tmax")
     if tmax is not None and time.monotonic() > received_at + tmax / 1000:
-        return 204, b"", [], "tmax passed"
+        late = [d._replace(price=None, reason="tmax passed") if d.price is not None else d for d in decisions]
+        return 204, b"", late, "tmax passed"
     return 200, payload, decisions, ""

@@ -189,3 +189,46 @@ def request_domain(req: dict) -> str | None:
         if isinstance(value, str) and value.strip():
             return normalise_feature_value(value)
     return None
+
+
+# Where a decision event reads a contract feature the run does not use and the entity's supply
+# source has no active macro for (the demo catalogue's ADX macros name the same fields).
+DEFAULT_REQUEST_FIELDS = {
+    "geo_region_name": "device.geo.region",
+    "os_code": "device.os",
+    "browser_code": "device.ua",
+    "device_type": "device.devicetype",
+    "domain": "site.domain|app.bundle",
+    "npi_matched": "user.ext.npi_matched",
+}
+
+
+EventReaders = tuple[tuple[int, FeatureReader], ...]  # per contract column: (position in the run's values, reader)
+
+
+def event_readers(
+    columns: tuple[str, ...],
+    run_features: tuple[str, ...],
+    run_readers: tuple[FeatureReader, ...],
+    source_fields: dict[str, str | None],
+) -> EventReaders:
+    """How a decision event reads each contract feature column: the run's own (pinned) reader where
+    the run has the feature, so the event says what the key was built from (its position in the
+    run's features too: the value the bid's lookup already read is reused); else the entity's supply
+    source's active macro; else ``DEFAULT_REQUEST_FIELDS``."""
+    out = []
+    for name in columns:
+        if name in run_features:
+            i = run_features.index(name)
+            out.append((i, run_readers[i]))
+        else:
+            field = source_fields.get(name) or DEFAULT_REQUEST_FIELDS[name]
+            out.append((-1, feature_reader(name, field)))
+    return tuple(out)
+
+
+def read_event_features(readers: EventReaders, values, req: dict, imp: dict) -> list[str]:
+    """The contract feature values of one decision: from ``values`` (what the run's lookup read, in the
+    run's feature order; empty when there was no lookup) where they are there, else read now."""
+    n = len(values)
+    return [values[i] if 0 <= i < n else read(req, imp) for i, read in readers]

@@ -16,6 +16,12 @@ daemon thread. A refresher with a ``replica_id`` reports what it serves
 (``status()``) to ``opt_bidder_replicas`` after every refresh and removes its row
 on ``stop()``; reporting is best effort and never stops serving.
 
+Each refresh also reads the catalogue (``read_catalogue``): every active entity with the request
+fields of its supply source's active macros. An entity's split is loaded with them, so that its
+decision events read the contract's features the run does not use from the macros of the time;
+an entity without a split is still *known* (its requests get decision rows and its notices are
+accepted). A catalogue that cannot be read keeps the previous one.
+
 ``check_run_servable`` is the check ``bidopt.service.set_traffic_split`` makes before
 switching: the same planning and loading as a refresh, so the two cannot disagree.
 """
@@ -30,22 +36,27 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-import orjson
 from sqlalchemy.orm import Session
 
 from bidopt.artifacts import read_run_artifacts
-from bidopt.bidder.core import EMPTY_STATE, BidderState, Decision, EntityServing, RunTables
+from bidopt.bidder.core import (
+    EMPTY_STATE,
+    BidderState,
+    EntityServing,
+    RunTables,
+    SourceFields,
+    source_event_readers,
+)
 from bidopt.bidder.fields import feature_reader
 from bidopt.cache import BidCache
 from bidopt.db import bidder_status
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
-from bidopt.warehouse.contract import backoff_key
+from bidopt.warehouse.contract import FEATURE_COLUMNS, backoff_key
 
 log = logging.getLogger("bidopt.bidder")
 DATABASE = "*"  # the key of a refresh that could not read the splits at all (outcome and errors)
@@ -90,6 +101,24 @@ def read_plan(database_url: str) -> dict[str, tuple[int, list[PlannedRun]]]:
             split_id, runs = plan.setdefault(d.entity_code, (d.split_id, []))
             runs.append(plan_run(s, d.run_id, d.traffic_pct, d.s3_output_path))
     return plan
+
+
+def read_catalogue(database_url: str) -> dict[str, SourceFields]:
+    """``{entity_code: ((feature_name, request_field), ...)}`` of every active entity: the active
+    macros of its supply source that name a contract feature column."""
+    catalogue: dict[str, SourceFields] = {}
+    with session_scope(get_engine(database_url)) as s:
+        by_source: dict[int, SourceFields] = {}
+        for entity in q.list_entities(s):
+            if not entity.is_active:
+                continue
+            if entity.master_id not in by_source:
+                macros = q.list_active_feature_macros(s, entity.master_id)
+                by_source[entity.master_id] = tuple(
+                    (m.feature_name, m.request_field) for m in macros if m.feature_name in FEATURE_COLUMNS
+                )
+            catalogue[entity.entity_code] = by_source[entity.master_id]
+    return catalogue
 
 
 def load_run_tables(run: PlannedRun) -> RunTables:
@@ -149,6 +178,9 @@ class Refresher:
         self.errors: dict[str, str] = {}
         self._loaded_at: dict[str, float] = {}  # entity -> when its served split was loaded
         self._runs: dict[str, RunTables] = {}  # a completed run's artifacts never change
+        self.catalogue: dict[str, SourceFields] = {}  # the last catalogue read (read_catalogue)
+        self._known: dict = {}  # entity -> decision-event readers without a split, from the catalogue
+        self.counters: Callable[[], dict] | None = None  # the replica's counters, reported with its status
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -174,6 +206,7 @@ class Refresher:
             self.errors = {**self.errors, DATABASE: error}
             log.warning("bidder refresh: cannot read splits (%s); serving the last good split", error)
             return {DATABASE: "failed: " + error}
+        self._read_catalogue()
         outcome: dict[str, str] = {}
         errors: dict[str, str] = {}
         entities = dict(self.state.entities)
@@ -197,14 +230,26 @@ class Refresher:
                 log.error("bidder refresh: %s; still serving the previous split", errors[entity])
                 outcome[entity] = "failed: " + errors[entity]
                 continue
-            entities[entity] = EntityServing(entity, split_id, tables, tuple(r.traffic_pct for r in runs))
+            entities[entity] = EntityServing(
+                entity, split_id, tables, tuple(r.traffic_pct for r in runs), self.catalogue.get(entity, ())
+            )
             loaded_at[entity] = time.time()
             outcome[entity] = "loaded"
             self._publish(entities[entity])
         self.errors, self._loaded_at, self.refreshed_at = errors, loaded_at, time.time()
-        self.state = BidderState(entities, time.time())  # the one atomic swap
+        self.state = BidderState(entities, time.time(), self._known)  # the one atomic swap
         self._runs = {r.run_id: r for e in entities.values() for r in e.runs}
         return outcome
+
+    def _read_catalogue(self) -> None:
+        try:
+            catalogue = read_catalogue(self.database_url)
+        except Exception as exc:  # noqa: BLE001 - keep the last catalogue; the splits were read
+            log.warning("bidder refresh: cannot read the catalogue (%s); keeping the last one", exc)
+            return
+        if catalogue != self.catalogue or not self._known:
+            self.catalogue = catalogue
+            self._known = {code: source_event_readers(fields) for code, fields in catalogue.items()}
 
     def first_load(self, timeout: float) -> dict[str, str]:
         """Refresh until every active split is loaded or ``timeout`` seconds have passed, then
@@ -261,6 +306,7 @@ class Refresher:
             "refresh_seconds": self.interval,
             "serving": serving,
             "last_error": self.last_error,
+            "counters": self.counters() if self.counters is not None else {},
         }
 
     def report(self) -> None:
@@ -351,59 +397,3 @@ class Refresher:
                 bidder_status.remove_replica(s, self.replica_id)
         except Exception as exc:  # noqa: BLE001 - the row then ages into "gone"
             log.warning("bidder: cannot remove replica row: %s", str(exc).splitlines()[0] if str(exc) else exc)
-
-
-class DecisionLog:
-    """Bid decisions (run, segment key, price) as JSON lines, for A/B analysis. Requests only
-    append to a bounded in-memory queue; a thread writes batches to ``<dir>/decisions-<tag>.jsonl``."""
-
-    def __init__(self, folder: Path, tag: str, *, flush_seconds: float = 1.0, max_queued: int = 1_000_000) -> None:
-        self.path = Path(folder) / f"decisions-{tag}.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._queue: deque = deque(maxlen=max_queued)  # oldest dropped if the disk cannot keep up
-        self._stop = threading.Event()
-        self._flush_seconds = flush_seconds
-        self._thread = threading.Thread(target=self._loop, name="decision-log", daemon=True)
-        self._thread.start()
-
-    def record(self, entity_code: str, decisions: list[Decision]) -> None:
-        now = time.time()
-        for d in decisions:
-            self._queue.append((now, entity_code, d))
-
-    def flush(self) -> int:
-        batch = []
-        while self._queue:
-            batch.append(self._queue.popleft())
-        if batch:
-            # one write per batch, serialised with orjson: this thread shares the GIL with the
-            # request path, so a slow flush would show up as tail latency
-            lines = b"".join(
-                orjson.dumps(
-                    {
-                        "ts": round(ts, 3),
-                        "entity_code": entity,
-                        "run_id": d.run_id,
-                        "request_id": d.request_id,
-                        "impid": d.impid,
-                        "segment_key": d.segment_key,
-                        "level": d.level,
-                        "price": d.price,
-                        "domain_multiplier": d.multiplier,
-                    }
-                )
-                + b"\n"
-                for ts, entity, d in batch
-            )
-            with open(self.path, "ab") as fh:
-                fh.write(lines)
-        return len(batch)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._flush_seconds):
-            self.flush()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.flush()

@@ -9,6 +9,9 @@ a replica whose refresh hangs still answers from its old split and reports nothi
 is not proof of death. Only after ``GONE_AFTER`` (longer than Serve takes to replace a replica
 that fails its health check) is it *gone* and not counted; rows gone for more than
 ``PURGE_AFTER`` are deleted by the next report.
+
+Each report also carries the replica's counters since it started (``counters``: notices accepted
+by kind, rejected by reason, events written and dropped); ``notice_counters`` sums them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def report_replica(session: Session, status: dict[str, Any], *, started_at: floa
         ready=bool(status["ready"]),
         serving=json.dumps(status["serving"], sort_keys=True),
         last_error=(status["last_error"] or None) and status["last_error"][:4000],
+        counters=json.dumps(status.get("counters") or {}, sort_keys=True),
     )
     replica_id = status["replica_id"]
     result = session.execute(
@@ -68,6 +72,26 @@ def remove_replica(session: Session, replica_id: str) -> None:
 
 def list_replicas(session: Session) -> list[OptBidderReplica]:
     return list(session.scalars(select(OptBidderReplica).order_by(OptBidderReplica.replica_id)))
+
+
+def notice_counters(session: Session) -> dict[str, dict[str, int]]:
+    """``{"accepted": {kind: n}, "rejected": {reason: n}}`` summed over the bidder replicas that are not
+    gone (reported within ``GONE_AFTER``), from the counters each reports since it started: a replica
+    that is gone no longer counts (its counts go with it; the events it wrote stay)."""
+    now = database_now(session)
+    total: dict[str, dict[str, int]] = {"accepted": {}, "rejected": {}}
+    for row in list_replicas(session):
+        if (now - row.reported_at).total_seconds() > GONE_AFTER.total_seconds() or not row.counters:
+            continue
+        try:
+            counters = json.loads(row.counters)
+        except ValueError:
+            continue
+        for group in ("accepted", "rejected"):
+            for name, n in (counters.get(group) or {}).items():
+                if isinstance(n, int) and not isinstance(n, bool):
+                    total[group][name] = total[group].get(name, 0) + n
+    return total
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -19,7 +19,6 @@ def worker_env() -> dict[str, str]:
             "BIDOPT_WAREHOUSE_URL": s.warehouse_url,
             "BIDOPT_ARTIFACT_URL": s.artifact_url,
             "BIDOPT_CACHE_URL": s.cache_url,
-            "BIDOPT_DECISION_LOG_DIR": s.decision_log_dir,
             "BIDOPT_EVENTS_URL": s.events_url,
         }
     )

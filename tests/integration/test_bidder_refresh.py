@@ -150,22 +150,80 @@ def test_a_restarted_memcached_is_filled_again(runs, memcached_server):
         restarted.wait()
 
 
-def test_decisions_are_logged(runs, tmp_path, monkeypatch):
+def test_decisions_and_notices_are_events_and_counters_are_reported(runs):
+    """Every impression is a decision event with the request's features; an accepted notice is a notice
+    event; the replica reports its counters in its row, and notice_counters sums them."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from bidopt.db import bidder_status
+    from bidopt.events.schema import DECISIONS, NOTICES
+    from bidopt.events.store import open_event_store
+
     engine, (a, b, c) = runs
     _split(engine, {a: 60, b: 40})
-    monkeypatch.setenv("BIDOPT_DECISION_LOG_DIR", str(tmp_path / "decisions"))
-    from bidopt.settings import reset_settings_cache
-
-    reset_settings_cache()
     core = BidderCore(start=False)
     core.refresher.refresh_once()
-    for i in range(30):
-        assert core.handle("drugs_hcp", orjson.dumps(REQ | {"id": f"r{i}", "user": {"id": f"u{i}"}}))[0] == 200
+    answers = [
+        core.handle("drugs_hcp", orjson.dumps(REQ | {"id": f"r{i}", "user": {"id": f"u{i}"}}), base_url="http://b")
+        for i in range(30)
+    ]
+    assert [s for s, _, _ in answers] == [200] * 30
     assert core.handle("drugs_hcp", b"{")[0] == 400
+    assert core.handle("auto_intenders", orjson.dumps(REQ))[0] == 204  # no split: a no-bid row
+    nurl = urlsplit(json.loads(answers[0][1])["seatbid"][0]["bid"][0]["nurl"].replace("${AUCTION_PRICE}", "0.01"))
+    params = parse_qsl(nurl.query)
+    assert core.handle_notice("win", "drugs_hcp", params)[0] == 200
+    assert core.handle_notice("win", "drugs_hcp", params)[0] == 409
+    core.refresher.report()
+    with session_scope(engine) as s:
+        (row,) = bidder_status.list_replicas(s)
+        assert json.loads(row.counters)["accepted"] == {"win": 1}
+        assert bidder_status.notice_counters(s) == {"accepted": {"win": 1}, "rejected": {"duplicate": 1}}
     core.close()
-    lines = [json.loads(x) for x in (tmp_path / "decisions").glob("*.jsonl").__next__().read_text().splitlines()]
-    assert len(lines) == 30 and {x["run_id"] for x in lines} <= {a, b}
-    assert all(x["price"] > 0 and x["segment_key"] and x["entity_code"] == "drugs_hcp" for x in lines)
+    store = open_event_store(get_settings().events_url)
+    decisions = store.read(DECISIONS, "drugs_hcp").to_pylist()
+    assert len(decisions) == 30 and {d["run_id"] for d in decisions} == {a, b}
+    assert all(d["bid"] and d["bid_cpm"] > 0 and d["segment_key"] and d["split_id"] for d in decisions)
+    # features from the request: the run's pinned readers, the ADX macros for the rest
+    assert {(d["geo_region_name"], d["os_code"], d["domain"]) for d in decisions} == {
+        ("california", "android", "pub00001.com")
+    }
+    (no_split,) = store.read(DECISIONS, "auto_intenders").to_pylist()
+    assert (no_split["bid"], no_split["no_bid_reason"]) == (False, "no active split for auto_intenders")
+    (win,) = store.read(NOTICES, "drugs_hcp").to_pylist()
+    assert (win["request_id"], win["kind"], win["price_cpm"]) == ("r0", "win", 0.01)
+
+
+def test_notice_counters_sum_the_replicas_that_are_not_gone(platform_db):
+    from datetime import timedelta
+
+    from bidopt.db import bidder_status
+    from bidopt.db.models import OptBidderReplica
+
+    def report(replica_id, counters):
+        status = {
+            "replica_id": replica_id,
+            "hostname": "h",
+            "pid": 1,
+            "refresh_seconds": 5,
+            "ready": True,
+            "serving": {},
+            "last_error": None,
+            "counters": counters,
+        }
+        with session_scope(platform_db) as s:
+            bidder_status.report_replica(s, status, started_at=time.time())
+
+    report("a", {"accepted": {"win": 2}, "rejected": {"bad_signature": 1}, "events": {"written": 9}})
+    report("b", {"accepted": {"win": 1, "click": 1}, "rejected": {"bad_signature": 2, "expired": 1}})
+    report("gone", {"accepted": {"win": 100}, "rejected": {"duplicate": 100}})
+    with session_scope(platform_db) as s:
+        s.get(OptBidderReplica, "gone").reported_at -= bidder_status.GONE_AFTER + timedelta(seconds=1)
+    with session_scope(platform_db) as s:
+        assert bidder_status.notice_counters(s) == {
+            "accepted": {"win": 3, "click": 1},
+            "rejected": {"bad_signature": 3, "expired": 1},
+        }
 
 
 def test_a_run_keeps_the_request_fields_it_was_trained_with(runs):

@@ -1,0 +1,47 @@
+"""The event writer against S3 (moto's server): parts land under the bucket's prefix and read back;
+a bucket that is not there yet fails the writes, which are kept and retried under the same keys."""
+
+import time
+from datetime import datetime, timezone
+
+import boto3
+
+from bidopt.events.schema import DECISIONS, NOTICES
+from bidopt.events.store import open_event_store
+from bidopt.events.writer import EventWriter
+
+
+def _decision(ts: float, rid: str) -> dict:
+    return {
+        "event_time": datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None),
+        "entity_code": "drugs_hcp",
+        "request_id": rid,
+        "imp_id": "1",
+        "test": False,
+        "bid": True,
+        "bid_cpm": 2.0,
+        "npi_matched": False,
+    }
+
+
+def test_the_writer_writes_parts_to_s3_and_retries_a_missing_bucket(s3_bucket, moto_server):
+    url = f"s3://{s3_bucket}/events"
+    now = time.time()
+    writer = EventWriter(url, "host:1:abc", flush_seconds=3600, start=False)
+    writer.add(DECISIONS, "drugs_hcp", now, _decision(now, "a"))
+    writer.add(DECISIONS, "drugs_hcp", now - 3600, _decision(now - 3600, "b"))
+    assert writer.flush() == 2
+    store = open_event_store(url)
+    assert sorted(store.read(DECISIONS, "drugs_hcp")["request_id"].to_pylist()) == ["a", "b"]
+    assert len(store.hours(DECISIONS, "drugs_hcp")) == 2
+    keys = boto3.client("s3", endpoint_url=moto_server).list_objects_v2(Bucket=s3_bucket)["Contents"]
+    assert all(k["Key"].startswith("events/decisions/entity_code=drugs_hcp/hour=") for k in keys)
+
+    later = f"{s3_bucket}-later"
+    pending = EventWriter(f"s3://{later}/events", "w2", flush_seconds=3600, start=False)
+    pending.add(DECISIONS, "drugs_hcp", now, _decision(now, "c"))
+    assert pending.flush() == 0 and pending.buffered == 1 and pending.write_failures == 1
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=later)
+    assert pending.close() == 0
+    assert open_event_store(f"s3://{later}/events").read(DECISIONS, "drugs_hcp")["request_id"].to_pylist() == ["c"]
+    assert open_event_store(f"s3://{later}/events").read(NOTICES, "drugs_hcp").num_rows == 0

@@ -1,0 +1,186 @@
+"""The event writer: buffered rows, one part per (kind, entity, hour) per flush, retries of a store
+that fails, a bounded buffer, and what a process that is killed loses."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+
+from bidopt.events.schema import DECISIONS, NOTICES
+from bidopt.events.store import open_event_store
+from bidopt.events.writer import EventWriter
+
+H10 = datetime(2026, 1, 1, 10, 5, tzinfo=timezone.utc).timestamp()
+H11 = H10 + 3600
+
+
+def decision(ts: float, rid: str, entity="e1") -> dict:
+    return {
+        "event_time": datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None),
+        "entity_code": entity,
+        "request_id": rid,
+        "imp_id": "1",
+        "test": False,
+        "bid": True,
+        "bid_cpm": 1.5,
+        "npi_matched": False,
+    }
+
+
+def add(writer, ts, rid, entity="e1"):
+    writer.add(DECISIONS, entity, ts, decision(ts, rid, entity))
+
+
+def test_one_part_per_kind_entity_and_hour_with_sequence_numbers(tmp_path):
+    store = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(store, "host:1:ab", start=False)
+    add(w, H10, "a")
+    add(w, H10 + 1, "b")
+    add(w, H11, "c")
+    add(w, H10, "d", entity="e2")
+    assert w.buffered == 4 and store.read(DECISIONS, "e1").num_rows == 0  # nothing written before a flush
+    assert w.flush() == 4 and w.buffered == 0
+    keys = sorted(store.store.list_keys(""))
+    assert len(keys) == 3 and all("part-host-1-ab-0000000" in k for k in keys)
+    assert len({k.rsplit("-", 1)[1] for k in keys}) == 3  # each part its own sequence number
+    assert sorted(store.read(DECISIONS, "e1")["request_id"].to_pylist()) == ["a", "b", "c"]
+    add(w, H10 + 2, "e")
+    w.flush()
+    assert sorted(store.read(DECISIONS, "e1")["request_id"].to_pylist()) == ["a", "b", "c", "e"]
+    assert w.flush() == 0 and len(store.store.list_keys("")) == 4  # an empty flush writes nothing
+    assert w.stats() | {"last_error": None} == {
+        "written": 5,
+        "buffered": 0,
+        "dropped": 0,
+        "write_failures": 0,
+        "last_error": None,
+    }
+
+
+class FlakyStore:
+    """An events store whose writes fail while ``down``; records the keys it was asked to write."""
+
+    def __init__(self, real):
+        self.real, self.down, self.attempts, self.url = real, False, [], real.url
+
+    def write_part(self, kind, entity, hour, table, *, writer_id, seq):
+        self.attempts.append((kind, entity, seq))
+        if self.down:
+            raise ConnectionError("store unreachable")
+        return self.real.write_part(kind, entity, hour, table, writer_id=writer_id, seq=seq)
+
+
+def test_a_failed_write_keeps_its_rows_and_retries_them_under_the_same_key(tmp_path):
+    real = open_event_store(f"file://{tmp_path}")
+    flaky = FlakyStore(real)
+    w = EventWriter(real, "w1", start=False)
+    w.store = flaky
+    flaky.down = True
+    add(w, H10, "a")
+    assert w.flush() == 0 and w.buffered == 1 and w.write_failures == 1 and "unreachable" in w.last_error
+    add(w, H10 + 1, "b")
+    assert w.flush() == 0 and w.buffered == 2
+    flaky.down = False
+    assert w.flush() == 2 and w.buffered == 0
+    assert sorted(real.read(DECISIONS, "e1")["request_id"].to_pylist()) == ["a", "b"]
+    first_seq = flaky.attempts[0][2]
+    assert [a[2] for a in flaky.attempts].count(first_seq) == 3  # the same part, the same key, each time
+    assert len(real.store.list_keys("")) == 2
+
+
+def test_the_buffer_is_bounded_and_drops_the_oldest(tmp_path):
+    real = open_event_store(f"file://{tmp_path}")
+    flaky = FlakyStore(real)
+    w = EventWriter(real, "w1", start=False, max_buffered=5)
+    w.store = flaky
+    flaky.down = True
+    for i in range(4):
+        add(w, H10 + i, f"old{i}")
+    w.flush()  # 4 rows kept from the failed write
+    for i in range(4):
+        add(w, H10 + 10 + i, f"new{i}")
+    w.flush()  # still down: 8 rows, the 3 oldest go
+    assert (w.buffered, w.dropped) == (5, 3)
+    for i in range(7):  # the queue between two flushes is bounded too
+        add(w, H10 + 20 + i, f"late{i}")
+    assert w.dropped == 5
+    flaky.down = False
+    w.flush()
+    assert sorted(real.read(DECISIONS, "e1")["request_id"].to_pylist()) == sorted(
+        ["old3", "new0", "new1", "new2", "new3"] + [f"late{i}" for i in range(2, 7)]
+    )
+
+
+def test_close_flushes_and_the_thread_writes_on_its_own(tmp_path):
+    store = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(store, "w1", flush_seconds=0.05)
+    add(w, H10, "a")
+    deadline = time.time() + 10
+    while store.read(DECISIONS, "e1").num_rows == 0:
+        assert time.time() < deadline, "the flush thread wrote nothing"
+        time.sleep(0.02)
+    w2 = EventWriter(store, "w2", flush_seconds=3600)
+    w2.add(NOTICES, "e1", H10, None)  # a row that does not fit the schema: dropped, counted, never raised
+    add(w2, H10, "b")
+    assert w2.close() == 0
+    assert sorted(store.read(DECISIONS, "e1")["request_id"].to_pylist()) == ["a", "b"] and w2.dropped == 1
+    w.close()
+
+
+CRASHER = textwrap.dedent(
+    """
+    import sys, time
+    from datetime import datetime, timezone
+    from bidopt.events.schema import DECISIONS
+    from bidopt.events.writer import EventWriter
+
+    writer = EventWriter(sys.argv[1], "crasher", float(sys.argv[2]))
+    i = 0
+    while True:
+        now = time.time()
+        at = datetime.fromtimestamp(now, timezone.utc).replace(tzinfo=None)
+        writer.add(DECISIONS, "e1", now, {"event_time": at, "entity_code": "e1", "request_id": f"r{i}",
+                                          "imp_id": "1", "test": False, "bid": False, "npi_matched": False})
+        if i == 0:
+            print("recording", flush=True)
+        i += 1
+        time.sleep(0.005)
+    """
+)
+
+
+def test_a_killed_process_loses_at_most_its_last_flush_interval(tmp_path):
+    flush_seconds, margin = 0.5, 0.5
+    url = f"file://{tmp_path / 'events'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHER, url, str(flush_seconds)], stdout=subprocess.PIPE, text=True, env=os.environ
+    )
+    try:
+        assert proc.stdout.readline().strip() == "recording"
+        time.sleep(3)
+    finally:
+        killed_at = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    table = open_event_store(url).read(DECISIONS, "e1")
+    times = [t.replace(tzinfo=timezone.utc).timestamp() for t in table["event_time"].to_pylist()]
+    ids = {int(r[1:]) for r in table["request_id"].to_pylist()}
+    assert len(ids) == len(times) and ids == set(range(len(ids)))  # nothing twice, no gap
+    assert max(times) > killed_at - flush_seconds - margin  # it lost at most the last interval (+ a flush)
+    assert len(ids) > 100
+
+
+def test_a_large_flush_is_rendered_in_chunks_and_loses_nothing(tmp_path):
+    from bidopt.events.writer import RENDER_CHUNK
+
+    store = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(store, "w1", start=False)
+    n = 2 * RENDER_CHUNK + 7
+    for i in range(n):
+        add(w, H10 + i / 1000, f"r{i}")
+    assert w.flush() == n
+    assert store.read(DECISIONS, "e1")["request_id"].to_pylist() == [f"r{i}" for i in range(n)]
+    assert len(store.store.list_keys("")) == 1  # still one part
