@@ -255,8 +255,65 @@ ENTITY_CONFIG_SPECS: dict[str, ConfigSpec] = {
             "Requests carry an NPI (prescriber) match: the npi_matched signal is used",
         ),
         _spec("domain_enabled", "bool", "static", False, "Per-domain bid multipliers are written and applied"),
+        # Guardrails (bidopt.guardrails): the control loop judges each arm of the active split and
+        # drops an arm whose whole 95% interval is out of bounds. Defaults: on, and a sample large
+        # enough that one day's traffic of a small line decides, small enough to stop a bad run early.
+        _spec(
+            "guardrail_enabled",
+            "bool",
+            "static",
+            True,
+            "The guardrail judges this entity's active split and drops an arm that breaches",
+        ),
+        _spec(
+            "guardrail_min_bids",
+            "int",
+            "static",
+            1000,
+            "Bids an arm needs before the guardrail judges it (impressions, for the no-bid share)",
+            1,
+            1_000_000_000,
+        ),
+        _spec(
+            "guardrail_min_wins",
+            "int",
+            "static",
+            20,
+            "Wins an arm needs before the guardrail judges its win rate",
+            0,
+            1_000_000_000,
+        ),
+        _spec(
+            "guardrail_max_win_rate_gap",
+            "float",
+            "static",
+            0.15,
+            "An arm breaches when its whole 95% win-rate interval is further than this from its run's target",
+            0.0,
+            1.0,
+            False,
+            True,
+        ),
+        _spec(
+            "guardrail_max_no_bid_share",
+            "float",
+            "static",
+            0.8,
+            "An arm breaches when its whole 95% interval of the share of impressions not bid on is above this",
+            0.0,
+            1.0,
+            False,
+            True,
+        ),
     ]
 }
+
+GUARDRAIL_CONFIG_KEYS = tuple(k for k in ENTITY_CONFIG_SPECS if k.startswith("guardrail_"))
+
+# An optimizer schedule's period (bidopt.db.schedules): from a minute to a year, parsed like a config.
+SCHEDULE_EVERY_HOURS = ConfigSpec(
+    "every_hours", "float", "schedule", None, "Hours between two scheduled runs", 1 / 60, 24 * 366
+)
 
 
 def parse_run_configs(raw: dict[str, Any], *, fill_defaults: bool = True) -> dict[str, Any]:

@@ -9,22 +9,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from bidopt import guardrails
 from bidopt.artifacts import read_run_artifact
 from bidopt.configs import ENTITY_CONFIG_SPECS, RUN_CONFIG_SPECS
-from bidopt.db import access, bidder_status
+from bidopt.db import access, bidder_status, schedules
 from bidopt.db import queries as q
-from bidopt.db.models import OptRun
-from bidopt.errors import Conflict, InvalidConfig, NotFound
+from bidopt.db.models import OptRun, utcnow
+from bidopt.errors import Conflict, InvalidConfig, NotFound, ServiceUnavailable
+from bidopt.settings import get_settings
 from bidopt.views import (
     deployment_view,
     entity_view,
     format_ts,
     run_detail_view,
     run_row_view,
+    schedule_view,
     token_view,
     user_view,
 )
@@ -162,6 +167,7 @@ def split_view(session: Session, entity_code: str) -> dict[str, Any]:
         "split_id": split_id,
         "deployed_by": rows[0].deployed_by if rows else None,
         "deployed_at": format_ts(rows[0].deployed_at) if rows else None,
+        "reason": rows[0].reason if rows else None,
         "runs": [{"run_id": r.run_id, "traffic_pct": r.traffic_pct} for r in rows],
         "total_pct": sum(r.traffic_pct for r in rows),
         "bidders": bidder_status.split_liveness(session, entity_code, split_id),
@@ -230,6 +236,7 @@ def split_history(session: Session, entity_code: str) -> list[dict[str, Any]]:
                 "deployed_by": row.deployed_by,
                 "deployed_at": view["deployed_at"],
                 "deactivated_at": view["deactivated_at"],
+                "reason": view["reason"],
                 "runs": [],
             },
         )
@@ -248,6 +255,198 @@ def parse_split_args(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]
     if not pairs:
         raise InvalidConfig("give at least one RUN_ID=PERCENT")
     return pairs
+
+
+# ----------------------------------------------------------------------------- promotion and guardrails
+
+
+def set_entity_configs(session: Session, entity_code: str, configs: Any) -> dict[str, Any]:
+    """Set static configs of an entity (the guardrail settings among them), each parsed and
+    range-checked like a run config; all or nothing (a bad value raises before the caller commits).
+    Returns the entity view."""
+    if not isinstance(configs, dict) or not configs:
+        raise InvalidConfig("give at least one static config as key=value")
+    entity = q.get_entity_by_code(session, entity_code)
+    for key, value in configs.items():
+        q.set_entity_config(session, entity.entity_id, key, value)
+    return entity_view(session, entity)
+
+
+def promote_run(session: Session, entity_code: str, run_id: Any, *, deployed_by: str) -> dict[str, Any]:
+    """Put ``run_id`` at 100% of the entity's traffic, reason "promoted": a completed run of this
+    entity that passed validation and that bidders can load (409 otherwise, nothing changes).
+    Promoting the run that already has 100% changes nothing. Returns the split view."""
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise InvalidConfig(f"run_id must be a run id, got {run_id!r}")
+    run_id = run_id.strip()
+    current = q.get_current_traffic_split(session, entity_code)
+    if len(current) == 1 and current[0].run_id == run_id:
+        return split_view(session, entity_code)
+    pairs = [(run_id, 100)]
+    check_split_servable(session, entity_code, pairs)
+    q.replace_traffic_split(session, entity_code, pairs, deployed_by=deployed_by, reason="promoted")
+    return split_view(session, entity_code)
+
+
+def _verdict_view(verdict: guardrails.ArmVerdict) -> dict[str, Any]:
+    return {
+        "arm": verdict.arm,
+        "run_id": verdict.run_id,
+        "status": verdict.status,
+        "note": verdict.note,
+        "breaches": [
+            {k: getattr(b, k) for k in ("metric", "value", "low", "high", "allowed_low", "allowed_high")}
+            for b in verdict.breaches
+        ],
+    }
+
+
+def check_guardrails(session: Session, entity_code: str | None = None, *, now: Any = None) -> list[dict[str, Any]]:
+    """Judge every active split (of ``entity_code``, else of every active entity) against its
+    entity's guardrail settings (``bidopt.guardrails``) on its A/B report (``split_report``), and
+    replace a split with a breaching arm: the arm dropped and the others renormalised, or, when
+    every arm breaches, the newest earlier split that is safe restored. The replacement is deployed
+    by ``guardrail`` with the breach as its reason, and only if the judged split is still the
+    active one (compare-and-set: an operator's change in between wins, reported as ``conflict``).
+
+    Returns one entry per active split looked at: ``entity_code``, ``split_id`` (the judged one),
+    ``action`` (``none``, ``drop_arms``, ``restore_previous``, ``no_safe_split``, ``conflict``,
+    ``disabled``, ``error``), ``reason``, ``new_split_id`` (when it changed) and the arms'
+    verdicts. A report that cannot be built is an ``error`` entry for that entity; database errors
+    are raised (the caller's transaction is then rolled back)."""
+    if entity_code is not None:
+        entities = [q.get_entity_by_code(session, entity_code)]
+    else:
+        entities = [e for e in q.list_entities(session) if e.is_active]
+    results = []
+    for entity in entities:
+        rows = q.get_current_traffic_split(session, entity.entity_code)
+        if not rows:
+            continue
+        split_id = rows[0].split_id
+        entry: dict[str, Any] = {
+            "entity_code": entity.entity_code,
+            "split_id": split_id,
+            "action": guardrails.KEEP,
+            "reason": None,
+            "new_split_id": None,
+            "arms": [],
+        }
+        results.append(entry)
+        settings = guardrails.GuardrailSettings.from_configs(q.get_entity_configs(session, entity.entity_id))
+        if not settings.enabled:
+            entry["action"] = "disabled"
+            continue
+        try:
+            report = split_report(session, entity.entity_code, None)
+        except (SQLAlchemyError, ServiceUnavailable):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one entity's unreadable events must not stop the others
+            entry.update(action="error", reason=f"no A/B report: {type(exc).__name__}: {exc}".splitlines()[0])
+            continue
+        if report.get("split_id") != split_id:
+            entry.update(action="conflict", reason=f"the report is of split {report.get('split_id')}, not {split_id}")
+            continue
+        verdicts = guardrails.judge_report(report, settings)
+        entry["arms"] = [_verdict_view(v) for v in verdicts]
+        plan = _safe_plan(session, entity.entity_code, split_id, rows, verdicts)
+        entry.update(action=plan.action, reason=plan.reason or None)
+        if not plan.split:
+            continue
+        try:
+            with session.begin_nested():
+                new_rows = q.replace_traffic_split(
+                    session,
+                    entity.entity_code,
+                    list(plan.split),
+                    deployed_by=guardrails.GUARDRAIL_ACTOR,
+                    reason=plan.reason,
+                    expected_split_id=split_id,
+                    now=now,
+                )
+            entry["new_split_id"] = new_rows[0].split_id
+        except Conflict as exc:
+            entry.update(action="conflict", reason=f"{plan.reason}; not applied: {exc}")
+    return results
+
+
+def _safe_plan(
+    session: Session, entity_code: str, split_id: int, rows: list, verdicts: list[guardrails.ArmVerdict]
+) -> guardrails.Plan:
+    """``plan_replacement`` over deployable runs, skipping earlier splits whose runs bidders can no
+    longer load (their artifacts gone): the guardrail never deploys a split that cannot serve."""
+    active = [(r.run_id, r.traffic_pct) for r in rows]
+    history = split_history(session, entity_code)
+    deployable = {r.run_id for r in q.list_completed_passed_runs(session, entity_code)}
+    while True:
+        plan = guardrails.plan_replacement(split_id, active, verdicts, history, deployable)
+        if plan.action != guardrails.RESTORE_PREVIOUS:
+            return plan
+        unservable = set()
+        for run_id, pct in plan.split:
+            try:
+                check_split_servable(session, entity_code, [(run_id, pct)])
+            except Conflict:
+                unservable.add(run_id)
+        if not unservable:
+            return plan
+        deployable -= unservable
+
+
+# ----------------------------------------------------------------------------- optimizer schedules
+
+
+def _parse_start(value: Any) -> datetime | None:
+    """An ISO 8601 time (naive = UTC) as naive UTC, or None."""
+    if value is None or isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None) if value and value.tzinfo else value
+    if not isinstance(value, str) or len(value) > 40:
+        raise InvalidConfig(f"start must be an ISO 8601 time such as 2026-02-03T06:00:00Z, got {value!r}"[:120])
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+    except (ValueError, OverflowError):  # OverflowError: 0001-01-01 in a zone east of UTC
+        raise InvalidConfig(f"start must be an ISO 8601 time such as 2026-02-03T06:00:00Z, got {value!r}") from None
+
+
+def set_schedule(
+    session: Session,
+    entity_code: str,
+    every_hours: Any,
+    configs: Any,
+    *,
+    created_by: str,
+    start_at: Any = None,
+) -> dict[str, Any]:
+    """Create or replace ENTITY's optimizer schedule: a pending run with ``configs`` (validated like a
+    run's, now and again at each run) every ``every_hours`` hours (a minute to a year), the first
+    due at ``start_at`` (ISO 8601; default now). The control loop (or ``bidopt schedules tick``)
+    creates the runs."""
+    if not isinstance(configs, dict):
+        raise InvalidConfig("configs must be an object of config values")
+    row = schedules.set_schedule(
+        session, entity_code, every_hours, configs, created_by=created_by, start_at=_parse_start(start_at)
+    )
+    return schedule_view(entity_code, row)
+
+
+def get_schedule(session: Session, entity_code: str) -> dict[str, Any]:
+    return schedule_view(entity_code, schedules.get_schedule(session, entity_code))
+
+
+def list_schedules(session: Session) -> list[dict[str, Any]]:
+    return [schedule_view(code, row) for code, row in schedules.list_schedules(session)]
+
+
+def remove_schedule(session: Session, entity_code: str) -> None:
+    """Remove ENTITY's schedule (404 if it has none); the runs it created stay."""
+    schedules.remove_schedule(session, entity_code)
+
+
+def create_due_scheduled_runs(session: Session, *, now: datetime | None = None) -> list[str]:
+    """Create the pending runs of every schedule that has come due (``bidopt.db.schedules.create_due_runs``:
+    one run per schedule however many slots were missed, never twice for a slot); their run ids."""
+    return [r.run_id for r in schedules.create_due_runs(session, now=now) if r.run_id]
 
 
 # ----------------------------------------------------------------------------- users and API tokens
@@ -276,3 +475,170 @@ def list_tokens(session: Session) -> list[dict[str, Any]]:
 def revoke_token(session: Session, token_id: int) -> None:
     """Revoke a token: it stops working at once."""
     access.revoke_api_token(session, token_id)
+
+
+# ----------------------------------------------------------------------------- A/B report and compaction
+
+# An hour compacted this long after its attribution window closed is final (no notice can still come,
+# and bidders flush within seconds): compacting again skips it. One compacted earlier (``--until``
+# ahead of the clock) is compacted again, so late events replace it.
+FINAL_MARGIN_SECONDS = 300
+# Bidder hosts' clocks and their refresh lag: decisions of a split are read from this long before it
+# was deployed to this long after it was replaced (filtered by split id, so nothing else counts).
+SPLIT_READ_SLACK = 3600
+
+
+def parse_utc_time(value: Any, name: str = "time") -> datetime:
+    """An ISO 8601 time (naive = UTC; ``Z`` or an offset converted) as naive UTC."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if not text or len(text) > 40:
+            raise ValueError
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        example = "2026-02-03T06:00:00Z"
+        raise InvalidConfig(f"{name} must be an ISO 8601 time such as {example}, got {value!r}"[:160]) from None
+    return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def _report_split_rows(session: Session, entity_code: str, split_id: Any) -> list:
+    history = q.get_traffic_split_history(session, entity_code)
+    if split_id is not None and (isinstance(split_id, bool) or not isinstance(split_id, int)):
+        raise InvalidConfig(f"split must be a split id (a whole number), got {split_id!r}")
+    if not history:
+        raise NotFound(f"{entity_code} has had no traffic split")
+    if split_id is None:
+        active = [r for r in history if r.is_active]
+        split_id = (active or history)[0].split_id  # history is newest first
+    rows = sorted((r for r in history if r.split_id == split_id), key=lambda r: r.run_id)
+    if not rows:
+        raise NotFound(f"{entity_code} has no split {split_id}")
+    return rows
+
+
+def split_report(session: Session, entity_code: str, split_id: int | None = None) -> dict[str, Any]:
+    """The A/B report of a split (``split_id``; None: the active split, else the newest one) from the
+    bidders' events over the split's lifetime (``bidopt.readout``: per-arm results with 95% intervals,
+    tests between arms, hourly series). Arms are in run-id order, as bidders number them.
+    ``notices_rejected`` is summed over the live bidder replicas' counters (all entities: replicas
+    count rejections before they know which entity a forged notice claims)."""
+    from bidopt.events.schema import DECISIONS, NOTICES
+    from bidopt.events.store import open_event_store
+    from bidopt.readout import ArmSpec, split_readout
+
+    rows = _report_split_rows(session, entity_code, split_id)
+    head = rows[0]
+    settings = get_settings()
+    arms = [
+        ArmSpec(i, r.run_id, r.traffic_pct, q.get_run_configs(session, r.run_id).get("target_win_rate"))
+        for i, r in enumerate(rows)
+    ]
+    slack = timedelta(seconds=SPLIT_READ_SLACK)
+    start = head.deployed_at - slack
+    ended = head.deactivated_at if not head.is_active else None
+    decisions_end = ended + slack if ended else None
+    notices_end = ended + slack + timedelta(seconds=settings.attribution_window_seconds) if ended else None
+    store = open_event_store(settings.events_url)
+    decisions = store.read(DECISIONS, entity_code, start, decisions_end)
+    notices = store.read(NOTICES, entity_code, start, notices_end)
+    body = split_readout(decisions, notices, head.split_id, arms)
+    counters = getattr(bidder_status, "notice_counters", None)
+    rejected = (counters(session) or {}).get("rejected", {}) if counters else {}
+    return {
+        "entity_code": entity_code,
+        "split_id": head.split_id,
+        "is_active": bool(head.is_active),
+        "deployed_by": head.deployed_by,
+        "deployed_at": format_ts(head.deployed_at),
+        "deactivated_at": format_ts(head.deactivated_at),
+        "reason": getattr(head, "reason", None),
+        "window": body["window"],
+        "test_requests_excluded": body["test_requests_excluded"],
+        "duplicates_dropped": body["duplicates_dropped"],
+        "orphan_notices": body["orphan_notices"],
+        "notices_rejected": dict(sorted(rejected.items())),
+        "arms": body["arms"],
+        "comparisons": body["comparisons"],
+        "hourly": body["hourly"],
+    }
+
+
+def _compaction_view(row) -> dict[str, Any]:
+    return {
+        "hour": format_ts(row.hour_start),
+        "decisions": row.decisions,
+        "rows_loaded": row.rows_loaded,
+        "wins": row.wins,
+        "clicks": row.clicks,
+        "compacted_at": format_ts(row.compacted_at),
+        "compacted_by": row.compacted_by,
+    }
+
+
+def compact_events(session: Session, entity_code: str, *, until: Any = None, compacted_by: str) -> dict[str, Any]:
+    """Load the entity's bidder events into its warehouse as bid-log rows of its own traffic
+    (``traffic_source = platform``), one whole hour H at a time once ``H + 1h + attribution window
+    <= until`` (default now; ISO 8601 UTC): each bid of H joined with its notices
+    (``bidopt.events.compact``), test requests left out. Each hour replaces that hour's platform
+    rows (``replace_platform_hour``), so compacting twice adds nothing, and is recorded in
+    ``opt_event_compactions``. Hours already compacted after they became final are skipped.
+
+    Returns ``entity_code``, ``until``, ``hours`` (the hours compacted now, with counts),
+    ``rows_loaded``, ``skipped`` (final hours already compacted) and ``waiting`` (hours whose
+    attribution window has not passed by ``until``)."""
+    from bidopt.data import get_warehouse
+    from bidopt.db import compactions
+    from bidopt.events.compact import bid_log_rows, compactable_hours
+    from bidopt.events.schema import DECISIONS, NOTICES
+    from bidopt.events.store import open_event_store
+
+    entity = q.get_entity_by_code(session, entity_code)
+    if not compacted_by:
+        raise InvalidConfig("compacted_by is required")
+    until = utcnow() if until is None else parse_utc_time(until, "until")
+    settings = get_settings()
+    attribution = timedelta(seconds=settings.attribution_window_seconds)
+    store = open_event_store(settings.events_url)
+    hours = store.hours(DECISIONS, entity_code)
+    ready = compactable_hours(hours, until, attribution)
+    done = compactions.compactions_by_hour(session, entity.entity_id)
+    final_after = timedelta(hours=1) + attribution + timedelta(seconds=FINAL_MARGIN_SECONDS)
+    compacted, skipped = [], 0
+    if ready:
+        with get_warehouse() as wh:
+            for hour in ready:
+                record = done.get(hour)
+                if record is not None and record.compacted_at >= hour + final_after:
+                    skipped += 1
+                    continue
+                end = hour + timedelta(hours=1)
+                decisions = store.read(DECISIONS, entity_code, hour, end)
+                notices = store.read(NOTICES, entity_code, hour, end + attribution + timedelta(minutes=1))
+                rows = bid_log_rows(entity_code, hour, decisions, notices)
+                loaded = wh.replace_platform_hour(entity_code, hour, rows.table)
+                counts = compactions.HourCounts(rows.decisions, loaded, rows.wins, rows.clicks)
+                compactions.record_compaction(session, entity.entity_id, hour, counts, compacted_by=compacted_by)
+                compacted.append(
+                    {"hour": format_ts(hour), "decisions": rows.decisions, "rows_loaded": loaded}
+                    | {"wins": rows.wins, "clicks": rows.clicks}
+                )
+    return {
+        "entity_code": entity_code,
+        "until": format_ts(until),
+        "hours": compacted,
+        "rows_loaded": sum(h["rows_loaded"] for h in compacted),
+        "skipped": skipped,
+        "waiting": len(hours) - len(ready),
+    }
+
+
+def list_compactions(session: Session, entity_code: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """The entity's compacted hours, newest first."""
+    from bidopt.db import compactions
+
+    if not 1 <= limit <= 100_000:
+        raise InvalidConfig(f"limit must be between 1 and 100000, got {limit}")
+    entity = q.get_entity_by_code(session, entity_code)
+    return [_compaction_view(r) for r in compactions.list_compactions(session, entity.entity_id, limit=limit)]

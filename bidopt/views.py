@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from bidopt.db import queries as q
-from bidopt.db.models import OptApiToken, OptDeployment, OptEntity, OptRun, OptUser
+from bidopt.db.models import OptApiToken, OptDeployment, OptEntity, OptRun, OptSchedule, OptUser
 
 
 def format_ts(value: datetime | None) -> str | None:
@@ -87,6 +87,20 @@ def deployment_view(row: OptDeployment) -> dict[str, Any]:
         "deployed_by": row.deployed_by,
         "deployed_at": format_ts(row.deployed_at),
         "deactivated_at": format_ts(row.deactivated_at),
+        "reason": row.reason,
+    }
+
+
+def schedule_view(entity_code: str, row: OptSchedule) -> dict[str, Any]:
+    return {
+        "entity_code": entity_code,
+        "every_hours": row.every_hours,
+        "configs": json.loads(row.configs),
+        "next_due_at": format_ts(row.next_due_at),
+        "is_active": row.is_active,
+        "created_by": row.created_by,
+        "created_at": format_ts(row.created_at),
+        "last_run_id": row.last_run_id,
     }
 
 

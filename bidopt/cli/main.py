@@ -16,9 +16,12 @@ from bidopt.cli.data import data
 from bidopt.cli.db import db
 from bidopt.cli.deploy import deploy
 from bidopt.cli.entities import entities
+from bidopt.cli.events import events
+from bidopt.cli.exchange import exchange
 from bidopt.cli.optimizer import optimizer
 from bidopt.cli.output import print_json, print_mapping
 from bidopt.cli.runs import runs
+from bidopt.cli.schedules import schedules
 from bidopt.cli.serve import serve_cmd
 from bidopt.errors import BidoptError
 from bidopt.settings import get_settings
@@ -57,7 +60,7 @@ def settings_cmd(as_json: bool) -> None:
     print_json(values) if as_json else print_mapping(values)
 
 
-for _group in (db, entities, runs, data, optimizer, deploy, users, tokens, serve_cmd):
+for _group in (db, entities, runs, data, optimizer, deploy, events, schedules, exchange, users, tokens, serve_cmd):
     cli.add_command(_group)
 
 

@@ -111,6 +111,7 @@ def create_run(
     *,
     triggered_by: str,
     trigger_type: str = "manual",
+    scheduled_for: datetime | None = None,
     now: datetime | None = None,
 ) -> OptRun:
     """Validate ``configs`` and insert a pending run with all its config values.
@@ -119,6 +120,10 @@ def create_run(
     in the same second gets ``_01``, ``_02``, ... The insert happens under a
     savepoint so that a concurrent writer that took the same id makes us try
     the next suffix instead of failing.
+
+    ``scheduled_for`` is the schedule slot a scheduled run is made for; unique per entity (an
+    index), so a slot that already has its run raises ``Conflict`` and inserts nothing, even when
+    a concurrent scheduler took it between our check and our insert.
     """
     entity = get_entity_by_code(session, entity_code)
     if not entity.is_active:
@@ -126,6 +131,8 @@ def create_run(
     if not triggered_by:
         raise InvalidConfig("triggered_by is required")
     values = parse_run_configs(dict(configs))
+    if scheduled_for is not None:
+        _refuse_taken_slot(session, entity, scheduled_for)
     now = now or utcnow()
     base = now.strftime(RUN_ID_FORMAT)
     taken = set(
@@ -148,6 +155,7 @@ def create_run(
                     trigger_type=trigger_type,
                     created_at=now,
                     attempts=0,
+                    scheduled_for=scheduled_for,
                 )
                 session.add(run)
                 session.flush()
@@ -165,8 +173,23 @@ def create_run(
                 session.flush()
             return run
         except IntegrityError:
+            if scheduled_for is not None:
+                _refuse_taken_slot(session, entity, scheduled_for)  # a concurrent scheduler took the slot
             taken.add(run_id)  # someone else took this id between our read and our insert
     raise Conflict(f"more than {_MAX_SAME_SECOND} runs created in the second {base}")
+
+
+class SlotTaken(Conflict):
+    """The schedule slot already has its run (``create_run`` with ``scheduled_for``)."""
+
+
+def _refuse_taken_slot(session: Session, entity: OptEntity, scheduled_for: datetime) -> None:
+    taken_by = session.scalar(
+        select(OptRun.run_id).where(OptRun.entity_id == entity.entity_id, OptRun.scheduled_for == scheduled_for)
+    )
+    if taken_by is not None:
+        slot = f"{scheduled_for:%Y-%m-%d %H:%M:%S}"
+        raise SlotTaken(f"{entity.entity_code} already has run {taken_by} for the slot {slot}")
 
 
 def get_run(session: Session, run_id: str) -> OptRun:
@@ -604,6 +627,8 @@ def replace_traffic_split(
     split: Mapping[str, Any] | Iterable[tuple[str, Any]],
     *,
     deployed_by: str,
+    reason: str | None = None,
+    expected_split_id: int | None | object = ...,
     now: datetime | None = None,
 ) -> list[OptDeployment]:
     """Deactivate the entity's active split and activate ``split`` ({run_id: pct}) in one transaction.
@@ -611,6 +636,12 @@ def replace_traffic_split(
     The entity row is locked first (``FOR UPDATE`` on PostgreSQL; SQLite
     serialises writers with ``BEGIN IMMEDIATE``), so two concurrent
     replacements run one after the other and never leave two active sets.
+
+    ``reason`` (why an automatic actor deployed it) is stored on the new rows. ``expected_split_id``
+    makes it a compare-and-set: the replacement happens only if the active split is still that one
+    (``None``: the entity has no active split), checked under the lock; otherwise ``Conflict`` and
+    nothing is written. An automatic actor that judged a split passes its id, so an operator's
+    change in between wins.
     """
     pairs = validate_split_shape(split.items() if isinstance(split, Mapping) else split)
     if not deployed_by:
@@ -631,6 +662,18 @@ def replace_traffic_split(
             raise Conflict(f"run {run_id} is {run.status}, not completed")
         if run.validation_status != "passed":
             raise Conflict(f"run {run_id} did not pass validation ({run.validation_status or 'not validated'})")
+    if expected_split_id is not ...:
+        active_split_id = session.scalar(
+            select(func.max(OptDeployment.split_id)).where(
+                OptDeployment.entity_id == entity.entity_id, OptDeployment.is_active.is_(True)
+            )
+        )
+        if active_split_id != expected_split_id:
+            now_text, expected_text = active_split_id or "none", expected_split_id or "none"
+            raise Conflict(
+                f"the active split of {entity_code} is now {now_text}, not {expected_text}: it was changed meanwhile;"
+                f" nothing was done"
+            )
     now = now or utcnow()
     last_split = session.scalar(
         select(func.max(OptDeployment.split_id)).where(OptDeployment.entity_id == entity.entity_id)
@@ -651,6 +694,7 @@ def replace_traffic_split(
             is_active=True,
             deployed_by=deployed_by,
             deployed_at=now,
+            reason=reason,
         )
         for run_id, pct in pairs
     ]

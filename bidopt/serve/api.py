@@ -48,6 +48,23 @@ class SplitRequest(BaseModel):
     split: dict[str, Any] | list[dict[str, Any]] = Field(examples=[{"20260203_150000": 80, "20260204_090000": 20}])
 
 
+class PromoteRequest(BaseModel):
+    """The run to put at 100% of the entity's traffic: completed, validated, loadable by bidders."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str = Field(examples=["20260203_150000"])
+
+
+class ScheduleRequest(BaseModel):
+    """An optimizer schedule: a run with ``configs`` every ``every_hours`` hours (1/60 to 8784), the
+    first at ``start`` (ISO 8601 UTC; default now)."""
+
+    model_config = ConfigDict(extra="forbid")
+    every_hours: float | int | str = Field(examples=[24])
+    configs: dict[str, Any] = Field(default_factory=dict, examples=[{"target_win_rate": 0.4}])
+    start: str | None = Field(default=None, examples=["2026-02-03T06:00:00Z"])
+
+
 def _session() -> Iterator[Session]:
     with session_scope(get_engine(get_settings().database_url)) as s:
         yield s
@@ -144,6 +161,41 @@ def create_app() -> FastAPI:
     @app.get("/api/entities/{entity_code}/split/history", tags=["splits"], dependencies=read)
     def split_history(entity_code: str, s: Session = Depends(_session)) -> list[dict]:
         return service.split_history(s, entity_code)
+
+    @app.post("/api/entities/{entity_code}/promote", tags=["splits"])
+    def promote(entity_code: str, body: PromoteRequest, who: access.Caller = Depends(operator)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return service.promote_run(s, entity_code, body.run_id, deployed_by=who.username)
+
+    @app.post("/api/guardrails/check", tags=["splits"])
+    def guardrails_check(entity: str | None = None, who: access.Caller = Depends(operator)) -> list[dict]:
+        """Judge the active splits now (one entity with ``entity``) and apply what the guardrails decide."""
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return service.check_guardrails(s, entity)
+
+    @app.get("/api/entities/{entity_code}/schedule", tags=["schedules"], dependencies=read)
+    def get_schedule(entity_code: str, s: Session = Depends(_session)) -> dict:
+        return service.get_schedule(s, entity_code)
+
+    @app.put("/api/entities/{entity_code}/schedule", tags=["schedules"])
+    def put_schedule(entity_code: str, body: ScheduleRequest, who: access.Caller = Depends(operator)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return service.set_schedule(
+                s, entity_code, body.every_hours, body.configs, created_by=who.username, start_at=body.start
+            )
+
+    @app.delete("/api/entities/{entity_code}/schedule", tags=["schedules"])
+    def delete_schedule(entity_code: str, who: access.Caller = Depends(operator)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            service.remove_schedule(s, entity_code)
+        return {"entity_code": entity_code, "removed": True}
+
+    @app.get("/api/entities/{entity_code}/report", tags=["splits"], dependencies=read)
+    def split_report(
+        entity_code: str, split: int | None = Query(None, ge=1, le=2**31 - 1), s: Session = Depends(_session)
+    ) -> dict:
+        """The A/B report of a split (``split``; default the active split, else the newest)."""
+        return service.split_report(s, entity_code, split)
 
     @app.get("/api/runs", tags=["runs"], dependencies=read)
     def runs(

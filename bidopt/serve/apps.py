@@ -1,8 +1,11 @@
 """The Ray Serve applications and how ``bidopt serve`` starts them.
 
 * ``management``: the FastAPI app of ``bidopt.serve.api`` (API + web UI) at ``/``.
-* ``bidder``: ``POST /openrtb2/{entity_code}``, a plain ``async __call__`` over
-  ``BidderCore`` (no FastAPI on the hot path), autoscaled.
+* ``bidder``: ``POST /openrtb2/{entity_code}`` and the notice routes
+  ``/openrtb2/_notice/{kind}/{entity_code}``, a plain ``async __call__`` over ``BidderCore`` (no
+  FastAPI on the hot path), autoscaled.
+* ``control``: the control loop (guardrails and optimizer schedules, ``bidopt.serve.control``),
+  one replica, no HTTP route.
 
 ``bidopt serve`` turns on Serve's HAProxy ingress and throughput-optimised mode
 (``RAY_SERVE_ENABLE_HA_PROXY=1``, ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``) unless the
@@ -36,6 +39,7 @@ from bidopt.db import access
 from bidopt.errors import NotFound
 from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS
 from bidopt.serve.api import create_app
+from bidopt.serve.control import ControlLoopDeployment
 
 LOCAL_OPERATOR = "local"
 
@@ -70,7 +74,7 @@ BIDDER_AUTOSCALING = {
     max_ongoing_requests=100,
     autoscaling_config=BIDDER_AUTOSCALING,
     ray_actor_options={"num_cpus": BIDDER_REPLICA_CPUS},
-    # a log line per request costs more than the decision itself; decisions have their own log
+    # a log line per request costs more than the decision itself; decisions and notices are events
     logging_config={"enable_access_log": False, "log_level": "WARNING"},
 )
 class Bidder:
@@ -80,7 +84,7 @@ class Bidder:
     ``__init__`` loads the active splits first (``BidderCore`` raises if the database stays
     unreachable for ``BIDOPT_BIDDER_READY_TIMEOUT_SECONDS``; Serve then retries the replica).
     ``check_health`` fails a replica whose refresh thread died or hangs; ``__del__`` (a clean stop) removes
-    the replica's status row."""
+    the replica's status row and writes the events it still buffers."""
 
     def __init__(self) -> None:
         self.core = BidderCore()
@@ -99,7 +103,7 @@ class Bidder:
 
 # Serve's HAProxy ingress and throughput-optimised mode; HAProxy's per-request metrics log (parsed
 # by a Python actor: a fifth of a core at 5k req/s here) off, one HAProxy thread on small machines.
-# Decisions have their own log; HAProxy's stats page still counts requests.
+# Decisions and notices are events (bidopt.events); HAProxy's stats page still counts requests.
 SERVE_MODE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -120,6 +124,7 @@ def bidder_autoscaling() -> dict:
 # Import paths for `serve deploy serve_config.yaml`.
 management = ManagementAPI.bind()
 bidder = Bidder.bind()
+control = ControlLoopDeployment.bind()
 
 
 def ensure_local_operator_token(session: Session, *, force_new: bool = False) -> str | None:
@@ -160,6 +165,7 @@ def run_apps(*, host: str = "127.0.0.1", port: int = 8000) -> str:
         name="bidder",
         route_prefix="/openrtb2",
     )
+    serve.run(ControlLoopDeployment.bind(), name="control", route_prefix=None)  # no HTTP route
     return f"http://{host}:{port}/"
 
 

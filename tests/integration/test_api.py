@@ -51,7 +51,9 @@ def test_entities_and_caller(client):
     entities = client.get("/api/entities", headers=client.as_viewer).json()
     assert {e["entity_code"] for e in entities} == {"drugs_hcp", "auto_intenders"}
     drugs = client.get("/api/entities/drugs_hcp", headers=client.as_viewer).json()
-    assert drugs["static_configs"] == {"floor_available": False, "npi_enabled": True, "domain_enabled": True}
+    static = {k: v for k, v in drugs["static_configs"].items() if not k.startswith("guardrail_")}
+    assert static == {"floor_available": False, "npi_enabled": True, "domain_enabled": True}
+    assert drugs["static_configs"]["guardrail_enabled"] is True
     assert drugs["current_version"] == "v1"
     missing = client.get("/api/entities/nope", headers=client.as_viewer)
     assert missing.status_code == 404 and missing.json() == {"error": "unknown entity: nope"}

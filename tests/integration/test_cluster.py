@@ -44,14 +44,15 @@ def test_cluster_yaml_is_a_valid_ray_cluster_definition():
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in setup
 
 
-def test_serve_config_deploys_the_two_apps():
+def test_serve_config_deploys_the_three_apps():
     from ray.serve.schema import ServeDeploySchema
 
     from bidopt.serve import apps
 
     config = ServeDeploySchema(**yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
     by_name = {a.name: a for a in config.applications}
-    assert set(by_name) == {"management", "bidder"}
+    assert set(by_name) == {"management", "bidder", "control"}
+    assert by_name["control"].route_prefix is None  # the control loop has no HTTP route
     for app in config.applications:
         module, _, attr = app.import_path.partition(":")
         assert module == "bidopt.serve.apps" and hasattr(apps, attr)

@@ -31,6 +31,12 @@ def test_entity_lookup_and_static_configs(engine):
             "floor_available": False,
             "npi_enabled": True,
             "domain_enabled": True,
+            # guardrail keys are not seeded: their defaults
+            "guardrail_enabled": True,
+            "guardrail_min_bids": 1000,
+            "guardrail_min_wins": 20,
+            "guardrail_max_win_rate_gap": 0.15,
+            "guardrail_max_no_bid_share": 0.8,
         }
         assert [e.entity_code for e in q.list_entities(s)] == ["auto_intenders", "drugs_hcp"]
         with pytest.raises(NotFound, match="unknown entity: nope"):

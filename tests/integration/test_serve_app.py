@@ -41,7 +41,11 @@ def test_bidopt_serve_deploys_management_and_bidder(platform, monkeypatch):
     for key, value in SERVE_MODE_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("BIDOPT_BIDDER_REFRESH_SECONDS", "0.5")
+    monkeypatch.setenv("BIDOPT_CONTROL_LOOP_SECONDS", "0.5")
+    from bidopt import service
+
     with session_scope(platform) as s:
+        service.set_schedule(s, "auto_intenders", 24, {}, created_by="t")  # due now: the control loop makes its run
         token = ensure_local_operator_token(s)
         assert token.startswith("bo_")
         assert ensure_local_operator_token(s) is None  # printed once: a second start makes none
@@ -86,6 +90,21 @@ def test_bidopt_serve_deploys_management_and_bidder(platform, monkeypatch):
         assert {k: live["autoscaling_config"][k] for k in BIDDER_AUTOSCALING} == BIDDER_AUTOSCALING
         assert live["ray_actor_options"]["num_cpus"] == 0.25
         assert json.dumps(details["applications"]["management"]["status"]) == '"RUNNING"'
+        # the control loop: its own app, no route, one replica ticking; it created the scheduled run
+        assert details["applications"]["control"]["status"] == "RUNNING"
+        assert details["applications"]["control"]["route_prefix"] is None
+        loop = serve.get_app_handle("control").status.remote().result(timeout_s=30)
+        assert loop["alive"] and loop["interval_seconds"] == 0.5
+
+        def scheduled_runs():
+            with session_scope(platform) as s:
+                return [r for r in q.list_runs(s, entity_code="auto_intenders") if r.trigger_type == "scheduled"]
+
+        deadline = time.time() + 30
+        while time.time() < deadline and not scheduled_runs():
+            time.sleep(0.5)
+        scheduled = scheduled_runs()
+        assert len(scheduled) == 1 and scheduled[0].triggered_by == "scheduler"
     finally:
         serve.shutdown()
         ray.shutdown()
