@@ -7,16 +7,21 @@ import shutil
 import socket
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import uvicorn
 from servable_runs import complete_servable
 from servers import missing_service
+from sqlalchemy import update
 
 from bidopt.bidder.loader import Refresher
 from bidopt.db import access
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
+from bidopt.db.models import OptRun
+from bidopt.events.schema import DECISIONS, NOTICES, rows_to_table
+from bidopt.events.store import hour_of, open_event_store
 from bidopt.serve.api import create_app
 from bidopt.settings import get_settings
 
@@ -130,4 +135,183 @@ def test_operator_creates_a_run_and_sets_an_80_20_split(platform_db, server, bro
     assert page.query_selector("#split-replicas") is None
     replica.stop()
     page.screenshot(path=str(tmp_path / "ab.png"))
+    assert errors == []
+
+
+def _write_split_events(split_id: int, arms: list[dict], start: datetime) -> None:
+    """Synthetic decision and notice events of ``split_id`` over three hours from ``start``: per arm
+    ``impressions`` decisions (one imp per request), of which the first ``bids`` were bid on, the
+    first ``wins`` of those won (a win and a billing notice at ``price``) and the first ``clicks`` of
+    those clicked; plus ``test`` exchange test requests and the first ``replays`` win notices sent twice."""
+    rows: dict[tuple[str, datetime], list[dict]] = {}
+    for a in arms:
+        n = a["impressions"] + a["test"]
+        for j in range(n):
+            at = start + timedelta(seconds=j * 3 * 3600 / n)
+            # i: the impression's rank (bid, won, clicked below the counts), shuffled over the hours
+            i = j * 7919 % a["impressions"] if j < a["impressions"] else j
+            request_id, test = f"req-{a['arm']}-{i}", i >= a["impressions"]
+            bid = test or i < a["bids"]
+            decision = {
+                "event_time": at,
+                "entity_code": "drugs_hcp",
+                "request_id": request_id,
+                "imp_id": "1",
+                "split_id": split_id,
+                "run_id": a["run_id"],
+                "arm": a["arm"],
+                "user_hash": f"user-{a['arm']}-{i % 97}",
+                "test": test,
+                "bid": bid,
+                "bid_cpm": 2.5 if bid else None,
+                "no_bid_reason": None if bid else "below_floor",
+                "segment_key": "california",
+                "level": "segment",
+                "geo_region_name": "california",
+                "npi_matched": False,
+            }
+            rows.setdefault((DECISIONS, hour_of(at)), []).append(decision)
+            note = {
+                "entity_code": "drugs_hcp",
+                "request_id": request_id,
+                "imp_id": "1",
+                "split_id": split_id,
+                "run_id": a["run_id"],
+                "bid_cpm": 2.5,
+                "bid_time": at,
+                "test": test,
+            }
+            kinds = []
+            if test or i < a["wins"]:
+                kinds += ["win", "billing"] + (["win"] if i < a["replays"] else [])
+            if not test and i < a["clicks"]:
+                kinds.append("click")
+            if bid and not kinds:
+                kinds.append("loss")
+            for k, kind in enumerate(kinds):
+                price = a["price"] if kind in ("win", "billing") else None
+                notice = {**note, "event_time": at + timedelta(seconds=5 + k), "kind": kind, "price_cpm": price}
+                rows.setdefault((NOTICES, hour_of(at)), []).append(notice)
+    store = open_event_store(get_settings().events_url)
+    for seq, ((kind, hour), part) in enumerate(sorted(rows.items())):
+        store.write_part(kind, "drugs_hcp", hour, rows_to_table(kind, part), writer_id="ui-test", seq=seq)
+
+
+def _text(page, selector: str) -> str:
+    return page.inner_text(selector).strip()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_results_page_shows_each_arm_and_promotes_the_winner(platform_db, server, browser):
+    with session_scope(platform_db) as s:
+        access.create_user(s, "olivia", "operator")
+        access.create_user(s, "victor", "viewer")
+        token = access.create_api_token(s, "olivia")[1]
+        viewer_token = access.create_api_token(s, "victor")[1]
+        low, high = (
+            q.create_run(s, "drugs_hcp", {"target_win_rate": t}, triggered_by="seed").run_id for t in (0.4, 0.65)
+        )
+    for run_id in (low, high):
+        complete_servable(platform_db, run_id)
+    deployed = datetime.now(timezone.utc).replace(tzinfo=None, minute=0, second=0, microsecond=0) - timedelta(hours=4)
+    with session_scope(platform_db) as s:  # deployed four hours ago, so that its three hours of events are its own
+        split = q.replace_traffic_split(s, "drugs_hcp", {low: 60, high: 40}, deployed_by="olivia", now=deployed)
+        split_id = split[0].split_id
+        entity_id = q.get_entity_by_code(s, "drugs_hcp").entity_id
+        guardrail = {"guardrail_min_bids": 100, "guardrail_min_wins": 10, "guardrail_max_win_rate_gap": 0.1}
+        for key, value in guardrail.items():  # small enough that these arms are judged
+            q.set_entity_config(s, entity_id, key, value)
+    arms = [  # arm 0 wins 22% of its bids against a target of 40% (a guardrail breach), arm 1 65% as it aims
+        dict(arm=0, run_id=low, impressions=300, bids=270, wins=60, clicks=9, test=12, replays=5, price=2.0),
+        dict(arm=1, run_id=high, impressions=200, bids=190, wins=124, clicks=6, test=0, replays=3, price=3.0),
+    ]
+    _write_split_events(split_id, arms, deployed + timedelta(minutes=30))
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())  # the promote button asks to confirm
+    page.goto(server)
+    page.fill("#token-input", token)
+    page.click("#token-save")
+    page.wait_for_selector("#entities-table")
+
+    # from the A/B page to the results of the active split
+    page.goto(server + "#/ab/drugs_hcp")
+    page.wait_for_selector("#results-link")
+    page.click("#results-link")
+    page.wait_for_selector("#arms-table")
+    for a in arms:
+        row = f'#arms-table tr[data-arm="{a["arm"]}"]'
+        assert _text(page, f'{row} [data-metric="run_id"]') == a["run_id"]
+        shown = {m: _text(page, f'{row} [data-metric="{m}"]') for m in ("requests", "bids", "wins", "clicks")}
+        assert shown == {m: str(a["impressions"] if m == "requests" else a[m]) for m in shown}
+        win_rate = _text(page, f'{row} [data-metric="win_rate"]').removeprefix("⚠ ")  # a flagged cell's mark
+        assert win_rate.startswith(f"{100 * a['wins'] / a['bids']:.1f}%") and "[" in win_rate  # with its interval
+        spend = _text(page, f'{row} [data-metric="spend"]')
+        assert spend.startswith(f"{a['wins'] * a['price'] / 1000:.3g}")
+        assert _text(page, f'{row} [data-metric="ecpm"]').startswith(f"{a['price']:.2f}")
+        assert "NaN" not in page.inner_text(row)
+    assert _text(page, '[data-metric="test_requests_excluded"]') == "12"
+    assert _text(page, '[data-metric="duplicates_dropped"]') == "8"
+    assert page.query_selector("#no-traffic") is None
+    # arm 0's whole win-rate interval is more than 10 points below its target: flagged; arm 1 is on target
+    assert page.query_selector('#arms-table tr[data-arm="0"] [data-metric="win_rate"].flag') is not None
+    assert _text(page, '#arms-table tr[data-arm="0"] [data-metric="guardrail"]') == "breach"
+    assert page.query_selector('#arms-table tr[data-arm="1"] .flag') is None
+    assert _text(page, '#arms-table tr[data-arm="1"] [data-metric="guardrail"]') == "ok"
+    win_rate_test = page.inner_text('#comparisons tr[data-metric="win_rate"]')
+    gap = 100 * (arms[1]["wins"] / arms[1]["bids"] - arms[0]["wins"] / arms[0]["bids"])
+    assert f"+{gap:.1f} pp" in win_rate_test
+    assert "significant" in win_rate_test and "not significant" not in win_rate_test
+    for plot in ("#winrate-plot", "#spend-plot"):  # a line and (win rate) a band per arm
+        assert len(page.query_selector_all(f"{plot} path.line")) == 2
+    assert len(page.query_selector_all("#winrate-plot path.band")) == 2
+    assert len(page.query_selector_all("#winrate-plot line.target")) == 2
+    page.screenshot(path="/tmp/results_page.png", full_page=True)
+
+    # a refused promotion shows the server's reason and changes nothing
+    with session_scope(platform_db) as s:
+        s.execute(update(OptRun).where(OptRun.run_id == low).values(validation_status="failed"))
+    page.click(f'#arms-table tr[data-run="{low}"] button.promote')
+    page.wait_for_selector("#promote-message.bad")
+    assert "did not pass validation" in page.inner_text("#promote-message")
+    with session_scope(platform_db) as s:
+        assert {d.run_id for d in q.get_current_traffic_split(s, "drugs_hcp")} == {low, high}
+        s.execute(update(OptRun).where(OptRun.run_id == low).values(validation_status="passed"))
+
+    # promote the better arm: the A/B page shows it at 100%
+    page.click(f'#arms-table tr[data-run="{high}"] button.promote')
+    page.wait_for_selector("#promote-message.ok")
+    assert f"{high}: 100%" in page.inner_text("#promote-message")
+    page.goto(server + "#/ab/drugs_hcp")
+    page.wait_for_selector(f'#split-current:has-text("{high}: 100%")')
+    assert f"{low}: " not in page.inner_text("#split-current")
+
+    # a guardrail rollback is marked in the history, and its results say there is no traffic yet
+    with session_scope(platform_db) as s:
+        rolled = q.replace_traffic_split(
+            s, "drugs_hcp", {low: 100}, deployed_by="guardrail", reason="arm 0 win rate 2% far below target 65%"
+        )[0].split_id
+    page.reload()
+    row = f'#split-history tr[data-split="{rolled}"]'
+    page.wait_for_selector(f"{row}.guardrail")
+    assert "guardrail rollback" in page.inner_text(row) and "far below target" in page.inner_text(row)
+    page.click(f"{row} a.results-link")
+    page.wait_for_selector("#no-traffic")
+    assert "No traffic recorded for this split yet" in page.inner_text("#no-traffic")
+    assert "guardrail rollback" in page.inner_text("#results-head")
+    assert "NaN" not in page.inner_text("main") and page.query_selector("#winrate-plot") is None
+
+    # a viewer sees the results but cannot promote
+    viewer = browser.new_page()
+    viewer.on("pageerror", lambda exc: errors.append(str(exc)))
+    viewer.goto(server)
+    viewer.fill("#token-input", viewer_token)
+    viewer.click("#token-save")
+    viewer.wait_for_selector("#entities-table")
+    viewer.goto(server + f"#/results/drugs_hcp/{split_id}")
+    viewer.wait_for_selector("#arms-table")
+    buttons = viewer.query_selector_all("#arms-table button.promote")
+    assert len(buttons) == 2 and all(b.is_disabled() for b in buttons)
     assert errors == []
