@@ -9,6 +9,9 @@ own id and a sequence number it counts up, so two bidders never write the same k
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pyarrow as pa
@@ -22,6 +25,42 @@ from bidopt.events.schema import EVENT_KINDS, SCHEMAS
 from bidopt.warehouse.base import check_entity_code
 
 HOUR_FORMAT = "%Y%m%dT%H"
+# Parsed parts kept in memory per process, by (store URL, key): a part is never rewritten with other
+# rows, so a reader that comes back (the control loop every tick, the management API) reads only the
+# parts that are new since. Measured here: re-reading 1,200 small parts took 2.6 s, each tick.
+PART_CACHE_BYTES = 256 * 1024 * 1024
+READ_THREADS = 8  # parts fetched at once (S3 GETs wait on the network, Parquet decoding drops the GIL)
+
+
+class _PartCache:
+    """A least-recently-used map of parsed parts, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._tables: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> pa.Table | None:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+            return table
+
+    def put(self, key: tuple[str, str], table: pa.Table) -> None:
+        size = table.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._tables.pop(key, None)
+            self.bytes += size - (old.nbytes if old is not None else 0)
+            self._tables[key] = table
+            while self.bytes > self.max_bytes:
+                _, evicted = self._tables.popitem(last=False)
+                self.bytes -= evicted.nbytes
+
+
+_PARTS = _PartCache(PART_CACHE_BYTES)
 
 
 def hour_of(ts: datetime) -> datetime:
@@ -86,14 +125,21 @@ class EventStore:
             keys.extend(k for k in self.store.list_keys(prefix) if k.endswith(".parquet"))
         return keys
 
+    def _read_part(self, key: str, schema: pa.Schema) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.store.get_bytes(key))).cast(schema)
+
     def read(self, kind: str, entity_code: str, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
         """Every row of ``kind`` for ``entity_code`` with ``start <= event_time < end``, in ``kind``'s schema."""
         schema = SCHEMAS[_kind(kind)]
-        tables = [
-            pq.read_table(io.BytesIO(self.store.get_bytes(key))).cast(schema)
-            for key in self.part_keys(kind, entity_code, start, end)
-        ]
-        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        keys = self.part_keys(kind, entity_code, start, end)
+        tables = {key: _PARTS.get((self.url, key)) for key in keys}
+        missing = [key for key, table in tables.items() if table is None]
+        if missing:
+            with ThreadPoolExecutor(min(READ_THREADS, len(missing))) as pool:
+                for key, table in zip(missing, pool.map(lambda k: self._read_part(k, schema), missing)):
+                    tables[key] = table
+                    _PARTS.put((self.url, key), table)
+        table = pa.concat_tables([tables[key] for key in keys]) if keys else schema.empty_table()
         if start is not None:
             table = table.filter(pc.greater_equal(table["event_time"], pa.scalar(start, pa.timestamp("us"))))
         if end is not None:

@@ -68,3 +68,30 @@ def test_a_replayed_notice_counts_once_first_arrival_kept():
         ("a", "win", 1.5),
         ("b", "win", 2.0),
     ]
+
+
+def test_parsed_parts_are_cached_but_new_parts_are_always_read(tmp_path, monkeypatch):
+    from bidopt.events import store as store_module
+
+    store = open_event_store(f"file://{tmp_path}")
+    t = datetime(2026, 1, 1, 10)
+    store.write_part(DECISIONS, "e1", t, rows_to_table(DECISIONS, [_decision(t, "a")]), writer_id="w", seq=1)
+    assert store.read(DECISIONS, "e1")["request_id"].to_pylist() == ["a"]
+    reads = []
+    original = store_module.EventStore._read_part
+    monkeypatch.setattr(
+        store_module.EventStore, "_read_part", lambda self, k, s: reads.append(k) or original(self, k, s)
+    )
+    store.write_part(DECISIONS, "e1", t, rows_to_table(DECISIONS, [_decision(t, "b")]), writer_id="w", seq=2)
+    assert store.read(DECISIONS, "e1")["request_id"].to_pylist() == ["a", "b"]
+    assert len(reads) == 1 and reads[0].endswith("-00000002.parquet")  # the first part came from the cache
+
+
+def test_the_part_cache_is_bounded_in_bytes():
+    from bidopt.events.store import _PartCache
+
+    cache = _PartCache(max_bytes=3000)
+    tables = [rows_to_table(DECISIONS, [_decision(datetime(2026, 1, 1), str(i))] * 10) for i in range(5)]
+    for i, table in enumerate(tables):
+        cache.put(("u", str(i)), table)
+    assert cache.bytes <= 3000 and cache.get(("u", "4")) is not None and cache.get(("u", "0")) is None
