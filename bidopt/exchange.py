@@ -30,6 +30,7 @@ counted and skipped unless ``allow_other_hosts``); proxies from the environment 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import secrets
@@ -365,8 +366,55 @@ class _Draws:
     forge_kind: np.ndarray
 
 
+class _HttpxClient:
+    """The exchange's HTTP calls through an httpx transport (tests: an in-process ``httpx.ASGITransport``)."""
+
+    errors = (httpx.HTTPError,)
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get_status(self, url: str) -> int:
+        return (await self.client.get(url)).status_code
+
+    async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        answer = await self.client.post(url, content=body, headers={"content-type": "application/json"})
+        return answer.status_code, answer.content
+
+
+class _AiohttpClient:
+    """The exchange's HTTP calls over the network through aiohttp. Not httpx here: its connection
+    pool scans every connection on every request (py-spy: about 40% of the exchange's CPU at
+    concurrency 32), and on a 2-core machine the exchange would then be what limits the test."""
+
+    def __init__(self, session) -> None:
+        import aiohttp
+        from yarl import URL
+
+        self.session, self._url = session, URL
+        self.errors = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)
+
+    async def get_status(self, url: str) -> int:
+        # encoded=True: the URL goes out byte for byte as the bidder signed it (yarl would re-quote it)
+        async with self.session.get(self._url(url, encoded=True)) as answer:
+            await answer.read()
+            return answer.status
+
+    async def post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        headers = {"content-type": "application/json"}
+        async with self.session.post(self._url(url, encoded=True), data=body, headers=headers) as answer:
+            return answer.status, await answer.read()
+
+
 class _Exchange:
-    def __init__(self, client: httpx.AsyncClient, report: ExchangeReport, *, concurrency: int, allow_other_hosts: bool):
+    def __init__(
+        self,
+        client: _HttpxClient | _AiohttpClient,
+        report: ExchangeReport,
+        *,
+        concurrency: int,
+        allow_other_hosts: bool,
+    ):
         self.client = client
         self.report = report
         self.notice_slots = asyncio.Semaphore(concurrency)
@@ -381,8 +429,8 @@ class _Exchange:
             return
         async with self.notice_slots:
             try:
-                status = _status_key((await self.client.get(step.url)).status_code)
-            except httpx.HTTPError:
+                status = _status_key(await self.client.get_status(step.url))
+            except self.client.errors:
                 status = "transport_error"
         if step.role == "genuine":
             tally.sent[step.kind] += 1
@@ -577,10 +625,7 @@ async def simulate_exchange_async(
     )
     prefix = request_id_prefix or f"x{secrets.token_hex(4)}"  # fresh per run: ids never repeat across runs
     report = ExchangeReport(spec.entity_code, url, spec.auction_type)
-    limits = httpx.Limits(max_connections=2 * concurrency, max_keepalive_connections=2 * concurrency)
-    async with httpx.AsyncClient(
-        transport=transport, timeout=timeout_seconds, limits=limits, trust_env=False
-    ) as client:
+    async with _http_client(transport, concurrency, timeout_seconds) as client:
         exchange = _Exchange(client, report, concurrency=concurrency, allow_other_hosts=allow_other_hosts)
         next_index = iter(range(requests))
         started = time.monotonic()
@@ -594,16 +639,16 @@ async def simulate_exchange_async(
             report.requests += 1
             report.test_requests += is_test
             try:
-                answer = await client.post(url, content=body, headers={"content-type": "application/json"})
-            except httpx.HTTPError:
+                status, content = await client.post(url, body)
+            except client.errors:
                 report.answers["transport_error"] += 1
                 report.no_bids += not is_test
                 return
-            report.answers[_status_key(answer.status_code)] += 1
+            report.answers[_status_key(status)] += 1
             bid = None
-            if answer.status_code == 200:
+            if status == 200:
                 try:
-                    bid = _first_bid(answer.content, "1")
+                    bid = _first_bid(content, "1")
                 except ValueError:
                     report.invalid_bids += 1
             price = _valid_price(bid.get("price")) if bid is not None else None
@@ -662,6 +707,23 @@ async def simulate_exchange_async(
         await exchange.drain()
         report.seconds = time.monotonic() - started
     return report
+
+
+@contextlib.asynccontextmanager
+async def _http_client(transport: httpx.AsyncBaseTransport | None, concurrency: int, timeout_seconds: float):
+    """httpx over ``transport`` when one is given (tests), else aiohttp over the network; both keep
+    twice ``concurrency`` connections alive (bid requests and notices) and ignore proxy settings."""
+    if transport is not None:
+        limits = httpx.Limits(max_connections=2 * concurrency, max_keepalive_connections=2 * concurrency)
+        async with httpx.AsyncClient(transport=transport, timeout=timeout_seconds, limits=limits, trust_env=False) as c:
+            yield _HttpxClient(c)
+        return
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=2 * concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
+        yield _AiohttpClient(session)
 
 
 def simulate_exchange(spec: MarketSpec, url: str, requests: int, **options) -> ExchangeReport:
