@@ -52,6 +52,7 @@ REJECTIONS = {
     "unknown_kind": 404,
     "unknown_entity": 404,
     "duplicate": 409,
+    "contradicts": 409,  # a win after the impression's loss, or a loss after its win, at the same replica
     "expired": 410,
 }
 

@@ -122,6 +122,9 @@ def decision_rows(replica_id: str):
     return render
 
 
+CONTRADICTING = {"win": ("loss",), "billing": ("loss",), "loss": ("win", "billing")}
+
+
 class BidderCore:
     """One replica's bidder. With ``start`` (the default) the constructor loads the active splits
     before it returns (retrying an unreachable database for ``bidder_ready_timeout_seconds``, then
@@ -200,6 +203,11 @@ class BidderCore:
             with self._seen_lock:
                 if key in self._seen:
                     raise NoticeRejected("duplicate", f"this {kind} notice was taken already")
+                # a win after the impression's loss (or a loss after its win): the first one decides,
+                # as readers decide (bidopt.events.compact), so the contradiction is refused here too
+                for other in CONTRADICTING.get(kind, ()):
+                    if key[:3] + (other,) in self._seen:
+                        raise NoticeRejected("contradicts", f"a {other} notice was taken for this impression")
                 self._seen[key] = True
                 if len(self._seen) > DEDUPE_ENTRIES:
                     self._seen.popitem(last=False)

@@ -180,6 +180,17 @@ def test_notices_accepted_once_and_written(core):
     assert status["counters"]["events"]["written"] >= 5
 
 
+def test_a_win_after_the_loss_of_the_same_impression_is_refused(core):
+    """A forger holding a genuine nurl sends it after the loss: the first notice decides."""
+    (bid,) = bids_of(call(core, "POST", "/openrtb2/drugs_hcp", bid_request()))
+    assert fire(core, bid["lurl"], AUCTION_LOSS="102", AUCTION_MIN_TO_WIN="9.5").status_code == 200
+    late_win = fire(core, bid["nurl"], AUCTION_PRICE="2.5")
+    assert (late_win.status_code, late_win.headers["x-bidopt-reason"]) == (409, "contradicts")
+    assert fire(core, bid["burl"], AUCTION_PRICE="2.5").status_code == 409
+    core.events.flush()
+    assert [r["kind"] for r in events(NOTICES)] == ["loss"]
+
+
 def test_rejected_notices_get_a_4xx_with_the_reason_are_counted_and_write_nothing(core):
     (bid,) = bids_of(call(core, "POST", "/openrtb2/drugs_hcp", bid_request()))
     nurl = bid["nurl"]
