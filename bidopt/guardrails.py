@@ -223,7 +223,8 @@ def plan_replacement(
     """The split that replaces ``active`` (split ``active_split_id``, ``(run_id, pct)`` pairs) given the
     arms' verdicts.
 
-    Breaching arms are dropped and the rest renormalised. When every arm breaches, the newest earlier
+    Breaching arms are dropped and the rest (those still ``deployable``) renormalised. When no arm is
+    left, the newest earlier
     split (``history``, ``split_history``'s shape) is restored whose runs are all ``deployable`` and
     include no breaching run and no run the guardrail took out before (so two bad runs never take
     turns); when there is none, nothing changes (``no_safe_split``): an entity is never left without
@@ -233,7 +234,7 @@ def plan_replacement(
         return Plan(KEEP)
     bad = {v.run_id for v in breaching}
     why = "; ".join(f"run {v.run_id} (arm {v.arm}): {v.note}" for v in breaching)
-    remaining = [(run_id, pct) for run_id, pct in active if run_id not in bad]
+    remaining = [(run_id, pct) for run_id, pct in active if run_id not in bad and run_id in deployable]
     if remaining:
         split = tuple(renormalise(remaining))
         return Plan(DROP_ARMS, split, None, f"guardrail: {why}; dropped, now {_split_text(split)}")

@@ -380,8 +380,10 @@ def _safe_plan(
     deployable = {r.run_id for r in q.list_completed_passed_runs(session, entity_code)}
     while True:
         plan = guardrails.plan_replacement(split_id, active, verdicts, history, deployable)
-        if plan.action != guardrails.RESTORE_PREVIOUS:
+        if not plan.split:
             return plan
+        # the kept arms of a drop are checked too: a run whose artifacts are gone would leave new
+        # replicas unable to load the replacement while old ones go on serving the breaching arm
         unservable = set()
         for run_id, pct in plan.split:
             try:
@@ -403,7 +405,9 @@ def _parse_start(value: Any) -> datetime | None:
     if not isinstance(value, str) or len(value) > 40:
         raise InvalidConfig(f"start must be an ISO 8601 time such as 2026-02-03T06:00:00Z, got {value!r}"[:120])
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        text = value.strip()
+        # Python 3.10's fromisoformat does not take a trailing Z (3.11's does)
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" and text else text)
         return parsed.astimezone(timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
     except (ValueError, OverflowError):  # OverflowError: 0001-01-01 in a zone east of UTC
         raise InvalidConfig(f"start must be an ISO 8601 time such as 2026-02-03T06:00:00Z, got {value!r}") from None

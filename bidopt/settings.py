@@ -73,10 +73,16 @@ class Settings(BaseSettings):
     attribution_window_seconds: float = Field(
         default=3600.0,
         gt=0,
+        le=7 * 86400,
+        allow_inf_nan=False,
         description="Notices older than this after their bid are refused; events compact only after it has passed",
     )
     control_loop_seconds: float = Field(
-        default=30.0, gt=0, description="How often the control loop checks guardrails and schedules"
+        default=30.0,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="How often the control loop checks guardrails and schedules",
     )
     require_services: bool = Field(default=False, description="Tests fail instead of skipping when a server is missing")
 

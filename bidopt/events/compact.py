@@ -3,8 +3,9 @@
 One function, ``impression_outcomes``, decides for the A/B readout and for compaction alike what a
 bid's outcome was, so the readout and the training rows can never disagree:
 
-* decisions are deduplicated on ``(request_id, imp_id)`` (first answer kept: an exchange that
-  resends a request is answered twice but bought once) and exchange test requests are dropped;
+* decisions are deduplicated on ``(request_id, imp_id)`` (an exchange that resends a request is
+  answered twice but bought once: the first answer that bid is kept, else the first answer) and
+  exchange test requests are dropped;
 * notices are deduplicated with ``dedupe_notices`` (a replayed notice counts once) and test
   notices dropped;
 * a bid *won* when a ``win`` notice came, or a ``billing`` notice when no win notice did (some
@@ -54,9 +55,11 @@ def impression_outcomes(decisions: pa.Table, notices: pa.Table) -> Outcomes:
     dec = decisions.to_pandas()
     is_test = dec["test"].astype(bool)
     test_requests = int(dec.loc[is_test, "request_id"].nunique())
-    dec = dec.loc[~is_test].sort_values("event_time", kind="stable")
+    # a resent request is answered twice (say a 204 "tmax passed", then a bid): the answer that bid
+    # is the one notices can belong to, so it is kept, else the first
+    dec = dec.loc[~is_test].sort_values(["bid", "event_time"], ascending=[False, True], kind="stable")
     before = len(dec)
-    dec = dec.drop_duplicates(KEY, keep="first")
+    dec = dec.drop_duplicates(KEY, keep="first").sort_values("event_time", kind="stable")
     duplicate_decisions = before - len(dec)
 
     deduped = dedupe_notices(notices)

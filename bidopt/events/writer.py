@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from bidopt.errors import InvalidConfig
 from bidopt.events.schema import rows_to_table
 from bidopt.events.store import EventStore, open_event_store
 
@@ -130,18 +131,26 @@ class EventWriter:
             parts = self._failed + self._take()
             self._failed = []
             written = 0
-            for i, part in enumerate(parts):
+            kept = []
+            for part in parts:
                 try:
                     self.store.write_part(
                         part.kind, part.entity_code, part.hour, part.table, writer_id=self.writer_id, seq=part.seq
                     )
+                except InvalidConfig as exc:  # the part itself is wrong (a bad entity code): never writable
+                    self.dropped += part.table.num_rows
+                    log.error(
+                        "events: dropped %d %s events that cannot be written: %s", part.table.num_rows, part.kind, exc
+                    )
+                    continue
                 except Exception as exc:  # noqa: BLE001 - store down: keep the part, retry next flush
                     self.write_failures += 1
                     self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     log.warning("events: writing to %s failed (%s); kept for the next flush", self.store.url, exc)
-                    self._failed = self._bounded(parts[i:])
-                    break
+                    kept.append(part)  # and go on: other parts (other entities, other keys) may still go through
+                    continue
                 written += part.table.num_rows
+            self._failed = self._bounded(kept)
             self._failed_rows = sum(p.table.num_rows for p in self._failed)
             self.written += written
             return written
@@ -191,8 +200,10 @@ class EventWriter:
                 parts.pop(0)
                 excess -= oldest.table.num_rows
                 self.dropped += oldest.table.num_rows
-            else:  # the same part (key) with fewer rows: a retry writes what is left of it
-                parts[0] = _Part(oldest.kind, oldest.entity_code, oldest.hour, oldest.seq, oldest.table.slice(excess))
+            else:  # what is left of it, under a new key: the full part may have been written after all
+                # (a PUT that timed out on our side), and a part is never rewritten with other rows
+                self._seq += 1
+                parts[0] = _Part(oldest.kind, oldest.entity_code, oldest.hour, self._seq, oldest.table.slice(excess))
                 self.dropped += excess
                 excess = 0
         return parts

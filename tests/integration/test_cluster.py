@@ -37,7 +37,7 @@ def test_cluster_yaml_is_a_valid_ray_cluster_definition():
     assert workers and all(v["max_workers"] >= v["min_workers"] for v in workers.values())
     setup = "\n".join(cfg["setup_commands"])
     assert "pip install" in setup and "~/bidopt" in setup  # installs this package
-    for name in ("database_url", "warehouse_url", "artifact_url", "cache_url"):
+    for name in ("database_url", "warehouse_url", "artifact_url", "cache_url", "events_url", "notice_secret"):
         assert name in setup  # each BIDOPT_* setting is provided to the nodes
     for cmds in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
         assert any("bidopt.env" in c and "ray start" in c for c in cmds)

@@ -131,3 +131,17 @@ def test_upgrade_from_0002_pins_each_run_features_request_field(db_url):
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         engine.dispose()
+
+
+def test_0004_downgrades_and_upgrades_again(db_url):
+    """0004's downgrade keeps opt_runs.scheduled_for (dropping it rebuilds opt_runs on SQLite, which
+    cascades to the runs' rows), so its upgrade must take a table that already has the column."""
+    from alembic import command
+
+    from bidopt.db.migrate import alembic_config
+
+    upgrade_database(db_url)
+    command.downgrade(alembic_config(db_url), "0003")
+    assert current_revision(db_url) == "0003"
+    upgrade_database(db_url)
+    assert current_revision(db_url) == "0004"

@@ -91,6 +91,33 @@ def test_a_failed_write_keeps_its_rows_and_retries_them_under_the_same_key(tmp_p
     assert len(real.store.list_keys("")) == 2
 
 
+def test_one_unwritable_part_blocks_neither_the_others_nor_itself_for_ever(tmp_path):
+    """A part that can never be written (an entity code the store refuses) is dropped and counted;
+    a part whose write fails for a while (one entity's store prefix down) does not hold the others."""
+    real = open_event_store(f"file://{tmp_path}")
+    flaky = FlakyStore(real)
+    w = EventWriter(real, "w1", start=False)
+    w.store = flaky
+    add(w, H10, "bad", entity="Not Valid!")
+    add(w, H10, "good", entity="e1")
+    assert w.flush() == 1 and w.dropped == 1 and w.buffered == 0
+    assert real.read(DECISIONS, "e1")["request_id"].to_pylist() == ["good"]
+
+    real_write = flaky.write_part
+
+    def e2_down(kind, entity, hour, table, *, writer_id, seq):
+        if entity == "e2":
+            raise ConnectionError("e2's prefix unreachable")
+        return real_write(kind, entity, hour, table, writer_id=writer_id, seq=seq)
+
+    flaky.write_part = e2_down
+    add(w, H10 + 1, "x", entity="e2")
+    add(w, H10 + 1, "y", entity="e1")
+    assert w.flush() == 1 and w.buffered == 1  # e1 went through behind e2's failure
+    flaky.write_part = real_write
+    assert w.flush() == 1 and real.read(DECISIONS, "e2")["request_id"].to_pylist() == ["x"]
+
+
 def test_the_buffer_is_bounded_and_drops_the_oldest(tmp_path):
     real = open_event_store(f"file://{tmp_path}")
     flaky = FlakyStore(real)

@@ -149,7 +149,9 @@ def test_no_breach_keeps_the_split():
 
 
 def test_a_breaching_arm_is_dropped_and_the_other_takes_its_traffic():
-    plan = g.plan_replacement(2, [("A", 50), ("B", 50)], [verdict("A", 0, "ok"), verdict("B", 1, "breach")], [], set())
+    plan = g.plan_replacement(
+        2, [("A", 50), ("B", 50)], [verdict("A", 0, "ok"), verdict("B", 1, "breach")], [], {"A", "B"}
+    )
     assert plan.action == g.DROP_ARMS and plan.split == (("A", 100),)
     assert plan.reason.startswith("guardrail: run B (arm 1): bad; dropped, now A=100")
 
@@ -201,3 +203,10 @@ def test_a_newer_split_in_the_history_is_never_restored():
     history = [split(3, [("N", 100)]), split(2, [("A", 100)]), split(1, [("B", 100)])]
     plan = g.plan_replacement(2, [("A", 100)], [verdict("A", 0, "breach")], history, {"A", "B", "N"})
     assert plan.restored_split_id == 1
+
+
+def test_a_kept_arm_that_is_no_longer_deployable_is_dropped_too():
+    active = [("A", 50), ("B", 30), ("C", 20)]
+    verdicts = [verdict("A", 0, "breach"), verdict("B", 1, "ok"), verdict("C", 2, "ok")]
+    plan = g.plan_replacement(5, active, verdicts, [], {"C"})  # B's artifacts are gone
+    assert plan.action == g.DROP_ARMS and plan.split == (("C", 100),)

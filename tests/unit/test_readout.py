@@ -188,7 +188,9 @@ def test_what_counts_as_a_win_a_price_and_a_click():
         DECISIONS,
         [_decision("win"), _decision("billing-only"), _decision("lost"), _decision("nobid", bid=False)]
         + [_decision("test", test=True), _decision("win", t=T0 + timedelta(seconds=3))]  # a resent request
-        + [_decision("won-then-loss"), _decision("lost-then-win")],
+        + [_decision("won-then-loss"), _decision("lost-then-win")]
+        # resent: first a no-bid (tmax passed), then a bid that won: the bidding answer is the one kept
+        + [_decision("resent", bid=False), _decision("resent", t=T0 + timedelta(seconds=2))],
     )
     notes = rows_to_table(
         NOTICES,
@@ -209,20 +211,21 @@ def test_what_counts_as_a_win_a_price_and_a_click():
             _notice("lost-then-win", "loss", t=T0 + timedelta(seconds=1)),
             _notice("lost-then-win", "win", price=1.0, t=T0 + timedelta(seconds=2)),
             _notice("lost-then-win", "billing", price=1.0, t=T0 + timedelta(seconds=3)),
+            _notice("resent", "win", price=0.5, t=T0 + timedelta(seconds=3)),
         ],
     )
     out = impression_outcomes(dec, notes)
     by = out.frame.set_index("request_id")
     assert list(by.loc[["win", "billing-only", "lost", "nobid"], "won"]) == [True, True, False, False]
-    assert list(by.loc[["won-then-loss", "lost-then-win"], "won"]) == [True, False]
+    assert list(by.loc[["won-then-loss", "lost-then-win", "resent"], "won"]) == [True, False, True]
     assert by.loc["win", "price_cpm"] == 1.5 and by.loc["billing-only", "price_cpm"] == 1.0
     assert list(by["clicked"][by["clicked"]].index) == ["win"]
     assert (out.test_requests_excluded, out.duplicates_dropped, out.orphan_notices) == (1, 1, 2)
-    assert out.duplicate_decisions == 1 and "test" not in by.index
+    assert out.duplicate_decisions == 2 and "test" not in by.index
     report = split_readout(dec, notes, 1, [ArmSpec(0, "r1", 100, 0.5)])
     arm = report["arms"][0]
-    assert (arm["impressions"], arm["bids"], arm["wins"], arm["clicks"]) == (6, 5, 3, 1)
-    assert arm["spend"]["value"] == pytest.approx(3.5 / 1000)
+    assert (arm["impressions"], arm["bids"], arm["wins"], arm["clicks"]) == (7, 6, 4, 1)
+    assert arm["spend"]["value"] == pytest.approx(4.0 / 1000)
     assert split_readout(dec, notes, 2, [ArmSpec(0, "r1", 100, 0.5)])["arms"][0]["bids"] == 0  # another split
 
 

@@ -59,7 +59,8 @@ def upgrade() -> None:
     # Plain ADD COLUMN and a unique index, never a batch table rebuild: on SQLite a rebuild drops
     # and recreates opt_runs, and with foreign keys on the drop cascades to every run's configs,
     # metrics and features (the with-data migration test caught exactly that).
-    op.add_column("opt_runs", sa.Column("scheduled_for", sa.DateTime(), nullable=True))
+    if "scheduled_for" not in {c["name"] for c in sa.inspect(op.get_bind()).get_columns("opt_runs")}:
+        op.add_column("opt_runs", sa.Column("scheduled_for", sa.DateTime(), nullable=True))  # kept by a downgrade
     op.create_index("ix_opt_runs_entity_id_scheduled_for", "opt_runs", ["entity_id", "scheduled_for"], unique=True)
     op.add_column("opt_deployments", sa.Column("reason", sa.Text(), nullable=True))
     op.add_column("opt_bidder_replicas", sa.Column("counters", sa.Text(), nullable=True))
