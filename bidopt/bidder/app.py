@@ -122,6 +122,7 @@ def decision_rows(replica_id: str):
     return render
 
 
+PARSED_BYTES_PER_BODY_BYTE = 8  # a parsed bid request's memory per byte of its JSON (measured 6.2, with margin)
 CONTRADICTING = {"win": ("loss",), "billing": ("loss",), "loss": ("win", "billing")}
 
 
@@ -179,7 +180,8 @@ class BidderCore:
             log.exception("bidder: unexpected error")
             return 500, b'{"error": "internal error"}', {}
         if decisions:
-            self.events.add_many(DECISIONS, entity_code, now, decisions)
+            # the decisions keep the parsed request alive until the flush: about 6x its JSON here
+            self.events.add_many(DECISIONS, entity_code, now, decisions, nbytes=PARSED_BYTES_PER_BODY_BYTE * len(body))
         return status, payload, ({"x-bidopt-reason": reason} if reason else {})
 
     def handle_notice(

@@ -57,6 +57,7 @@ def test_one_part_per_kind_entity_and_hour_with_sequence_numbers(tmp_path):
         "dropped": 0,
         "write_failures": 0,
         "last_error": None,
+        "queued_bytes": 0,
     }
 
 
@@ -211,3 +212,22 @@ def test_a_large_flush_is_rendered_in_chunks_and_loses_nothing(tmp_path):
     assert w.flush() == n
     assert store.read(DECISIONS, "e1")["request_id"].to_pylist() == [f"r{i}" for i in range(n)]
     assert len(store.store.list_keys("")) == 1  # still one part
+
+
+def test_what_queued_events_hold_alive_is_bounded_in_bytes(tmp_path):
+    """Decisions keep their parsed request until the flush: a store that stalls, or large hostile
+    requests, must not grow the queue past its byte budget (the oldest go, counted)."""
+    w = EventWriter(open_event_store(f"file://{tmp_path}"), "w1", start=False, max_queued_bytes=10_000)
+    for i in range(30):
+        w.add_many(DECISIONS, "e1", H10 + i, [decision(H10 + i, f"r{i}"), decision(H10 + i, f"r{i}b")], nbytes=1_000)
+    assert w.stats()["queued_bytes"] <= 10_000 and w.dropped >= 39  # 20 of the 30 requests' decisions
+    left = w.buffered
+    assert left <= 21 and w.flush() == left and w.stats()["queued_bytes"] == 0
+    assert store_rows(tmp_path)[-1] == "r29b"  # the newest kept
+
+
+def store_rows(tmp_path):
+    return sorted(
+        open_event_store(f"file://{tmp_path}").read(DECISIONS, "e1")["request_id"].to_pylist(),
+        key=lambda r: (int(r[1:].rstrip("b")), r),
+    )
