@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -301,7 +302,9 @@ def _verdict_view(verdict: guardrails.ArmVerdict) -> dict[str, Any]:
     }
 
 
-def check_guardrails(session: Session, entity_code: str | None = None, *, now: Any = None) -> list[dict[str, Any]]:
+def check_guardrails(
+    session: Session, entity_code: str | None = None, *, now: Any = None, reports: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Judge every active split (of ``entity_code``, else of every active entity) against its
     entity's guardrail settings (``bidopt.guardrails``) on its A/B report (``split_report``), and
     replace a split with a breaching arm: the arm dropped and the others renormalised, or, when
@@ -338,7 +341,13 @@ def check_guardrails(session: Session, entity_code: str | None = None, *, now: A
             entry["action"] = "disabled"
             continue
         try:
-            report = split_report(session, entity.entity_code, None)
+            # a report built beforehand (guardrail_reports, outside this transaction) when there is one;
+            # it may be of an older split than the active one: the check below then skips the entity
+            report = (reports or {}).get(entity.entity_code)
+            if report is None:
+                report = split_report(session, entity.entity_code, None)
+            elif isinstance(report, Exception):
+                raise report
         except (SQLAlchemyError, ServiceUnavailable):
             raise
         except Exception as exc:  # noqa: BLE001 - one entity's unreadable events must not stop the others
@@ -527,30 +536,42 @@ def split_report(session: Session, entity_code: str, split_id: int | None = None
     bidders' events over the split's lifetime (``bidopt.readout``: per-arm results with 95% intervals,
     tests between arms, hourly series). Arms are in run-id order, as bidders number them.
     ``notices_rejected`` is summed over the live bidder replicas' counters (all entities: replicas
-    count rejections before they know which entity a forged notice claims)."""
-    from bidopt.events.schema import DECISIONS, NOTICES
-    from bidopt.events.store import open_event_store
-    from bidopt.readout import ArmSpec, split_readout
+    count rejections before they know which entity a forged notice claims).
+
+    ``split_report_inputs`` (the database part) and ``build_split_report`` (the events part) are
+    the two halves, for callers that must not read events inside a transaction (on SQLite every
+    transaction holds the write lock: the control loop and the report route)."""
+    return build_split_report(split_report_inputs(session, entity_code, split_id))
+
+
+@dataclass(frozen=True)
+class SplitReportInputs:
+    """What a split's report needs from the database, read in one short transaction."""
+
+    entity_code: str
+    header: dict[str, Any]
+    arms: tuple
+    start: datetime
+    decisions_end: datetime | None
+    notices_end: datetime | None
+    notices_rejected: dict[str, int]
+
+
+def split_report_inputs(session: Session, entity_code: str, split_id: int | None = None) -> SplitReportInputs:
+    from bidopt.readout import ArmSpec
 
     rows = _report_split_rows(session, entity_code, split_id)
     head = rows[0]
     settings = get_settings()
-    arms = [
+    arms = tuple(
         ArmSpec(i, r.run_id, r.traffic_pct, q.get_run_configs(session, r.run_id).get("target_win_rate"))
         for i, r in enumerate(rows)
-    ]
+    )
     slack = timedelta(seconds=SPLIT_READ_SLACK)
-    start = head.deployed_at - slack
     ended = head.deactivated_at if not head.is_active else None
-    decisions_end = ended + slack if ended else None
-    notices_end = ended + slack + timedelta(seconds=settings.attribution_window_seconds) if ended else None
-    store = open_event_store(settings.events_url)
-    decisions = store.read(DECISIONS, entity_code, start, decisions_end)
-    notices = store.read(NOTICES, entity_code, start, notices_end)
-    body = split_readout(decisions, notices, head.split_id, arms)
     counters = getattr(bidder_status, "notice_counters", None)
     rejected = (counters(session) or {}).get("rejected", {}) if counters else {}
-    return {
+    header = {
         "entity_code": entity_code,
         "split_id": head.split_id,
         "is_active": bool(head.is_active),
@@ -558,15 +579,63 @@ def split_report(session: Session, entity_code: str, split_id: int | None = None
         "deployed_at": format_ts(head.deployed_at),
         "deactivated_at": format_ts(head.deactivated_at),
         "reason": getattr(head, "reason", None),
+    }
+    return SplitReportInputs(
+        entity_code,
+        header,
+        arms,
+        head.deployed_at - slack,
+        ended + slack if ended else None,
+        ended + slack + timedelta(seconds=settings.attribution_window_seconds) if ended else None,
+        dict(sorted(rejected.items())),
+    )
+
+
+def build_split_report(inputs: SplitReportInputs) -> dict[str, Any]:
+    """The report from the events store, with no database access."""
+    from bidopt.events.schema import DECISIONS, NOTICES
+    from bidopt.events.store import open_event_store
+    from bidopt.readout import split_readout
+
+    store = open_event_store(get_settings().events_url)
+    decisions = store.read(DECISIONS, inputs.entity_code, inputs.start, inputs.decisions_end)
+    notices = store.read(NOTICES, inputs.entity_code, inputs.start, inputs.notices_end)
+    body = split_readout(decisions, notices, inputs.header["split_id"], list(inputs.arms))
+    return {
+        **inputs.header,
         "window": body["window"],
         "test_requests_excluded": body["test_requests_excluded"],
         "duplicates_dropped": body["duplicates_dropped"],
         "orphan_notices": body["orphan_notices"],
-        "notices_rejected": dict(sorted(rejected.items())),
+        "notices_rejected": inputs.notices_rejected,
         "arms": body["arms"],
         "comparisons": body["comparisons"],
         "hourly": body["hourly"],
     }
+
+
+def guardrail_reports(engine) -> dict[str, dict[str, Any] | Exception]:
+    """The report of every active split of an entity whose guardrails are on, each read from the
+    database in a short transaction of its own and built from the events outside any transaction;
+    an entity whose report cannot be built maps to the exception (``check_guardrails`` reports it)."""
+    from bidopt.db.engine import session_scope
+
+    with session_scope(engine) as s:
+        codes = []
+        for entity in q.list_entities(s):
+            if not entity.is_active or not q.get_current_traffic_split(s, entity.entity_code):
+                continue
+            if guardrails.GuardrailSettings.from_configs(q.get_entity_configs(s, entity.entity_id)).enabled:
+                codes.append(entity.entity_code)
+    reports: dict[str, dict[str, Any] | Exception] = {}
+    for code in codes:
+        with session_scope(engine) as s:
+            inputs = split_report_inputs(s, code, None)
+        try:
+            reports[code] = build_split_report(inputs)
+        except Exception as exc:  # noqa: BLE001 - one entity's unreadable events must not stop the others
+            reports[code] = exc
+    return reports
 
 
 def _compaction_view(row) -> dict[str, Any]:

@@ -191,11 +191,11 @@ def create_app() -> FastAPI:
         return {"entity_code": entity_code, "removed": True}
 
     @app.get("/api/entities/{entity_code}/report", tags=["splits"], dependencies=read)
-    def split_report(
-        entity_code: str, split: int | None = Query(None, ge=1, le=2**31 - 1), s: Session = Depends(_session)
-    ) -> dict:
+    def split_report(entity_code: str, split: int | None = Query(None, ge=1, le=2**31 - 1)) -> dict:
         """The A/B report of a split (``split``; default the active split, else the newest)."""
-        return service.split_report(s, entity_code, split)
+        with session_scope(get_engine(get_settings().database_url)) as s:
+            inputs = service.split_report_inputs(s, entity_code, split)
+        return service.build_split_report(inputs)  # the events are read outside the transaction
 
     @app.get("/api/runs", tags=["runs"], dependencies=read)
     def runs(

@@ -57,8 +57,12 @@ class ControlLoop:
         engine = get_engine(self.database_url)
         out: dict[str, Any] = {"guardrails": [], "scheduled_runs": [], "errors": []}
         try:
+            # reports are built from the events outside any transaction (on SQLite a transaction holds
+            # the write lock, and bidders, optimizers and operators would wait on it), then judged and
+            # acted on in one short transaction, each action a compare-and-set on the judged split
+            reports = service.guardrail_reports(engine)
             with session_scope(engine) as s:
-                out["guardrails"] = service.check_guardrails(s)
+                out["guardrails"] = service.check_guardrails(s, reports=reports)
         except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
             out["errors"].append(f"guardrails: {type(exc).__name__}: {exc}".splitlines()[0])
         try:

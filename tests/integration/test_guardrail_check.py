@@ -310,3 +310,33 @@ def test_guardrail_settings_are_set_all_or_nothing(platform_db):
     with session_scope(platform_db) as s:
         static = service.get_entity(s, ENTITY)["static_configs"]
     assert (static["guardrail_min_bids"], static["guardrail_min_wins"]) == (50, 20)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_control_loop_reads_events_outside_any_transaction(platform_db, runs, reports, monkeypatch):
+    """On SQLite every transaction holds the write lock: while the loop builds its reports from the
+    events (seconds, at volume), bidders, optimizers and operators must still be able to write."""
+    import sqlite3
+
+    from bidopt.serve.control import ControlLoop
+
+    a, b = runs["A"], runs["B"]
+    deploy(platform_db, [(a, 50), (b, 50)])
+    reports.counts = {a: (2000, 800), b: (2000, 40)}
+    writes = []
+
+    def build(inputs):
+        other = sqlite3.connect(platform_db.url.database, timeout=0.5, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # fails with "database is locked" if a transaction is open
+            other.execute("ROLLBACK")
+            writes.append("ok")
+        finally:
+            other.close()
+        with session_scope(platform_db) as s:
+            return reports(s, inputs.entity_code, None)
+
+    monkeypatch.setattr(service, "build_split_report", build)
+    out = ControlLoop(database_url=str(platform_db.url), interval=60).tick()
+    assert out["errors"] == [] and writes == ["ok"]
+    assert [e["action"] for e in out["guardrails"]] == ["drop_arms"]
