@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from bidopt.configs import SCHEDULE_EVERY_HOURS, parse_run_configs
 from bidopt.db import queries as q
 from bidopt.db.engine import database_now
-from bidopt.db.models import OptEntity, OptSchedule
+from bidopt.db.models import OptEntity, OptRun, OptSchedule
 from bidopt.errors import Conflict, InvalidConfig, NotFound
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,23 @@ def create_due_runs(session: Session, *, now: datetime | None = None) -> list[Sc
             )
             if taken.rowcount != 1:
                 continue  # another scheduler took this slot first (or the schedule was changed)
+            unfinished = session.scalar(
+                select(OptRun.run_id).where(
+                    OptRun.entity_id == schedule.entity_id,
+                    OptRun.trigger_type == "scheduled",
+                    OptRun.status.in_(("pending", "running")),
+                )
+            )
+            if unfinished is not None:
+                # the optimizer has not got to the last one (down, or slower than the period): another
+                # run on the same data would only queue behind it; the slot is skipped, not queued
+                log.info(
+                    "schedule of %s: slot %s skipped, scheduled run %s not finished", entity_code, slot, unfinished
+                )
+                created.append(
+                    ScheduledRun(entity_code, None, slot, f"skipped: scheduled run {unfinished} not finished")
+                )
+                continue
             try:
                 with session.begin_nested():
                     run = q.create_run(
