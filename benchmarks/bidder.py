@@ -106,9 +106,12 @@ def wait_bidding(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} never answered with a bid")
 
 
-def wrk(url: str, connections: int, seconds: int, script: Path) -> dict:
+def wrk(url: str, connections: int, seconds: int, script: Path, *script_args: str) -> dict:
+    """One ``wrk -t1`` point: req/s, p50/p99 (ms), the statuses the script's ``done`` printed as
+    ``status N count`` lines, socket errors. ``script_args`` go to the script's ``init``."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url]
+        + list(script_args),
         capture_output=True,
         text=True,
         check=True,
@@ -146,10 +149,9 @@ def measure(name: str, url: str, seconds: int, script: Path, results: dict) -> N
         )
 
 
-def run_serve(name: str, env: dict, seconds: int, script: Path, results: dict) -> None:
-    """Ray and Serve in a child process, so that each Serve mode gets a fresh Ray with its own env."""
-    port = free_port()
-    # On SIGTERM the child shuts Serve down (which stops HAProxy) and its Ray with it.
+def start_serve(port: int, env: dict) -> subprocess.Popen:
+    """``run_apps`` in a child process with ``env`` (its own fresh Ray), returned once it is up. On
+    SIGTERM the child shuts Serve down (which stops HAProxy) and its Ray with it."""
     code = (
         "import signal, sys, time; from ray import serve; from bidopt.serve.apps import run_apps; "
         f"run_apps(port={port}); "
@@ -163,8 +165,17 @@ def run_serve(name: str, env: dict, seconds: int, script: Path, results: dict) -
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    if proc.stdout.readline().strip() != "up":
+        proc.terminate()
+        raise SystemExit("serve did not start")
+    return proc
+
+
+def run_serve(name: str, env: dict, seconds: int, script: Path, results: dict) -> None:
+    """Ray and Serve in a child process, so that each Serve mode gets a fresh Ray with its own env."""
+    port = free_port()
+    proc = start_serve(port, env)
     try:
-        assert proc.stdout.readline().strip() == "up", "serve did not start"
         measure(name, f"http://127.0.0.1:{port}/openrtb2/drugs_hcp", seconds, script, results)
     finally:
         proc.terminate()  # this child's Ray only (never `ray stop`, which stops every Ray on the host)

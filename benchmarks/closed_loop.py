@@ -34,7 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bidder import free_port  # noqa: E402 - the bidder benchmark's helpers
+from bidder import free_port, start_serve, wrk  # noqa: E402 - the bidder benchmark's helpers
 
 SECRET = "closed-loop-benchmark-secret"
 NOTICE_LUA = r"""
@@ -102,27 +102,6 @@ def setup_platform(home: Path) -> tuple[list[str], object]:
     return ids, engine
 
 
-def start_serve(port: int) -> subprocess.Popen:
-    from bidopt.serve.apps import SERVE_MODE_ENV
-
-    code = (
-        "import signal, sys, time; from ray import serve; from bidopt.serve.apps import run_apps; "
-        f"run_apps(port={port}); "
-        "signal.signal(signal.SIGTERM, lambda *a: (serve.shutdown(), sys.exit(0))); "
-        "print('up', flush=True); time.sleep(100000)"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        env={**os.environ, **SERVE_MODE_ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    if proc.stdout.readline().strip() != "up":
-        raise SystemExit("serve did not start")
-    return proc
-
-
 def wait_for(predicate, seconds: float):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -162,7 +141,7 @@ def signed_win_paths(n: int, run_id: str, split_id: int, prefix: str) -> list[st
 
 
 def notice_throughput(name: str, base: str, paths_file: Path, seconds: int, script: Path) -> dict:
-    r = _wrk_paths(base, seconds, script, paths_file)
+    r = wrk(base, 8, seconds, script, str(paths_file))
     others = {k: v for k, v in r["statuses"].items() if k not in (200,) and v}
     print(
         f"  {name:14s} c=8  {r['rps']:>9,.0f} notices/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:7.2f} ms  "
@@ -170,41 +149,6 @@ def notice_throughput(name: str, base: str, paths_file: Path, seconds: int, scri
         flush=True,
     )
     return r
-
-
-def _wrk_paths(base: str, seconds: int, script: Path, paths_file: Path) -> dict:
-    import re
-
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            "-c8",
-            f"-d{seconds}s",
-            "--latency",
-            "--timeout",
-            "5s",
-            "-s",
-            str(script),
-            base,
-            str(paths_file),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-    def latency_ms(label: str) -> float:
-        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": latency_ms("50"),
-        "p99": latency_ms("99"),
-        "statuses": {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)},
-    }
 
 
 def main() -> None:
@@ -231,7 +175,9 @@ def main() -> None:
         with session_scope(engine) as s:
             split = service.set_traffic_split(s, "drugs_hcp", {run_a: 50, run_b: 50}, deployed_by="bench")
         port = free_port()
-        serve = start_serve(port)
+        from bidopt.serve.apps import SERVE_MODE_ENV
+
+        serve = start_serve(port, SERVE_MODE_ENV)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for(lambda: split_is_live(engine, split["split_id"]), 60)

@@ -46,6 +46,7 @@ import orjson
 
 from bidopt.bidder.fields import US_STATES
 from bidopt.errors import InvalidConfig
+from bidopt.readout import wilson_interval  # the readout's own: the exchange's count is judged alike
 from bidopt.simulator import AUCTION_TYPES, MarketSpec, sample_requests, true_win_probability
 
 # OpenRTB 2.6 loss reason codes (section 5.25) the exchange sends
@@ -188,17 +189,6 @@ def forge_signature(url: str) -> str:
     alphabet = next((a for a in _SIGNATURE_ALPHABETS if first and first in a), None)
     changed = alphabet[(alphabet.index(first) + 1) % len(alphabet)] if alphabet else "A"
     return url[: match.start(2)] + changed + value[1:] + url[match.end(2) :]
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> dict:
-    """``{"value", "low", "high"}``: the share and its 95% Wilson score interval (nulls at 0 trials)."""
-    if trials <= 0:
-        return {"value": None, "low": None, "high": None}
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return {"value": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half)}
 
 
 @dataclass
