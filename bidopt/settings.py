@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bidopt.errors import BidoptError
 
+MIN_NOTICE_SECRET_CHARS = 16
+
 
 def _home() -> Path:
     return Path(os.environ.get("BIDOPT_HOME", ".bidopt")).resolve()
@@ -85,6 +87,18 @@ class Settings(BaseSettings):
         description="How often the control loop checks guardrails and schedules",
     )
     require_services: bool = Field(default=False, description="Tests fail instead of skipping when a server is missing")
+
+    @model_validator(mode="after")
+    def _notice_secret_is_long_enough(self) -> Settings:
+        # It is the only thing between a forger and a win notice of his choosing: a short one can be
+        # guessed offline from a single signed URL.
+        secret = self.notice_secret.get_secret_value()
+        if secret and len(secret) < MIN_NOTICE_SECRET_CHARS:
+            raise ValueError(
+                f"BIDOPT_NOTICE_SECRET must be at least {MIN_NOTICE_SECRET_CHARS} characters "
+                f"(e.g. `openssl rand -hex 32`), got {len(secret)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeats_outlive_staleness(self) -> Settings:

@@ -273,5 +273,17 @@ def test_the_notice_key_is_made_once_and_shared_by_racing_processes(tmp_path, mo
     path = Path(home) / "notice.key"
     assert path.stat().st_mode & 0o777 == 0o600 and [p.name for p in Path(home).iterdir()] == ["notice.key"]
     assert load_notice_key(Settings(home=home)).hex() == next(iter(keys))
-    monkeypatch.setenv("BIDOPT_NOTICE_SECRET", "operator secret")
-    assert load_notice_key(Settings()) == b"operator secret"
+    monkeypatch.setenv("BIDOPT_NOTICE_SECRET", "operator's long secret")
+    assert load_notice_key(Settings()) == b"operator's long secret"
+
+
+def test_a_short_notice_secret_is_refused_at_start(monkeypatch):
+    from bidopt.settings import InvalidSettings, get_settings, reset_settings_cache
+
+    monkeypatch.setenv("BIDOPT_NOTICE_SECRET", "x" * 15)  # anyone could guess the signatures of such a key
+    reset_settings_cache()
+    with pytest.raises(InvalidSettings, match="BIDOPT_NOTICE_SECRET"):
+        get_settings()
+    monkeypatch.setenv("BIDOPT_NOTICE_SECRET", "x" * 16)
+    reset_settings_cache()
+    assert get_settings().notice_secret.get_secret_value() == "x" * 16
