@@ -262,6 +262,7 @@ class ServeLifetime:
             )
         # Recorded before the shutdown: a worker whose raylet has gone is no longer our descendant.
         started = self.started_processes()
+        session_dir = _ray_session_dir()
         if ray.is_initialized():
             try:
                 serve.shutdown()
@@ -269,6 +270,9 @@ class ServeLifetime:
                 self.say(f"bidopt serve: Serve did not shut down cleanly ({exc}); shutting Ray down")
         ray.shutdown()
         started.update(self.started_processes())
+        # An agent the raylet spawned after the first snapshot (a signal while Ray was starting) and
+        # orphaned by the shutdown is no descendant any more; it still names our session folder.
+        started.update(_processes_of_session(session_dir))
         killed = _kill_survivors(started.values(), self.LEFTOVER_GRACE_SECONDS)
         if killed:
             self.say(f"bidopt serve: killed Ray processes that outlived the shutdown: {', '.join(killed)}")
@@ -280,6 +284,33 @@ class ServeLifetime:
         import psutil
 
         return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _ray_session_dir() -> str | None:
+    """This process's local Ray session folder (``/tmp/ray/session_...``), or None."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        return node.get_session_dir_path() if node is not None else None
+    except Exception:  # noqa: BLE001 - a private API: without it only descendants are stopped
+        return None
+
+
+def _processes_of_session(session_dir: str | None) -> dict:
+    """Processes whose command line names ``session_dir`` (psutil processes by PID)."""
+    import psutil
+
+    if not session_dir:
+        return {}
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(session_dir in arg for arg in process.info["cmdline"] or ()):
+                found[process.pid] = process
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def _kill_survivors(processes, grace_seconds: float) -> list[str]:
