@@ -49,6 +49,10 @@ request = function()
     counter, counter % 50 + 1, oses[counter % 4 + 1], regions[counter % 8 + 1], counter, counter % 7 == 0 and 1 or 0)
   return wrk.format(nil, nil, nil, body)
 end
+"""
+
+# wrk Lua that counts answers by status; its done() prints the "status N count" lines wrk() reads
+LUA_STATUS_TALLY = r"""
 -- each wrk thread has its own Lua state: count per thread, add up in done()
 threads = {}
 setup = function(thread) table.insert(threads, thread) end
@@ -62,6 +66,7 @@ done = function(summary, latency, requests)
   io.write(string.format("status 200 %d\nstatus 204 %d\nstatus 0 %d\n", a, b, c))
 end
 """
+LUA += LUA_STATUS_TALLY
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bidder import free_port, start_serve, wrk  # noqa: E402 - the bidder benchmark's helpers
+from bidder import LUA_STATUS_TALLY, free_port, start_serve, wrk  # noqa: E402 - the bidder benchmark's helpers
 
 SECRET = "closed-loop-benchmark-secret"
 NOTICE_LUA = r"""
@@ -47,18 +47,8 @@ request = function()
   n = n + 1
   return wrk.format("GET", paths[(n - 1) % #paths + 1])
 end
-threads = {}
-setup = function(thread) table.insert(threads, thread) end
-n200, n204, nother = 0, 0, 0
-response = function(status, headers, body)
-  if status == 200 then n200 = n200 + 1 elseif status == 204 then n204 = n204 + 1 else nother = nother + 1 end
-end
-done = function(summary, latency, requests)
-  local a, b, c = 0, 0, 0
-  for _, t in ipairs(threads) do a = a + t:get("n200"); b = b + t:get("n204"); c = c + t:get("nother") end
-  io.write(string.format("status 200 %d\nstatus 204 %d\nstatus 409 %d\n", a, b, c))
-end
 """
+NOTICE_LUA += LUA_STATUS_TALLY
 
 
 def setup_platform(home: Path) -> tuple[list[str], object]:

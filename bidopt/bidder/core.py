@@ -288,29 +288,17 @@ def is_test(req: dict) -> bool:
     return req.get("test") == 1
 
 
+def _no_bid(req: dict, imp: dict, reason: str, readers, test: bool, ukey: str, run=None, split_id=None, arm=None):
+    """The decision row of one impression not bid on, for ``reason``."""
+    run_id = run.run_id if run is not None else None
+    return Decision(
+        req["id"], run_id, imp["id"], None, None, None, None, split_id, arm, reason, float(imp_floor(imp)),
+        test, ukey, req, imp, readers,
+    )  # fmt: skip
+
+
 def _no_bids(req: dict, reason: str, readers, test: bool, ukey: str, run=None, split_id=None, arm=None):
-    rid, run_id = req["id"], run.run_id if run is not None else None
-    return [
-        Decision(
-            rid,
-            run_id,
-            imp["id"],
-            None,
-            None,
-            None,
-            None,
-            split_id,
-            arm,
-            reason,
-            float(imp_floor(imp)),
-            test,
-            ukey,
-            req,
-            imp,
-            readers,
-        )
-        for imp in req["imp"]
-    ]
+    return [_no_bid(req, imp, reason, readers, test, ukey, run, split_id, arm) for imp in req["imp"]]
 
 
 def decide(
@@ -364,26 +352,7 @@ def decide(
     for imp in req["imp"]:
         floor = imp_floor(imp)
         if not is_usd(imp_currency(imp)):  # we price in USD only; never guess an exchange rate
-            decisions.append(
-                Decision(
-                    rid,
-                    run_id,
-                    imp["id"],
-                    None,
-                    None,
-                    None,
-                    None,
-                    split_id,
-                    arm,
-                    "currency not USD",
-                    float(floor),
-                    test,
-                    ukey,
-                    req,
-                    imp,
-                    readers,
-                )
-            )
+            decisions.append(_no_bid(req, imp, "currency not USD", readers, test, ukey, run, split_id, arm))
             continue
         base, key, level, values = run.lookup_values(req, imp)
         price = run.quote(base, multiplier, floor)
