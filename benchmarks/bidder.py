@@ -56,14 +56,14 @@ LUA_STATUS_TALLY = r"""
 -- each wrk thread has its own Lua state: count per thread, add up in done()
 threads = {}
 setup = function(thread) table.insert(threads, thread) end
-n200, n204, nother = 0, 0, 0
-response = function(status, headers, body)
-  if status == 200 then n200 = n200 + 1 elseif status == 204 then n204 = n204 + 1 else nother = nother + 1 end
-end
+counts = {}
+response = function(status, headers, body) counts[status] = (counts[status] or 0) + 1 end
 done = function(summary, latency, requests)
-  local a, b, c = 0, 0, 0
-  for _, t in ipairs(threads) do a = a + t:get("n200"); b = b + t:get("n204"); c = c + t:get("nother") end
-  io.write(string.format("status 200 %d\nstatus 204 %d\nstatus 0 %d\n", a, b, c))
+  local total = {}
+  for _, t in ipairs(threads) do
+    for s, n in pairs(t:get("counts")) do total[s] = (total[s] or 0) + n end
+  end
+  for s, n in pairs(total) do io.write(string.format("status %d %d\n", s, n)) end
 end
 """
 LUA += LUA_STATUS_TALLY
