@@ -58,6 +58,34 @@ class Settings(BaseSettings):
     )
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
     bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
+    bidder_target_cpu: float = Field(
+        default=0.6,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Share of a core each bidder replica should use: the autoscaler adds replicas above it",
+    )
+    bidder_max_loop_lag_ms: float = Field(
+        default=10.0,
+        gt=0,
+        le=10_000,
+        allow_inf_nan=False,
+        description="Mean event-loop lag of the bidder replicas above which the autoscaler adds one",
+    )
+    bidder_upscale_delay_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="How long the bidder is overloaded before a replica is added",
+    )
+    bidder_downscale_delay_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="How long the bidder is underloaded before a replica is removed",
+    )
     events_url: str = Field(default="", description="Where bidders write decision and notice events (file:// or s3://)")
     events_flush_seconds: float = Field(
         default=1.0,

@@ -3,7 +3,8 @@
 * ``management``: the FastAPI app of ``bidopt.serve.api`` (API + web UI) at ``/``.
 * ``bidder``: ``POST /openrtb2/{entity_code}`` and the notice routes
   ``/openrtb2/_notice/{kind}/{entity_code}``, a plain ``async __call__`` over ``BidderCore`` (no
-  FastAPI on the hot path), autoscaled.
+  FastAPI on the hot path), autoscaled by ``bidopt.serve.autoscaling``'s policy on the CPU and
+  event-loop lag its replicas report (Serve's default policy reads zero ongoing requests here).
 * ``control``: the control loop (guardrails and optimizer schedules, ``bidopt.serve.control``),
   one replica, no HTTP route.
 
@@ -35,10 +36,12 @@ from starlette.requests import Request
 from starlette.responses import Response  # noqa: F401 - the type Serve gets back
 
 from bidopt.bidder.app import BidderCore, http_handler
+from bidopt.bidder.load import LoadMeter
 from bidopt.db import access
 from bidopt.errors import NotFound
 from bidopt.jobs.ray_runtime import BIDDER_REPLICA_CPUS
 from bidopt.serve.api import create_app
+from bidopt.serve.autoscaling import DEFAULT_MAX_LOOP_LAG_MS, DEFAULT_TARGET_CPU, POLICY_IMPORT_PATH
 from bidopt.serve.control import ControlLoopDeployment
 
 LOCAL_OPERATOR = "local"
@@ -53,16 +56,23 @@ class ManagementAPI:
 
 
 # Every key must be a field of ray.serve.config.AutoscalingConfig (a test checks: a misspelt
-# field would be ignored without a word). min/max_replicas here are for one machine: they are the
-# defaults of BIDOPT_BIDDER_MIN_REPLICAS / BIDOPT_BIDDER_MAX_REPLICAS, which `bidopt serve` applies
-# (bidder_autoscaling). serve_config.yaml sizes them for a cluster's bidder nodes (cluster.yaml:
-# max 16); every other key there must equal this one's (tests/integration/test_cluster.py checks).
+# field would be ignored without a word). min/max_replicas, the delays and the policy's targets here
+# are the settings' defaults (BIDOPT_BIDDER_MIN_REPLICAS, ..._TARGET_CPU, ...), which `bidopt serve`
+# applies (bidder_autoscaling). serve_config.yaml sizes min/max for a cluster's bidder nodes
+# (cluster.yaml: max 16); every other key there must equal this one's (tests/integration/test_cluster.py).
+# The policy is bidopt.serve.autoscaling's: Serve's default one (ongoing requests) sees zero here.
 BIDDER_AUTOSCALING = {
     "min_replicas": 2,
     "max_replicas": 4,
-    "target_ongoing_requests": 32,
+    # the replicas record their signals every look_back_period_s / 5 and push them every 10 s (Serve's
+    # default metrics_interval_s, deprecated but still what it uses), which the window must exceed
+    "look_back_period_s": 15.0,
     "upscale_delay_s": 10.0,
     "downscale_delay_s": 120.0,
+    "policy": {
+        "policy_function": POLICY_IMPORT_PATH,
+        "policy_kwargs": {"target_cpu": DEFAULT_TARGET_CPU, "max_loop_lag_ms": DEFAULT_MAX_LOOP_LAG_MS},
+    },
 }
 
 
@@ -84,13 +94,22 @@ class Bidder:
     ``__init__`` loads the active splits first (``BidderCore`` raises if the database stays
     unreachable for ``BIDOPT_BIDDER_READY_TIMEOUT_SECONDS``; Serve then retries the replica).
     ``check_health`` fails a replica whose refresh thread died or hangs; ``__del__`` (a clean stop) removes
-    the replica's status row and writes the events it still buffers."""
+    the replica's status row and writes the events it still buffers.
+
+    ``record_autoscaling_stats`` reports the replica's load (``bidopt.bidder.load``) to the autoscaling
+    policy (``bidopt.serve.autoscaling``); Serve calls it every ``look_back_period_s / 5``."""
 
     def __init__(self) -> None:
         self.core = BidderCore()
+        self.load = LoadMeter()  # made after the first load: loading the tables is not traffic
 
     async def __call__(self, request: Request) -> Response:
+        self.load.note_request()
         return await http_handler(self.core, request)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        self.load.ensure_watching()  # on the loop that runs the requests: Serve calls this there
+        return self.load.sample()
 
     def check_health(self) -> None:
         self.core.check_health()
@@ -113,12 +132,22 @@ SERVE_MODE_ENV = {
 
 
 def bidder_autoscaling() -> dict:
-    """``BIDDER_AUTOSCALING`` with the replica bounds of the settings."""
+    """``BIDDER_AUTOSCALING`` with the replica bounds, delays and policy targets of the settings."""
     from bidopt.settings import get_settings
 
     s = get_settings()
     low = s.bidder_min_replicas
-    return {**BIDDER_AUTOSCALING, "min_replicas": low, "max_replicas": max(low, s.bidder_max_replicas)}
+    return {
+        **BIDDER_AUTOSCALING,
+        "min_replicas": low,
+        "max_replicas": max(low, s.bidder_max_replicas),
+        "upscale_delay_s": s.bidder_upscale_delay_seconds,
+        "downscale_delay_s": s.bidder_downscale_delay_seconds,
+        "policy": {
+            "policy_function": POLICY_IMPORT_PATH,
+            "policy_kwargs": {"target_cpu": s.bidder_target_cpu, "max_loop_lag_ms": s.bidder_max_loop_lag_ms},
+        },
+    }
 
 
 # Import paths for `serve deploy serve_config.yaml`.

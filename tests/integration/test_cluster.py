@@ -107,14 +107,26 @@ def test_serve_config_matches_what_bidopt_serve_deploys(monkeypatch):
                 code_scaling = code._deployment_config.autoscaling_config
                 assert set(yaml_scaling) == set(apps.BIDDER_AUTOSCALING)
                 assert set(yaml_scaling) <= set(AutoscalingConfig.model_fields)
-                for key in set(yaml_scaling) - {"min_replicas", "max_replicas"}:
+                for key in set(yaml_scaling) - {"min_replicas", "max_replicas", "policy"}:
                     assert yaml_scaling[key] == apps.BIDDER_AUTOSCALING[key] == getattr(code_scaling, key), key
+                policy = code_scaling.policy
+                assert yaml_scaling["policy"] == apps.BIDDER_AUTOSCALING["policy"]
+                assert yaml_scaling["policy"] == {
+                    "policy_function": policy.policy_function,
+                    "policy_kwargs": policy.policy_kwargs,
+                }
     bidder_logging = deployed["bidder"][1]._deployment_config.logging_config
     assert bidder_logging["enable_access_log"] is False and bidder_logging["log_level"] == "WARNING"
     # The code's bounds are one machine's: the settings' defaults.
     fields = Settings.model_fields
     assert apps.BIDDER_AUTOSCALING["min_replicas"] == fields["bidder_min_replicas"].default
     assert apps.BIDDER_AUTOSCALING["max_replicas"] == fields["bidder_max_replicas"].default
+    assert apps.BIDDER_AUTOSCALING["upscale_delay_s"] == fields["bidder_upscale_delay_seconds"].default
+    assert apps.BIDDER_AUTOSCALING["downscale_delay_s"] == fields["bidder_downscale_delay_seconds"].default
+    assert apps.BIDDER_AUTOSCALING["policy"]["policy_kwargs"] == {
+        "target_cpu": fields["bidder_target_cpu"].default,
+        "max_loop_lag_ms": fields["bidder_max_loop_lag_ms"].default,
+    }
 
 
 @pytest.mark.slow

@@ -22,11 +22,16 @@ def _free_port() -> int:
 
 def test_autoscaling_config_has_no_misspelt_fields():
     """Serve ignores unknown autoscaling fields without a word, so check them against its model."""
-    from ray.serve.config import AutoscalingConfig
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
 
     assert set(BIDDER_AUTOSCALING) <= set(AutoscalingConfig.model_fields)
+    assert set(BIDDER_AUTOSCALING["policy"]) <= set(AutoscalingPolicy.model_fields)
     config = AutoscalingConfig(**BIDDER_AUTOSCALING)
-    assert (config.min_replicas, config.max_replicas, config.target_ongoing_requests) == (2, 4, 32)
+    assert (config.min_replicas, config.max_replicas) == (2, 4)
+    assert config.policy.policy_function == "bidopt.serve.autoscaling:BidderLoadPolicy"
+    assert config.look_back_period_s > config.metrics_interval_s  # else Serve warns, and will refuse
+    policy = config.policy.get_policy()(**config.policy.policy_kwargs)  # what Serve's controller does
+    assert (policy.target_cpu, policy.max_loop_lag_ms) == (0.6, 10.0)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -87,9 +92,17 @@ def test_bidopt_serve_deploys_management_and_bidder(platform, monkeypatch):
         deployment = details["applications"]["bidder"]["deployments"]["bidder"]
         live = deployment["deployment_config"]
         assert live["max_ongoing_requests"] == 100
-        assert {k: live["autoscaling_config"][k] for k in BIDDER_AUTOSCALING} == BIDDER_AUTOSCALING
+        scaling = live["autoscaling_config"]
+        assert {k: scaling[k] for k in BIDDER_AUTOSCALING if k != "policy"} == {
+            k: v for k, v in BIDDER_AUTOSCALING.items() if k != "policy"
+        }
+        assert {k: scaling["policy"][k] for k in ("policy_function", "policy_kwargs")} == BIDDER_AUTOSCALING["policy"]
         assert live["ray_actor_options"]["num_cpus"] == 0.25
         assert json.dumps(details["applications"]["management"]["status"]) == '"RUNNING"'
+        # the management app keeps its one replica, whatever the bidder's load
+        management = details["applications"]["management"]["deployments"]["management"]
+        assert management["target_num_replicas"] == 1
+        assert management["deployment_config"].get("autoscaling_config") is None
         # the control loop: its own app, no route, one replica ticking; it created the scheduled run
         assert details["applications"]["control"]["status"] == "RUNNING"
         assert details["applications"]["control"]["route_prefix"] is None
