@@ -12,10 +12,11 @@ window prints:
   ``max`` for unpaced connections;
 * ``achieved`` req/s, p50 and p99 latency, and every answer that was not a 200, by status (a 204 is a
   no-bid, not an error; socket errors are listed apart);
-* replicas: ``running/target`` at the window's end (Serve's status);
-* the signals the policy reads, mean over replicas of their latest report: ``cpu`` (cores per replica)
-  and ``lag`` (event-loop lag, ms); and ``serve-ongoing``, what Serve's default policy would read
-  (its aggregated ongoing requests), for comparison.
+* replicas: ``running/target`` at the window's end (Serve's status), ``+Ns`` for N replicas still
+  draining (STOPPING: Serve keeps a removed replica serving 30 s behind HAProxy before it exits);
+* the signals the policy reads, mean over replicas of their latest report (up to one push interval,
+  2 s, old): ``cpu`` (cores per replica) and ``lag`` (event-loop lag, ms); and ``serve-ongoing``, what
+  Serve's default policy would read (its aggregated ongoing requests), for comparison.
 
 Then the summary: the peak replica count, whether it returned to the minimum, and the non-200 answers
 during the windows where the replica count changed (scale-up and scale-down under load).
@@ -75,11 +76,12 @@ def poll():
         try:
             details = client.get_serve_details()["applications"]["bidder"]["deployments"]["bidder"]
             running = sum(1 for r in details["replicas"] if r["state"] == "RUNNING")
+            stopping = sum(1 for r in details["replicas"] if r["state"] == "STOPPING")
             # private, for this benchmark only: the metrics Serve's autoscaler holds per replica
             metrics = ray.get(client._controller._get_metrics_for_deployment_for_testing.remote(deployment))
             ongoing = ray.get(client._controller._get_total_num_requests_for_deployment_for_testing.remote(deployment))
             print(json.dumps({
-                "t": time.time(), "running": running, "target": details["target_num_replicas"],
+                "t": time.time(), "running": running, "stopping": stopping, "target": details["target_num_replicas"],
                 "cpu": latest(metrics.get("cpu", [])), "lag": latest(metrics.get("loop_lag_ms", [])),
                 "serve_ongoing": ongoing,
             }), flush=True)
@@ -197,11 +199,16 @@ def main() -> None:
                     r = run_window(url, script, round(min(args.window, phase_end - start)), connections, pause)
                     status = child.at(time.time())
                     row = {"t": time.time() - t0, "phase": name, "connections": connections, "pause": pause, **r}
-                    row.update({k: status.get(k) for k in ("running", "target", "cpu", "lag", "serve_ongoing")})
+                    row.update(
+                        {k: status.get(k) for k in ("running", "stopping", "target", "cpu", "lag", "serve_ongoing")}
+                    )
                     row["start_status"] = child.at(start)
                     rows.append(row)
                     print_row(row)
+                    # back at the minimum, and the removed replicas have drained and exited (Serve
+                    # keeps one STOPPING for 30 s behind HAProxy): only then has scale-down happened
                     back = status.get("running") == status.get("target") == args.min_replicas
+                    back = back and status.get("stopping") == 0
                     if name == "after" and back and went_up(rows, args):
                         phase_end = time.time()  # back at the minimum: the step is over
         finally:
@@ -229,6 +236,8 @@ def print_row(row: dict) -> None:
         return format(value, spec) if isinstance(value, (int, float)) else "-"
 
     replicas = f"{row.get('running', '-')}/{row.get('target', '-')}"
+    if row.get("stopping"):
+        replicas += f"+{row['stopping']}s"
     print(
         f"{row['t']:5.0f} {row['phase']:8} {offered(row):>8} {row['rps']:9,.0f} {row['p50']:7.2f} {row['p99']:8.2f} "
         f"{replicas:>8} {f(row.get('cpu'), '5.2f'):>5} {f(row.get('lag'), '7.2f'):>7} "
@@ -244,7 +253,12 @@ def went_up(rows: list[dict], args) -> bool:
 def summarize(rows: list[dict], args) -> None:
     peak = max((x.get("running") or 0) for x in rows)
     final = rows[-1].get("running") if rows else None
-    changing = [x for x in rows if x["start_status"].get("running") != x.get("running") and x["connections"]]
+
+    def moved(x: dict) -> bool:  # a replica started, was removed, or exited during the window
+        before = x["start_status"]
+        return (before.get("running"), before.get("stopping")) != (x.get("running"), x.get("stopping"))
+
+    changing = [x for x in rows if moved(x) and x["connections"]]
     bad_when_changing = [non_200(x) for x in changing if non_200(x)]
     five_xx = sum(v for x in rows for k, v in x["statuses"].items() if isinstance(k, int) and k >= 500)
     total = sum(sum(x["statuses"].values()) for x in rows)

@@ -8,9 +8,11 @@ the handler (HAProxy, the sockets, the event loop's ready callbacks) where Serve
 
 So each replica reports, over the time since its previous report:
 
-* ``cpu``: the cores its process used (CPU seconds per wall second). A replica's event loop can use
-  one core at most, so this is its utilisation; for a handler that never waits it is proportional to
-  the request rate, and it says how far from saturation the replica is before requests queue.
+* ``cpu``: the cores its process used (CPU seconds per wall second, every thread: the event loop,
+  the event writer rendering each decision's row, the refresh thread, Ray's own threads, about 0.02
+  of a core idle). The loop itself can use one core at most; for a handler that never waits, the
+  process's CPU is proportional to the request rate, and it says how far from saturation the replica
+  is before requests queue. It does not see a loop starved by a core shared with others: the lag does.
 * ``loop_lag_ms``: how late the event loop ran a timer, on average (a probe every
   ``LAG_PROBE_SECONDS``). Near zero until the replica saturates, then about as long as a request
   waits before its handler starts: the queueing itself, also when the cause is a core the replica
@@ -29,6 +31,9 @@ import time
 from collections.abc import Callable
 
 LAG_PROBE_SECONDS = 0.05
+# Serve records the first sample as soon as the replica is up: a sample over milliseconds would turn
+# a little start-up CPU into cores. Shorter samples return nothing (Serve then records no point).
+MIN_SAMPLE_SECONDS = 1.0
 
 
 class LoadMeter:
@@ -79,19 +84,18 @@ class LoadMeter:
             self._watcher = asyncio.get_running_loop().create_task(self.watch_loop_lag())
 
     def sample(self) -> dict[str, float]:
-        """The signals since the previous sample (or since the meter was made), then start anew."""
+        """The signals since the previous sample (or since the meter was made), then start anew; empty
+        when less than ``MIN_SAMPLE_SECONDS`` have passed (the next sample covers that time too)."""
         wall, cpu, requests = self._clock(), self._cpu_clock(), self.requests
         elapsed = wall - self._last_wall
-        if elapsed <= 0:  # two samples in the same clock tick: nothing measured in between
-            elapsed = float("inf")
+        if elapsed < MIN_SAMPLE_SECONDS:
+            return {}
         signals = {
             "cpu": max(0.0, cpu - self._last_cpu) / elapsed,
             "requests_per_s": (requests - self._last_requests) / elapsed,
             "loop_lag_ms": 1000.0 * self._lag_sum / self._lag_count if self._lag_count else 0.0,
             "loop_lag_max_ms": 1000.0 * self._lag_max,
         }
-        if elapsed == float("inf"):
-            signals["cpu"] = signals["requests_per_s"] = 0.0
         self._last_wall, self._last_cpu, self._last_requests = wall, cpu, requests
         self._lag_sum, self._lag_count, self._lag_max = 0.0, 0, 0.0
         return signals

@@ -64,9 +64,12 @@ class ManagementAPI:
 BIDDER_AUTOSCALING = {
     "min_replicas": 2,
     "max_replicas": 4,
-    # the replicas record their signals every look_back_period_s / 5 and push them every 10 s (Serve's
-    # default metrics_interval_s, deprecated but still what it uses), which the window must exceed
-    "look_back_period_s": 15.0,
+    # the replicas record their signals every look_back_period_s / 5 and push them to the controller
+    # every metrics_interval_s (deprecated, with a warning, but in Ray 2.60 still the only setting that
+    # does it: the environment variables meant to replace it are not read); its default of 10 s
+    # delayed every decision by up to 10 s. The window must exceed it.
+    "metrics_interval_s": 2.0,
+    "look_back_period_s": 10.0,
     "upscale_delay_s": 10.0,
     "downscale_delay_s": 120.0,
     "policy": {

@@ -119,10 +119,29 @@ def test_bidder_scales_out_under_overload_and_back_without_5xx(platform_db, monk
     script = tmp_path / "bid.lua"
     script.write_text(LUA)
 
+    def details() -> dict:
+        return _get_global_client().get_serve_details()["applications"]["bidder"]["deployments"]["bidder"]
+
     def replicas() -> tuple[int, int]:
-        details = _get_global_client().get_serve_details()["applications"]["bidder"]["deployments"]["bidder"]
-        running = sum(1 for r in details["replicas"] if r["state"] == "RUNNING")
-        return running, details["target_num_replicas"]
+        now = details()
+        return sum(1 for r in now["replicas"] if r["state"] == "RUNNING"), now["target_num_replicas"]
+
+    def all_gone_but_one() -> bool:  # a removed replica drains (STOPPING) for 30 s before it exits
+        return replicas() == (1, 1) and len(details()["replicas"]) == 1
+
+    def signals() -> dict:
+        """The latest value of each signal the replicas reported to Serve's autoscaler (private API)."""
+        from ray.serve._private.common import DeploymentID
+
+        controller = _get_global_client()._controller
+        held = ray.get(controller._get_metrics_for_deployment_for_testing.remote(DeploymentID("bidder", "bidder")))
+        return {name: [s[-1].value for s in series if s] for name, series in held.items()}
+
+    def bids(body) -> bool:
+        try:
+            return httpx.post(url, json=body, timeout=10).status_code == 200
+        except httpx.HTTPError:  # HAProxy not listening yet
+            return False
 
     def wait_for(predicate, timeout: float, what: str) -> float:
         deadline = time.time() + timeout
@@ -135,19 +154,24 @@ def test_bidder_scales_out_under_overload_and_back_without_5xx(platform_db, monk
     try:
         url = run_apps(port=_free_port()) + "openrtb2/drugs_hcp"
         body = {"id": "r", "imp": [{"id": "1"}], "device": {"geo": {"region": "california"}}}
-        wait_for(lambda: httpx.post(url, json=body, timeout=10).status_code == 200, 60, "a first bid")
+        wait_for(lambda: bids(body), 60, "a first bid")
         assert replicas() == (1, 1)
 
         overload = Load(wrk, script, url, connections=32)
         try:
             wait_for(lambda: replicas() == (2, 2), 90, "the overload to add a replica")
+            # both signals were reported, and the CPU one is what asked: over the 0.2 target
+            reported = signals()
+            assert max(reported["cpu"]) > 0.2 and reported["loop_lag_ms"], reported
+            assert max(reported.get("running_requests") or [0]) <= 1, reported  # what Serve's own policy sees
             time.sleep(3)  # requests keep arriving while HAProxy takes the new replica in
         finally:
             during_overload = overload.stop()
 
         trickle = Load(wrk, script, url, connections=2, pause_ms=50)  # ~40 req/s: far under the target
         try:
-            wait_for(lambda: replicas() == (1, 1), 120, "the end of the overload to remove the replica")
+            # the trickle goes on until the removed replica has drained and exited (HAProxy reloads)
+            wait_for(all_gone_but_one, 150, "the end of the overload to remove the replica")
             time.sleep(3)
         finally:
             during_trickle = trickle.stop()
