@@ -60,6 +60,13 @@ def test_serve_config_deploys_the_three_apps():
 
     autoscaling = by_name["bidder"].deployments[0].autoscaling_config
     assert set(autoscaling) <= set(AutoscalingConfig.model_fields)
+    # Serve's controller instantiates the policy with these: the class logs bad ones and falls back to
+    # its defaults (an exception there would stop the controller), so check them strictly here
+    from bidopt.serve.autoscaling import POLICY_IMPORT_PATH, check_policy_kwargs
+
+    assert autoscaling["policy"]["policy_function"] == POLICY_IMPORT_PATH
+    kwargs = autoscaling["policy"]["policy_kwargs"]
+    assert check_policy_kwargs(kwargs) == kwargs
 
 
 def test_serve_config_matches_what_bidopt_serve_deploys(monkeypatch):
