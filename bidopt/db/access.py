@@ -26,7 +26,13 @@ class Caller:
 
     @property
     def can_write(self) -> bool:
-        return self.role == "operator"
+        """Runs, splits, schedules: operators and admins."""
+        return self.role in ("operator", "admin")
+
+    @property
+    def can_admin(self) -> bool:
+        """The catalogue (supply sources, macros, versions, entities): admins only."""
+        return self.role == "admin"
 
 
 def _hash_token(token: str) -> str:

@@ -1,5 +1,5 @@
 """SQLAlchemy 2.0 typed models of the ``opt_*`` tables (the ten optimizer tables, users and tokens,
-bidder replicas).
+bidder replicas, compactions, schedules, the audit log).
 
 Reading of the two catalogue tables:
 
@@ -42,7 +42,7 @@ AUCTION_TYPES = ("first_price", "second_price")
 SOURCE_TYPES = ("exchange", "ssp")
 MACRO_STATUSES = ("A", "I")  # A = active, I = inactive
 CONFIG_SECTIONS = ("business", "technical")
-ROLES = ("viewer", "operator")  # viewer: read; operator: also create runs and change splits
+ROLES = ("viewer", "operator", "admin")  # viewer: read; operator: also runs and splits; admin: also the catalogue
 VALUE_TYPES = ("bool", "int", "float", "str")
 
 
@@ -379,3 +379,22 @@ class OptApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     user: Mapped[OptUser] = relationship()
+
+
+class OptAuditLog(Base):
+    """One change to the catalogue or to a traffic split (0005): who, when, what, the old and the
+    new values of the fields that changed (JSON). Written in the transaction of the change itself,
+    so a change that rolls back leaves no row, and every row is a change that happened."""
+
+    __tablename__ = "opt_audit_log"
+    __table_args__ = (Index("ix_opt_audit_log_entity_code_audit_id", "entity_code", "audit_id"),)
+
+    audit_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32))  # e.g. macro.update, split.replace
+    object_type: Mapped[str] = mapped_column(String(16))  # source, macro, version, entity, split
+    object_key: Mapped[str] = mapped_column(String(200))  # ADX, ADX/geo_region_name, v2, drugs_hcp, ...
+    entity_code: Mapped[str | None] = mapped_column(String(64))  # the entity it concerns, if one
+    old_value: Mapped[str | None] = mapped_column(Text)  # JSON of the changed fields before
+    new_value: Mapped[str | None] = mapped_column(Text)  # ... and after

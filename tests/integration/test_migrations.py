@@ -1,3 +1,4 @@
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -22,13 +23,15 @@ TABLES = {
     "opt_bidder_replicas",  # what each bidder replica serves (0003)
     "opt_event_compactions",  # hours of bidder events loaded into the warehouse (0004)
     "opt_schedules",  # per-entity optimizer schedules (0004)
+    "opt_audit_log",  # catalogue and split changes (0005)
 }
+HEAD = "0005"
 
 
 def test_upgrade_from_empty_creates_exactly_the_models(db_url):
     assert current_revision(db_url) is None
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0004"
+    assert current_revision(db_url) == HEAD
     engine = make_engine(db_url)
     try:
         assert set(inspect(engine).get_table_names()) - {"alembic_version"} == TABLES
@@ -42,7 +45,7 @@ def test_upgrade_from_empty_creates_exactly_the_models(db_url):
 def test_upgrade_is_idempotent(db_url):
     upgrade_database(db_url)
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0004"
+    assert current_revision(db_url) == HEAD
 
 
 def test_upgrade_from_0001_keeps_data(db_url):
@@ -122,7 +125,7 @@ def test_upgrade_from_0002_pins_each_run_features_request_field(db_url):
                     {"f": feature, "o": order, "m": macro_id},
                 )
         upgrade_database(db_url)
-        assert current_revision(db_url) == "0004"
+        assert current_revision(db_url) == HEAD
         with engine.connect() as conn:
             pinned = dict(conn.execute(text("SELECT feature_name, request_field FROM opt_run_features")).all())
             assert pinned == {"geo_region_name": "device.geo.region", "os_code": "device.os", "floor_bucket": None}
@@ -144,4 +147,51 @@ def test_0004_downgrades_and_upgrades_again(db_url):
     command.downgrade(alembic_config(db_url), "0003")
     assert current_revision(db_url) == "0003"
     upgrade_database(db_url)
-    assert current_revision(db_url) == "0004"
+    assert current_revision(db_url) == HEAD
+
+
+def test_0005_admits_admins_and_keeps_users_tokens(db_url):
+    """0005 changes opt_users' role check, which on SQLite rebuilds opt_users; the rebuild's DROP must
+    not cascade to the API tokens. Its downgrade turns admins into operators and keeps the tokens."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from bidopt.db.migrate import alembic_config
+
+    def insert_user(conn, name, role):
+        conn.execute(
+            text(
+                "INSERT INTO opt_users (username, role, is_active, created_at) VALUES (:n, :r, :a, CURRENT_TIMESTAMP)"
+            ),
+            {"n": name, "r": role, "a": True},
+        )
+
+    upgrade_database(db_url, "0004")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            insert_user(conn, "ann", "operator")
+            conn.execute(
+                text(
+                    "INSERT INTO opt_api_tokens (user_id, token_hash, name, created_at) "
+                    "SELECT user_id, 'h1', 'cli', CURRENT_TIMESTAMP FROM opt_users"
+                )
+            )
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            insert_user(conn, "root", "admin")  # 0004 has no admin role
+        upgrade_database(db_url)
+        with engine.begin() as conn:
+            insert_user(conn, "bob", "admin")
+            assert conn.execute(text("SELECT COUNT(*) FROM opt_api_tokens")).scalar() == 1
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            insert_user(conn, "eve", "root")  # the check is still there
+        command.downgrade(alembic_config(db_url), "0004")
+        with engine.connect() as conn:
+            roles = dict(conn.execute(text("SELECT username, role FROM opt_users")).all())
+            assert roles == {"ann": "operator", "bob": "operator"}
+            assert conn.execute(text("SELECT COUNT(*) FROM opt_api_tokens")).scalar() == 1
+        upgrade_database(db_url)
+        assert current_revision(db_url) == HEAD
+    finally:
+        engine.dispose()
