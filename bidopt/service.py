@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bidopt import guardrails
+from bidopt import catalogue, guardrails
 from bidopt.artifacts import read_run_artifact
 from bidopt.configs import ENTITY_CONFIG_SPECS, RUN_CONFIG_SPECS
 from bidopt.db import access, bidder_status, schedules
@@ -261,16 +261,10 @@ def parse_split_args(items: tuple[str, ...] | list[str]) -> list[tuple[str, str]
 # ----------------------------------------------------------------------------- promotion and guardrails
 
 
-def set_entity_configs(session: Session, entity_code: str, configs: Any) -> dict[str, Any]:
-    """Set static configs of an entity (the guardrail settings among them), each parsed and
-    range-checked like a run config; all or nothing (a bad value raises before the caller commits).
-    Returns the entity view."""
-    if not isinstance(configs, dict) or not configs:
-        raise InvalidConfig("give at least one static config as key=value")
-    entity = q.get_entity_by_code(session, entity_code)
-    for key, value in configs.items():
-        q.set_entity_config(session, entity.entity_id, key, value)
-    return entity_view(session, entity)
+def set_entity_configs(session: Session, entity_code: str, configs: Any, *, actor: str = "bidopt") -> dict[str, Any]:
+    """``bidopt.catalogue.set_entity_configs`` (kept here for its older callers; ``actor`` goes to the
+    audit log)."""
+    return catalogue.set_entity_configs(session, entity_code, configs, actor=actor)
 
 
 def promote_run(session: Session, entity_code: str, run_id: Any, *, deployed_by: str) -> dict[str, Any]:

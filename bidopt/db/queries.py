@@ -26,6 +26,7 @@ from bidopt.configs import (
     parse_run_configs,
     typed_value,
 )
+from bidopt.db.audit import record_change
 from bidopt.db.engine import database_now
 from bidopt.db.models import (
     RUN_STATUSES,
@@ -125,7 +126,11 @@ def create_run(
     index), so a slot that already has its run raises ``Conflict`` and inserts nothing, even when
     a concurrent scheduler took it between our check and our insert.
     """
-    entity = get_entity_by_code(session, entity_code)
+    # FOR SHARE: a concurrent deactivation (FOR UPDATE, bidopt.catalogue) waits for this run, or this
+    # waits for it and sees the entity inactive
+    entity = session.scalar(select(OptEntity).where(OptEntity.entity_code == entity_code).with_for_update(read=True))
+    if entity is None:
+        raise NotFound(f"unknown entity: {entity_code}")
     if not entity.is_active:
         raise Conflict(f"entity {entity_code} is inactive")
     if not triggered_by:
@@ -679,6 +684,21 @@ def replace_traffic_split(
         select(func.max(OptDeployment.split_id)).where(OptDeployment.entity_id == entity.entity_id)
     )
     split_id = (last_split or 0) + 1
+    before = session.execute(
+        select(OptDeployment.split_id, OptDeployment.run_id, OptDeployment.traffic_pct).where(
+            OptDeployment.entity_id == entity.entity_id, OptDeployment.is_active.is_(True)
+        )
+    ).all()
+    record_change(
+        session,
+        actor=deployed_by,
+        action="split.replace",
+        object_type="split",
+        object_key=f"{entity_code}/{split_id}",
+        entity_code=entity_code,
+        old={"split_id": before[0].split_id, "split": {r.run_id: r.traffic_pct for r in before}} if before else None,
+        new={"split_id": split_id, "split": dict(pairs), **({"reason": reason} if reason else {})},
+    )
     session.execute(
         update(OptDeployment)
         .where(OptDeployment.entity_id == entity.entity_id, OptDeployment.is_active.is_(True))

@@ -1,4 +1,5 @@
-"""The demo catalogue: one exchange, one optimizer version, two entities and their macros.
+"""The demo catalogue: one exchange, its macros, one optimizer version and two entities, made with
+the catalogue's service functions (``bidopt.catalogue``), as an admin would with the CLI.
 
 Idempotent: seeding twice changes nothing.
 """
@@ -8,8 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from bidopt.db.models import OptEntity, OptFeatureMacro, OptMaster, OptVersion
-from bidopt.db.queries import set_entity_config
+from bidopt.db.models import OptEntity, OptMaster, OptVersion
 
 # feature_name -> (macro template, bid-request field it stands for, description)
 ADX_MACROS = {
@@ -34,67 +34,56 @@ DEMO_ENTITIES = {
 }
 
 
+DEMO_ACTOR = "seed-demo"
+
+
 def seed_demo_catalogue(session: Session) -> list[str]:
-    """Insert what is missing of the demo catalogue; returns what was added, for the CLI."""
+    """Add what is missing of the demo catalogue, through the same service functions an admin uses
+    (``bidopt.catalogue``: the same checks, and audit rows by ``seed-demo``); returns what was added."""
+    from bidopt import catalogue
+
     added: list[str] = []
-    master = session.scalar(select(OptMaster).where(OptMaster.source_code == "ADX"))
-    if master is None:
-        master = OptMaster(
-            source_code="ADX",
+    if session.scalar(select(OptMaster).where(OptMaster.source_code == "ADX")) is None:
+        catalogue.create_source(
+            session,
+            code="ADX",
             name="Google Ad Exchange",
             source_type="exchange",
             auction_type="first_price",
             macro_namespace="ADX",
-            is_active=True,
+            actor=DEMO_ACTOR,
         )
-        session.add(master)
-        session.flush()
         added.append("supply source ADX")
-    version = session.scalar(select(OptVersion).where(OptVersion.version_name == "v1"))
-    if version is None:
-        version = OptVersion(
-            version_name="v1",
+    existing = {m["feature_name"] for m in catalogue.list_macros(session, source="ADX")}
+    for feature, (template, field, description) in ADX_MACROS.items():
+        if feature not in existing:
+            catalogue.create_macro(
+                session,
+                source="ADX",
+                feature=feature,
+                template=template,
+                request_field=field,
+                description=description,
+                actor=DEMO_ACTOR,
+            )
+            added.append(f"macro {template}")
+    if session.scalar(select(OptVersion).where(OptVersion.version_name == "v1")) is None:
+        catalogue.create_version(
+            session,
+            name="v1",
             anchor_feature="geo_region_name",
             description="XGBoost win-rate + CTR models, geo anchor",
             min_win_auc=0.55,
             max_win_ece=0.05,
             min_bid_coverage=0.95,
+            actor=DEMO_ACTOR,
         )
-        session.add(version)
-        session.flush()
         added.append("optimizer version v1")
-    existing = {
-        m.feature_name
-        for m in session.scalars(select(OptFeatureMacro).where(OptFeatureMacro.master_id == master.master_id))
-    }
-    for feature, (template, field, description) in ADX_MACROS.items():
-        if feature not in existing:
-            session.add(
-                OptFeatureMacro(
-                    master_id=master.master_id,
-                    feature_name=feature,
-                    macro_template=template,
-                    request_field=field,
-                    status="A",
-                    description=description,
-                )
-            )
-            added.append(f"macro {template}")
     for code, (name, configs) in DEMO_ENTITIES.items():
-        entity = session.scalar(select(OptEntity).where(OptEntity.entity_code == code))
-        if entity is None:
-            entity = OptEntity(
-                entity_code=code,
-                name=name,
-                master_id=master.master_id,
-                current_version_id=version.version_id,
-                base_path=code,
-                is_active=True,
+        if session.scalar(select(OptEntity).where(OptEntity.entity_code == code)) is None:
+            catalogue.create_entity(
+                session, code=code, name=name, source="ADX", version="v1", configs=configs, actor=DEMO_ACTOR
             )
-            session.add(entity)
-            session.flush()
-            for key, value in configs.items():
-                set_entity_config(session, entity.entity_id, key, value)
             added.append(f"entity {code}")
     session.flush()
     return added
