@@ -18,9 +18,9 @@ def users() -> None:
 @click.argument("username")
 @click.option(
     "--role",
-    type=click.Choice(["viewer", "operator"]),
+    type=click.Choice(["viewer", "operator", "admin"]),
     required=True,
-    help="viewer: read only; operator: also create runs and change splits.",
+    help="viewer: read only; operator: also create runs and change splits; admin: also change the catalogue.",
 )
 def users_add(username: str, role: str) -> None:
     """Add a user."""

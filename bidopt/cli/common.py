@@ -14,6 +14,8 @@ from bidopt.errors import DatabaseUnavailable, SchemaMissing
 from bidopt.settings import get_settings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+# The actor of a catalogue write (bidopt.catalogue records it in the audit log); None -> default_user().
+by_option = click.option("--by", "actor", default=None, help="Who makes the change (default: $BIDOPT_USER or login).")
 
 
 def session():

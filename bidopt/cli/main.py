@@ -1,8 +1,8 @@
 """``bidopt``: the root group. One module per group (``bidopt/cli/<group>.py``) is attached here.
 
-Commands are thin: they parse, call a function of the library (``bidopt.service`` for the
-catalogue, runs, splits, users and tokens) and print. A ``BidoptError`` becomes a one-line
-message and exit code 1.
+Commands are thin: they parse, call a function of the library (``bidopt.catalogue`` for the
+catalogue and the audit log, ``bidopt.service`` for runs, splits, users and tokens) and print.
+A ``BidoptError`` becomes a one-line message and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from bidopt.cli.access import tokens, users
+from bidopt.cli.audit import audit
 from bidopt.cli.common import json_option
 from bidopt.cli.data import data
 from bidopt.cli.db import db
@@ -18,11 +19,14 @@ from bidopt.cli.deploy import deploy
 from bidopt.cli.entities import entities
 from bidopt.cli.events import events
 from bidopt.cli.exchange import exchange
+from bidopt.cli.macros import macros
 from bidopt.cli.optimizer import optimizer
 from bidopt.cli.output import print_json, print_mapping
 from bidopt.cli.runs import runs
 from bidopt.cli.schedules import schedules
 from bidopt.cli.serve import serve_cmd
+from bidopt.cli.sources import sources
+from bidopt.cli.versions import versions
 from bidopt.errors import BidoptError
 from bidopt.settings import get_settings
 
@@ -60,7 +64,24 @@ def settings_cmd(as_json: bool) -> None:
     print_json(values) if as_json else print_mapping(values)
 
 
-for _group in (db, entities, runs, data, optimizer, deploy, events, schedules, exchange, users, tokens, serve_cmd):
+for _group in (
+    db,
+    sources,
+    macros,
+    versions,
+    entities,
+    audit,
+    runs,
+    data,
+    optimizer,
+    deploy,
+    events,
+    schedules,
+    exchange,
+    users,
+    tokens,
+    serve_cmd,
+):
     cli.add_command(_group)
 
 
