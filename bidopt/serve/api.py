@@ -1,9 +1,10 @@
 """The management API and web UI: one FastAPI app (served by Ray Serve, see ``bidopt.serve.apps``).
 
-Every route calls a function of ``bidopt.service``. Callers authenticate with an
-API token (``Authorization: Bearer bo_...``); viewers read, operators also create
-runs and change traffic splits. Who created a run or deployed a split is the
-authenticated caller, never a field of the request. Errors are JSON
+Every route calls a function of ``bidopt.service`` or (the catalogue) ``bidopt.catalogue``.
+Callers authenticate with an API token (``Authorization: Bearer bo_...``); viewers read,
+operators also create runs and change traffic splits, admins also change the catalogue (supply
+sources, macros, versions, entities). Who created a run, deployed a split or changed the catalogue
+is the authenticated caller, never a field of the request. Errors are JSON
 ``{"error": "..."}`` with a 4xx status, or 503 when the metadata database is unreachable or has
 no schema.
 """
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bidopt import service
+from bidopt import catalogue, service
 from bidopt.db import access
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import BidoptError
@@ -65,6 +66,95 @@ class ScheduleRequest(BaseModel):
     start: str | None = Field(default=None, examples=["2026-02-03T06:00:00Z"])
 
 
+class CreateSourceRequest(BaseModel):
+    """A new supply source (``opt_master``): an exchange or SSP and the macro namespace of its requests."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(examples=["OPENX"])
+    name: str = Field(examples=["OpenX"])
+    source_type: str = Field(examples=["ssp"], description="exchange or ssp")
+    auction_type: str = Field(examples=["second_price"], description="first_price or second_price")
+    macro_namespace: str = Field(examples=["OX"])
+
+
+class UpdateSourceRequest(BaseModel):
+    """The fields of a supply source to change (at least one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    source_type: str | None = None
+    auction_type: str | None = None
+    macro_namespace: str | None = None
+
+
+class CreateMacroRequest(BaseModel):
+    """How a feature is read from the bid requests of a supply source."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(examples=["ADX"])
+    feature: str = Field(examples=["geo_region_name"])
+    template: str = Field(examples=["[ADX_GEO_STATE]"])
+    request_field: str = Field(examples=["device.geo.region"], description="dotted paths, | between alternatives")
+    description: str | None = None
+
+
+class UpdateMacroRequest(BaseModel):
+    """The fields of a macro to change; ``status: "active"`` reactivates it."""
+
+    model_config = ConfigDict(extra="forbid")
+    template: str | None = None
+    request_field: str | None = None
+    description: str | None = None
+    status: str | None = Field(default=None, examples=["active"])
+
+
+class CreateVersionRequest(BaseModel):
+    """A new optimizer version (immutable: a change is a new version)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(examples=["v2"])
+    anchor_feature: str = Field(examples=["geo_region_name"])
+    # Any: the service parses them as run configs are parsed (pydantic would make true 1.0)
+    min_win_auc: Any = Field(examples=[0.6])
+    max_win_ece: Any = Field(examples=[0.05])
+    min_bid_coverage: Any = Field(examples=[0.9])
+    description: str | None = None
+
+
+class CreateEntityRequest(BaseModel):
+    """A new entity of an active supply source on an optimizer version, with its static configs."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(examples=["vet_clinics"])
+    name: str = Field(examples=["Pet health, veterinary clinics"])
+    source: str = Field(examples=["ADX"])
+    version: str = Field(examples=["v1"])
+    base_path: str | None = None
+    configs: dict[str, Any] = Field(default_factory=dict, examples=[{"npi_enabled": False, "domain_enabled": True}])
+
+
+class UpdateEntityRequest(BaseModel):
+    """The fields of an entity to change (at least one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    base_path: str | None = None
+
+
+class EntityConfigsRequest(BaseModel):
+    """Static configs to set; keys and ranges as in ``GET /api/config-specs`` (``static``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    configs: dict[str, Any] = Field(examples=[{"floor_available": True, "guardrail_min_bids": 500}])
+
+
+class UseVersionRequest(BaseModel):
+    """The optimizer version the entity's next runs are made with."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(examples=["v2"])
+
+
 def _session() -> Iterator[Session]:
     with session_scope(get_engine(get_settings().database_url)) as s:
         yield s
@@ -89,11 +179,18 @@ def operator(who: access.Caller = Depends(caller)) -> access.Caller:
     return who
 
 
+def admin(who: access.Caller = Depends(caller)) -> access.Caller:
+    if not who.can_admin:
+        article = "an" if who.role[:1] in "aeiou" else "a"
+        raise ApiError(f"{who.username} is {article} {who.role}: changing the catalogue needs the admin role", 403)
+    return who
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="bidopt management API",
         version="0.1.0",
-        description="Entities, optimizer runs, metrics and A/B traffic splits.",
+        description="Entities, optimizer runs, metrics, A/B traffic splits, the catalogue and its audit log.",
     )
 
     @app.exception_handler(BidoptError)
@@ -117,7 +214,7 @@ def create_app() -> FastAPI:
 
     @app.get("/api/me", tags=["auth"])
     def me(who: access.Caller = Depends(caller)) -> dict:
-        return {"username": who.username, "role": who.role, "can_write": who.can_write}
+        return {"username": who.username, "role": who.role, "can_write": who.can_write, "can_admin": who.can_admin}
 
     @app.get("/api/config-specs", tags=["runs"], dependencies=read)
     def config_specs() -> dict:
@@ -127,9 +224,44 @@ def create_app() -> FastAPI:
     def entities(s: Session = Depends(_session)) -> list[dict]:
         return service.list_entities(s)
 
+    @app.post("/api/entities", tags=["entities"], status_code=201)
+    def create_entity(body: CreateEntityRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.create_entity(
+                s,
+                code=body.code,
+                name=body.name,
+                source=body.source,
+                version=body.version,
+                base_path=body.base_path,
+                configs=body.configs,
+                actor=who.username,
+            )
+
     @app.get("/api/entities/{entity_code}", tags=["entities"], dependencies=read)
     def entity(entity_code: str, s: Session = Depends(_session)) -> dict:
         return service.get_entity(s, entity_code)
+
+    @app.patch("/api/entities/{entity_code}", tags=["entities"])
+    def update_entity(entity_code: str, body: UpdateEntityRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.update_entity(s, entity_code, body.model_dump(exclude_unset=True), actor=who.username)
+
+    @app.post("/api/entities/{entity_code}/deactivate", tags=["entities"])
+    def deactivate_entity(entity_code: str, who: access.Caller = Depends(admin)) -> dict:
+        """Stop serving the entity (bidders drop it on their next refresh) and refuse its new runs."""
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.deactivate_entity(s, entity_code, actor=who.username)
+
+    @app.put("/api/entities/{entity_code}/configs", tags=["entities"])
+    def put_entity_configs(entity_code: str, body: EntityConfigsRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.set_entity_configs(s, entity_code, body.configs, actor=who.username)
+
+    @app.put("/api/entities/{entity_code}/version", tags=["entities"])
+    def put_entity_version(entity_code: str, body: UseVersionRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.use_version(s, entity_code, body.version, actor=who.username)
 
     @app.get("/api/entities/{entity_code}/runs", tags=["runs"], dependencies=read)
     def entity_runs(
@@ -223,6 +355,71 @@ def create_app() -> FastAPI:
     @app.get("/api/runs/{run_id}/curves", tags=["runs"], dependencies=read)
     def run_curves(run_id: str, s: Session = Depends(_session)) -> dict:
         return service.run_curves(s, run_id)
+
+    # ------------------------------------------------------------------ the catalogue (admin writes)
+
+    @app.get("/api/sources", tags=["catalogue"], dependencies=read)
+    def sources(s: Session = Depends(_session)) -> list[dict]:
+        return catalogue.list_sources(s)
+
+    @app.post("/api/sources", tags=["catalogue"], status_code=201)
+    def create_source(body: CreateSourceRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.create_source(s, **body.model_dump(), actor=who.username)
+
+    @app.get("/api/sources/{code}", tags=["catalogue"], dependencies=read)
+    def source(code: str, s: Session = Depends(_session)) -> dict:
+        return catalogue.get_source(s, code)
+
+    @app.patch("/api/sources/{code}", tags=["catalogue"])
+    def update_source(code: str, body: UpdateSourceRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.update_source(s, code, body.model_dump(exclude_unset=True), actor=who.username)
+
+    @app.post("/api/sources/{code}/deactivate", tags=["catalogue"])
+    def deactivate_source(code: str, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.deactivate_source(s, code, actor=who.username)
+
+    @app.get("/api/macros", tags=["catalogue"], dependencies=read)
+    def macros(source: str | None = None, s: Session = Depends(_session)) -> list[dict]:
+        return catalogue.list_macros(s, source=source)
+
+    @app.post("/api/macros", tags=["catalogue"], status_code=201)
+    def create_macro(body: CreateMacroRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.create_macro(s, **body.model_dump(), actor=who.username)
+
+    @app.patch("/api/macros/{source}/{feature}", tags=["catalogue"])
+    def update_macro(source: str, feature: str, body: UpdateMacroRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.update_macro(s, source, feature, body.model_dump(exclude_unset=True), actor=who.username)
+
+    @app.post("/api/macros/{source}/{feature}/deactivate", tags=["catalogue"])
+    def deactivate_macro(source: str, feature: str, who: access.Caller = Depends(admin)) -> dict:
+        """Deactivate a macro; the answer's ``note`` says why runs in active splits keep working."""
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.deactivate_macro(s, source, feature, actor=who.username)
+
+    @app.get("/api/versions", tags=["catalogue"], dependencies=read)
+    def versions(s: Session = Depends(_session)) -> list[dict]:
+        return catalogue.list_versions(s)
+
+    @app.post("/api/versions", tags=["catalogue"], status_code=201)
+    def create_version(body: CreateVersionRequest, who: access.Caller = Depends(admin)) -> dict:
+        with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
+            return catalogue.create_version(s, **body.model_dump(), actor=who.username)
+
+    @app.get("/api/versions/{name}", tags=["catalogue"], dependencies=read)
+    def version(name: str, s: Session = Depends(_session)) -> dict:
+        return catalogue.get_version(s, name)
+
+    @app.get("/api/audit", tags=["catalogue"], dependencies=read)
+    def audit(
+        entity: str | None = None, limit: int = Query(200, ge=1, le=1000), s: Session = Depends(_session)
+    ) -> list[dict]:
+        """Catalogue and split changes, newest first: who, when, what, old and new values."""
+        return catalogue.list_audit(s, entity=entity, limit=limit)
 
     # ------------------------------------------------------------------ web UI (no build step)
 

@@ -47,7 +47,7 @@ def _count(engine, model):
 def test_entities_and_caller(client):
     assert client.get("/api/entities").status_code == 401
     me = client.get("/api/me", headers=client.as_viewer).json()
-    assert me == {"username": "victor", "role": "viewer", "can_write": False}
+    assert me == {"username": "victor", "role": "viewer", "can_write": False, "can_admin": False}
     entities = client.get("/api/entities", headers=client.as_viewer).json()
     assert {e["entity_code"] for e in entities} == {"drugs_hcp", "auto_intenders"}
     drugs = client.get("/api/entities/drugs_hcp", headers=client.as_viewer).json()

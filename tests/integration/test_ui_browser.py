@@ -315,3 +315,149 @@ def test_results_page_shows_each_arm_and_promotes_the_winner(platform_db, server
     buttons = viewer.query_selector_all("#arms-table button.promote")
     assert len(buttons) == 2 and all(b.is_disabled() for b in buttons)
     assert errors == []
+
+
+def _sign_in(page, server, token):
+    page.goto(server)
+    page.fill("#token-input", token)
+    page.click("#token-save")
+    page.wait_for_selector("#entities-table")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_admin_onboards_an_entity_through_the_ui_and_the_audit_page_lists_it(platform_db, server, browser):
+    from bidopt import service
+
+    with session_scope(platform_db) as s:
+        access.create_user(s, "ada", "admin")
+        access.create_user(s, "victor", "viewer")
+        token = access.create_api_token(s, "ada")[1]
+        viewer_token = access.create_api_token(s, "victor")[1]
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())  # deactivating asks to confirm
+    _sign_in(page, server, token)
+    assert "ada" in page.inner_text("#who") and "admin" in page.inner_text("#who")
+
+    # the catalogue: a supply source, a macro (a bad request field first: the server's reason), a version
+    page.click("#links >> text=Catalogue")
+    page.wait_for_selector("#source-form")
+    assert "[ADX_GEO_STATE]" in page.inner_text('.macros-table[data-source="ADX"]')
+    page.fill("#source-code", "OX")
+    page.fill("#source-name", "OpenX")
+    page.select_option("#source-type", "ssp")
+    page.select_option("#source-auction", "second_price")
+    page.fill("#source-namespace", "OX")
+    page.click("#source-submit")
+    page.wait_for_selector("#source-message.ok")
+    page.wait_for_selector('#sources-table tr[data-source="OX"]')
+    page.select_option("#macro-source", "OX")
+    page.fill("#macro-feature", "geo_region_name")
+    page.fill("#macro-template", "[OX_GEO]")
+    page.fill("#macro-field", "device..geo")
+    page.click("#macro-submit")
+    page.wait_for_selector("#macro-message.bad")
+    assert "is not a dotted path" in page.inner_text("#macro-message")
+    page.fill("#macro-field", "device.geo.region")
+    page.click("#macro-submit")
+    page.wait_for_selector("#macro-message.ok")
+    assert "[OX_GEO]" in page.inner_text('.macros-table[data-source="OX"]')
+    page.click('.macros-table tr[data-source="OX"][data-feature="geo_region_name"] button.edit-macro')  # change it
+    assert page.input_value("#macro-feature") == "geo_region_name" and "Change macro" in page.inner_text("#macro-form")
+    page.fill("#macro-field", "device.geo.region|user.geo.region")
+    page.click("#macro-submit")
+    page.wait_for_selector('#macro-message.ok:has-text("Changed macro [OX_GEO]")')
+    assert "user.geo.region" in page.inner_text('.macros-table tr[data-source="OX"][data-feature="geo_region_name"]')
+    page.fill("#version-name", "v2")
+    page.fill("#version-min_win_auc", "0.4")
+    page.fill("#version-max_win_ece", "0.04")
+    page.fill("#version-min_bid_coverage", "0.9")
+    page.click("#version-submit")
+    page.wait_for_selector("#version-message.bad")
+    assert "min_win_auc must be >= 0.5" in page.inner_text("#version-message")
+    page.fill("#version-min_win_auc", "0.6")
+    page.click("#version-submit")
+    page.wait_for_selector('#versions-table tr[data-version="v2"]')
+
+    # a new entity: a bad static config value is refused with the server's reason, nothing is created
+    page.click("#links >> text=Entities")
+    page.wait_for_selector("#entity-form")
+    page.fill("#new-entity-code", "vet_clinics")
+    page.fill("#new-entity-name", "Pet health, veterinary clinics")
+    page.select_option("#new-entity-source", "ADX")
+    page.select_option("#new-entity-version", "v1")
+    page.select_option("#new-entity-cfg-domain_enabled", "true")
+    page.fill("#new-entity-cfg-guardrail_min_bids", "0")
+    page.click("#entity-submit")
+    page.wait_for_selector("#entity-message.bad")
+    assert "guardrail_min_bids must be >= 1" in page.inner_text("#entity-message")
+    assert page.query_selector('#entities-table tr[data-entity="vet_clinics"]') is None
+    with session_scope(platform_db) as s:
+        assert {e["entity_code"] for e in service.list_entities(s)} == {"drugs_hcp", "auto_intenders"}
+    page.fill("#new-entity-cfg-guardrail_min_bids", "500")  # fixed: created, and listed
+    page.click("#entity-submit")
+    page.wait_for_selector("#entity-message.ok")
+    assert "Created entity vet_clinics" in page.inner_text("#entity-message")
+    page.wait_for_selector('#entities-table tr[data-entity="vet_clinics"]')
+    with session_scope(platform_db) as s:
+        vet = service.get_entity(s, "vet_clinics")
+    assert (vet["supply_source"], vet["current_version"], vet["base_path"]) == ("ADX", "v1", "vet_clinics")
+    assert vet["static_configs"]["domain_enabled"] is True and vet["static_configs"]["guardrail_min_bids"] == 500
+
+    # its page: static configs (a bad value first), another version, deactivation
+    page.click('#entities-table a[href="#/entity/vet_clinics"]')
+    page.wait_for_selector("#static-form")
+    page.fill("#static-guardrail_max_win_rate_gap", "2")
+    page.click("#static-submit")
+    page.wait_for_selector("#static-message.bad")
+    assert "guardrail_max_win_rate_gap must be <= 1.0" in page.inner_text("#static-message")
+    page.fill("#static-guardrail_max_win_rate_gap", "0.2")
+    page.click("#static-submit")
+    page.wait_for_selector("#static-message.ok")
+    page.select_option("#use-version-select", "v2")
+    page.click("#use-version-submit")
+    page.wait_for_selector("#use-version-message.ok")
+    assert "version v2" in page.inner_text("#use-version-message")
+    page.click("#entity-deactivate")
+    page.wait_for_selector("#entity-inactive")
+    with session_scope(platform_db) as s:
+        vet = service.get_entity(s, "vet_clinics")
+    assert vet["static_configs"]["guardrail_max_win_rate_gap"] == 0.2
+    assert (vet["current_version"], vet["is_active"]) == ("v2", False)
+
+    # the audit page lists every step, with who and the new values; filtered by the entity
+    page.click("#links >> text=Audit")
+    created = '#audit-table tr[data-action="entity.create"][data-entity="vet_clinics"]'
+    page.wait_for_selector(created)
+    assert "ada" in page.inner_text(created) and "guardrail_min_bids" in page.inner_text(created)
+    for action in ("source.create", "macro.create", "macro.update", "version.create"):
+        assert page.query_selector(f'#audit-table tr[data-action="{action}"]') is not None, action
+    page.select_option("#audit-entity", "vet_clinics")
+    page.wait_for_selector('#audit-table tr[data-action="source.create"]', state="detached")  # redrawn, filtered
+    rows = page.query_selector_all("#audit-table tr[data-action]")
+    assert [r.get_attribute("data-action") for r in rows] == [
+        "entity.deactivate",
+        "entity.use_version",
+        "entity.config",
+        "entity.create",
+    ]
+    assert {r.get_attribute("data-entity") for r in rows} == {"vet_clinics"}
+    assert "0.15" in rows[2].inner_text() and "0.2" in rows[2].inner_text()  # old and new
+
+    # a viewer sees all of it read-only
+    viewer = browser.new_page(viewport={"width": 1280, "height": 1400})
+    viewer.on("pageerror", lambda exc: errors.append(str(exc)))
+    _sign_in(viewer, server, viewer_token)
+    assert viewer.query_selector('#entities-table tr[data-entity="vet_clinics"]') is not None
+    assert viewer.query_selector("#entity-form") is None
+    viewer.goto(server + "#/entity/vet_clinics")
+    viewer.wait_for_selector("#runs-table")
+    assert viewer.query_selector("#entity-admin") is None and viewer.query_selector("#static-form") is None
+    viewer.goto(server + "#/catalogue")
+    viewer.wait_for_selector('#sources-table tr[data-source="OX"]')
+    assert viewer.query_selector("#source-form") is None and viewer.query_selector("#sources-table button") is None
+    assert "Only admins change the catalogue" in viewer.inner_text("main")
+    viewer.goto(server + "#/audit/vet_clinics")
+    viewer.wait_for_selector('#audit-table tr[data-action="entity.create"]')
+    assert errors == []

@@ -50,7 +50,10 @@ async function route() {
     else if (page === "run") await runPage(decodeURIComponent(arg));
     else if (page === "compare") await comparePage(decodeURIComponent(arg).split(","));
     else if (page === "ab") await abPage(decodeURIComponent(arg));
+    else if (page === "catalogue") await cataloguePage();
+    else if (page === "audit") await auditPage(arg ? decodeURIComponent(arg) : "");
     else await entitiesPage();
+    showFlash();
   } catch (err) {
     if (localStorage.getItem(TOKEN_KEY) && me) main.innerHTML = `<section class="bad">${esc(err.message)}</section>`;
   }
@@ -64,38 +67,45 @@ async function entitiesPage() {
   const entities = await api("GET", "/api/entities");
   main.innerHTML = `<section><h2>Entities</h2><table id="entities-table"><tr><th>entity</th><th>name</th>
     <th>supply source</th><th>version</th><th>floor_available</th><th>npi_enabled</th><th>domain_enabled</th></tr>
-    ${entities.map(e => `<tr><td><a href="#/entity/${esc(e.entity_code)}">${esc(e.entity_code)}</a></td>
+    ${entities.map(e => `<tr data-entity="${esc(e.entity_code)}" class="${e.is_active === false ? "muted" : ""}">
+      <td><a href="#/entity/${esc(e.entity_code)}">${esc(e.entity_code)}</a>${e.is_active === false ? ` <span class="pill">inactive</span>` : ""}</td>
       <td>${esc(e.name)}</td><td>${esc(e.supply_source)} (${esc(e.auction_type)})</td><td>${esc(e.current_version)}</td>
       <td>${fmt(e.static_configs.floor_available)}</td><td>${fmt(e.static_configs.npi_enabled)}</td>
-      <td>${fmt(e.static_configs.domain_enabled)}</td></tr>`).join("")}</table></section>`;
+      <td>${fmt(e.static_configs.domain_enabled)}</td></tr>`).join("")}</table></section>
+    ${me.can_admin ? "<section id='new-entity'></section>" : ""}`;
+  if (me.can_admin) await newEntityForm(document.getElementById("new-entity"));
 }
 
-function configInput(spec) {
-  const id = `cfg-${spec.key}`;
+function configInput(spec, prefix = "cfg", value = spec.default) {
+  const id = `${prefix}-${spec.key}`;
   if (spec.value_type === "bool")
     return `<label>${esc(spec.key)}<select id="${id}" data-key="${esc(spec.key)}" title="${esc(spec.description)}">
-      <option value="false" ${spec.default ? "" : "selected"}>false</option>
-      <option value="true" ${spec.default ? "selected" : ""}>true</option></select></label>`;
+      <option value="false" ${value ? "" : "selected"}>false</option>
+      <option value="true" ${value ? "selected" : ""}>true</option></select></label>`;
   if (spec.choices.length)
     return `<label>${esc(spec.key)}<select id="${id}" data-key="${esc(spec.key)}" title="${esc(spec.description)}">
-      ${spec.choices.map(c => `<option ${c === spec.default ? "selected" : ""}>${esc(c)}</option>`).join("")}</select></label>`;
+      ${spec.choices.map(c => `<option ${c === value ? "selected" : ""}>${esc(c)}</option>`).join("")}</select></label>`;
   return `<label>${esc(spec.key)} <span class="muted">${esc(spec.description)}</span>
-    <input id="${id}" data-key="${esc(spec.key)}" value="${esc(spec.default)}"></label>`;
+    <input id="${id}" data-key="${esc(spec.key)}" value="${esc(value)}"></label>`;
 }
 
 async function entityPage(code) {
-  crumbs(`/ <a href="#/entity/${esc(code)}">${esc(code)}</a> · <a href="#/ab/${esc(code)}">A/B split</a>`);
+  crumbs(`/ <a href="#/entity/${esc(code)}">${esc(code)}</a> · <a href="#/ab/${esc(code)}">A/B split</a>
+    · <a href="#/audit/${esc(encodeURIComponent(code))}">audit</a>`);
   const [entity, specs, runs] = await Promise.all([
     api("GET", `/api/entities/${encodeURIComponent(code)}`), api("GET", "/api/config-specs"),
     api("GET", `/api/entities/${encodeURIComponent(code)}/runs?limit=50`)]);
   const sections = ["business", "technical"].map(sec => `<h3>${sec}</h3><div class="grid">
-    ${specs.run.filter(s => s.section === sec).map(configInput).join("")}</div>`).join("");
+    ${specs.run.filter(s => s.section === sec).map(s => configInput(s)).join("")}</div>`).join("");
   main.innerHTML = `
-    <section><h2>${esc(entity.entity_code)} — ${esc(entity.name)}</h2><table>
+    <section><h2>${esc(entity.entity_code)} — ${esc(entity.name)}${entity.is_active === false
+      ? ` <span class="pill" id="entity-inactive">inactive: not served, no new runs</span>` : ""}</h2><table>
       <tr><th>supply source</th><td>${esc(entity.supply_source)} (${esc(entity.auction_type)})</td></tr>
       <tr><th>optimizer version</th><td>${esc(entity.current_version)} (anchor ${esc(entity.anchor_feature)})</td></tr>
+      <tr><th>artifact base path</th><td>${esc(entity.base_path)}</td></tr>
       ${Object.entries(entity.static_configs).map(([k, v]) => `<tr><th>${esc(k)}</th><td>${fmt(v)}</td></tr>`).join("")}
     </table></section>
+    ${me.can_admin ? "<section id='entity-admin'></section>" : ""}
     <section><h2>Run optimizer</h2>
       ${me.can_write ? `<form id="run-form">${sections}<p><button id="run-submit" type="submit">Run optimizer</button></p>
         <div id="run-message" class="msg"></div></form>` : `<p class="muted">Viewers cannot create runs.</p>`}
@@ -109,6 +119,7 @@ async function entityPage(code) {
         <td>${fmt(r.win_auc)}</td><td>${fmt(r.win_ece)}</td><td>${esc(r.triggered_by)}</td><td>${esc(r.created_at)}</td></tr>
         ${r.error_message ? `<tr><td></td><td colspan="10" class="bad">${esc(r.error_message)}</td></tr>` : ""}`).join("")}
     </table><p><button id="compare">Compare selected</button></p></section>`;
+  if (me.can_admin) await entityAdmin(document.getElementById("entity-admin"), entity, specs);
   document.getElementById("compare").onclick = () => {
     const ids = [...document.querySelectorAll(".cmp:checked")].map(c => c.value);
     if (ids.length >= 2) location.hash = `#/compare/${ids.join(",")}`;
@@ -288,6 +299,293 @@ async function abPage(code) {
       msg.className = "msg ok"; msg.textContent = "Split saved; bidders pick it up on their next refresh.";
       setTimeout(() => abPage(code), 500);
     } catch (err) { msg.className = "msg bad"; msg.textContent = err.message; }
+  };
+}
+
+// ------------------------------------------------------------------ the catalogue (admins write)
+
+let flash = null;  // {id, html}: the message of a write, shown in its form once the page has redrawn
+
+function showFlash() {
+  const el = flash && document.getElementById(flash.id);
+  if (el) { el.className = "msg ok"; el.innerHTML = flash.html; }
+  flash = null;
+}
+
+// The form's [data-field] values, trimmed; `keep` = false leaves empty ones out (optional fields).
+function fields(form, keep = true) {
+  const out = {};
+  form.querySelectorAll("[data-field]").forEach(el => {
+    const v = el.value.trim();
+    if (keep || v !== "") out[el.dataset.field] = v;
+  });
+  return out;
+}
+
+// The values that differ from `before` (what an edit form sends); an emptied description is null.
+function changes(values, before) {
+  const out = {};
+  Object.entries(values).forEach(([k, v]) => {
+    if (v !== String(before[k] ?? "")) out[k] = k === "description" && v === "" ? null : v;
+  });
+  return out;
+}
+
+// A form's write: `send()` returns the API's answer (null: nothing to send). A refusal shows the
+// server's error in the form's message box and keeps what was typed; a success redraws the page
+// (route) and shows `done(answer)` there.
+function onWrite(form, msgId, send, done) {
+  form.onsubmit = async e => {
+    e.preventDefault();
+    const msg = document.getElementById(msgId), button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = true;
+    let answer;
+    try { answer = await send(); } catch (err) {
+      msg.className = "msg bad"; msg.textContent = err.message;
+      if (button) button.disabled = false;
+      return;
+    }
+    if (button) button.disabled = false;
+    if (answer === null) { msg.className = "msg muted"; msg.textContent = "Nothing changed."; return; }
+    flash = {id: msgId, html: done(answer)};
+    await route();
+  };
+}
+
+// A button's write (deactivate, reactivate): confirmed first, its error or result in `msgId`.
+function onAction(button, msgId, question, send, done) {
+  button.onclick = async () => {
+    if (question && !confirm(question)) return;
+    const msg = document.getElementById(msgId);
+    let answer;
+    try { answer = await send(); } catch (err) { msg.className = "msg bad"; msg.textContent = err.message; return; }
+    flash = {id: msgId, html: done(answer)};
+    await route();
+  };
+}
+
+const options = (values, selected) => values.map(v => `<option ${v === selected ? "selected" : ""}>${esc(v)}</option>`).join("");
+const activePill = active => active ? `<span class="pill completed">active</span>` : `<span class="pill">inactive</span>`;
+
+async function newEntityForm(section) {
+  const [sources, versions, specs] = await Promise.all([
+    api("GET", "/api/sources"), api("GET", "/api/versions"), api("GET", "/api/config-specs")]);
+  const active = sources.filter(s => s.is_active).map(s => s.source_code);
+  section.innerHTML = `<h2>New entity</h2>
+    <p class="muted">An advertiser line on an active supply source and an optimizer version whose anchor feature has an
+      active macro in that source. Static configs are typed and range-checked like run configs.</p>
+    <form id="entity-form"><div class="grid">
+      <label>code <span class="muted">lower case, digits, _ and -</span><input id="new-entity-code" data-field="code"></label>
+      <label>name<input id="new-entity-name" data-field="name"></label>
+      <label>supply source<select id="new-entity-source" data-field="source">${options(active)}</select></label>
+      <label>optimizer version<select id="new-entity-version" data-field="version">
+        ${options(versions.map(v => v.version_name), versions.length ? versions[versions.length - 1].version_name : null)}</select></label>
+      <label>artifact base path <span class="muted">default: the code</span><input id="new-entity-base_path" data-field="base_path"></label>
+    </div><h3>Static configs</h3><div class="grid">${specs.static.map(s => configInput(s, "new-entity-cfg")).join("")}</div>
+    <p><button id="entity-submit" type="submit">Create entity</button></p><div id="entity-message" class="msg"></div></form>`;
+  const form = document.getElementById("entity-form");
+  onWrite(form, "entity-message", () => {
+    const configs = {};
+    form.querySelectorAll("[data-key]").forEach(el => { configs[el.dataset.key] = el.value; });
+    return api("POST", "/api/entities", {...fields(form, false), configs});
+  }, e => `Created entity <a href="#/entity/${esc(encodeURIComponent(e.entity_code))}">${esc(e.entity_code)}</a>
+    (${esc(e.supply_source)}, version ${esc(e.current_version)}).`);
+}
+
+async function entityAdmin(section, entity, specs) {
+  const enc = encodeURIComponent(entity.entity_code);
+  const versions = await api("GET", "/api/versions");
+  section.innerHTML = `<h2>Administration</h2>
+    <form id="static-form"><h3>Static configs</h3><div class="grid">
+      ${specs.static.map(s => configInput(s, "static", entity.static_configs[s.key])).join("")}</div>
+      <p><button id="static-submit" type="submit">Save static configs</button></p><div id="static-message" class="msg"></div></form>
+    <form id="entity-edit-form"><h3>Name and artifact path</h3><div class="grid">
+      <label>name<input id="edit-entity-name" data-field="name" value="${esc(entity.name)}"></label>
+      <label>artifact base path<input id="edit-entity-base_path" data-field="base_path" value="${esc(entity.base_path)}"></label></div>
+      <p><button id="entity-edit-submit" type="submit">Save</button></p><div id="entity-edit-message" class="msg"></div></form>
+    <form id="use-version-form"><h3>Optimizer version</h3>
+      <p class="muted">The version new runs are made with; runs keep the version they were made with.</p>
+      <select id="use-version-select">${options(versions.map(v => v.version_name), entity.current_version)}</select>
+      <button id="use-version-submit" type="submit">Use version</button><div id="use-version-message" class="msg"></div></form>
+    <h3>Deactivate</h3>${entity.is_active === false ? `<p class="muted">Inactive: not served, new runs are refused.</p>`
+      : `<p class="muted">Bidders stop serving its split within one refresh; new runs are refused.</p>
+      <button id="entity-deactivate">Deactivate ${esc(entity.entity_code)}</button>`}<div id="deactivate-message" class="msg"></div>`;
+  const staticForm = document.getElementById("static-form");
+  onWrite(staticForm, "static-message", () => {
+    const configs = {};
+    staticForm.querySelectorAll("[data-key]").forEach(el => {
+      if (el.value !== String(entity.static_configs[el.dataset.key])) configs[el.dataset.key] = el.value;
+    });
+    return Object.keys(configs).length ? api("PUT", `/api/entities/${enc}/configs`, {configs}) : null;
+  }, () => "Static configs saved.");
+  const editForm = document.getElementById("entity-edit-form");
+  onWrite(editForm, "entity-edit-message", () => {
+    const changed = changes(fields(editForm), entity);
+    return Object.keys(changed).length ? api("PATCH", `/api/entities/${enc}`, changed) : null;
+  }, () => "Saved.");
+  onWrite(document.getElementById("use-version-form"), "use-version-message", () => {
+    const version = document.getElementById("use-version-select").value;
+    return version === entity.current_version ? null : api("PUT", `/api/entities/${enc}/version`, {version});
+  }, e => `New runs use version ${esc(e.current_version)} (anchor ${esc(e.anchor_feature)}).`);
+  const deactivate = document.getElementById("entity-deactivate");
+  if (deactivate) onAction(deactivate, "deactivate-message",
+    `Deactivate ${entity.entity_code}? Bidders stop serving it and new runs are refused.`,
+    () => api("POST", `/api/entities/${enc}/deactivate`), () => "Deactivated.");
+}
+
+async function cataloguePage() {
+  crumbs("/ catalogue");
+  const [sources, macros, versions] = await Promise.all([
+    api("GET", "/api/sources"), api("GET", "/api/macros"), api("GET", "/api/versions")]);
+  const admin = me.can_admin, features = [...new Set(macros.map(m => m.feature_name))].sort();
+  const macroRows = code => macros.filter(m => m.source_code === code).map(m => `
+    <tr data-source="${esc(m.source_code)}" data-feature="${esc(m.feature_name)}" class="${m.status === "active" ? "" : "muted"}">
+      <td>${esc(m.feature_name)}</td><td><code>${esc(m.macro_template)}</code></td><td><code>${esc(m.request_field)}</code></td>
+      <td>${activePill(m.status === "active")}</td><td>${esc(m.description)}</td>
+      ${admin ? `<td><button class="promote edit-macro">edit</button>
+        ${m.status === "active" ? `<button class="promote deactivate-macro">deactivate</button>`
+          : `<button class="promote activate-macro">activate</button>`}</td>` : ""}</tr>`).join("");
+  main.innerHTML = `<section><h2>Supply sources</h2>
+    <table id="sources-table"><tr><th>source</th><th>name</th><th>type</th><th>auction</th><th>macro namespace</th>
+      <th>entities</th><th>status</th>${admin ? "<th></th>" : ""}</tr>
+    ${sources.map(s => `<tr data-source="${esc(s.source_code)}" class="${s.is_active ? "" : "muted"}"><td><b>${esc(s.source_code)}</b></td>
+      <td>${esc(s.name)}</td><td>${esc(s.source_type)}</td><td>${esc(s.auction_type)}</td><td>${esc(s.macro_namespace)}</td>
+      <td>${s.entities.map(c => `<a href="#/entity/${esc(encodeURIComponent(c))}">${esc(c)}</a>`).join(", ") || "–"}</td>
+      <td>${activePill(s.is_active)}</td>
+      ${admin ? `<td><button class="promote edit-source">edit</button>
+        ${s.is_active ? `<button class="promote deactivate-source">deactivate</button>` : ""}</td>` : ""}</tr>`).join("")}</table>
+    <div id="sources-message" class="msg"></div></section>
+    <section><h2>Feature macros</h2><p class="muted">How each segment feature is read from a bid request of the source:
+      the macro template and the request field (dotted paths, <code>|</code> between alternatives).</p>
+    ${sources.map(s => `<h3>${esc(s.source_code)}</h3><table class="macros-table" data-source="${esc(s.source_code)}">
+      <tr><th>feature</th><th>template</th><th>request field</th><th>status</th><th>description</th>${admin ? "<th></th>" : ""}</tr>
+      ${macroRows(s.source_code) || `<tr><td colspan="6" class="muted">no macros</td></tr>`}</table>`).join("")}
+    <div id="macros-message" class="msg"></div></section>
+    <section><h2>Optimizer versions</h2><p class="muted">Immutable: a change is a new version.</p>
+    <table id="versions-table"><tr><th>version</th><th>anchor</th><th>min win AUC</th><th>max ECE</th><th>min bid coverage</th>
+      <th>runs</th><th>entities</th><th>created</th><th>description</th></tr>
+    ${versions.map(v => `<tr data-version="${esc(v.version_name)}"><td><b>${esc(v.version_name)}</b></td><td>${esc(v.anchor_feature)}</td>
+      <td>${fmt(v.min_win_auc)}</td><td>${fmt(v.max_win_ece)}</td><td>${fmt(v.min_bid_coverage)}</td><td>${fmt(v.runs)}</td>
+      <td>${v.entities.map(c => esc(c)).join(", ") || "–"}</td><td>${esc(v.created_at)}</td><td>${esc(v.description)}</td></tr>`).join("")}
+    </table></section>
+    ${admin ? `<div class="cols"><section><form id="source-form"><h2 id="source-form-title">New supply source</h2><div class="grid">
+        <label>code<input id="source-code" data-field="code"></label><label>name<input id="source-name" data-field="name"></label>
+        <label>type<select id="source-type" data-field="source_type">${options(["exchange", "ssp"])}</select></label>
+        <label>auction<select id="source-auction" data-field="auction_type">${options(["first_price", "second_price"])}</select></label>
+        <label>macro namespace <span class="muted">e.g. ADX</span><input id="source-namespace" data-field="macro_namespace"></label></div>
+        <p><button id="source-submit" type="submit">Create source</button> <button type="button" id="source-cancel" hidden>cancel</button></p>
+        <div id="source-message" class="msg"></div></form></section>
+      <section><form id="macro-form"><h2 id="macro-form-title">New feature macro</h2><div class="grid">
+        <label>supply source<select id="macro-source" data-field="source">${options(sources.filter(s => s.is_active).map(s => s.source_code))}</select></label>
+        <label>feature<input id="macro-feature" data-field="feature" list="known-features"></label>
+        <datalist id="known-features">${features.map(f => `<option value="${esc(f)}">`).join("")}</datalist>
+        <label>template <span class="muted">e.g. [ADX_GEO_STATE]</span><input id="macro-template" data-field="template"></label>
+        <label>request field <span class="muted">e.g. site.domain|app.bundle</span><input id="macro-field" data-field="request_field"></label>
+        <label>description<input id="macro-description" data-field="description"></label></div>
+        <p><button id="macro-submit" type="submit">Create macro</button> <button type="button" id="macro-cancel" hidden>cancel</button></p>
+        <div id="macro-message" class="msg"></div></form></section></div>
+      <section><form id="version-create-form"><h2>New optimizer version</h2><div class="grid">
+        <label>name<input id="version-name" data-field="name"></label>
+        <label>anchor feature<input id="version-anchor" data-field="anchor_feature" list="known-features" value="geo_region_name"></label>
+        <label>min win AUC <span class="muted">0.5 to 1</span><input id="version-min_win_auc" data-field="min_win_auc"></label>
+        <label>max ECE <span class="muted">above 0, at most 1</span><input id="version-max_win_ece" data-field="max_win_ece"></label>
+        <label>min bid coverage <span class="muted">0 to 1</span><input id="version-min_bid_coverage" data-field="min_bid_coverage"></label>
+        <label>description<input id="version-description" data-field="description"></label></div>
+        <p><button id="version-submit" type="submit">Create version</button></p><div id="version-message" class="msg"></div></form></section>`
+      : `<p class="muted">Only admins change the catalogue.</p>`}`;
+  if (!admin) return;
+  ["source-cancel", "macro-cancel"].forEach(id => { document.getElementById(id).onclick = () => route(); });
+
+  const sourceForm = document.getElementById("source-form");
+  let editingSource = null;  // the source view being changed, or null: the form creates
+  onWrite(sourceForm, "source-message", () => {
+    if (!editingSource) return api("POST", "/api/sources", fields(sourceForm));
+    const changed = changes(fields(sourceForm), {...editingSource, code: editingSource.source_code});
+    return Object.keys(changed).length ? api("PATCH", `/api/sources/${encodeURIComponent(editingSource.source_code)}`, changed) : null;
+  }, s => `${editingSource ? "Changed" : "Created"} supply source ${esc(s.source_code)}.`);
+  document.querySelectorAll("#sources-table button.edit-source").forEach(b => b.onclick = () => {
+    editingSource = sources.find(s => s.source_code === b.closest("tr").dataset.source);
+    const set = (id, v) => { document.getElementById(id).value = v ?? ""; };
+    set("source-code", editingSource.source_code); set("source-name", editingSource.name);
+    set("source-type", editingSource.source_type); set("source-auction", editingSource.auction_type);
+    set("source-namespace", editingSource.macro_namespace);
+    document.getElementById("source-code").readOnly = true;
+    document.getElementById("source-form-title").textContent = `Change supply source ${editingSource.source_code}`;
+    document.getElementById("source-submit").textContent = "Save source";
+    document.getElementById("source-cancel").hidden = false;
+    sourceForm.scrollIntoView();
+  });
+  document.querySelectorAll("#sources-table button.deactivate-source").forEach(b => {
+    const code = b.closest("tr").dataset.source;
+    onAction(b, "sources-message", `Deactivate supply source ${code}?`,
+      () => api("POST", `/api/sources/${encodeURIComponent(code)}/deactivate`), () => `Deactivated supply source ${esc(code)}.`);
+  });
+
+  const macroForm = document.getElementById("macro-form");
+  let editingMacro = null;  // the macro view being changed, or null: the form creates
+  onWrite(macroForm, "macro-message", () => {
+    const values = fields(macroForm);
+    if (!editingMacro) return api("POST", "/api/macros", fields(macroForm, false));
+    delete values.source; delete values.feature;
+    const changed = changes(values, {template: editingMacro.macro_template, request_field: editingMacro.request_field,
+      description: editingMacro.description});
+    return Object.keys(changed).length ? api("PATCH", `/api/macros/${encodeURIComponent(editingMacro.source_code)}/${
+      encodeURIComponent(editingMacro.feature_name)}`, changed) : null;
+  }, m => `${editingMacro ? "Changed" : "Created"} macro ${esc(m.macro_template)} (${esc(m.source_code)} ${esc(m.feature_name)}).`);
+  const macroOf = b => { const tr = b.closest("tr"); return macros.find(m => m.source_code === tr.dataset.source && m.feature_name === tr.dataset.feature); };
+  document.querySelectorAll(".macros-table button.edit-macro").forEach(b => b.onclick = () => {
+    editingMacro = macroOf(b);
+    const source = document.getElementById("macro-source");
+    if (![...source.options].some(o => o.value === editingMacro.source_code)) source.add(new Option(editingMacro.source_code));
+    source.value = editingMacro.source_code; source.disabled = true;
+    const feature = document.getElementById("macro-feature");
+    feature.value = editingMacro.feature_name; feature.readOnly = true;
+    document.getElementById("macro-template").value = editingMacro.macro_template;
+    document.getElementById("macro-field").value = editingMacro.request_field;
+    document.getElementById("macro-description").value = editingMacro.description ?? "";
+    document.getElementById("macro-form-title").textContent = `Change macro ${editingMacro.source_code} ${editingMacro.feature_name}`;
+    document.getElementById("macro-submit").textContent = "Save macro";
+    document.getElementById("macro-cancel").hidden = false;
+    macroForm.scrollIntoView();
+  });
+  document.querySelectorAll(".macros-table button.deactivate-macro").forEach(b => {
+    const m = macroOf(b), path = `/api/macros/${encodeURIComponent(m.source_code)}/${encodeURIComponent(m.feature_name)}`;
+    onAction(b, "macros-message", `Deactivate macro ${m.macro_template}? New runs stop using ${m.feature_name} for ${m.source_code}.`,
+      () => api("POST", `${path}/deactivate`), r => `Deactivated macro ${esc(r.macro_template)}. ${esc(r.note)}`);
+  });
+  document.querySelectorAll(".macros-table button.activate-macro").forEach(b => {
+    const m = macroOf(b), path = `/api/macros/${encodeURIComponent(m.source_code)}/${encodeURIComponent(m.feature_name)}`;
+    onAction(b, "macros-message", null, () => api("PATCH", path, {status: "active"}), r => `Reactivated macro ${esc(r.macro_template)}.`);
+  });
+
+  const versionForm = document.getElementById("version-create-form");
+  onWrite(versionForm, "version-message", () => api("POST", "/api/versions", fields(versionForm, false)),
+    v => `Created version ${esc(v.version_name)} (anchor ${esc(v.anchor_feature)}).`);
+}
+
+// old/new of an audit row: the fields that changed, one per line (a nested dict's as key.subkey)
+function auditValues(d, prefix = "") {
+  if (!d) return "–";
+  return Object.entries(d).map(([k, v]) => v && typeof v === "object" && !Array.isArray(v) ? auditValues(v, `${prefix}${k}.`)
+    : `${esc(prefix + k)}: <code>${esc(JSON.stringify(v))}</code>`).join("<br>");
+}
+
+async function auditPage(entity) {
+  crumbs(`/ audit${entity ? ` of <a href="#/entity/${esc(encodeURIComponent(entity))}">${esc(entity)}</a>` : ""}`);
+  const [rows, entities] = await Promise.all([
+    api("GET", `/api/audit?limit=500${entity ? `&entity=${encodeURIComponent(entity)}` : ""}`), api("GET", "/api/entities")]);
+  main.innerHTML = `<section><h2>Audit</h2><p class="muted">Every catalogue and traffic-split change, newest first: who, when,
+    what changed, old and new values.</p>
+    <p><label style="display:inline-flex">entity <select id="audit-entity"><option value="">all entities and the catalogue</option>
+      ${options(entities.map(e => e.entity_code), entity)}</select></label></p>
+    <table id="audit-table"><tr><th>at</th><th>by</th><th>action</th><th>object</th><th>entity</th><th>old</th><th>new</th></tr>
+    ${rows.map(r => `<tr data-audit="${esc(r.audit_id)}" data-action="${esc(r.action)}" data-entity="${esc(r.entity_code)}">
+      <td class="nowrap">${esc(r.at)}</td><td>${esc(r.actor)}</td><td><span class="pill">${esc(r.action)}</span></td>
+      <td>${esc(r.object_type)} ${esc(r.object_key)}</td><td>${esc(r.entity_code)}</td>
+      <td>${auditValues(r.old)}</td><td>${auditValues(r.new)}</td></tr>`).join("")}</table>
+    ${rows.length ? "" : `<p class="muted" id="audit-empty">No changes recorded${entity ? ` for ${esc(entity)}` : ""}.</p>`}</section>`;
+  document.getElementById("audit-entity").onchange = e => {
+    location.hash = e.target.value ? `#/audit/${encodeURIComponent(e.target.value)}` : "#/audit";
   };
 }
 
