@@ -613,6 +613,19 @@ def get_version(session: Session, name: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- entities
 
 
+def _record_entity(session: Session, entity: OptEntity, action: str, *, old: Any, new: Any, actor: str) -> None:
+    audit.record_change(
+        session,
+        actor=actor,
+        action=action,
+        object_type="entity",
+        object_key=entity.entity_code,
+        entity_code=entity.entity_code,
+        old=old,
+        new=new,
+    )
+
+
 def create_entity(
     session: Session,
     *,
@@ -651,15 +664,8 @@ def create_entity(
     _check_anchor_readable(session, master, chosen, q.get_entity_configs(session, entity.entity_id))
     session.refresh(entity)
     view = entity_view(session, entity)
-    audit.record_change(
-        session,
-        actor=actor,
-        action="entity.create",
-        object_type="entity",
-        object_key=code,
-        entity_code=code,
-        new={**_entity_fields(view), "static_configs": view["static_configs"]},
-    )
+    new = {**_entity_fields(view), "static_configs": view["static_configs"]}
+    _record_entity(session, entity, "entity.create", old=None, new=new, actor=actor)
     return view
 
 
@@ -675,16 +681,7 @@ def update_entity(session: Session, code: Any, changes: Any, *, actor: str) -> d
     view = entity_view(session, entity)
     old, new = audit.changed_fields(before, _entity_fields(view))
     if new:
-        audit.record_change(
-            session,
-            actor=actor,
-            action="entity.update",
-            object_type="entity",
-            object_key=entity.entity_code,
-            entity_code=entity.entity_code,
-            old=old,
-            new=new,
-        )
+        _record_entity(session, entity, "entity.update", old=old, new=new, actor=actor)
     return view
 
 
@@ -693,15 +690,8 @@ def deactivate_entity(session: Session, code: Any, *, actor: str) -> dict[str, A
     if entity.is_active:
         entity.is_active = False
         session.flush()
-        audit.record_change(
-            session,
-            actor=actor,
-            action="entity.deactivate",
-            object_type="entity",
-            object_key=entity.entity_code,
-            entity_code=entity.entity_code,
-            old={"is_active": True},
-            new={"is_active": False},
+        _record_entity(
+            session, entity, "entity.deactivate", old={"is_active": True}, new={"is_active": False}, actor=actor
         )
     return entity_view(session, entity)
 
@@ -723,16 +713,7 @@ def set_entity_configs(session: Session, code: Any, configs: Any, *, actor: str)
         )
     old, new = audit.changed_fields(before, after)
     if new:
-        audit.record_change(
-            session,
-            actor=actor,
-            action="entity.config",
-            object_type="entity",
-            object_key=entity.entity_code,
-            entity_code=entity.entity_code,
-            old=old,
-            new=new,
-        )
+        _record_entity(session, entity, "entity.config", old=old, new=new, actor=actor)
     return entity_view(session, entity)
 
 
@@ -746,15 +727,13 @@ def use_version(session: Session, code: Any, version: Any, *, actor: str) -> dic
         entity.current_version_id = chosen.version_id
         session.flush()
         session.refresh(entity)
-        audit.record_change(
+        _record_entity(
             session,
-            actor=actor,
-            action="entity.use_version",
-            object_type="entity",
-            object_key=entity.entity_code,
-            entity_code=entity.entity_code,
+            entity,
+            "entity.use_version",
             old={"current_version": previous},
             new={"current_version": chosen.version_name},
+            actor=actor,
         )
     return entity_view(session, entity)
 
