@@ -36,6 +36,10 @@ def _isolated_home(tmp_path, monkeypatch):
         if key.startswith("BIDOPT_") and key not in ("BIDOPT_REQUIRE_SERVICES", "BIDOPT_TEST_PG_URL"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("BIDOPT_HOME", str(tmp_path / "bidopt_home"))
+    # Behind HAProxy, Serve keeps a stopping replica serving for this long so that HAProxy can take it
+    # out first (30 s by default); at serve.shutdown() every test then waited 30 s and the controller
+    # timed out ("failed to shut down within 30 s"). Tests about draining set it back (test_autoscaling).
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     reset_settings_cache()
     yield
     reset_settings_cache()

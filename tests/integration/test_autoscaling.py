@@ -99,6 +99,8 @@ def test_bidder_scales_out_under_overload_and_back_without_5xx(platform_db, monk
     from bidopt.settings import reset_settings_cache
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # the production drain (tests/conftest.py shortens it): scale-down is measured through it
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
     for key, value in SERVE_MODE_ENV.items():
         monkeypatch.setenv(key, value)
     for key, value in {
