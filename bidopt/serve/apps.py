@@ -303,9 +303,21 @@ class ServeLifetime:
         ray.shutdown()
         started.update(self.started_processes())
         # An agent the raylet spawned after the first snapshot (a signal while Ray was starting) and
-        # orphaned by the shutdown is no descendant any more; it still names our session folder.
+        # orphaned by the shutdown is no descendant any more; it still names our session folder. A
+        # signal during ray.init can come before Ray knows that folder (no _global_node yet): Ray
+        # names a local session after the PID that starts it, so look for that too.
         started.update(_processes_of_session(session_dir))
+        started.update(_processes_of_own_sessions())
         killed = _kill_survivors(started.values(), self.LEFTOVER_GRACE_SECONDS)
+        # A raylet we only killed now (its Ray never finished starting, so nothing shut it down) may
+        # have spawned its agents during the grace period, after the scan: look again until nothing
+        # of ours is left (CI saw a DashboardAgent and a RuntimeEnvAgent outlive the stop this way).
+        for _ in range(5):
+            late = {**self.started_processes(), **_processes_of_session(session_dir), **_processes_of_own_sessions()}
+            alive = _still_running(late.values(), 0)
+            if not alive:
+                break
+            killed += _kill_survivors(alive, 2.0)
         if killed:
             self.say(f"bidopt serve: killed Ray processes that outlived the shutdown: {', '.join(killed)}")
         return STOPPED_LOCAL
@@ -339,6 +351,24 @@ def _processes_of_session(session_dir: str | None) -> dict:
     for process in psutil.process_iter(["cmdline"]):
         try:
             if any(session_dir in arg for arg in process.info["cmdline"] or ()):
+                found[process.pid] = process
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _processes_of_own_sessions(pid: int | None = None) -> dict:
+    """Processes whose command line names a Ray session this process started: Ray calls a local
+    session ``session_<date>_<time>_<microseconds>_<pid of the process that made it>``."""
+    import re
+
+    import psutil
+
+    own = re.compile(rf"session_\d{{4}}-\d{{2}}-\d{{2}}_\d{{2}}-\d{{2}}-\d{{2}}_\d{{6}}_{pid or os.getpid()}(?![0-9])")
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if process.pid != os.getpid() and any(own.search(arg) for arg in process.info["cmdline"] or ()):
                 found[process.pid] = process
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
