@@ -8,7 +8,12 @@ runs, an 80/20 split), then, in one run, drives with ``wrk`` on loopback:
     per core; a plain ``async __call__``);
 (b) ``bare uvicorn``: the same ``http_handler`` in one plain uvicorn process;
 (c) ``bare raw asgi``: the handler's core without Starlette, a lower bound;
-(d) with ``--default-proxy``, also Serve's default Python proxy, for reference.
+(d) with ``--default-proxy``, also Serve's default Python proxy, for reference;
+(e) ``serve metrics off`` and ``bare metrics off``: (a) and (b) with ``BIDOPT_METRICS=0``, printed
+    side by side with metrics on (``bidopt.metrics``: what counting and exporting cost the handler).
+    ``--metrics-rounds N`` alternates Serve on/off N times (on, off, off, on, ...) and compares medians;
+    and first, in this process, the handler alone (``BidderCore.handle``, the time ``decision_seconds``
+    measures) with metrics on and off, in alternating blocks of calls: its p50 and p99 per call.
 
 Each at concurrency 1, 8 and 32 (``wrk -t1 -cN``) for ``--seconds`` each, printing
 requests/s, p50 and p99 latency, the share of 200 answers (the rest are 204:
@@ -16,7 +21,7 @@ impressions whose floor the bid does not clear), and the ratios serve / bare.
 Requests vary the user id so that both runs of the split are exercised.
 
     apt-get install wrk   # the load generator
-    python benchmarks/bidder.py [--seconds 10] [--default-proxy]
+    python benchmarks/bidder.py [--seconds 10] [--default-proxy] [--metrics-rounds 1]
 """
 
 from __future__ import annotations
@@ -176,6 +181,79 @@ def start_serve(port: int, env: dict) -> subprocess.Popen:
     return proc
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def print_metrics_cost(results: dict, on: list[str], off: list[str], label: str) -> None:
+    """The runs named in ``on`` (metrics on) against ``off``, side by side: medians over the runs."""
+    print(f"metrics on vs off, {label} (median of {len(on)} run(s) each):")
+    for c in (1, 8, 32):
+        a = {k: median([results[(n, c)][k] for n in on]) for k in ("rps", "p50", "p99")}
+        b = {k: median([results[(n, c)][k] for n in off]) for k in ("rps", "p50", "p99")}
+        print(
+            f"  c={c:<3d} on {a['rps']:>7,.0f} req/s p50 {a['p50']:5.2f} p99 {a['p99']:6.2f} ms | "
+            f"off {b['rps']:>7,.0f} req/s p50 {b['p50']:5.2f} p99 {b['p99']:6.2f} ms | "
+            f"p99 {a['p99'] / b['p99'] - 1:+.1%}  throughput {a['rps'] / b['rps'] - 1:+.1%}"
+        )
+
+
+def bodies(n: int) -> list[bytes]:
+    """The Lua script's requests, in Python."""
+    regions, oses = ["CA", "TX", "NY", "FL", "IL", "OH", "GA", "WA"], ["iOS", "Android", "Windows", "Mac OS X"]
+    ua = "Mozilla/5.0 (iPhone) AppleWebKit/605.1.15 Version/17.0 Safari/604.1"
+    return [
+        (
+            f'{{"id":"req-{i}","imp":[{{"id":"1","bidfloor":0.2,"banner":{{"w":300,"h":250}}}}],'
+            f'"site":{{"domain":"pub{i % 50 + 1:05d}.com"}},"device":{{"os":"{oses[i % 4]}","devicetype":4,'
+            f'"geo":{{"region":"{regions[i % 8]}"}},"ua":"{ua}"}},'
+            f'"user":{{"id":"user-{i}","ext":{{"npi_matched":{1 if i % 7 == 0 else 0}}}}}}}'
+        ).encode()
+        for i in range(1, n + 1)
+    ]
+
+
+def handler_alone(calls: int = 60_000, block: int = 500) -> None:
+    """``BidderCore.handle`` with metrics on and off, two replicas' worth of state in this process
+    (refresh and event writer threads running), called in alternating blocks; p50/p99 per call."""
+    from bidopt.bidder.app import BidderCore
+    from bidopt.settings import reset_settings_cache
+
+    cores = {}
+    for metrics in ("1", "0"):
+        os.environ["BIDOPT_METRICS"] = metrics
+        reset_settings_cache()
+        cores[metrics] = BidderCore()
+    os.environ.pop("BIDOPT_METRICS")
+    reset_settings_cache()
+    requests = bodies(calls // 2)
+    times: dict[str, list[float]] = {"1": [], "0": []}
+    try:
+        for start in range(0, len(requests), block):
+            for metrics in ("1", "0") if (start // block) % 2 == 0 else ("0", "1"):
+                core, out = cores[metrics], times[metrics]
+                for body in requests[start : start + block]:
+                    t0 = time.perf_counter()
+                    core.handle("drugs_hcp", body, None, "http://127.0.0.1")
+                    out.append(time.perf_counter() - t0)
+    finally:
+        for core in cores.values():
+            core.close()
+    stats = {}
+    for metrics, values in times.items():
+        values.sort()
+        stats[metrics] = [values[len(values) // 2] * 1e6, values[int(len(values) * 0.99)] * 1e6]
+    (on50, on99), (off50, off99) = stats["1"], stats["0"]
+    print(
+        f"handler alone (BidderCore.handle, in process, {len(times['1']):,} calls each): metrics on p50 {on50:.1f} "
+        f"p99 {on99:.1f} us | off p50 {off50:.1f} p99 {off99:.1f} us | p50 {on50 / off50 - 1:+.1%} "
+        f"p99 {on99 / off99 - 1:+.1%}",
+        flush=True,
+    )
+
+
 def run_serve(name: str, env: dict, seconds: int, script: Path, results: dict) -> None:
     """Ray and Serve in a child process, so that each Serve mode gets a fresh Ray with its own env."""
     port = free_port()
@@ -192,6 +270,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--default-proxy", action="store_true", help="also measure Serve's default proxy")
+    ap.add_argument("--metrics-rounds", type=int, default=1, help="Serve runs with metrics on, and off, each")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -201,8 +280,10 @@ def main() -> None:
         script = Path(tmp) / "bid.lua"
         script.write_text(LUA)
         print(f"{os.cpu_count()} cores; wrk -t1, {args.seconds} s per point, bid requests with varying users")
+        handler_alone()
 
-        for name, factory in (("bare uvicorn", "bare_app"), ("bare raw asgi", "bare_raw_app")):
+        bare_runs = (("bare uvicorn", "bare_app", "1"), ("bare metrics off", "bare_app", "0"))
+        for name, factory, metrics in (*bare_runs, ("bare raw asgi", "bare_raw_app", "1")):
             port = free_port()
             bare = subprocess.Popen(
                 [
@@ -219,7 +300,7 @@ def main() -> None:
                     "--log-level",
                     "warning",
                 ],
-                env=os.environ.copy(),
+                env={**os.environ, "BIDOPT_METRICS": metrics},
             )
             try:
                 measure(name, f"http://127.0.0.1:{port}/openrtb2/drugs_hcp", args.seconds, script, results)
@@ -229,7 +310,12 @@ def main() -> None:
 
         from bidopt.serve.apps import SERVE_MODE_ENV
 
-        run_serve("serve haproxy", SERVE_MODE_ENV, args.seconds, script, results)
+        on, off = [], []
+        for i in range(args.metrics_rounds):  # on, off, off, on, ...: drift over the run falls on both
+            for metrics in ("1", "0") if i % 2 == 0 else ("0", "1"):
+                name = ("serve haproxy" if metrics == "1" else "serve metrics off") + (f" #{i + 1}" if i else "")
+                (on if metrics == "1" else off).append(name)
+                run_serve(name, {**SERVE_MODE_ENV, "BIDOPT_METRICS": metrics}, args.seconds, script, results)
         if args.default_proxy:
             run_serve(
                 "serve default",
@@ -239,6 +325,16 @@ def main() -> None:
                 results,
             )
 
+    print_metrics_cost(results, on, off, "Serve (HAProxy)")
+    print_metrics_cost(results, ["bare uvicorn"], ["bare metrics off"], "bare uvicorn (no Ray: counting only)")
+    p99_on = median([results[(n, 8)]["p99"] for n in on])
+    p99_off = median([results[(n, 8)]["p99"] for n in off])
+    spread = [results[(n, 8)]["p99"] for n in off]
+    noise = f"; the metrics-off runs alone range {min(spread):.2f}-{max(spread):.2f} ms" if len(off) > 1 else ""
+    print(
+        f"goal: Serve p99 at c=8 rises by less than 5% with metrics on: {p99_on / p99_off - 1:+.1%} "
+        f"({'met' if p99_on < 1.05 * p99_off else 'NOT met'}{noise})"
+    )
     print("ratios, serve haproxy / bare uvicorn:")
     for c in (1, 8, 32):
         s, b = results[("serve haproxy", c)], results[("bare uvicorn", c)]

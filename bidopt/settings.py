@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="How often the control loop checks guardrails and schedules",
     )
+    metrics: bool = Field(
+        default=True,
+        description="Whether bidders count requests, bids and no-bids (their status window) and export "
+        "them to Ray's metrics agent; off only to measure what that costs",
+    )
     require_services: bool = Field(default=False, description="Tests fail instead of skipping when a server is missing")
 
     @model_validator(mode="after")
@@ -180,6 +185,7 @@ class Settings(BaseSettings):
             "notice_base_url": self.notice_base_url or None,
             "attribution_window_seconds": self.attribution_window_seconds,
             "control_loop_seconds": self.control_loop_seconds,
+            "metrics": self.metrics,
         }
 
 

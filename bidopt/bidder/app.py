@@ -19,7 +19,11 @@ Routes of ``http_handler``:
 
 Decisions (one per impression of every request for a known entity) and accepted notices go to the
 events store (``BIDOPT_EVENTS_URL``) through an ``EventWriter``: a replica that crashes loses at
-most its last ``BIDOPT_EVENTS_FLUSH_SECONDS`` of events."""
+most its last ``BIDOPT_EVENTS_FLUSH_SECONDS`` of events.
+
+Every request, bid, no-bid (by reason), notice and refresh is counted in ``BidderCore.metrics``
+(``bidopt.metrics``, unless ``BIDOPT_METRICS=0``): exported to Ray's metrics agent under Ray, and
+reported as the last minutes' traffic in the replica's status counters."""
 
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from bidopt.bidder.notice_key import load_notice_key
 from bidopt.cache import open_cache
 from bidopt.events.schema import DECISION_SCHEMA, DECISIONS, NOTICES
 from bidopt.events.writer import EventWriter
+from bidopt.metrics import BidderMetrics, MetricsFlusher, NoMetrics, under_ray
 from bidopt.notices import (
     MAX_PARAMS,
     MAX_QUERY_BYTES,
@@ -63,6 +68,12 @@ JSON = [(b"content-type", b"application/json")]
 TOO_LARGE = f"bid request over the {MAX_BODY_BYTES}-byte limit"
 DEDUPE_ENTRIES = 200_000
 _HOST = re.compile(r"^[A-Za-z0-9.\-]{1,253}(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?$")
+
+
+def header_text(text: str) -> str:
+    """``text`` as a header value: printable ASCII (a reason can quote the path's entity code or an
+    impression id, which may hold any character; a header that cannot be encoded was a 500)."""
+    return text if text.isascii() and text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _user_hash(key: str) -> str:
@@ -152,6 +163,9 @@ class BidderCore:
             start=start,
         )
         self.refresher.counters = self.counters
+        self.metrics = BidderMetrics() if s.metrics else NoMetrics()  # bidopt.metrics; BIDOPT_METRICS
+        self.refresher.on_refresh = self.metrics.refresh
+        self.metrics_flusher: MetricsFlusher | None = None
         if start:
             try:
                 self.refresher.first_load(s.bidder_ready_timeout_seconds)
@@ -159,6 +173,13 @@ class BidderCore:
                 self.events.close()
                 raise
             self.refresher.start()
+            if self.metrics.enabled and under_ray():  # outside Ray nothing is exported
+                try:
+                    self.metrics_flusher = MetricsFlusher(self.metrics, self.metric_gauges)
+                    self.metrics_flusher.start()
+                except Exception:  # metrics are for operators: never a reason not to bid
+                    log.exception("bidder: metrics export could not start; bidding without it")
+                    self.metrics_flusher = None
             # Everything loaded so far (Ray, Serve, the tables) lives as long as the replica: frozen, the
             # garbage collector no longer walks it. Without this, each full collection, made frequent
             # by the requests and notices buffered for the event writer, held the GIL for tens of
@@ -171,18 +192,44 @@ class BidderCore:
         """``received_at``: ``time.monotonic()`` when the request arrived, so that reading its body
         counts against its ``tmax`` (default: now). ``base_url``: the scheme and host notice URLs
         point at, unless ``BIDOPT_NOTICE_BASE_URL`` says."""
+        started = time.perf_counter()
         now = time.time()
+        state = self.refresher.state
         try:
             status, payload, decisions, reason = decide(
-                self.refresher.state, entity_code, body, received_at, signer=self.signer, base_url=base_url, now=now
+                state, entity_code, body, received_at, signer=self.signer, base_url=base_url, now=now
             )
         except Exception:  # a bug, not bad input (decide answers any body): make it visible
             log.exception("bidder: unexpected error")
+            self._count(
+                self.metrics.request, state, entity_code, (), 500, "internal error", time.perf_counter() - started
+            )
             return 500, b'{"error": "internal error"}', {}
         if decisions:
             # the decisions keep the parsed request alive until the flush: about 6x its JSON here
             self.events.add_many(DECISIONS, entity_code, now, decisions, nbytes=PARSED_BYTES_PER_BODY_BYTE * len(body))
-        return status, payload, ({"x-bidopt-reason": reason} if reason else {})
+        self._count(self.metrics.request, state, entity_code, decisions, status, reason, time.perf_counter() - started)
+        return status, payload, ({"x-bidopt-reason": header_text(reason)} if reason else {})
+
+    def refused(self, entity_code: str, status: int, reason: str) -> None:
+        """Count a bid request refused before ``handle`` (a body over the limit)."""
+        self._count(self.metrics.request, self.refresher.state, entity_code, (), status, reason, None)
+
+    def _count(self, record, *args) -> None:
+        """A metrics call that can never cost an answer: a failure is logged, at most once a minute."""
+        try:
+            record(*args)
+        except Exception:
+            now = time.monotonic()
+            if now - getattr(self, "_metrics_failed_at", -60.0) >= 60:
+                self._metrics_failed_at = now
+                log.exception("bidder: counting failed (the answer is unaffected)")
+
+    def metric_gauges(self) -> tuple[dict[str, int], float | None]:
+        """The split served per entity, and seconds since the splits were last read (the flusher's gauges)."""
+        refresher = self.refresher
+        served = {code: e.split_id for code, e in refresher.state.entities.items()}
+        return served, (time.time() - refresher.refreshed_at if refresher.refreshed_at is not None else None)
 
     def handle_notice(
         self, kind: str, entity_code: str, params: list[tuple[str, str]], now: float | None = None
@@ -220,17 +267,25 @@ class BidderCore:
             return self.reject(NoticeRejected("malformed", "notice could not be read"))
         self.events.add(NOTICES, entity_code, now, row)
         self.accepted[kind] += 1
+        self._count(self.metrics.notice, state, entity_code, kind)
         return 200, orjson.dumps({"accepted": kind}), {}
 
     def reject(self, rejected: NoticeRejected) -> tuple[int, bytes, dict[str, str]]:
         """Count a rejected notice and answer it."""
         self.rejected[rejected.reason] += 1
+        self._count(self.metrics.notice_rejected, rejected.reason)
         body = orjson.dumps({"error": rejected.detail, "reason": rejected.reason})
         return rejected.status, body, {"x-bidopt-reason": rejected.reason}
 
     def counters(self) -> dict:
-        """Since the replica started: notices accepted by kind, rejected by reason, and the event writer's counts."""
-        return {"accepted": dict(self.accepted), "rejected": dict(self.rejected), "events": self.events.stats()}
+        """Since the replica started: notices accepted by kind, rejected by reason, and the event writer's
+        counts; and ``traffic``, the last minutes' requests, bids and no-bids per entity (``bidopt.metrics``)."""
+        return {
+            "accepted": dict(self.accepted),
+            "rejected": dict(self.rejected),
+            "events": self.events.stats(),
+            "traffic": self.metrics.traffic(),
+        }
 
     def status(self) -> dict:
         return self.refresher.status()
@@ -255,7 +310,9 @@ class BidderCore:
 
     def close(self) -> None:
         self.refresher.stop()
-        self.events.close()
+        self.events.close()  # the events first: they matter more than the last metrics
+        if self.metrics_flusher is not None:
+            self.metrics_flusher.stop()  # exports what is left
 
 
 async def read_body_within_limit(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
@@ -330,6 +387,7 @@ async def http_handler(core: BidderCore, request: Request) -> Response:
     received_at = time.monotonic()
     body = await read_body_within_limit(request)
     if body is None:
+        core.refused(entity, 413, TOO_LARGE)
         return Response(
             orjson.dumps({"error": TOO_LARGE}),
             status_code=413,

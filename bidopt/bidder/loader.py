@@ -181,6 +181,7 @@ class Refresher:
         self.catalogue: dict[str, SourceFields] = {}  # the last catalogue read (read_catalogue)
         self._known: dict = {}  # entity -> decision-event readers without a split, from the catalogue
         self.counters: Callable[[], dict] | None = None  # the replica's counters, reported with its status
+        self.on_refresh: Callable[[dict[str, str]], None] | None = None  # told each refresh's outcome
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -194,6 +195,8 @@ class Refresher:
         ``loaded``, ``removed``, ``failed: ...``; ``{"*": "failed: database: ..."}`` if the
         splits could not be read)."""
         outcome = self._refresh()
+        if self.on_refresh is not None:
+            self.on_refresh(outcome)
         self.report()
         self.attempted_at = time.monotonic()
         return outcome

@@ -107,3 +107,13 @@ def test_the_time_spent_reading_the_body_counts_against_tmax(core):
 
     res = _call(core, "POST", "/openrtb2/drugs_hcp", SlowBody(1, request))
     assert res.status_code == 204 and res.headers["x-bidopt-reason"] == "tmax passed"
+
+
+def test_a_reason_quoting_any_character_is_still_a_header(core):
+    """The reason can quote the path's entity code or an impression id: a character a header cannot
+    carry is escaped, not a 500 (found by tests/unit/test_metrics.py's fuzz)."""
+    res = _call(core, "POST", "/openrtb2/caf\u00e9\u0100\n", Body(1, orjson.dumps({"id": "q", "imp": [{"id": "1"}]})))
+    assert res.status_code == 204 and res.headers["x-bidopt-reason"] == "no active split for caf\\xe9\\u0100\\n"
+    twice = orjson.dumps({"id": "q", "imp": [{"id": "\u0100"}, {"id": "\u0100"}]})
+    res = _call(core, "POST", "/openrtb2/drugs_hcp", Body(1, twice))
+    assert res.status_code == 400 and res.headers["x-bidopt-reason"] == "imp id '\\u0100' appears twice"
