@@ -37,6 +37,11 @@ back to pending while ``attempts < BIDOPT_MAX_ATTEMPTS``, else failed with
 Ray: in ``--no-ray`` mode nothing can interrupt a hung step in-process, so a
 hung run holds its lease until its process is stopped, and is then requeued
 once its heartbeat is ``BIDOPT_STALE_AFTER_SECONDS`` old.
+
+The driver records what it learns in ``bidopt.jobs.optimizer_metrics`` (runs claimed, completed,
+failed by error class and requeued; per finished attempt the seconds of each stage, timed by the
+pipeline's ``StageClock`` in the task and returned with its result, and the rows aggregated):
+exported to Ray's metrics agent under Ray, nothing outside it.
 """
 
 from __future__ import annotations
@@ -63,8 +68,9 @@ from bidopt.artifacts import attempt_output_url, remove_run_artifacts, run_outpu
 from bidopt.db import queries as q
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import Conflict, DatabaseUnavailable
+from bidopt.jobs.optimizer_metrics import TASK_DIED, TIMED_OUT, OptimizerMetrics, error_class
 from bidopt.logs import configure_logging
-from bidopt.optimizer.pipeline import RunResult, RunSpec, optimize
+from bidopt.optimizer.pipeline import RunResult, RunSpec, StageClock, optimize
 from bidopt.settings import get_settings
 from bidopt.warehouse import open_warehouse
 
@@ -165,16 +171,19 @@ def process_run(
     """Optimise one run claimed as attempt ``attempt`` by ``worker_id`` end to end; never raises
     for a run's own failure.
 
-    Returns a dict whose ``status`` is ``completed``, ``failed`` (recorded on the run) or
-    ``abandoned`` (the lease was lost; nothing recorded). ``stop`` -- set by the driver's
-    heartbeat thread when the lease is lost -- is checked at every progress step; the lease
-    itself is read from the database after loading, before writing artifacts and right before
-    the manifest. The run time limit is not enforced here (see the module docstring).
+    Returns a dict whose ``status`` is ``completed``, ``failed`` (recorded on the run, with its
+    ``error_class``) or ``abandoned`` (the lease was lost; nothing recorded). Completed and failed
+    results carry ``stage_seconds`` (the stages entered, ``StageClock``); completed ones also the
+    ``entity_code`` and ``rows_aggregated`` (the bid-log rows of the run's window). ``stop`` --
+    set by the driver's heartbeat thread when the lease is lost -- is checked at every progress
+    step; the lease itself is read from the database after loading, before writing artifacts and
+    right before the manifest. The run time limit is not enforced here (see the module docstring).
     """
     say = progress or (lambda text: log.info("%s: %s", run_id, text))
     engine, completing = None, False
     output_url, written = None, []
     began = time.time()
+    clock = StageClock()
 
     def lost(when: str) -> LeaseLost:
         return LeaseLost(f"run {run_id} is no longer held by attempt {attempt} of {worker_id} ({when})")
@@ -195,29 +204,31 @@ def process_run(
         settings = get_settings()
         engine = get_engine(settings.database_url)
         check_lease("before starting")
-        with session_scope(engine) as s:
+        with clock("read"), session_scope(engine) as s:
             spec, run_url = load_run_spec(s, run_id)
         output_url = attempt_output_url(run_url, attempt)
         step(f"optimising {spec.entity_code}")
         with open_warehouse(settings.warehouse_url) as wh:
-            result = optimize(wh, spec, progress=step)
-        files = artifact_files(spec, result)
+            result = optimize(wh, spec, progress=step, clock=clock)
+        with clock("artifacts"):
+            files = artifact_files(spec, result)
         check_lease("before writing artifacts")
         step(f"writing artifacts to {output_url}")
         written = list(files)  # before the first byte: a write that fails half-way is cleaned up too
-        write_run_artifacts(
-            output_url,
-            files,
-            before_manifest=lambda: check_lease("before the manifest"),
-            meta={
-                "run_id": run_id,
-                "attempt": attempt,
-                "entity_code": spec.entity_code,
-                "features": [c.name for c in result.features],
-                "window": [result.window.start.isoformat(), result.window.end.isoformat()],
-                "validation_status": result.validation_status,
-            },
-        )
+        with clock("artifacts"):
+            write_run_artifacts(
+                output_url,
+                files,
+                before_manifest=lambda: check_lease("before the manifest"),
+                meta={
+                    "run_id": run_id,
+                    "attempt": attempt,
+                    "entity_code": spec.entity_code,
+                    "features": [c.name for c in result.features],
+                    "window": [result.window.start.isoformat(), result.window.end.isoformat()],
+                    "validation_status": result.validation_status,
+                },
+            )
         seg = result.segment_bids
         stats = q.RunStats(
             segments_count=int(len(seg)),
@@ -251,7 +262,14 @@ def process_run(
         if not mark_failed(run_id, error, worker_id, attempt, detail=traceback.format_exc()):
             error = f"{error} (not recorded: the run is no longer held by attempt {attempt} of {worker_id})"
             return {"run_id": run_id, "attempt": attempt, "status": "abandoned", "error": error}
-        return {"run_id": run_id, "attempt": attempt, "status": "failed", "error": error}
+        return {
+            "run_id": run_id,
+            "attempt": attempt,
+            "status": "failed",
+            "error": error,
+            "error_class": error_class(exc),
+            "stage_seconds": dict(clock.seconds),
+        }
     # Outside the try: once the completion is committed, nothing may remove these files.
     say(
         f"completed: {stats.segments_count} segments, median bid {stats.bid_median:.2f}, "
@@ -267,6 +285,10 @@ def process_run(
         "pid": os.getpid(),
         "began": began,
         "ended": time.time(),
+        "entity_code": spec.entity_code,
+        # after the completion's commit: nothing here may raise (a raise would read as a dead task)
+        "rows_aggregated": _rows_aggregated(result),
+        "stage_seconds": dict(clock.seconds),
     }
 
 
@@ -321,7 +343,15 @@ class JobReport:
         return sum(1 for r in self.processed if r["status"] == "failed")
 
 
-def _claim(worker_id: str) -> Lease | None:
+def _rows_aggregated(result: RunResult) -> int | None:
+    """The bid-log rows of the run's window, for the metrics; None if the result does not say."""
+    try:
+        return int(result.metrics["global_stats"]["bids"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def _claim(worker_id: str, metrics: OptimizerMetrics | None = None) -> Lease | None:
     """Requeue runs whose worker died (no heartbeat for ``stale_after_seconds``), then claim the oldest.
 
     A database that is away is retried every few seconds for up to ``stale_after_seconds`` (a
@@ -329,7 +359,7 @@ def _claim(worker_id: str) -> Lease | None:
     started = time.monotonic()
     while True:
         try:
-            return _requeue_and_claim(worker_id)
+            return _requeue_and_claim(worker_id, metrics)
         except (DatabaseUnavailable, DBAPIError) as exc:  # away, or a deadlock / read-only failover
             waited = time.monotonic() - started
             if waited > get_settings().stale_after_seconds:
@@ -338,17 +368,23 @@ def _claim(worker_id: str) -> Lease | None:
             time.sleep(min(5.0, get_settings().heartbeat_seconds))
 
 
-def _requeue_and_claim(worker_id: str) -> Lease | None:
+def _requeue_and_claim(worker_id: str, metrics: OptimizerMetrics | None = None) -> Lease | None:
+    metrics = metrics if metrics is not None else OptimizerMetrics()
     settings = get_settings()
     engine = get_engine(settings.database_url)
     with session_scope(engine) as s:
-        for run_id, status in q.requeue_stale_runs(
+        changed = q.requeue_stale_runs(
             s, heartbeat_timeout=timedelta(seconds=settings.stale_after_seconds), max_attempts=settings.max_attempts
-        ):
-            log.info("run %s: its worker stopped heartbeating; now %s", run_id, status)
+        )
+    for run_id, status in changed:  # counted once committed
+        log.info("run %s: its worker stopped heartbeating; now %s", run_id, status)
+        metrics.requeued_stale(status)
     with session_scope(engine) as s:
         run = q.claim_next_pending_run(s, worker_id)
-        return Lease(run.run_id, worker_id, run.attempts, run.entity.entity_code) if run else None
+        lease = Lease(run.run_id, worker_id, run.attempts, run.entity.entity_code) if run else None
+    if lease is not None:
+        metrics.run_event("claimed")
+    return lease
 
 
 def _heartbeat(leases: list[Lease]) -> list[Lease]:
@@ -407,8 +443,9 @@ class Heartbeat:
                 held[lease].set()
 
 
-def _release(lease: Lease, reason: str) -> dict:
-    """Release a lease whose task died or timed out: requeue or fail the run (``release_run_lease``)."""
+def _release(lease: Lease, reason: str, cause: str) -> dict:
+    """Release a lease whose task died or timed out: requeue or fail the run (``release_run_lease``).
+    ``cause``: the ``error_class`` of a run that fails so (``TASK_DIED`` or ``TIMED_OUT``)."""
     settings = get_settings()
     try:
         with session_scope(get_engine(settings.database_url)) as s:
@@ -435,6 +472,7 @@ def _release(lease: Lease, reason: str) -> dict:
             "attempt": lease.attempt,
             "status": "failed",
             "error": f"gave up after {lease.attempt} attempts: {reason}",
+            "error_class": cause,
         }
     return _outcome_from_db(lease, reason)
 
@@ -483,16 +521,22 @@ def run_optimizer(
     use_ray: bool = True,
     on_result: Callable[[dict], None] | None = None,
     max_runs: int | None = None,
+    metrics: OptimizerMetrics | None = None,
 ) -> JobReport:
     """Drain (``once``) or keep polling the pending queue. Returns what was processed (one entry
     per attempt; a requeued run may appear again). Invalid settings raise ``InvalidSettings``
-    before anything is claimed."""
+    before anything is claimed. ``metrics``: the recorder (default: Ray's metrics under Ray, else none)."""
     settings = get_settings()
     worker_id = new_worker_id()
     report = JobReport([])
+    metrics = metrics if metrics is not None else OptimizerMetrics()
 
     def done(result: dict) -> None:
         report.processed.append(result)
+        try:
+            metrics.finished(result)
+        except Exception:  # noqa: BLE001 - counting must never change what became of a run
+            log.exception("optimizer: recording the metrics of run %s failed", result.get("run_id"))
         if on_result:
             on_result(result)
 
@@ -503,7 +547,7 @@ def run_optimizer(
     if not use_ray:
         with Heartbeat(worker_id) as beat:
             while budget_left():
-                lease = _claim(worker_id)
+                lease = _claim(worker_id, metrics)
                 if lease is None:
                     if once:
                         break
@@ -531,7 +575,7 @@ def run_optimizer(
         try:
             done(ray.get(ref))
         except Exception as exc:  # noqa: BLE001 - the task's worker died (killed, OOM, node lost)
-            done(_release(flight.lease, f"optimizer task died: {type(exc).__name__}: {exc}".splitlines()[0]))
+            done(_release(flight.lease, f"optimizer task died: {type(exc).__name__}: {exc}".splitlines()[0], TASK_DIED))
 
     def cancel(ref) -> _Flight:
         ray.cancel(ref, force=True)  # force: a hung or lease-less task gets no say
@@ -542,7 +586,7 @@ def run_optimizer(
     with Heartbeat(worker_id) as beat:
         while True:
             while len(in_flight) < parallel and budget_left():
-                lease = _claim(worker_id)
+                lease = _claim(worker_id, metrics)
                 if lease is None:
                     break
                 # Asked per task: optimizer nodes may have joined or left the cluster since the last one.
@@ -575,7 +619,7 @@ def run_optimizer(
                     )
                 else:
                     cancel(ref)
-                    done(_release(flight.lease, f"exceeded run time limit of {limit:g} s"))
+                    done(_release(flight.lease, f"exceeded run time limit of {limit:g} s", TIMED_OUT))
 
 
 def describe_result(result: dict) -> str:

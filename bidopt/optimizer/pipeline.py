@@ -3,12 +3,17 @@
 ``optimize(warehouse, spec)`` is what a Ray task runs for one run; the job layer
 (``bidopt.jobs.optimize``) reads ``RunSpec`` from the database, writes the
 ``RunResult`` to the artifact store and the database.
+
+A ``StageClock`` passed in (``clock=``) is told how long each stage of ``STAGES`` took; the job layer
+turns that into metrics, so this module needs neither Ray nor a metrics client.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -25,6 +30,43 @@ from bidopt.warehouse.contract import FEATURE_COLUMNS, segment_key
 
 Progress = Callable[[str], None]
 MAX_ADJUST_DOMAINS = 500  # domains with a category of their own in the win model
+
+# The stages of a run, in order. ``read``: the run's inputs and every warehouse query (wherever it
+# is made); ``features``: scoring candidate features; ``training``: the win-rate and CTR models and
+# the bid landscape; ``bids``: the bid table, curves and domain multipliers; ``validation``: the
+# metrics and checks; ``artifacts``: serialising and writing the run's files (the job layer's).
+STAGES = ("read", "features", "training", "bids", "validation", "artifacts")
+
+
+class StageClock:
+    """Seconds spent per stage of one run, each counted exclusively: a ``read`` inside
+    ``features`` (a warehouse query while scoring) is the read's time, not the scoring's.
+    ``seconds`` holds only the stages entered; a stage left by an exception keeps its time."""
+
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.seconds: dict[str, float] = {}
+        self._timer = timer
+        self._stack: list[str] = []
+        self._mark = 0.0
+
+    def _charge(self) -> None:
+        now = self._timer()
+        if self._stack:
+            top = self._stack[-1]
+            self.seconds[top] = self.seconds.get(top, 0.0) + (now - self._mark)
+        self._mark = now
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        self._charge()
+        self._stack.append(stage)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._stack.pop()
 
 
 @dataclass
@@ -90,122 +132,138 @@ def run_window(warehouse: BidLogWarehouse, entity_code: str, cfg: dict) -> tuple
     return window, holdout_from
 
 
-def optimize(warehouse: BidLogWarehouse, spec: RunSpec, progress: Progress = lambda _: None) -> RunResult:
-    cfg = parse_run_configs(spec.configs)  # fails before any work on a bad config
-    candidates = candidate_features(spec)
-    if spec.anchor_feature not in candidates:
-        raise InvalidConfig(
-            f"anchor feature {spec.anchor_feature} is not an active feature of "
-            f"{spec.entity_code} (candidates: {', '.join(candidates) or 'none'})"
-        )
-    window, holdout_from = run_window(warehouse, spec.entity_code, cfg)
+def optimize(
+    warehouse: BidLogWarehouse,
+    spec: RunSpec,
+    progress: Progress = lambda _: None,
+    clock: StageClock | None = None,
+) -> RunResult:
+    """``clock``: told the seconds of each stage (``STAGES``; all but ``artifacts`` happen here)."""
+    clock = clock if clock is not None else StageClock()
+    with clock("read"):
+        cfg = parse_run_configs(spec.configs)  # fails before any work on a bad config
+        candidates = candidate_features(spec)
+        if spec.anchor_feature not in candidates:
+            raise InvalidConfig(
+                f"anchor feature {spec.anchor_feature} is not an active feature of "
+                f"{spec.entity_code} (candidates: {', '.join(candidates) or 'none'})"
+            )
+        window, holdout_from = run_window(warehouse, spec.entity_code, cfg)
     bucket = cfg["bid_bucket_cpm"]
 
     def aggregate(group_by: list[str]) -> pd.DataFrame:
-        return warehouse.aggregate_bids(
-            spec.entity_code, window, group_by, bid_bucket_cpm=bucket, holdout_from=holdout_from
-        ).to_pandas()
+        with clock("read"):
+            return warehouse.aggregate_bids(
+                spec.entity_code, window, group_by, bid_bucket_cpm=bucket, holdout_from=holdout_from
+            ).to_pandas()
 
     progress(f"selecting features from {', '.join(candidates)}")
     scores: list[dict] = []
-    chosen = F.select_features(
-        aggregate,
-        spec.anchor_feature,
-        candidates,
-        max_features=cfg["max_features"],
-        min_segment_bids=cfg["min_segment_bids"],
-        on_score=lambda name, score, support: scores.append(
-            {"feature": name, "signal_score": score, "support": support}
-        ),
-    )
+    with clock("features"):
+        chosen = F.select_features(
+            aggregate,
+            spec.anchor_feature,
+            candidates,
+            max_features=cfg["max_features"],
+            min_segment_bids=cfg["min_segment_bids"],
+            on_score=lambda name, score, support: scores.append(
+                {"feature": name, "signal_score": score, "support": support}
+            ),
+        )
     features = [c.name for c in chosen]
 
     # The model adjusts for the domain (see bidopt.optimizer.bids): domains with
     # min_domain_bids training bids keep their own category (the biggest MAX_ADJUST_DOMAINS),
     # the rest share "(other)".
     agg = aggregate([*features, "domain"])
-    train_bids = agg.loc[~agg["is_holdout"]].groupby("domain")["bids"].sum().sort_values(ascending=False)
-    keep = [d for d in train_bids.index[train_bids >= cfg["min_domain_bids"]] if d != "unknown"]
-    keep = set(keep[:MAX_ADJUST_DOMAINS])
-    model_columns = [*features, "domain"]
-    agg = (
-        B.lump_rare(agg, "domain", keep)
-        .groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
-            ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]
-        ]
-        .sum()
-    )
-    train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
-    if train.empty:
-        raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
-    progress(f"training the win-rate model on {'+'.join(features)} x bid, adjusted for {len(keep)} domains")
-    win = M.train_win_model(train, model_columns, cfg)
-    win_metrics = M.evaluate_win_model(win, test)
+    with clock("training"):
+        train_bids = agg.loc[~agg["is_holdout"]].groupby("domain")["bids"].sum().sort_values(ascending=False)
+        keep = [d for d in train_bids.index[train_bids >= cfg["min_domain_bids"]] if d != "unknown"]
+        keep = set(keep[:MAX_ADJUST_DOMAINS])
+        model_columns = [*features, "domain"]
+        agg = (
+            B.lump_rare(agg, "domain", keep)
+            .groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
+                ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]
+            ]
+            .sum()
+        )
+        train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
+        if train.empty:
+            raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
+        progress(f"training the win-rate model on {'+'.join(features)} x bid, adjusted for {len(keep)} domains")
+        win = M.train_win_model(train, model_columns, cfg)
+        win_metrics = M.evaluate_win_model(win, test)
 
-    progress("training the CTR model")
-    ctr = M.train_ctr_model(train, model_columns, cfg)
-    ctr_metrics = M.evaluate_ctr_model(ctr, train, test)
+        progress("training the CTR model")
+        ctr = M.train_ctr_model(train, model_columns, cfg)
+        ctr_metrics = M.evaluate_ctr_model(ctr, train, test)
 
-    progress("fitting the bid landscape")
-    landscape = M.fit_bid_landscape(train, spec.anchor_feature)
+        progress("fitting the bid landscape")
+        landscape = M.fit_bid_landscape(train, spec.anchor_feature)
 
     progress("writing suggested bids")
-    policy = B.BidPolicy.from_configs(cfg, use_floors=bool(spec.static.get("floor_available")))
-    cells = train.groupby(model_columns, as_index=False, observed=True)["bids"].sum()
-    floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas() if policy.use_floors else None
-    bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors)
-    curves = B.top_segment_curves(win, cells, features, policy)
+    with clock("bids"):
+        policy = B.BidPolicy.from_configs(cfg, use_floors=bool(spec.static.get("floor_available")))
+        cells = train.groupby(model_columns, as_index=False, observed=True)["bids"].sum()
+        floors = None
+        if policy.use_floors:
+            with clock("read"):
+                floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas()
+        bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors)
+        curves = B.top_segment_curves(win, cells, features, policy)
 
-    multipliers = None
-    if spec.static.get("domain_enabled"):
-        progress("computing domain multipliers")
-        multipliers = B.domain_multipliers(
-            win,
-            cells,
-            features,
-            model_bids,
-            policy,
-            min_domain_bids=cfg["min_domain_bids"],
-            lower=cfg["domain_multiplier_min"],
-            upper=cfg["domain_multiplier_max"],
+        multipliers = None
+        if spec.static.get("domain_enabled"):
+            progress("computing domain multipliers")
+            multipliers = B.domain_multipliers(
+                win,
+                cells,
+                features,
+                model_bids,
+                policy,
+                min_domain_bids=cfg["min_domain_bids"],
+                lower=cfg["domain_multiplier_min"],
+                upper=cfg["domain_multiplier_max"],
+            )
+
+    with clock("validation"):
+        total_bids, total_wins = float(agg["bids"].sum()), float(agg["wins"].sum())
+        seg_bids = bid_table.loc[bid_table["level"] == "segment"]
+        metrics = {
+            "win_rate_model": win_metrics | {"features": float(len(features)), "adjusted_domains": float(len(keep))},
+            "ctr_model": ctr_metrics,
+            "bid_landscape": landscape,
+            "global_stats": {
+                "bids": total_bids,
+                "wins": total_wins,
+                "win_rate": total_wins / total_bids if total_bids else None,
+                "clicks": float(agg["clicks"].sum()),
+                "avg_clearing_price_cpm": float(agg["spend_cpm"].sum()) / total_wins if total_wins else None,
+                "segments": float(len(seg_bids)),
+                "explored_segments": float(seg_bids["explored"].sum()),
+                "capped_segments": float(seg_bids["capped"].sum()),
+                "domain_multipliers": float(len(multipliers)) if multipliers is not None else None,
+            },
+        }
+        coverage = _coverage(bid_table, test, features)
+        status, reasons = validate(bid_table, multipliers, metrics, coverage, cfg, spec.thresholds)
+        metrics["validation"] = {"bid_coverage": coverage}
+        return RunResult(
+            features=chosen,
+            metrics=metrics,
+            bids=bid_table,
+            multipliers=multipliers,
+            win_model=bytes(win.booster.save_raw("ubj")),
+            ctr_model=bytes(ctr.booster.save_raw("ubj")) if ctr is not None else None,
+            validation_status=status,
+            validation_reasons=reasons,
+            window=window,
+            feature_scores=scores,
+            holdout_from=holdout_from,
+            model=win,
+            curves=curves,
         )
-
-    total_bids, total_wins = float(agg["bids"].sum()), float(agg["wins"].sum())
-    seg_bids = bid_table.loc[bid_table["level"] == "segment"]
-    metrics = {
-        "win_rate_model": win_metrics | {"features": float(len(features)), "adjusted_domains": float(len(keep))},
-        "ctr_model": ctr_metrics,
-        "bid_landscape": landscape,
-        "global_stats": {
-            "bids": total_bids,
-            "wins": total_wins,
-            "win_rate": total_wins / total_bids if total_bids else None,
-            "clicks": float(agg["clicks"].sum()),
-            "avg_clearing_price_cpm": float(agg["spend_cpm"].sum()) / total_wins if total_wins else None,
-            "segments": float(len(seg_bids)),
-            "explored_segments": float(seg_bids["explored"].sum()),
-            "capped_segments": float(seg_bids["capped"].sum()),
-            "domain_multipliers": float(len(multipliers)) if multipliers is not None else None,
-        },
-    }
-    coverage = _coverage(bid_table, test, features)
-    status, reasons = validate(bid_table, multipliers, metrics, coverage, cfg, spec.thresholds)
-    metrics["validation"] = {"bid_coverage": coverage}
-    return RunResult(
-        features=chosen,
-        metrics=metrics,
-        bids=bid_table,
-        multipliers=multipliers,
-        win_model=bytes(win.booster.save_raw("ubj")),
-        ctr_model=bytes(ctr.booster.save_raw("ubj")) if ctr is not None else None,
-        validation_status=status,
-        validation_reasons=reasons,
-        window=window,
-        feature_scores=scores,
-        holdout_from=holdout_from,
-        model=win,
-        curves=curves,
-    )
 
 
 def _coverage(bid_table: pd.DataFrame, test: pd.DataFrame, features: list[str]) -> float | None:

@@ -193,7 +193,7 @@ def test_a_heartbeat_refused_stops_the_in_process_run(platform, monkeypatch):
     stopped_inside_optimize = []
     real_optimize = job.optimize
 
-    def optimize_taken_over_midway(warehouse, spec, progress):
+    def optimize_taken_over_midway(warehouse, spec, progress, clock=None):
         # First step: the run is taken over by B while A is still optimising it ...
         assert _requeue_as_stale(platform) == [(run_id, "pending")]
         assert _claim(platform, WORKER_B) == 2
@@ -206,7 +206,7 @@ def test_a_heartbeat_refused_stops_the_in_process_run(platform, monkeypatch):
                 stopped_inside_optimize.append(True)
                 raise
             time.sleep(0.05)
-        return real_optimize(warehouse, spec, progress)
+        return real_optimize(warehouse, spec, progress, clock)
 
     written = []
     real_write = job.write_run_artifacts
@@ -259,7 +259,7 @@ def test_an_error_after_the_lease_was_lost_is_reported_abandoned_and_recorded_no
     run_id = _create(platform)
     assert _claim(platform, WORKER_A) == 1
 
-    def taken_over_then_broken(warehouse, spec, progress):
+    def taken_over_then_broken(warehouse, spec, progress, clock=None):
         assert _requeue_as_stale(platform) == [(run_id, "pending")]
         assert _claim(platform, WORKER_B) == 2
         raise RuntimeError("warehouse went away")
@@ -325,7 +325,7 @@ def test_claiming_retries_a_database_that_is_away_then_gives_up(monkeypatch):
         with session_scope(get_engine(get_settings().database_url)):
             raise OperationalError("SELECT", {}, Exception("connection refused"), connection_invalidated=True)
 
-    def away_twice(worker_id):
+    def away_twice(worker_id, _metrics=None):
         calls.append(worker_id)
         if len(calls) <= 2:
             connection_lost()
@@ -334,7 +334,7 @@ def test_claiming_retries_a_database_that_is_away_then_gives_up(monkeypatch):
     monkeypatch.setattr(job, "_requeue_and_claim", away_twice)
     assert job._claim(WORKER_A) is None and len(calls) == 3
 
-    def away(worker_id):
+    def away(worker_id, _metrics=None):
         connection_lost()
 
     monkeypatch.setattr(job, "_requeue_and_claim", away)
@@ -358,7 +358,7 @@ def test_untranslated_database_errors_never_crash_the_driver(platform_db, monkey
 
     calls = []
 
-    def deadlocked_once(worker_id):
+    def deadlocked_once(worker_id, _metrics=None):
         calls.append(worker_id)
         if len(calls) == 1:
             deadlock()
