@@ -26,6 +26,7 @@ from bidopt.cli.runs import runs
 from bidopt.cli.schedules import schedules
 from bidopt.cli.serve import serve_cmd
 from bidopt.cli.sources import sources
+from bidopt.cli.status import status_cmd
 from bidopt.cli.versions import versions
 from bidopt.errors import BidoptError
 from bidopt.settings import get_settings
@@ -81,6 +82,7 @@ for _group in (
     users,
     tokens,
     serve_cmd,
+    status_cmd,
 ):
     cli.add_command(_group)
 

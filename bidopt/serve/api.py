@@ -1,6 +1,7 @@
 """The management API and web UI: one FastAPI app (served by Ray Serve, see ``bidopt.serve.apps``).
 
-Every route calls a function of ``bidopt.service`` or (the catalogue) ``bidopt.catalogue``.
+Every route calls a function of ``bidopt.service``, ``bidopt.catalogue`` (the catalogue) or
+``bidopt.status`` (what the bidders serve).
 Callers authenticate with an API token (``Authorization: Bearer bo_...``); viewers read,
 operators also create runs and change traffic splits, admins also change the catalogue (supply
 sources, macros, versions, entities). Who created a run, deployed a split or changed the catalogue
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bidopt import catalogue, service
+from bidopt import catalogue, service, status
 from bidopt.db import access
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import BidoptError
@@ -289,6 +290,11 @@ def create_app() -> FastAPI:
     def put_split(entity_code: str, body: SplitRequest, who: access.Caller = Depends(operator)) -> dict:
         with session_scope(get_engine(get_settings().database_url)) as s:  # committed before we answer
             return service.set_traffic_split(s, entity_code, body.split, deployed_by=who.username)
+
+    @app.get("/api/status", tags=["splits"], dependencies=read)
+    def bidder_status(entity: str | None = None, s: Session = Depends(_session)) -> dict:
+        """Per entity: the active split, what each bidder replica serves, the last minutes' rates."""
+        return status.status(s, entity)
 
     @app.get("/api/entities/{entity_code}/split/history", tags=["splits"], dependencies=read)
     def split_history(entity_code: str, s: Session = Depends(_session)) -> list[dict]:

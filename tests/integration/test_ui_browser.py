@@ -461,3 +461,56 @@ def test_admin_onboards_an_entity_through_the_ui_and_the_audit_page_lists_it(pla
     viewer.goto(server + "#/audit/vet_clinics")
     viewer.wait_for_selector('#audit-table tr[data-action="entity.create"]')
     assert errors == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_status_page_shows_the_split_the_replicas_and_their_rates(platform_db, server, browser):
+    """#/status (GET /api/status): a replica's report with its traffic window, as `bidopt status` reads it."""
+    from bidopt.db import bidder_status
+
+    with session_scope(platform_db) as s:
+        access.create_user(s, "victor", "viewer")
+        token = access.create_api_token(s, "victor")[1]
+        run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="seed").run_id
+    complete_servable(platform_db, run_id)
+    with session_scope(platform_db) as s:
+        split_id = q.replace_traffic_split(s, "drugs_hcp", {run_id: 100}, deployed_by="olivia")[0].split_id
+    traffic = {"window_seconds": 120, "requests": 240, "bids": 180, "no_bids": {"floor": 54, "no_split": 6}}
+    with session_scope(platform_db) as s:
+        bidder_status.report_replica(
+            s,
+            {
+                "replica_id": "bidder-host:7:st",
+                "hostname": "bidder-host",
+                "pid": 7,
+                "ready": True,
+                "refresh_seconds": 60,
+                "serving": {"drugs_hcp": {"split_id": split_id, "loaded_at": "2026-01-31T12:00:00Z", "runs": []}},
+                "last_error": None,
+                "counters": {"traffic": {"drugs_hcp": traffic}},
+            },
+            started_at=time.time() - 120,
+        )
+
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    _sign_in(page, server, token)
+    page.click("#links >> text=Status")
+    page.wait_for_selector('.status-entity[data-entity="drugs_hcp"]')
+    drugs = page.query_selector('.status-entity[data-entity="drugs_hcp"]')
+    assert f"{run_id}: 100%" in drugs.query_selector(".status-split").inner_text()
+    assert drugs.query_selector(".status-live.ok").inner_text() == "live on all 1 bidder replica"
+    assert drugs.query_selector('[data-metric="bids_per_second"]').inner_text() == "1.5/s (180)"
+    assert drugs.query_selector('[data-metric="requests_per_second"]').inner_text() == "2/s (240)"
+    assert drugs.query_selector('tr[data-reason="floor"]').inner_text().split() == ["floor", "0.45/s", "54"]
+    replica = drugs.query_selector('tr[data-replica="bidder-host:7:st"]').inner_text()
+    assert "live" in replica and "2026-01-31T12:00:00Z" in replica
+    auto = page.query_selector('.status-entity[data-entity="auto_intenders"]')
+    assert "none" in auto.query_selector(".status-split").inner_text()
+    assert auto.query_selector(".traffic-none") is not None
+
+    page.click('.status-entity[data-entity="drugs_hcp"] h2 >> text=drugs_hcp')  # one entity's own page
+    page.wait_for_selector('.status-entity[data-entity="auto_intenders"]', state="detached")
+    assert page.url.endswith("#/status/drugs_hcp")
+    assert errors == []

@@ -52,6 +52,7 @@ async function route() {
     else if (page === "ab") await abPage(decodeURIComponent(arg));
     else if (page === "catalogue") await cataloguePage();
     else if (page === "audit") await auditPage(arg ? decodeURIComponent(arg) : "");
+    else if (page === "status") await statusPage(arg ? decodeURIComponent(arg) : "");
     else await entitiesPage();
     showFlash();
   } catch (err) {
@@ -799,6 +800,61 @@ async function resultsPage(code, splitId) {
       document.querySelectorAll("button.promote[data-run]").forEach(b => { b.disabled = false; });
     }
   });
+}
+
+// #/status[/entity]: GET /api/status (bidopt.status.status, as `bidopt status`).
+function rate(v) { return v === null || v === undefined ? "–" : `${fmt(v)}/s`; }
+
+function statusTraffic(t) {
+  if (!t.replicas) return `<p class="muted traffic-none">No traffic counted: no reporting replica has seen a request for it.</p>`;
+  const reasons = Object.entries(t.no_bids_by_reason);
+  return `<table class="status-traffic"><tr><th>over the last</th><th>replicas</th><th>requests</th><th>bids</th>
+    <th>no-bids</th><th>bid share</th></tr>
+    <tr><td>${fmt(t.window_seconds)} s</td><td>${fmt(t.replicas)}</td>
+    <td data-metric="requests_per_second">${rate(t.requests_per_second)} <span class="muted">(${fmt(t.requests)})</span></td>
+    <td data-metric="bids_per_second">${rate(t.bids_per_second)} <span class="muted">(${fmt(t.bids)})</span></td>
+    <td data-metric="no_bids_per_second">${rate(t.no_bids_per_second)} <span class="muted">(${fmt(t.no_bids)})</span></td>
+    <td>${t.bid_share === null ? "–" : `${fmt(100 * t.bid_share, 3)}%`}</td></tr></table>
+    ${reasons.length ? `<table class="status-reasons"><tr><th>no-bid reason</th><th>rate</th><th>count</th></tr>
+    ${reasons.map(([r, n]) => `<tr data-reason="${esc(r)}"><td>${esc(r)}</td>
+      <td>${rate(t.no_bids_per_second_by_reason[r])}</td><td>${fmt(n)}</td></tr>`).join("")}</table>` : ""}`;
+}
+
+function statusReplicas(replicas) {
+  if (!replicas.length) return `<p class="muted">No bidder replica is reporting.</p>`;
+  return `<table class="status-replicas"><tr><th>replica</th><th>host (pid)</th><th>state</th><th>serves split</th>
+    <th>loaded</th><th>last report</th><th>note</th></tr>
+    ${replicas.map(r => `<tr data-replica="${esc(r.replica_id)}"><td>${esc(r.replica_id)}</td>
+      <td>${esc(r.hostname)} (${esc(r.pid)})</td>
+      <td class="${r.state === "live" ? "ok" : r.state === "lagging" ? "bad" : "muted"}">${esc(r.state)}</td>
+      <td>${fmt(r.split_id)}</td><td>${fmt(r.loaded_at)}</td>
+      <td>${fmt(r.reported_at)} <span class="muted">(${fmt(r.seconds_since_report)} s ago)</span></td>
+      <td>${esc(r.error || r.reason || "")}</td></tr>`).join("")}</table>`;
+}
+
+async function statusPage(entity) {
+  crumbs(`/ status${entity ? ` of <a href="#/entity/${esc(encodeURIComponent(entity))}">${esc(entity)}</a>` : ""}`);
+  const view = await api("GET", `/api/status${entity ? `?entity=${encodeURIComponent(entity)}` : ""}`);
+  const sections = view.entities.map(e => {
+    const enc = encodeURIComponent(e.entity_code);
+    const split = e.split ? e.split.runs.map(r => `<span class="pill">${esc(r.run_id)}: ${r.traffic_pct}%</span>`).join(" ") +
+      ` <span class="muted">split ${esc(e.split.split_id)} by ${esc(e.split.deployed_by)} at ${esc(e.split.deployed_at)}</span>`
+      : `<span class="muted">none: the bidders answer no-bid (no_split)</span>`;
+    return `<section class="status-entity" data-entity="${esc(e.entity_code)}">
+      <h2><a href="#/status/${esc(enc)}">${esc(e.entity_code)}</a>${e.is_active ? "" : ` <span class="pill">inactive</span>`}
+        <span class="muted" style="font-weight:400">· <a href="#/ab/${esc(enc)}">A/B split</a></span></h2>
+      <p>Active split: <span class="status-split">${split}</span></p>
+      <p>Bidders: <span class="status-live ${e.bidders.live ? "ok" : "bad"}">${esc(e.bidders.summary)}</span></p>
+      ${statusTraffic(e.traffic)}${statusReplicas(e.replicas)}</section>`;
+  });
+  const others = Object.entries(view.other_traffic).map(([label, t]) =>
+    `<section class="status-other" data-entity="${esc(label)}"><h2>${esc(label)} <span class="muted" style="font-weight:400">(not an active entity)</span></h2>
+      ${statusTraffic(t)}</section>`);
+  main.innerHTML = `<section><h2>Status</h2><p class="muted">From the bidder replicas' own reports
+    (${fmt(view.replicas_counted)} counted) at ${esc(view.generated_at)}; rates over each replica's last minutes.
+    <button id="status-refresh">Refresh</button></p></section>
+    ${sections.join("") || `<section class="muted">No active entity.</section>`}${others.join("")}`;
+  document.getElementById("status-refresh").onclick = () => route();
 }
 
 route();
