@@ -187,18 +187,23 @@ def _changes(changes: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- lookups
 
 
+def _one(session: Session, model, column, value: Any, missing: str, *, for_update: bool = False):
+    """The row of ``model`` whose ``column`` is ``value`` (locked with ``for_update``), else NotFound."""
+    stmt = select(model).where(column == _key(value))
+    row = session.scalar(stmt.with_for_update() if for_update else stmt)
+    if row is None:
+        raise NotFound(f"{missing}: {value}"[:200])
+    return row
+
+
 def _source(session: Session, code: Any, *, for_update: bool = False) -> OptMaster:
-    stmt = select(OptMaster).where(OptMaster.source_code == _key(code))
-    source = session.scalar(stmt.with_for_update() if for_update else stmt)
-    if source is None:
-        raise NotFound(f"unknown supply source: {code}"[:200])
-    return source
+    return _one(session, OptMaster, OptMaster.source_code, code, "unknown supply source", for_update=for_update)
 
 
 def _macro(session: Session, source: OptMaster, feature: Any) -> OptFeatureMacro:
     macro = session.scalar(
         select(OptFeatureMacro).where(
-            OptFeatureMacro.master_id == source.master_id, OptFeatureMacro.feature_name == feature
+            OptFeatureMacro.master_id == source.master_id, OptFeatureMacro.feature_name == _key(feature)
         )
     )
     if macro is None:
@@ -207,18 +212,11 @@ def _macro(session: Session, source: OptMaster, feature: Any) -> OptFeatureMacro
 
 
 def _version(session: Session, name: Any) -> OptVersion:
-    version = session.scalar(select(OptVersion).where(OptVersion.version_name == _key(name)))
-    if version is None:
-        raise NotFound(f"unknown optimizer version: {name}"[:200])
-    return version
+    return _one(session, OptVersion, OptVersion.version_name, name, "unknown optimizer version")
 
 
 def _entity(session: Session, code: Any, *, for_update: bool = False) -> OptEntity:
-    stmt = select(OptEntity).where(OptEntity.entity_code == _key(code))
-    entity = session.scalar(stmt.with_for_update() if for_update else stmt)
-    if entity is None:
-        raise NotFound(f"unknown entity: {code}"[:200])
-    return entity
+    return _one(session, OptEntity, OptEntity.entity_code, code, "unknown entity", for_update=for_update)
 
 
 def _active_macro(session: Session, source: OptMaster, feature: str) -> OptFeatureMacro | None:
@@ -447,7 +445,7 @@ def create_macro(
     )
     existing = session.scalar(
         select(OptFeatureMacro).where(
-            OptFeatureMacro.master_id == master.master_id, OptFeatureMacro.feature_name == feature
+            OptFeatureMacro.master_id == master.master_id, OptFeatureMacro.feature_name == _key(feature)
         )
     )
     if existing is not None:

@@ -278,6 +278,7 @@ def test_seed_demo_is_made_with_the_catalogue_functions_and_is_idempotent(platfo
             InvalidConfig,
         ),  # PostgreSQL refuses NUL in text: a clear error, not a database error
         (lambda s: catalogue.get_source(s, "AD\x00X"), NotFound),
+        (lambda s: catalogue.update_macro(s, "ADX", "os\x00", {"description": "x"}, actor="a"), NotFound),
         (lambda s: catalogue.list_audit(s, entity="drugs\x00"), NotFound),
         (
             lambda s: catalogue.create_entity(
