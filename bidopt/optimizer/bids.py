@@ -5,8 +5,10 @@ domain): the logging policy bids higher where the market is higher for reasons
 the segment does not show, and a model without them learns a curve that is too
 flat (measured in ``benchmarks/quality.py``). A segment's win curve is then the
 traffic-weighted mixture of its cells' curves (its own domain mix); mixtures of
-monotone curves are monotone, so the lowest grid bid reaching a target is found
-by bisection, predicting each cell about ``log2(GRID_POINTS)`` times.
+monotone curves are monotone, so the bid reaching a target is found by bisection
+on a grid, predicting each cell about ``log2(GRID_POINTS)`` times, and then
+interpolated between the two grid bids around it (the win curve is continuous,
+see ``WinRateModel``): the first grid bid above the crossing overshot the target.
 
 Segment keys are the feature values joined by ``|`` in feature order. Back-off
 rows replace values by ``*``: ``<anchor>|*|*`` (level ``anchor``) and ``*|*|*``
@@ -111,21 +113,66 @@ class Mixture:
             np.bincount(self.group, w, self.n_groups), 1e-12
         )
 
+    def _knot_rate(self, model: WinRateModel, log_bid_per_group: np.ndarray) -> np.ndarray:
+        """``rate`` at bids that are knots of the model's curve: there the curve is the trees' step
+        value, one prediction per cell instead of the two an interpolated bid takes."""
+        if self._codes is None:
+            self._codes = model.encoder.encode(self.cells)
+        p = model._raw(self._codes, log_bid_per_group[self.group])
+        w = self.weights
+        return np.bincount(self.group, w * p, self.n_groups) / np.maximum(
+            np.bincount(self.group, w, self.n_groups), 1e-12
+        )
+
     def lowest_bids(self, model: WinRateModel, grid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per group: the lowest grid bid whose mixture win rate reaches the group's target
-        (bisection on the monotone mixture), or the top of the grid; and whether it was reached."""
-        top = len(grid) - 1
-        reached = self.rate(model, np.full(self.n_groups, grid[top])) >= targets
-        lo, hi = np.full(self.n_groups, -1), np.full(self.n_groups, top)  # rate(lo) < t <= rate(hi)
+        """Per group: the lowest bid in ``[grid[0], grid[-1]]`` whose mixture win rate reaches the
+        group's target, or the top of the grid; and whether it was reached.
+
+        The model's curve is linear in ln(bid) between its knots, and so is a mixture of them (the
+        knots are the same for every cell). So the crossing is found by bisection over the knots
+        (a prediction per cell per step, at a knot's step value) and then solved exactly on the
+        line between the two knots around it. Where it falls in a tail (below the first knot or
+        above the last, where the curve is logistic) it is bisected in ln(bid) instead. The lowest
+        grid bid above the crossing, as this once returned, overshot the target by up to a step."""
+        lo_b, hi_b = float(np.log(grid[0])), float(np.log(grid[-1]))
+        n = self.n_groups
+        rate_top = self.rate(model, np.full(n, grid[-1]))
+        rate_bottom = self.rate(model, np.full(n, grid[0]))
+        reached = rate_top >= targets
+        bid = np.where(rate_bottom >= targets, grid[0], grid[-1])
+        open_ = reached & (rate_bottom < targets)
+        if not open_.any():
+            return bid, reached
+        knots = model.knots().astype(np.float64)
+        inner = knots[(knots > lo_b) & (knots < hi_b)]
+        points = np.r_[lo_b, inner, hi_b]  # ln(bid); the mixture is linear between inner knots
+        # rate(points[lo]) < target <= rate(points[hi])
+        lo, hi = np.zeros(n, dtype=np.int64), np.full(n, len(points) - 1)
+        r_lo, r_hi = rate_bottom.copy(), rate_top.copy()
         while True:
-            open_ = reached & (hi - lo > 1)
-            if not open_.any():
+            active = open_ & (hi - lo > 1)
+            if not active.any():
                 break
-            mid = np.where(open_, (lo + hi) // 2, hi)
-            ok = self.rate(model, grid[mid]) >= targets
-            hi = np.where(open_ & ok, mid, hi)
-            lo = np.where(open_ & ~ok, mid, lo)
-        return grid[hi], reached
+            mid = np.where(active, (lo + hi) // 2, hi)
+            r_mid = self._knot_rate(model, points[mid].astype(np.float32))
+            up = active & (r_mid >= targets)
+            down = active & ~up
+            hi, r_hi = np.where(up, mid, hi), np.where(up, r_mid, r_hi)
+            lo, r_lo = np.where(down, mid, lo), np.where(down, r_mid, r_lo)
+        x_lo, x_hi = points[lo], points[hi]
+        linear = (lo > 0) & (hi < len(points) - 1) if len(knots) >= 2 else np.zeros(n, dtype=bool)
+        linear |= (x_lo >= knots[0]) & (x_hi <= knots[-1]) if len(knots) >= 2 else False
+        frac = np.clip((targets - r_lo) / np.where(r_hi > r_lo, r_hi - r_lo, 1.0), 0.0, 1.0)
+        x = np.where(open_ & linear, x_lo + frac * (x_hi - x_lo), x_hi)
+        curved = open_ & ~linear  # a tail, or a model without knots: bisect in ln(bid)
+        if curved.any():
+            a, b = x_lo.copy(), x_hi.copy()
+            for _ in range(30):  # 30 halvings of at most ln(grid span) are far below a cent
+                m = (a + b) / 2
+                ok = self.rate(model, np.exp(m)) >= targets
+                b, a = np.where(curved & ok, m, b), np.where(curved & ~ok, m, a)
+            x = np.where(curved, b, x)
+        return np.where(open_, np.exp(x), bid), reached
 
 
 def _group(cells: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
@@ -235,7 +282,7 @@ def domain_multipliers(
 ) -> pd.DataFrame:
     """``domain, multiplier, bids, segments`` for domains the model knows with enough bids.
 
-    For each (segment, domain) cell, the lowest bid reaching the target on that
+    For each (segment, domain) pair (the mixture of its cells), the lowest bid reaching the target on that
     domain alone, divided by the segment's bid (``segment_bids``, the mixture over
     its domains): how much more or less the domain needs. A domain's multiplier is
     the traffic-weighted geometric mean of its ratios over the segments it appears
@@ -250,7 +297,13 @@ def domain_multipliers(
     pairs = cells[cells[domain_column].isin(eligible)].reset_index(drop=True)
     if pairs.empty:
         return pd.DataFrame(columns=cols)
-    mix = Mixture(pairs, np.arange(len(pairs)), len(pairs))
+    # one mixture per (segment, domain): the cells may also split by adjustment columns
+    pair_codes, pair_values = _group(pairs, [*features, domain_column])
+    cells_of_pair = pairs
+    pairs = pair_values.assign(
+        bids=np.bincount(pair_codes, cells_of_pair["bids"].to_numpy(float), len(pair_values)).astype(np.int64)
+    )
+    mix = Mixture(cells_of_pair, pair_codes, len(pairs))
     grid = policy.grid()
     own, reached = mix.lowest_bids(model, grid, np.full(len(pairs), policy.target_win_rate))
     seg_keys = [segment_key(v) for v in pairs[features].astype(str).itertuples(index=False)]

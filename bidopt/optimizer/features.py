@@ -1,14 +1,32 @@
 """Segment feature selection: an anchor, then features ranked by a signal score.
 
 The signal score of a candidate feature, given the features already chosen, is
-the share (in percent, 0-100) of the remaining held-out log-loss of winning *at
-a given bid* that splitting the segments by the candidate removes. Win rates are
-estimated on the training slice per (chosen features, candidate, bid bin) with
-shrinkage towards the coarser cell, and scored on the held-out slice, so a
-high-cardinality feature that only memorises noise scores about 0. Features are
-added greedily, best first, while their score is at least ``MIN_SIGNAL_SCORE``
-and the segments keep enough support: at least ``MIN_SUPPORTED_SHARE`` of the
-training bids must fall in segments with ``min_segment_bids`` bids or more.
+the share (in percent, 0-100) of the validation log-loss of winning *at a given
+bid* that splitting the segments by the candidate removes. Rows come in two
+slices: the estimation slice (``is_holdout`` false) and the validation slice
+(``is_holdout`` true; the optimizer carves it from the end of its training
+window, so the run's own held-out slice, which reports AUC, ECE and coverage,
+is never used to choose features).
+
+Both sides of the comparison are the same two-level estimator, so that only the
+candidate's information can make a difference:
+
+* the *parent* rate of a row is its (chosen features, bid bin) cell's
+  estimation-slice win rate, shrunk towards its bid bin's rate;
+* the *baseline* shrinks that same cell's rate towards the parent again;
+* the *candidate* shrinks the (chosen features, candidate, bid bin) cell's rate
+  towards the same parent;
+
+each with ``PRIOR_STRENGTH`` pseudo-bids. A feature with one value gives the
+candidate exactly the baseline's cells, so it scores exactly 0 (an earlier score
+shrank the candidate's cells towards an already shrunk parent but scored it
+against that parent alone: splitting by anything, even a constant, "removed"
+loss by undoing shrinkage). A feature of pure noise splits cells at random: on
+the validation slice it can only add variance, and it scores about 0 (clipped
+at 0). Features are added greedily, best first, while their score is at least
+``MIN_SIGNAL_SCORE`` and the segments keep enough support: at least
+``MIN_SUPPORTED_SHARE`` of the bids must fall in segments with
+``min_segment_bids`` bids or more.
 """
 
 from __future__ import annotations
@@ -55,23 +73,29 @@ def _log_loss(p: np.ndarray, test: pd.DataFrame) -> float:
 
 
 def signal_score(df: pd.DataFrame, chosen: Sequence[str], candidate: str) -> float:
-    """Percent of the held-out log-loss (given ``chosen`` and the bid) removed by ``candidate``."""
+    """Percent of the validation log-loss (given ``chosen`` and the bid) removed by ``candidate``:
+    ``df`` is an aggregate by ``chosen + [candidate]`` whose ``is_holdout`` rows are the validation
+    slice. 0 for a candidate without information (see the module's docstring)."""
     df = df.assign(_bin=_bid_bin(df))
     train, test = df[~df["is_holdout"]], df[df["is_holdout"]]
     if len(train) == 0 or len(test) == 0:
         return 0.0
     global_rate = train["wins"].sum() / max(train["bids"].sum(), 1)
     by_bin = _cell_predictions(train, test, ["_bin"], np.full(len(test), global_rate))
-    coarse = _cell_predictions(train, test, [*chosen, "_bin"], by_bin) if chosen else by_bin
-    fine = _cell_predictions(train, test, [*chosen, candidate, "_bin"], coarse)
-    base_loss = _log_loss(coarse, test)
+    coarse_keys = [*chosen, "_bin"]
+    parent = _cell_predictions(train, test, coarse_keys, by_bin) if chosen else by_bin
+    baseline = _cell_predictions(train, test, coarse_keys, parent)
+    fine = _cell_predictions(train, test, [*chosen, candidate, "_bin"], parent)
+    base_loss = _log_loss(baseline, test)
     if base_loss <= 0:
         return 0.0
     return float(np.clip(100.0 * (base_loss - _log_loss(fine, test)) / base_loss, 0.0, 100.0))
 
 
 def segment_support(df: pd.DataFrame, features: Sequence[str], min_segment_bids: int) -> float:
-    train = df[~df["is_holdout"]] if "is_holdout" in df else df
+    """Share of ``df``'s bids (all of its rows: the estimation and validation slices together are
+    the run's training window) in segments of ``features`` with ``min_segment_bids`` bids or more."""
+    train = df
     if not features:
         return 1.0
     sizes = train.groupby(list(features), observed=True)["bids"].sum()
@@ -88,8 +112,9 @@ def select_features(
     min_segment_bids: int,
     on_score: Callable[[str, float, float], None] | None = None,
 ) -> list[FeatureChoice]:
-    """Greedy selection. ``aggregate(features)`` returns the warehouse aggregate (with
-    ``is_holdout``) grouped by ``features``; it is called once per candidate per round."""
+    """Greedy selection. ``aggregate(features)`` returns the warehouse aggregate of the training
+    window grouped by ``features``, with ``is_holdout`` marking the validation slice (never the
+    run's held-out test slice); it is called once per candidate per round."""
     anchor_df = aggregate([anchor])
     chosen = [FeatureChoice(anchor, True, None, segment_support(anchor_df, [anchor], min_segment_bids))]
     remaining = [c for c in candidates if c != anchor]

@@ -82,6 +82,38 @@ def test_signal_scores_rank_real_signal_above_noise(market):
     assert [c.name for c in one] == ["geo_region_name"]
 
 
+def _aggregate_with(df: pd.DataFrame, holdout, extra: dict[str, np.ndarray], by: list[str]) -> pd.DataFrame:
+    """The warehouse's aggregate of raw simulator rows by ``by`` (contract columns and ``extra``
+    columns made up here), with 0.25 CPM bid buckets and ``is_holdout`` from ``holdout``."""
+    rows = df.assign(**extra, is_holdout=df.event_time >= holdout, bid_bucket=np.floor(df.bid_cpm / 0.25))
+    rows["bids"], rows["wins"], rows["bid_sum"] = 1, rows.won.astype(int), rows.bid_cpm
+    return rows.groupby([*by, "is_holdout", "bid_bucket"], observed=True, as_index=False)[
+        ["bids", "wins", "bid_sum"]
+    ].sum()
+
+
+def test_a_feature_without_information_scores_zero(market):
+    """A constant scores exactly 0 and pure noise (2 or 12 values) below 0.1, alone and after the
+    anchor; the old score gave a constant 0.74 by undoing shrinkage. Real features stay above."""
+    df, _, _, holdout = market
+    rng = np.random.default_rng(5)
+    extra = {
+        "constant": np.full(len(df), "same"),
+        "coin": rng.integers(0, 2, len(df)).astype(str),
+        "die": rng.integers(0, 12, len(df)).astype(str),
+    }
+    for chosen in ([], ["geo_region_name"]):
+        for name in extra:
+            score = F.signal_score(_aggregate_with(df, holdout, extra, [*chosen, name]), chosen, name)
+            assert score < 0.1, (chosen, name, score)
+            if name == "constant":
+                assert score == 0.0
+    real = F.signal_score(
+        _aggregate_with(df, holdout, {}, ["geo_region_name", "device_type"]), ["geo_region_name"], "device_type"
+    )
+    assert real > 1.0
+
+
 def test_win_model_is_monotone_calibrated_and_bids_hit_the_target(market):
     df, wh, window, holdout = market
     features = ["geo_region_name", "device_type"]
@@ -256,3 +288,37 @@ def test_predict_many_is_exactly_predict(market):
     rows.iloc[:50, 0] = "atlantis"  # a value the model never saw
     bids = rows.bid_cpm.to_numpy() * np.random.default_rng(0).uniform(0.5, 2, len(rows))
     assert np.array_equal(model.predict_many(rows[features], bids), model.predict(rows[features], bids))
+
+
+def test_win_curve_is_continuous_monotone_and_proper_and_bids_land_on_the_target():
+    """The trees' steps are interpolated between knots and continued logistically beyond them:
+    no jumps, increasing, towards 0 and 1 outside the logged bids; and the suggested bid is the
+    crossing of the target itself, not the first grid point above it (which overshot)."""
+    model, _ = _toy_model()
+    segs = pd.DataFrame({"f": ["a", "b"]})
+    grid = np.geomspace(0.001, 5000, 4000)
+    curves = model.curves(segs, grid)
+    assert (np.diff(curves, axis=1) >= -1e-12).all()
+    assert np.abs(np.diff(curves, axis=1)).max() < 0.01  # no step of the trees survives as a jump
+    assert curves[:, 0].max() < 0.01 and curves[:, -1].min() > 0.99  # proper tails, logged bids 0.2-20
+    assert np.allclose(model.predict(pd.DataFrame({"f": ["a"] * 4000}), grid), curves[0])
+    table, _ = B.suggest_bids(
+        model,
+        segs.assign(bids=1000),
+        ["f"],
+        B.BidPolicy.from_configs(CFG | {"target_win_rate": 0.4, "exploration_mode": "none"}, use_floors=False),
+    )
+    seg_rows = table[table.level == "segment"].set_index("segment_key")
+    rates = [model.predict(pd.DataFrame({"f": [k]}), np.array([seg_rows.loc[k, "bid_cpm"]]))[0] for k in ("a", "b")]
+    assert rates == pytest.approx([0.4, 0.4], abs=0.002)
+
+
+def test_market_price_anlp_is_the_mean_negative_log_mass_of_the_true_price():
+    model, _ = _toy_model()
+    rows = pd.DataFrame({"f": ["a", "b", "a"]})
+    z = np.array([0, 3, 150])  # in units of 0.01 CPM
+    anlp, floored = M.market_price_anlp(model, rows, z, 0.01)
+    f = lambda b: np.array([model.predict(rows.iloc[[i]], np.array([b[i]]))[0] for i in range(3)])  # noqa: E731
+    mass = f((z + 1) * 0.01) - np.where(z > 0, f(np.maximum(z, 1) * 0.01), 0.0)
+    assert anlp == pytest.approx(-np.log(np.maximum(mass, M.PRICE_MASS_FLOOR)).mean())
+    assert floored == pytest.approx((mass < M.PRICE_MASS_FLOOR).mean())
