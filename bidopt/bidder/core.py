@@ -63,11 +63,17 @@ class RunTables:
     max_bid_cpm: float
     checksum: str  # sha256 of suggested_bids.csv, from the manifest
     min_bid_cpm: float = 0.0  # the run's config floor: no quoted price goes below it
+    # The back-off rows (anchors' rows and the entity default), always in memory. None: ``bids`` holds
+    # every row (the all-in-memory bidder); a tiered run's ``bids`` reads the near cache
+    # (``bidopt.bidder.tiers.TieredBids``) and only full segment keys are looked up there.
+    pinned: dict[str, float] | None = None
     # The bounds as prices with PRICE_DECIMALS decimals, rounded inwards (derived, not passed).
     price_cap: float = field(init=False)
     price_minimum: float = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.pinned is None:
+            object.__setattr__(self, "pinned", self.bids)
         object.__setattr__(self, "price_cap", price_floor(self.max_bid_cpm))
         object.__setattr__(self, "price_minimum", price_ceil(self.min_bid_cpm))
 
@@ -97,18 +103,28 @@ class RunTables:
     def lookup_values(self, req: dict, imp: dict) -> tuple[float, str, str, list[str]]:
         """``lookup`` and the feature values it read (the run's feature order)."""
         values = [read(req, imp) for read in self.readers]
+        return (*self.lookup_key(values), values)
+
+    def lookup_key(self, values: Sequence[str]) -> tuple[float, str, str]:
+        """``(bid, key found, level)`` of feature values already read (the run's feature order):
+        the full key, else the anchor's row, else the default. ``lookup`` reads the values from a
+        request; the offline replay (``bidopt.optimizer.replay``) passes logged values."""
         key = segment_key(values)
         bid = self.bids.get(key)
         if bid is not None:
-            return bid, key, "segment", values
+            return bid, key, "segment"
         n = len(values)
         if n > 1:
             anchor_key = backoff_key(values[:1], n)
-            bid = self.bids.get(anchor_key)
+            bid = self.pinned.get(anchor_key)
             if bid is not None:
-                return bid, anchor_key, "anchor", values
+                return bid, anchor_key, "anchor"
         default_key = backoff_key([], n)
-        return self.bids[default_key], default_key, "default", values
+        return self.pinned[default_key], default_key, "default"
+
+    def multiplier(self, domain: str | None) -> float:
+        """The domain multiplier of a request whose normalised domain is ``domain`` (None: none sent)."""
+        return self.multipliers.get(domain, 1.0) if domain is not None and self.multipliers else 1.0
 
 
 SourceFields = tuple[tuple[str, "str | None"], ...]  # (feature_name, request_field) of a supply source's active macros
@@ -345,7 +361,7 @@ def decide(
         reason = "request does not accept USD"
         return 204, b"", _no_bids(req, reason, readers, test, ukey, run, split_id, arm), reason
     domain = request_domain(req)
-    multiplier = run.multipliers.get(domain, 1.0) if domain is not None and run.multipliers else 1.0
+    multiplier = run.multiplier(domain)
     bid_ms = int((time.time() if now is None else now) * 1000)
     rid, run_id = req["id"], run.run_id
     bids, decisions = [], []

@@ -93,3 +93,49 @@ def runs_show(run_id: str | None, entity_code: str | None, as_json: bool) -> Non
     if view["metrics"]:
         click.echo("metrics:")
         print_mapping(view["metrics"], indent=2)
+
+
+REPLAY_COLUMNS = ["run_id", "role", "traffic_pct", "requests", "bids", "bid_share", "expected_win_rate"]
+REPLAY_COLUMNS += ["expected_spend", "ecpm", "mean_bid_cpm"]
+
+
+@runs.command("replay")
+@click.argument("run_id")
+@click.option(
+    "--against", multiple=True, metavar="RUN", help="Compare with this run (repeatable; default: the active split)."
+)
+@click.option("--since", default=None, help="ISO 8601 UTC start (default: from the run's window).")
+@click.option("--until", default=None, help="ISO 8601 UTC end, exclusive (default: from the run's window).")
+@click.option(
+    "--window",
+    "part",
+    type=click.Choice(["all", "training", "holdout"]),
+    default="all",
+    show_default=True,
+    help="Which part of the run's own window --since/--until default to.",
+)
+@click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default="auto", show_default=True)
+@click.option("--segments", default=10, show_default=True, help="Biggest segments to show per run.")
+@json_option
+def runs_replay(run_id, against, since, until, part, engine, segments, as_json) -> None:
+    """Replay the entity's logged requests through RUN_ID (and the runs it is compared with) as a
+    bidder would, and estimate bid share, expected win rate, spend and eCPM per segment and in total."""
+    from bidopt.replays import replay_run
+
+    with session() as s:
+        view = replay_run(
+            s, run_id, against=list(against), since=since, until=until, window=part, engine=engine,
+            top_segments=max(1, min(segments, 1000)),
+        )  # fmt: skip
+    if as_json:
+        print_json(view)
+        return
+    click.echo(
+        f"{view['entity_code']}: {view['requests']:,} logged requests {view['since']} .. {view['until']} "
+        f"({view['engine']}, {view['seconds']:.1f} s; spend: {view['spend_model']})"
+    )
+    print_table([{"run_id": r["run_id"], "role": r["role"], "traffic_pct": r["traffic_pct"], **r["total"]}
+                 for r in view["runs"]], REPLAY_COLUMNS)  # fmt: skip
+    for r in view["runs"]:
+        click.echo(f"\n{r['run_id']}: the {min(segments, len(r['segments']))} biggest of {r['segment_count']} keys")
+        print_table(r["segments"][:segments], ["segment_key", "level", *REPLAY_COLUMNS[3:]])

@@ -71,6 +71,7 @@ from bidopt.errors import Conflict, DatabaseUnavailable
 from bidopt.jobs.optimizer_metrics import TASK_DIED, TIMED_OUT, OptimizerMetrics, error_class
 from bidopt.logs import configure_logging
 from bidopt.optimizer.pipeline import RunResult, RunSpec, StageClock, optimize
+from bidopt.optimizer.replay import WIN_ENCODER, win_encoder_json
 from bidopt.settings import get_settings
 from bidopt.warehouse import open_warehouse
 
@@ -144,6 +145,8 @@ def artifact_files(spec: RunSpec, result: RunResult) -> dict[str, bytes]:
     }
     if result.ctr_model is not None:
         files["ctr_model.ubj"] = result.ctr_model
+    if result.model is not None:  # the win model's category codes: replaying it needs them (bidopt.optimizer.replay)
+        files[WIN_ENCODER] = win_encoder_json(result.model)
     return files
 
 
@@ -226,6 +229,7 @@ def process_run(
                     "entity_code": spec.entity_code,
                     "features": [c.name for c in result.features],
                     "window": [result.window.start.isoformat(), result.window.end.isoformat()],
+                    "holdout_from": _iso_or_none(result.holdout_from),
                     "validation_status": result.validation_status,
                 },
             )
@@ -341,6 +345,10 @@ class JobReport:
     @property
     def failed(self) -> int:
         return sum(1 for r in self.processed if r["status"] == "failed")
+
+
+def _iso_or_none(value) -> str | None:
+    return value.isoformat() if hasattr(value, "isoformat") else None
 
 
 def _rows_aggregated(result: RunResult) -> int | None:

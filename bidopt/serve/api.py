@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bidopt import catalogue, service, status
+from bidopt import catalogue, replays, service, status
 from bidopt.db import access
 from bidopt.db.engine import get_engine, session_scope
 from bidopt.errors import BidoptError
@@ -361,6 +361,23 @@ def create_app() -> FastAPI:
     @app.get("/api/runs/{run_id}/curves", tags=["runs"], dependencies=read)
     def run_curves(run_id: str, s: Session = Depends(_session)) -> dict:
         return service.run_curves(s, run_id)
+
+    @app.get("/api/runs/{run_id}/replay", tags=["runs"], dependencies=read)
+    def run_replay(
+        run_id: str,
+        against: list[str] = Query(default=[], description="runs to compare with (default: the active split)"),
+        since: str | None = None,
+        until: str | None = None,
+        window: str = Query("all", description="all, training or holdout: what since/until default to"),
+        engine: str = Query("auto", description="auto, local or ray"),
+        top: int = Query(20, ge=1, le=1000, description="biggest segments per run"),
+        s: Session = Depends(_session),
+    ) -> dict:
+        """Replay the entity's logged requests through the run (and the compared runs) as a bidder
+        would: bid share, expected win rate, spend and eCPM per run and per segment. Computes (seconds)."""
+        return replays.replay_run(
+            s, run_id, against=against, since=since, until=until, window=window, engine=engine, top_segments=top
+        )
 
     # ------------------------------------------------------------------ the catalogue (admin writes)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 
 from bidopt.errors import InvalidConfig
 from bidopt.warehouse.contract import (
+    BID_LOG_SCHEMA,
+    CONTRACT_COLUMNS,
     DERIVED_FEATURES,
     FEATURE_COLUMNS,
     UNKNOWN,
@@ -110,6 +112,21 @@ def time_quantile_sql(source: str, quantile: float) -> str:
     return (
         f"SELECT PERCENTILE_DISC({quantile!r}) WITHIN GROUP (ORDER BY event_time) AS q FROM {source} "
         "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)"
+    )
+
+
+def rows_sql(source: str, columns: Sequence[str]) -> str:
+    """The raw rows (``columns``, from the contract only) of one entity's window, in time order.
+    Parameters: entity_code, start, end."""
+    bad = [c for c in columns if c not in CONTRACT_COLUMNS]
+    if bad or not columns or len(set(columns)) != len(columns):
+        raise InvalidConfig(
+            f"columns must be distinct bid-log columns ({', '.join(CONTRACT_COLUMNS)}), got {list(columns)}"
+        )
+    return (
+        f"SELECT {', '.join(columns)} FROM {source} "
+        "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP) "
+        "ORDER BY event_time"
     )
 
 
@@ -254,6 +271,24 @@ class BidLogWarehouse(ABC):
             return _empty_aggregate(group_by, holdout=holdout)
         return tidy_aggregate(table, group_by, holdout=holdout)
 
+    def bid_log_batches(
+        self, entity_code: str, window: Window, columns: Sequence[str], *, batch_rows: int = 100_000
+    ) -> Iterator[pa.RecordBatch]:
+        """The raw rows of the entity's logs inside ``window`` as Arrow record batches of at most
+        ``batch_rows`` rows, in time order, ``columns`` (contract columns) with the contract's names
+        and types. For the offline replay (``bidopt.jobs.replay``), which needs each request; the
+        optimizer itself only ever asks for aggregates. The result is read whole before the first
+        batch is yielded (the warehouse's connection is free again while the caller works)."""
+        if not isinstance(batch_rows, int) or batch_rows < 1:
+            raise InvalidConfig(f"batch_rows must be a positive whole number, got {batch_rows!r}")
+        columns = list(columns)
+        rows_sql("t", columns)  # refuses bad columns before anything is read
+        source = self._source(check_entity_code(entity_code))
+        if source is None:
+            return iter(())
+        table = self._query(rows_sql(source, columns), [entity_code, window.start, window.end])
+        return iter(tidy_rows(table, columns).to_batches(max_chunksize=batch_rows))
+
     def typical_floors(self, entity_code: str, window: Window, group_by: Sequence[str]) -> pa.Table:
         """Median floor (null where no bid had a floor) and floor count per group."""
         source = self._source(check_entity_code(entity_code))
@@ -268,6 +303,20 @@ class BidLogWarehouse(ABC):
         cols = [pc.fill_null(pc.utf8_lower(table[g].cast(pa.string())), UNKNOWN) for g in group_by]
         cols += [table["typical_floor"].cast(pa.float64()), table["floors"].cast(pa.int64())]
         return pa.Table.from_arrays(cols, names=names)
+
+
+def tidy_rows(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """Raw rows from any backend with the contract's lower-case names and types (Snowflake answers
+    in upper case, times in nanoseconds, an empty result with null columns)."""
+    table = table.rename_columns([c.lower() for c in table.column_names])
+    out = []
+    for name in columns:
+        typ = BID_LOG_SCHEMA.field(name).type
+        col = table.column(name)
+        if pa.types.is_timestamp(col.type) and col.type.tz is not None:
+            col = col.cast(pa.timestamp(col.type.unit))
+        out.append(col.cast(typ, safe=False) if col.type != typ else col)
+    return pa.Table.from_arrays(out, schema=pa.schema([BID_LOG_SCHEMA.field(c) for c in columns]))
 
 
 def _empty_aggregate(group_by: Sequence[str], *, holdout: bool) -> pa.Table:

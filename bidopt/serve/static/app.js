@@ -198,7 +198,7 @@ async function runPage(runId, offset = 0) {
       `<li class="${d.startsWith("FAILED") ? "bad" : ""}">${esc(d)}</li>`).join("")}</ul></td></tr>
     ${run.error_message ? `<tr><th>error</th><td colspan="3" class="bad">${esc(run.error_message)}</td></tr>` : ""}
     <tr><th>artifacts</th><td colspan="3">${esc(run.s3_output_path)}</td></tr></table></section>
-    ${plots}
+    ${plots}${run.status === "completed" ? replaySection(run) : ""}
     <div class="cols"><section><h2>Features</h2><table><tr><th>#</th><th>feature</th><th>anchor</th><th>signal score</th><th>macro</th></tr>
       ${run.features.map(f => `<tr><td>${f.feature_order}</td><td>${esc(f.feature_name)}</td><td>${fmt(f.is_anchor)}</td>
         <td>${fmt(f.signal_score)}</td><td>${esc(f.macro_template)}</td></tr>`).join("")}</table>
@@ -207,6 +207,78 @@ async function runPage(runId, offset = 0) {
   const prev = document.getElementById("prev"), next = document.getElementById("next");
   if (prev) prev.onclick = () => runPage(runId, Math.max(0, offset - 50));
   if (next) next.onclick = () => runPage(runId, offset + 50);
+  wireReplay(runId);
+}
+
+// Offline replay of the run (GET /api/runs/{id}/replay): the entity's logged requests priced by this
+// run and the runs it is compared with, as a bidder would; computed on request (it takes seconds).
+function replaySection(run) {
+  return `<section id="replay"><h2>Offline replay</h2>
+    <p class="muted">Replays the entity's logged requests through this run and the active split's runs (or the runs named
+    here) exactly as a bidder would price them; win rates from each run's own win model.</p>
+    <form id="replay-form"><label>compare with (run ids, blank: the active split)<input name="against" size="40"></label>
+    <label>window<select name="window"><option value="all">the run's window</option><option value="training">its training rows</option>
+    <option value="holdout">its held-out slice</option></select></label> <button id="replay-run" type="submit">Replay</button></form>
+    <div id="replay-msg" class="msg"></div><div id="replay-out"></div></section>`;
+}
+
+function replayBars(id, runs, value, {yMax, yFormat, width = 300, height = 180}) {
+  const left = 48, top = 10, bottom = 34, h = height - top - bottom, slot = (width - left - 10) / Math.max(1, runs.length);
+  const Y = v => top + h - Math.max(0, Math.min(1, v / yMax)) * h;
+  const grid = [0, 0.5, 1].map(f => `<line x1="${left}" x2="${width - 10}" y1="${Y(f * yMax)}" y2="${Y(f * yMax)}" stroke="#eceef2"></line>
+    <text x="${left - 6}" y="${Y(f * yMax) + 4}" text-anchor="end">${esc(yFormat(f * yMax))}</text>`).join("");
+  const bars = runs.map((r, i) => {
+    const v = value(r), x = left + i * slot + slot * 0.2;
+    return finite(v) ? `<rect class="bar" data-run="${esc(r.run_id)}" x="${x}" y="${Y(v)}" width="${slot * 0.6}" height="${top + h - Y(v)}"
+      fill="${armColour(i)}"><title>${esc(r.run_id)}: ${esc(yFormat(v))}</title></rect>
+      <text x="${x + slot * 0.3}" y="${Y(v) - 3}" text-anchor="middle">${esc(yFormat(v))}</text>` : "";
+  }).join("");
+  const labels = runs.map((r, i) => `<text x="${left + i * slot + slot / 2}" y="${height - 18}" text-anchor="middle">${esc(r.run_id.slice(-8))}</text>
+    <text x="${left + i * slot + slot / 2}" y="${height - 5}" text-anchor="middle">${esc(r.role)}</text>`).join("");
+  return `<svg id="${id}" width="${width}" height="${height}" role="img">${grid}${bars}${labels}</svg>`;
+}
+
+function replayView(view) {
+  const runs = view.runs, t = r => r.total;
+  const rows = runs.map((r, i) => `<tr data-run="${esc(r.run_id)}"><td><i class="swatch" style="background:${armColour(i)}"></i>
+    <a href="#/run/${esc(r.run_id)}">${esc(r.run_id)}</a></td><td>${esc(r.role)}${r.traffic_pct !== null ? ` (${r.traffic_pct}%)` : ""}</td>
+    <td>${fmt(t(r).requests)}</td><td>${fmt(t(r).bids)}</td><td data-metric="bid_share">${asPct(t(r).bid_share)}</td>
+    <td data-metric="expected_win_rate">${asPct(t(r).expected_win_rate)}</td><td>${asMoney(t(r).expected_spend)}</td>
+    <td data-metric="ecpm">${asMoney(t(r).ecpm)}</td><td>${fmt(t(r).mean_bid_cpm)}</td></tr>`).join("");
+  const ecpmMax = niceCeil(Math.max(0.01, ...runs.map(r => t(r).ecpm).filter(finite)) * 1.1);
+  const first = runs[0];
+  const segs = first.segments.map(s => `<tr><td>${esc(s.segment_key)}</td><td>${esc(s.level)}</td><td>${fmt(s.requests)}</td>
+    <td>${asPct(s.bid_share)}</td><td>${asPct(s.expected_win_rate)}</td><td>${asMoney(s.expected_spend)}</td><td>${asMoney(s.ecpm)}</td>
+    <td>${fmt(s.mean_bid_cpm)}</td></tr>`).join("");
+  return `<p>${fmt(view.requests)} logged requests of ${esc(view.entity_code)}, ${esc(view.since)} .. ${esc(view.until)}
+    <span class="muted">(${esc(view.engine)}, ${fmt(view.seconds)} s; spend: ${esc(view.spend_model)})</span></p>
+    <table id="replay-table" class="results"><tr><th>run</th><th>role</th><th>requests</th><th>bids</th><th>bid share</th>
+    <th>expected win rate</th><th>expected spend</th><th>eCPM</th><th>mean bid CPM</th></tr>${rows}</table>
+    <div class="cols" style="grid-template-columns: repeat(3, 1fr)">
+    <div><h3>bid share</h3>${replayBars("replay-bid-share", runs, r => t(r).bid_share, {yMax: 1, yFormat: v => asPct(v, 0)})}</div>
+    <div><h3>expected win rate</h3>${replayBars("replay-win-rate", runs, r => t(r).expected_win_rate, {yMax: 1, yFormat: v => asPct(v, 0)})}</div>
+    <div><h3>eCPM</h3>${replayBars("replay-ecpm", runs, r => t(r).ecpm, {yMax: ecpmMax, yFormat: asMoney})}</div></div>
+    <h3>${esc(first.run_id)}: the ${first.segments.length} biggest of ${fmt(first.segment_count)} keys</h3>
+    <div class="scroll"><table id="replay-segments" class="results"><tr><th>segment key</th><th>level</th><th>requests</th><th>bid share</th>
+    <th>expected win rate</th><th>expected spend</th><th>eCPM</th><th>mean bid CPM</th></tr>${segs}</table></div>`;
+}
+
+function wireReplay(runId) {
+  const form = document.getElementById("replay-form");
+  if (!form) return;
+  form.onsubmit = async ev => {
+    ev.preventDefault();
+    const msg = document.getElementById("replay-msg"), out = document.getElementById("replay-out");
+    const button = document.getElementById("replay-run");
+    const params = new URLSearchParams({window: form.elements.window.value, top: "20"});
+    form.elements.against.value.split(/[\s,]+/).filter(Boolean).forEach(id => params.append("against", id));
+    button.disabled = true; msg.className = "msg muted"; msg.textContent = "replaying…";
+    try {
+      out.innerHTML = replayView(await api("GET", `/api/runs/${encodeURIComponent(runId)}/replay?${params}`));
+      msg.textContent = "";
+    } catch (e) { msg.className = "msg bad"; msg.textContent = e.message; }
+    button.disabled = false;
+  };
 }
 
 async function comparePage(ids) {
