@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     bidder_ready_timeout_seconds: float = Field(
         default=60.0, gt=0, description="How long a new bidder replica retries its first load before it fails"
     )
+    bidder_near_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=1 << 40,
+        description="With a memcached cache URL: the bytes of bid rows each bidder replica keeps in its near "
+        "cache (LRU; the back-off rows are kept besides, always)",
+    )
+    bidder_near_miss: Literal["backoff", "fetch"] = Field(
+        default="backoff",
+        description="A near-cache miss: backoff = bid from the anchor's row now and fetch the key in the "
+        "background; fetch = read it from memcached on the request path",
+    )
     bidder_min_replicas: int = Field(default=2, ge=1, description="Bidder replicas the autoscaler keeps at least")
     bidder_max_replicas: int = Field(default=4, ge=1, description="Bidder replicas the autoscaler may start")
     bidder_target_cpu: float = Field(
@@ -179,6 +191,8 @@ class Settings(BaseSettings):
             "bidder_ready_timeout_seconds": self.bidder_ready_timeout_seconds,
             "bidder_min_replicas": self.bidder_min_replicas,
             "bidder_max_replicas": self.bidder_max_replicas,
+            "bidder_near_cache_bytes": self.bidder_near_cache_bytes,
+            "bidder_near_miss": self.bidder_near_miss,
             "events_url": redact_url(self.events_url),
             "events_flush_seconds": self.events_flush_seconds,
             "notice_secret": "***" if self.notice_secret.get_secret_value() else "(kept in BIDOPT_HOME)",

@@ -45,6 +45,7 @@ from bidopt.bidder.core import MAX_BODY_BYTES, Decision, decide
 from bidopt.bidder.fields import UNKNOWN, read_event_features
 from bidopt.bidder.loader import Refresher, new_replica_id
 from bidopt.bidder.notice_key import load_notice_key
+from bidopt.bidder.tiers import Tiers
 from bidopt.cache import open_cache
 from bidopt.events.schema import DECISION_SCHEMA, DECISIONS, NOTICES
 from bidopt.events.writer import EventWriter
@@ -146,8 +147,16 @@ class BidderCore:
     def __init__(self, settings: Settings | None = None, *, start: bool = True) -> None:
         s = settings or get_settings()
         self.replica_id = new_replica_id()
+        cache = open_cache(s.cache_url)
+        # a shared cache (memcached) is the bidder's second tier: a near cache bounded in bytes in front of
+        # it (bidopt.bidder.tiers); memory:// keeps every table in memory
+        tiers = (
+            Tiers(cache, s.bidder_near_cache_bytes, miss=s.bidder_near_miss, owner=self.replica_id, start=start)
+            if cache.shared
+            else None
+        )
         self.refresher = Refresher(
-            s.database_url, open_cache(s.cache_url), s.bidder_refresh_seconds, replica_id=self.replica_id
+            s.database_url, cache, s.bidder_refresh_seconds, replica_id=self.replica_id, tiers=tiers
         )
         self.signer = NoticeSigner(load_notice_key(s), s.notice_base_url)
         self.window_seconds = s.attribution_window_seconds
@@ -285,6 +294,7 @@ class BidderCore:
             "rejected": dict(self.rejected),
             "events": self.events.stats(),
             "traffic": self.metrics.traffic(),
+            **({"near_cache": self.refresher.tiers.stats()} if self.refresher.tiers is not None else {}),
         }
 
     def status(self) -> dict:
@@ -304,6 +314,8 @@ class BidderCore:
             raise RuntimeError("bidder refresh thread is not running")
         if not self.events.running:
             raise RuntimeError("bidder event writer thread is not running")
+        if self.refresher.tiers is not None and not self.refresher.tiers.fetcher.running:
+            raise RuntimeError("bidder near-cache fill thread is not running")
         stuck = self.refresher.stuck_for()
         if stuck is not None and not self.refresher.state.entities:
             raise RuntimeError(f"bidder refresh has not ended for {stuck:.0f} s and this replica serves nothing")

@@ -22,6 +22,13 @@ decision events read the contract's features the run does not use from the macro
 an entity without a split is still *known* (its requests get decision rows and its notices are
 accepted). A catalogue that cannot be read keeps the previous one.
 
+With a shared cache (``memcached://``) the refresher has ``Tiers`` (``bidopt.bidder.tiers``): a
+new split's runs are published to memcached once, by whichever replica claims each run version
+first, and every replica keeps only the runs' pinned back-off rows in memory and reads the rest
+through its bounded near cache. A refresh first tries every entity without waiting for another
+replica's publishing, then waits for those it left. With ``memory://`` (``tiers`` None) every
+replica holds every table, as before.
+
 ``check_run_servable`` is the check ``bidopt.service.set_traffic_split`` makes before
 switching: the same planning and loading as a refresh, so the two cannot disagree.
 """
@@ -52,6 +59,7 @@ from bidopt.bidder.core import (
     source_event_readers,
 )
 from bidopt.bidder.fields import feature_reader
+from bidopt.bidder.tiers import PublishingElsewhere, TieredBids, Tiers
 from bidopt.cache import BidCache
 from bidopt.db import bidder_status
 from bidopt.db import queries as q
@@ -164,9 +172,16 @@ def _iso(ts: float | None) -> str | None:
 
 class Refresher:
     def __init__(
-        self, database_url: str, cache: BidCache | None = None, interval: float = 5.0, *, replica_id: str | None = None
+        self,
+        database_url: str,
+        cache: BidCache | None = None,
+        interval: float = 5.0,
+        *,
+        replica_id: str | None = None,
+        tiers: Tiers | None = None,
     ) -> None:
         self.database_url, self.cache, self.interval = database_url, cache, interval
+        self.tiers = tiers  # None: every table in memory (memory://); else the shared tier and near cache
         self.replica_id = replica_id  # None: report nowhere (tests, tools)
         self.started_at = time.time()
         self.state: BidderState = EMPTY_STATE
@@ -214,34 +229,44 @@ class Refresher:
         errors: dict[str, str] = {}
         entities = dict(self.state.entities)
         loaded_at = dict(self._loaded_at)
+        # tiered: the served run versions memcached has lost, in one get_many for every entity
+        missing = self.tiers.missing(entities.values()) if self.tiers is not None else set()
         for entity in set(entities) - set(plan):
             del entities[entity]
             loaded_at.pop(entity, None)
             outcome[entity] = "removed"
-        for entity, (split_id, runs) in plan.items():
-            current = entities.get(entity)
-            if current is not None and current.split_id == split_id:
-                outcome[entity] = "kept"
-                if not self._published(entity, split_id):  # e.g. memcached restarted empty
-                    self._publish(current)
-                    outcome[entity] = "kept, republished"
-                continue
-            try:
-                tables = tuple(self._tables(r) for r in runs)
-            except Exception as exc:  # noqa: BLE001 - one bad run keeps the entity's previous split
-                errors[entity] = f"{entity} split {split_id}: {type(exc).__name__}: {exc}".splitlines()[0]
-                log.error("bidder refresh: %s; still serving the previous split", errors[entity])
-                outcome[entity] = "failed: " + errors[entity]
-                continue
-            entities[entity] = EntityServing(
-                entity, split_id, tables, tuple(r.traffic_pct for r in runs), self.catalogue.get(entity, ())
-            )
-            loaded_at[entity] = time.time()
-            outcome[entity] = "loaded"
-            self._publish(entities[entity])
+        deferred: list[str] = []  # tiered: entities another replica is publishing (waited for below)
+        for wait in (False, True):
+            for entity in deferred if wait else plan:
+                split_id, runs = plan[entity]
+                current = entities.get(entity)
+                if current is not None and current.split_id == split_id:
+                    outcome[entity] = "kept"
+                    if not self._published(entity, split_id, current, missing):  # e.g. memcached restarted empty
+                        self._publish(current, runs)
+                        outcome[entity] = "kept, republished"
+                    continue
+                try:
+                    tables = tuple(self._tables(r, entity, wait=wait or self.tiers is None) for r in runs)
+                except PublishingElsewhere:
+                    deferred.append(entity)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one bad run keeps the entity's previous split
+                    errors[entity] = f"{entity} split {split_id}: {type(exc).__name__}: {exc}".splitlines()[0]
+                    log.error("bidder refresh: %s; still serving the previous split", errors[entity])
+                    outcome[entity] = "failed: " + errors[entity]
+                    continue
+                entities[entity] = EntityServing(
+                    entity, split_id, tables, tuple(r.traffic_pct for r in runs), self.catalogue.get(entity, ())
+                )
+                loaded_at[entity] = time.time()
+                outcome[entity] = "loaded"
+                self._publish(entities[entity], runs)
         self.errors, self._loaded_at, self.refreshed_at = errors, loaded_at, time.time()
         self.state = BidderState(entities, time.time(), self._known)  # the one atomic swap
         self._runs = {r.run_id: r for e in entities.values() for r in e.runs}
+        if self.tiers is not None:
+            self.tiers.forget({r.bids.version for r in self._runs.values() if isinstance(r.bids, TieredBids)})
         return outcome
 
     def _read_catalogue(self) -> None:
@@ -322,26 +347,46 @@ class Refresher:
         except Exception as exc:  # noqa: BLE001 - reporting is for operators; serving goes on
             log.warning("bidder: cannot report status: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
-    def _tables(self, run: PlannedRun) -> RunTables:
+    def _tables(self, run: PlannedRun, entity: str = "", *, wait: bool = True) -> RunTables:
         tables = self._runs.get(run.run_id)
-        return tables if tables is not None else load_run_tables(run)
+        if tables is not None:
+            return tables
+        if self.tiers is not None:
+            return self.tiers.run_tables(entity, run, load_run_tables, wait=wait)
+        return load_run_tables(run)
 
-    def _published(self, entity: str, split_id: int) -> bool:
+    def _published(
+        self, entity: str, split_id: int, current: EntityServing | None = None, missing: set[str] = frozenset()
+    ) -> bool:
         """Whether the shared cache holds this split (True when there is no cache or it is unreachable:
-        publishing is retried on the next refresh either way)."""
+        publishing is retried on the next refresh either way). Tiered: whether every run version of
+        ``current`` still has its marker (``missing``: the versions found without one)."""
         if self.cache is None:
             return True
+        if self.tiers is not None:
+            return current is None or not any(
+                isinstance(t.bids, TieredBids) and t.bids.version in missing for t in current.runs
+            )
         try:
             current = self.cache.get_json(entity, "split")
         except Exception:  # noqa: BLE001 - unreachable: nothing to do until it is back
             return True
         return current is not None and current.get("split_id") == split_id
 
-    def _publish(self, serving: EntityServing) -> None:
-        """The split's tables, then the split itself (readers that see the split find its tables)."""
+    def _publish(self, serving: EntityServing, runs: list[PlannedRun] | None = None) -> None:
+        """The split's tables, then the split itself (readers that see the split find its tables).
+        Tiered: the runs' rows are published by ``Tiers`` when loaded (once, by one replica); here
+        only lost run versions again (``runs``: the split's plan) and the split key."""
         if self.cache is None:
             return
         entity = serving.entity_code
+        if self.tiers is not None:
+            try:
+                self.tiers.republish(serving, runs or [], load_run_tables)
+                self.tiers.publish_split(serving)
+            except Exception as exc:  # noqa: BLE001 - retried on the next refresh; pinned rows still bid
+                log.warning("bidder refresh: publishing %s to %s failed: %s", entity, self.cache.url, exc)
+            return
         try:
             for t in serving.runs:
                 self.cache.publish_run(
@@ -393,6 +438,8 @@ class Refresher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.tiers is not None:
+            self.tiers.close()
         if self.replica_id is None:
             return
         try:

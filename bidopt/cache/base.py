@@ -17,12 +17,27 @@ def cache_key(*parts: str) -> str:
 
 class BidCache(ABC):
     url: str
+    # True for a cache every bidder replica shares (memcached): the bidder then reads its tables from it
+    # through a bounded near cache (``bidopt.bidder.tiers``) instead of holding every table in memory
+    shared: bool = False
 
     @abstractmethod
     def set_many(self, values: dict[str, str]) -> None: ...
 
     @abstractmethod
     def get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        """The values of those ``keys`` that are present (absent keys are left out)."""
+
+    @abstractmethod
+    def add(self, key: str, value: str, expire: int = 0) -> bool:
+        """Store ``value`` only if ``key`` is absent; True if this call stored it (a claim).
+        ``expire``: seconds until the key goes away by itself (0: never)."""
+
+    def delete(self, key: str) -> None:  # noqa: B027
+        """Remove ``key`` (absent: nothing happens)."""
 
     def publish_run(
         self, entity_code: str, run_id: str, bids: dict[str, float], multipliers: dict[str, float], meta: dict

@@ -13,6 +13,7 @@ class MemcachedCache(BidCache):
     stall a refresh for long (the bidder keeps serving from its near cache meanwhile)."""
 
     BATCH = 500
+    shared = True
 
     def __init__(self, url: str, host: str, port: int) -> None:
         from pymemcache.client.base import PooledClient
@@ -37,6 +38,19 @@ class MemcachedCache(BidCache):
     def get(self, key: str) -> str | None:
         value = self._client.get(key)
         return value.decode() if value is not None else None
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for i in range(0, len(keys), self.BATCH):
+            for key, value in self._client.get_many(keys[i : i + self.BATCH]).items():
+                found[key] = value.decode()
+        return found
+
+    def add(self, key: str, value: str, expire: int = 0) -> bool:
+        return bool(self._client.add(key, value, expire=expire, noreply=False))
+
+    def delete(self, key: str) -> None:
+        self._client.delete(key, noreply=False)
 
     def close(self) -> None:
         self._client.close()
