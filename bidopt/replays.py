@@ -112,7 +112,15 @@ def replay_run(
         if q.get_run(session, other).entity_id != run.entity_id:
             raise InvalidConfig(f"run {other} is not a run of {entity.entity_code}")
     replayed, manifest = load_replay_run(session, run_id, auction_type)
-    runs = [replayed] + [load_replay_run(session, other, auction_type)[0] for other in others]
+    runs, skipped = [replayed], []
+    for other in others:
+        try:
+            runs.append(load_replay_run(session, other, auction_type)[0])
+        except Conflict as exc:
+            if against:  # named by the caller: say why it cannot be
+                raise
+            # a run of the active split made before replays existed: compare with the others
+            skipped.append({"run_id": other, "reason": str(exc)})
     start, end = _window(manifest, window, since, until)
     with open_warehouse(get_settings().warehouse_url) as wh:
         result = replay_window(
@@ -130,6 +138,9 @@ def replay_run(
         "split_id": split_rows[0].split_id if split_rows else None,
         "spend_model": "first price: P(win) x bid"
         if auction_type == "first_price"
-        else "second price: bid x F(bid) - integral of F up to the bid (F: the win model's curve)",
+        else "second price: bid x F(bid) - integral of F from the floor to the bid (F: the win model's curve)",
+        # each run is scored by its own win model: in-sample on its own training window
+        "scored_by": "each run's own win model",
+        "not_replayable": skipped,
         **result,
     }

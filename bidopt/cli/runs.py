@@ -115,7 +115,13 @@ REPLAY_COLUMNS += ["expected_spend", "ecpm", "mean_bid_cpm"]
     help="Which part of the run's own window --since/--until default to.",
 )
 @click.option("--engine", type=click.Choice(["auto", "local", "ray"]), default="auto", show_default=True)
-@click.option("--segments", default=10, show_default=True, help="Biggest segments to show per run.")
+@click.option(
+    "--segments",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Biggest segments to show per run (1-1000).",
+)
 @json_option
 def runs_replay(run_id, against, since, until, part, engine, segments, as_json) -> None:
     """Replay the entity's logged requests through RUN_ID (and the runs it is compared with) as a

@@ -166,13 +166,23 @@ class Mixture:
         x = np.where(open_ & linear, x_lo + frac * (x_hi - x_lo), x_hi)
         curved = open_ & ~linear  # a tail, or a model without knots: bisect in ln(bid)
         if curved.any():
-            a, b = x_lo.copy(), x_hi.copy()
+            # on the cells of those groups only: a tail is rare and 30 steps over every cell are not
+            which = np.flatnonzero(curved)
+            remap = np.full(n, -1)
+            remap[which] = np.arange(len(which))
+            in_sub = curved[self.group]
+            sub = Mixture(self.cells[in_sub].reset_index(drop=True), remap[self.group[in_sub]], len(which))
+            sub._codes = None if self._codes is None else self._codes[in_sub]
+            a, b, t = x_lo[which], x_hi[which], targets[which]
             for _ in range(30):  # 30 halvings of at most ln(grid span) are far below a cent
                 m = (a + b) / 2
-                ok = self.rate(model, np.exp(m)) >= targets
-                b, a = np.where(curved & ok, m, b), np.where(curved & ~ok, m, a)
-            x = np.where(curved, b, x)
-        return np.where(open_, np.exp(x), bid), reached
+                ok = sub.rate(model, np.exp(m)) >= t
+                b, a = np.where(ok, m, b), np.where(ok, a, m)
+            x[which] = b
+        # the bounds exactly (within a millionth of the bid, below a price decimal): a bid at the top of
+        # the grid is how callers tell a capped one
+        out = np.where(x >= hi_b - 1e-6, grid[-1], np.where(x <= lo_b + 1e-6, grid[0], np.exp(x)))
+        return np.where(open_, out, bid), reached
 
 
 def _group(cells: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray, pd.DataFrame]:

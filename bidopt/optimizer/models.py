@@ -162,7 +162,11 @@ class WinRateModel:
                 gaps = np.diff(s) if len(s) > 1 else np.array([np.float32(0.2)])
                 mids = ((s[:-1] + s[1:]) / np.float32(2)).astype(np.float32)
                 inside = (mids > s[:-1]) & (mids < s[1:])  # adjacent float32 splits have no midpoint
-                k = np.r_[s[0] - gaps[0] / 2, mids[inside], s[-1] + gaps[-1] / 2].astype(np.float32)
+                first, last = np.float32(s[0] - gaps[0] / 2), np.float32(s[-1] + gaps[-1] / 2)
+                # strictly outside the outer splits, where the trees give the outer steps' values
+                first = first if first < s[0] else np.nextafter(s[0], np.float32(-np.inf))
+                last = last if last > s[-1] else np.nextafter(s[-1], np.float32(np.inf))
+                k = np.r_[first, mids[inside], last].astype(np.float32)
             self._knots = k
         return self._knots
 

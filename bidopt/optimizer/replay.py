@@ -9,10 +9,10 @@ For every logged request (a bid-log row: the contract's feature columns, ``domai
   once per distinct input rather than once per row (they are pure functions of their inputs);
 * whether it bids (``quote`` gave a price: no bid where the floor is above what the run would pay);
 * the win model's probability at that price, ``P(win | segment features, domain, ln price)``;
-* the expected spend: ``P(win) x price`` in a first-price auction; in a second-price auction the price
-  paid when winning is the (highest competing bid, floor) the model's win curve ``F`` is the CDF of, so
-  ``E[price x 1{win}] = b F(b) - integral_0^b F(x) dx``, the integral by 8-point Gauss-Legendre
-  quadrature on the model's own curve.
+* the expected spend: ``P(win) x price`` in a first-price auction; in a second-price auction the
+  winner pays ``max(Z, floor)``, ``Z`` the highest competing bid whose CDF is the model's win curve
+  ``F``, so ``E[price x 1{win}] = b F(b) - integral_floor^b F(x) dx``, the integral by 8-point
+  Gauss-Legendre quadrature on the model's own curve.
 
 ``replay_partials`` turns a batch into sums per (run, segment key, level), which add up across batches
 (``combine_partials`` adds them and derives the ratios): bid share = bids / requests, expected win
@@ -158,27 +158,34 @@ def replay_rows(batch: pd.DataFrame, run: ReplayRun) -> pd.DataFrame:
         # a function of the segment and the domain, so far fewer than the rows.
         frame = pd.DataFrame({f: values[f][bids].to_numpy() for f in run.model.encoder.features})
         frame["__price"] = price[bids]
+        if run.auction_type != FIRST_PRICE:  # a second-price winner pays at least the floor
+            frame["__floor"] = floor[bids]
         pcodes, pdistinct = _codes(frame)
         b = pdistinct.pop("__price").to_numpy(dtype=float)
+        floors = pdistinct.pop("__floor").to_numpy(dtype=float) if "__floor" in pdistinct else None
         p_bid = run.model.predict(pdistinct, b).astype(float)
         if run.auction_type == FIRST_PRICE:
             s_bid = p_bid * b
         else:
-            s_bid = _second_price_spend(run.model, pdistinct, b, p_bid)
+            s_bid = _second_price_spend(run.model, pdistinct, b, p_bid, floors)
         p[bids], spend[bids] = p_bid[pcodes], s_bid[pcodes]
     return pd.DataFrame(
         {"segment_key": key, "level": level, "bids": bids, "bid_cpm": price, "p_win": p, "expected_spend_cpm": spend}
     )
 
 
-def _second_price_spend(model: WinRateModel, frame: pd.DataFrame, b: np.ndarray, p_b: np.ndarray) -> np.ndarray:
-    """``b F(b) - integral_0^b F(x) dx``: the expected price paid (CPM) when the price is the point the
-    win curve ``F`` (a CDF of the price to beat) says we beat."""
+def _second_price_spend(
+    model: WinRateModel, frame: pd.DataFrame, b: np.ndarray, p_b: np.ndarray, floors: np.ndarray | None = None
+) -> np.ndarray:
+    """``b F(b) - integral_floor^b F(x) dx``: the expected price paid (CPM) when the winner pays
+    ``max(Z, floor)``, ``Z`` the price to beat whose CDF is the win curve ``F`` (a bid is only placed
+    at or above the floor): ``floor F(floor) + integral_floor^b x dF(x)``, integrated by parts."""
     k = len(_NODES)
+    lo = np.zeros(len(b)) if floors is None else np.clip(np.nan_to_num(floors, nan=0.0), 0.0, b)
     rep = frame.loc[frame.index.repeat(k)].reset_index(drop=True)  # row i's k nodes together
-    points = (b[:, None] * _NODES[None, :]).ravel()
+    points = (lo[:, None] + (b - lo)[:, None] * _NODES[None, :]).ravel()
     f = model.predict(rep, points).astype(float).reshape(len(b), k)
-    integral = b * (f * _WEIGHTS[None, :]).sum(axis=1)
+    integral = (b - lo) * (f * _WEIGHTS[None, :]).sum(axis=1)
     return np.maximum(b * p_b - integral, 0.0)
 
 

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bidopt import catalogue, replays, service, status
 from bidopt.db import access
 from bidopt.db.engine import get_engine, session_scope
-from bidopt.errors import BidoptError
+from bidopt.errors import BidoptError, InvalidConfig
 from bidopt.settings import get_settings
 
 
@@ -369,12 +369,17 @@ def create_app() -> FastAPI:
         since: str | None = None,
         until: str | None = None,
         window: str = Query("all", description="all, training or holdout: what since/until default to"),
-        engine: str = Query("auto", description="auto, local or ray"),
+        engine: str = Query("local", description="local (ray: only from the CLI, see below)"),
         top: int = Query(20, ge=1, le=1000, description="biggest segments per run"),
         s: Session = Depends(_session),
     ) -> dict:
         """Replay the entity's logged requests through the run (and the compared runs) as a bidder
-        would: bid share, expected win rate, spend and eCPM per run and per segment. Computes (seconds)."""
+        would: bid share, expected win rate, spend and eCPM per run and per segment. Computes (seconds).
+        In the management process only: a viewer's request must not start Ray Data tasks that compete
+        with the bidder replicas for the cluster's CPUs (``bidopt runs replay --engine ray`` can)."""
+        if engine not in ("local", "auto"):
+            raise InvalidConfig(f"engine must be local from the API (got {engine!r}); bidopt runs replay --engine ray")
+        engine = "local"
         return replays.replay_run(
             s, run_id, against=against, since=since, until=until, window=window, engine=engine, top_segments=top
         )

@@ -137,6 +137,7 @@ def test_cli_api_and_ray_data_agree_and_bad_input_is_refused(simulated_run, tmp_
     assert len(api["runs"][0]["segments"]) == 5
     assert client.get(f"/api/runs/{run_id}/replay", params={"since": "never"}, headers=auth).status_code == 422
     assert client.get(f"/api/runs/{run_id}/replay", params={"engine": "spark"}, headers=auth).status_code == 422
+    assert client.get(f"/api/runs/{run_id}/replay", params={"engine": "ray"}, headers=auth).status_code == 422
     assert client.get(f"/api/runs/{run_id}/replay").status_code == 401
     with session_scope(engine) as s:
         pending = q.create_run(s, "drugs_hcp", CONFIGS, triggered_by="test").run_id
@@ -192,6 +193,20 @@ def test_runs_of_another_entity_or_without_a_win_encoder_are_refused(simulated_r
             replays.replay_run(s, old)
         with pytest.raises(Conflict, match=f"run {old} cannot be replayed"):
             replays.replay_run(s, run_id, against=[old])
+    # in the active split (not named by the caller), such a run is left out with its reason and the
+    # replay compares with the rest, rather than failing for every split made before replays existed
+    other = simulated_run[2]
+    with session_scope(engine) as s:
+        q.replace_traffic_split(s, "drugs_hcp", [(other, 50), (old, 50)], deployed_by="test")
+    try:
+        with session_scope(engine) as s:
+            result = replays.replay_run(s, run_id, window="holdout")
+        assert [r["run_id"] for r in result["runs"]] == [run_id, other]
+        assert [r["run_id"] for r in result["not_replayable"]] == [old]
+        assert "cannot be replayed" in result["not_replayable"][0]["reason"]
+    finally:
+        with session_scope(engine) as s:
+            q.replace_traffic_split(s, "drugs_hcp", [(other, 100)], deployed_by="test")
 
 
 @pytest.mark.parametrize("rows", [0, 2500])

@@ -322,3 +322,16 @@ def test_market_price_anlp_is_the_mean_negative_log_mass_of_the_true_price():
     mass = f((z + 1) * 0.01) - np.where(z > 0, f(np.maximum(z, 1) * 0.01), 0.0)
     assert anlp == pytest.approx(-np.log(np.maximum(mass, M.PRICE_MASS_FLOOR)).mean())
     assert floored == pytest.approx((mass < M.PRICE_MASS_FLOOR).mean())
+
+
+def test_a_crossing_in_the_tail_is_found_and_the_top_of_the_grid_stays_exact():
+    model, _ = _toy_model()  # logged bids 0.2-20: a 2% target crosses below the first knot
+    cells = pd.DataFrame({"f": ["a", "b"], "bids": [1000, 1000]})
+    mix = B.Mixture(cells, np.array([0, 1]), 2)
+    grid = np.geomspace(0.01, 50, 256)
+    bids, reached = mix.lowest_bids(model, grid, np.array([0.02, 0.02]))
+    assert reached.all() and bids[0] < np.exp(model.knots()[0])  # segment a: in the lower tail
+    assert mix.rate(model, bids) == pytest.approx([0.02, 0.02], abs=1e-4)
+    top = mix.rate(model, np.full(2, grid[-1]))
+    bids, reached = mix.lowest_bids(model, grid, top)  # reached only at the top of the grid
+    assert reached.all() and (bids == grid[-1]).all()
