@@ -229,11 +229,12 @@ def compare_multipliers(test: pd.DataFrame, result, target: float, top: int = 40
     )
 
 
-def evaluate_ipinyou(target: float) -> None:
+def evaluate_ipinyou(target: float) -> dict | None:
+    """Prints the iPinYou figures and returns them (``auc``, ``anlp``, ``floored``); None when absent."""
     folder = SHARED / "ipinyou_2259_DLF"
     if not folder.is_dir():
         print(f"\n== iPinYou 2259: skipped, {folder} is absent")
-        return
+        return None
     from bidopt.warehouse.imports import read_ipinyou_dlf
 
     print("\n== iPinYou 2259 (real): train on train.yzbx.txt, evaluate on test.yzbx.txt")
@@ -297,6 +298,7 @@ def evaluate_ipinyou(target: float) -> None:
         f"run metrics: holdout AUC {result.metrics['win_rate_model']['auc']:.4f}, "
         f"ECE {result.metrics['win_rate_model']['ece']:.4f}, validation {result.validation_status}"
     )
+    return {"auc": model_auc, "anlp": anlp, "floored": floored}
 
 
 def main() -> None:
