@@ -523,7 +523,7 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=30, help="seconds of warm-up (c=32) before each point")
     ap.add_argument("--near-mb", type=float, default=64, help="BIDOPT_BIDDER_NEAR_CACHE_BYTES, in MiB")
     ap.add_argument("--memcached-mb", type=int, default=4096)
-    ap.add_argument("--small-near-mb", type=float, default=4, help="the near cache of mode tiered-small, in MiB")
+    ap.add_argument("--small-near-mb", type=float, default=1, help="the near cache of mode tiered-small, in MiB")
     ap.add_argument(
         "--modes",
         nargs="+",

@@ -236,6 +236,7 @@ class Refresher:
             loaded_at.pop(entity, None)
             outcome[entity] = "removed"
         deferred: list[str] = []  # tiered: entities another replica is publishing (waited for below)
+        deadline: float | None = None  # tiered: until when the waiting pass waits, in all
         for wait in (False, True):
             for entity in deferred if wait else plan:
                 split_id, runs = plan[entity]
@@ -243,11 +244,15 @@ class Refresher:
                 if current is not None and current.split_id == split_id:
                     outcome[entity] = "kept"
                     if not self._published(entity, split_id, current, missing):  # e.g. memcached restarted empty
-                        self._publish(current, runs)
-                        outcome[entity] = "kept, republished"
+                        if self._publish(current, runs):
+                            outcome[entity] = "kept, republished"
                     continue
+                if wait and deadline is None and self.tiers is not None:
+                    deadline = time.monotonic() + self.tiers.wait_seconds  # one for every deferred entity
                 try:
-                    tables = tuple(self._tables(r, entity, wait=wait or self.tiers is None) for r in runs)
+                    tables = tuple(
+                        self._tables(r, entity, wait=wait or self.tiers is None, deadline=deadline) for r in runs
+                    )
                 except PublishingElsewhere:
                     deferred.append(entity)
                     continue
@@ -347,12 +352,14 @@ class Refresher:
         except Exception as exc:  # noqa: BLE001 - reporting is for operators; serving goes on
             log.warning("bidder: cannot report status: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
-    def _tables(self, run: PlannedRun, entity: str = "", *, wait: bool = True) -> RunTables:
+    def _tables(
+        self, run: PlannedRun, entity: str = "", *, wait: bool = True, deadline: float | None = None
+    ) -> RunTables:
         tables = self._runs.get(run.run_id)
         if tables is not None:
             return tables
         if self.tiers is not None:
-            return self.tiers.run_tables(entity, run, load_run_tables, wait=wait)
+            return self.tiers.run_tables(entity, run, load_run_tables, wait=wait, deadline=deadline)
         return load_run_tables(run)
 
     def _published(
@@ -373,20 +380,25 @@ class Refresher:
             return True
         return current is not None and current.get("split_id") == split_id
 
-    def _publish(self, serving: EntityServing, runs: list[PlannedRun] | None = None) -> None:
+    def _publish(self, serving: EntityServing, runs: list[PlannedRun] | None = None) -> bool:
         """The split's tables, then the split itself (readers that see the split find its tables).
         Tiered: the runs' rows are published by ``Tiers`` when loaded (once, by one replica); here
-        only lost run versions again (``runs``: the split's plan) and the split key."""
+        only lost run versions again (``runs``: the split's plan) and the split key. Returns whether
+        this replica wrote any table (tiered: False when other replicas hold the claims)."""
         if self.cache is None:
-            return
+            return False
         entity = serving.entity_code
         if self.tiers is not None:
+            written = 0
             try:
-                self.tiers.republish(serving, runs or [], load_run_tables)
-                self.tiers.publish_split(serving)
+                written = self.tiers.republish(serving, runs or [], load_run_tables)
             except Exception as exc:  # noqa: BLE001 - retried on the next refresh; pinned rows still bid
-                log.warning("bidder refresh: publishing %s to %s failed: %s", entity, self.cache.url, exc)
-            return
+                log.warning("bidder refresh: republishing %s to %s failed: %s", entity, self.cache.url, exc)
+            try:
+                self.tiers.publish_split(serving)
+            except Exception as exc:  # noqa: BLE001 - retried on the next refresh
+                log.warning("bidder refresh: publishing %s's split to %s failed: %s", entity, self.cache.url, exc)
+            return written > 0
         try:
             for t in serving.runs:
                 self.cache.publish_run(
@@ -405,6 +417,8 @@ class Refresher:
             )
         except Exception as exc:  # noqa: BLE001 - the shared cache is for others; we serve from memory
             log.warning("bidder refresh: publishing %s to %s failed: %s", entity, self.cache.url, exc)
+            return False
+        return True
 
     def start(self) -> None:
         """Refresh every ``interval`` seconds in a daemon thread (after ``first_load``, the first

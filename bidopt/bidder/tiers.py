@@ -6,10 +6,12 @@ embedded default) every replica keeps every table in memory as before and none o
 **Publishing, once per run version.** A run's *version* is its id and a hash of the checksums in its
 manifest (``run_version``): keys never mix two runs' rows, nor two contents of one run. The first
 replica that needs a version it cannot find claims it (memcached ``add`` of its ``claim`` key, which
-expires after ``CLAIM_SECONDS`` should that replica die), reads the run from the artifact store and
+expires after ``CLAIM_SECONDS`` unless renewed between batches of rows: a replica that dies or stalls
+loses it soon), reads the run from the artifact store and
 writes, in this order, every row (``bidopt:<entity>:<version>:bid:<segment key>``), the *pinned*
-blob (``...:pinned``: the anchor back-off rows, the entity default, the domain multipliers, the
-features and row count) and the ``...:published`` marker. Every other replica waits for the pinned
+blob (the anchor back-off rows, the entity default, the domain multipliers, the features and row
+count, as JSON in ``PINNED_CHUNK`` pieces ``...:pinned:<i>``, their count in ``...:pinned``: one
+memcached item holds 1 MiB by default) and the ``...:published`` marker. Every other replica waits for the pinned
 blob and never reads the table from the artifact store. The split itself comes from the database as
 before; ``bidopt:<entity>:split`` is written for other readers with each run's version.
 
@@ -17,7 +19,7 @@ before; ``bidopt:<entity>:split`` is written for other readers with each run's v
 memcached outage still bids from the anchor's row or the default) and ``TieredBids`` in place of
 the full table. A request resolves the split to its run once (the state it read), so every key it
 reads is of that run's version. A segment key is looked up in the ``NearCache`` (LRU, bounded by
-``BIDOPT_BIDDER_NEAR_CACHE_BYTES``, an absent key is cached as absent). On a miss, with
+``BIDOPT_BIDDER_NEAR_CACHE_BYTES``, an absent key is cached as absent for ``ABSENT_SECONDS``). On a miss, with
 ``BIDOPT_BIDDER_NEAR_MISS=backoff`` (the default) the request is answered from the pinned back-off
 row at once and the key is queued for the ``Fetcher`` thread, which fills the near cache with
 batched ``get_many`` calls; with ``fetch`` the miss is read from memcached on the request path
@@ -26,7 +28,7 @@ measurements behind the default.
 
 A batch's results for a version are stored only if its ``published`` marker came back in the same
 ``get_many``: a memcached that restarted empty is not taken to say that every key is absent (the
-refresher notices the missing marker and republishes).
+refresher notices the missing marker and republishes the whole version: rows, pinned blob, marker).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from queue import Empty, SimpleQueue
@@ -65,8 +68,11 @@ log = logging.getLogger("bidopt.bidder")
 # OrderedDict's slot and links and the float (measured with tracemalloc: 161 bytes for tuple and slot
 # on CPython 3.12, a float 24).
 ENTRY_BYTES = 185
-CLAIM_SECONDS = 120  # a claimer that died frees its claim after this
-WAIT_SECONDS = 30.0  # how long a replica waits for another one's publishing before it gives up (retried)
+CLAIM_SECONDS = 30  # a claimer that died frees its claim after this (renewed while it writes)
+WAIT_SECONDS = 30.0  # how long a refresh waits for other replicas' publishing, in all, before it gives up
+ABSENT_SECONDS = 60.0  # an absent key is fetched again after this (a row memcached evicted comes back)
+PINNED_CHUNK = 512 * 1024  # bytes per item of the pinned blob (memcached's default item limit is 1 MiB)
+WRITE_BATCH = 5_000  # rows per set_many of the publisher (the claim is renewed between them)
 FETCH_BATCH = 256  # keys per get_many of the fetcher
 MAX_PENDING = 50_000  # keys queued for the fetcher at most (more misses are answered, not queued)
 FETCH_PAUSE_AFTER_ERROR = 1.0  # seconds without fetches after memcached failed
@@ -120,6 +126,10 @@ def claim_key(entity: str, version: str) -> str:
     return cache_key(entity, version, "claim")
 
 
+def pinned_chunk_key(entity: str, version: str, i: int) -> str:
+    return cache_key(entity, version, "pinned", str(i))
+
+
 def entry_bytes(key: tuple[str, str]) -> int:
     return ENTRY_BYTES + sys.getsizeof(key[1])
 
@@ -137,11 +147,16 @@ class NearCache:
         self.max_bytes = max_bytes
         self.data: OrderedDict = OrderedDict()
         self.bytes = 0
-        self.hits = self.misses = self.fills = self.evictions = 0
+        self.hits = self.misses = self.fills = self.evictions = self.absent_fills = 0
+        self.absent_seconds = ABSENT_SECONDS
+        self._absent_until: dict = {}  # key -> when its ABSENT entry goes (fetched again then)
         self._lock = threading.Lock()
 
     def get(self, key: tuple[str, str]):
         value = self.data.get(key)
+        if value is ABSENT and time.monotonic() >= self._absent_until.get(key, 0.0):
+            self._drop(key)  # a row memcached evicted while its marker stayed: fetch it again
+            value = None
         if value is None:
             self.misses += 1
             return None
@@ -164,14 +179,25 @@ class NearCache:
                 data[key] = value
                 self.bytes += size
                 self.fills += 1
+                if value is ABSENT:
+                    self.absent_fills += 1
+                    self._absent_until[key] = time.monotonic() + self.absent_seconds
             while self.bytes > self.max_bytes and data:
                 old, _ = data.popitem(last=False)
                 self.bytes -= entry_bytes(old)
+                self._absent_until.pop(old, None)
                 self.evictions += 1
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            if self.data.pop(key, None) is not None:
+                self.bytes -= entry_bytes(key)
+            self._absent_until.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
             self.data.clear()
+            self._absent_until.clear()
             self.bytes = 0
 
     def stats(self) -> dict:
@@ -184,6 +210,7 @@ class NearCache:
             "misses": self.misses,
             "hit_ratio": round(self.hits / looked, 4) if looked else None,
             "fills": self.fills,
+            "absent_fills": self.absent_fills,
             "evictions": self.evictions,
         }
 
@@ -382,72 +409,126 @@ class Tiers:
     # -- loading (the refresh thread) --------------------------------------------------------------
 
     def run_tables(
-        self, entity: str, run: PlannedRun, load: Callable[[PlannedRun], RunTables], *, wait: bool = True
+        self,
+        entity: str,
+        run: PlannedRun,
+        load: Callable[[PlannedRun], RunTables],
+        *,
+        wait: bool = True,
+        deadline: float | None = None,
     ) -> RunTables:
         """The tiered tables of ``run``: its pinned rows from the shared tier, publishing them first
         when no replica has (``load`` reads the full run from the artifact store). Memcached
         unreachable: the run is read from the artifact store and only its pinned rows kept (the
         refresh after memcached is back publishes it). ``wait=False``: raise ``PublishingElsewhere``
-        instead of waiting for another replica's publishing."""
+        instead of waiting for another replica's publishing; ``deadline`` (``time.monotonic()``): wait
+        until then at most (one deadline for every run a refresh waits for), else ``wait_seconds``."""
         if not run.output_url:
             raise ValueError(f"run {run.run_id} has no output path")
         manifest = json.loads(open_artifact_store(run.output_url).get_bytes(MANIFEST))
         version = run_version(run.run_id, manifest)
+        expected = manifest.get("files", {}).get("suggested_bids.csv", {}).get("sha256")
         try:
             blob = self._pinned(entity, version)
         except Exception as exc:  # noqa: BLE001 - the shared tier is down: bid from the pinned rows
             log.warning("bidder: %s unreachable (%s); loading %s from the artifact store", self.cache.url, exc, version)
-            blob = pinned_blob(load(run))
+            blob = pinned_blob(_checked(load(run), version, expected))
         else:
             if blob is None:
-                blob = self._publish_or_wait(entity, run, version, load, wait)
+                blob = self._publish_or_wait(entity, run, version, load, wait, expected, deadline)
         return self._tables(entity, run, version, blob)
 
     def _pinned(self, entity: str, version: str) -> dict | None:
+        """The pinned blob, read from its chunks (None if the header or any chunk is gone)."""
         value = self.cache.get(pinned_key(entity, version))
-        return json.loads(value) if value is not None else None
+        if value is None:
+            return None
+        header = json.loads(value)
+        if "chunks" not in header:
+            return header
+        keys = [pinned_chunk_key(entity, version, i) for i in range(int(header["chunks"]))]
+        found = self.cache.get_many(keys)
+        if len(found) != len(keys):
+            return None
+        return json.loads("".join(found[k] for k in keys))
 
     def _publish_or_wait(
-        self, entity: str, run: PlannedRun, version: str, load: Callable[[PlannedRun], RunTables], wait: bool
+        self,
+        entity: str,
+        run: PlannedRun,
+        version: str,
+        load: Callable[[PlannedRun], RunTables],
+        wait: bool,
+        expected: str | None,
+        deadline: float | None = None,
     ) -> dict:
         claim = claim_key(entity, version)
-        if self.cache.add(claim, self.owner, expire=self.claim_seconds):
-            return self._publish_claimed(entity, run, version, load, claim)
+        token = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        if self.cache.add(claim, token, expire=self.claim_seconds):
+            return self._publish_claimed(entity, run, version, load, claim, token, expected)
         if not wait:
             raise PublishingElsewhere(f"{version} is being published by another bidder")
-        deadline = time.monotonic() + self.wait_seconds
+        if deadline is None:
+            deadline = time.monotonic() + self.wait_seconds
         pause = 0.02
         while time.monotonic() < deadline:
             time.sleep(pause)
             blob = self._pinned(entity, version)
             if blob is not None:
                 return blob
-            if self.cache.add(claim, self.owner, expire=self.claim_seconds):  # the claimer gave up or died
-                return self._publish_claimed(entity, run, version, load, claim)
+            if self.cache.add(claim, token, expire=self.claim_seconds):  # the claimer gave up or died
+                return self._publish_claimed(entity, run, version, load, claim, token, expected)
             pause = min(pause * 2, 0.5)
-        raise TimeoutError(
-            f"{version} was not published by the bidder holding its claim within {self.wait_seconds:g} s"
-        )
+        raise TimeoutError(f"{version} was not published by the bidder holding its claim in time")
 
     def _publish_claimed(
-        self, entity: str, run: PlannedRun, version: str, load: Callable[[PlannedRun], RunTables], claim: str
+        self,
+        entity: str,
+        run: PlannedRun,
+        version: str,
+        load: Callable[[PlannedRun], RunTables],
+        claim: str,
+        token: str,
+        expected: str | None,
     ) -> dict:
         try:
-            tables = load(run)
+            if self.cache.get(marker_key(entity, version)) is not None:  # published just before the claim
+                done = self._pinned(entity, version)
+                if done is not None:
+                    return done
+            tables = _checked(load(run), version, expected)
             blob = pinned_blob(tables)
-            self._write(entity, version, tables, blob)
-        except BaseException:
+            self._write(entity, version, tables, blob, claim, token)
+        finally:
             try:
-                self.cache.delete(claim)  # let another replica try now rather than in CLAIM_SECONDS
+                if self.cache.get(claim) == token:
+                    self.cache.delete(claim)  # done (or failed): another replica may claim it at once
             except Exception:  # noqa: BLE001 - it expires anyway
                 pass
-            raise
         return blob
 
-    def _write(self, entity: str, version: str, tables: RunTables, blob: dict) -> None:
-        """Rows, then the pinned blob, then the marker: a reader that sees the marker finds the rest."""
-        self.cache.set_many({row_key(entity, version, k): repr(v) for k, v in tables.bids.items()})
-        self.cache.set_many({pinned_key(entity, version): json.dumps(blob)})
+    def _renew(self, claim: str, token: str) -> None:
+        """Keep the claim while writing (it lasts ``claim_seconds``); another replica took it: stop."""
+        held = self.cache.get(claim)
+        if held == token:
+            self.cache.touch(claim, self.claim_seconds)
+        elif held is None:
+            if not self.cache.add(claim, token, expire=self.claim_seconds):
+                raise PublishingElsewhere(f"{claim}: another bidder took the claim")
+        else:
+            raise PublishingElsewhere(f"{claim}: another bidder took the claim")
+
+    def _write(self, entity: str, version: str, tables: RunTables, blob: dict, claim: str, token: str) -> None:
+        """Rows, then the pinned blob (in chunks), then the marker: a reader that sees the marker finds the
+        rest. The claim is renewed between batches, so a publisher that stops loses it soon."""
+        rows = [(row_key(entity, version, k), repr(v)) for k, v in tables.bids.items()]
+        for i in range(0, len(rows), WRITE_BATCH):
+            self.cache.set_many(dict(rows[i : i + WRITE_BATCH]))
+            self._renew(claim, token)
+        text = json.dumps(blob)
+        chunks = [text[i : i + PINNED_CHUNK] for i in range(0, len(text), PINNED_CHUNK)] or [""]
+        self.cache.set_many({pinned_chunk_key(entity, version, i): c for i, c in enumerate(chunks)})
+        self.cache.set_many({pinned_key(entity, version): json.dumps({"chunks": len(chunks)})})
         self.cache.set_many({marker_key(entity, version): str(blob["rows"])})
         self.published_versions += 1
         log.info("bidder: published %s (%d rows) to %s", version, blob["rows"], self.cache.url)
@@ -493,15 +574,26 @@ class Tiers:
             return set()
         return {v for k, v in markers.items() if k not in found}
 
-    def republish(
-        self, serving: EntityServing, runs: list[PlannedRun], load: Callable[[PlannedRun], RunTables]
-    ) -> None:
-        """Publish again the runs of ``serving`` the shared tier lost (one replica does, by the claim)."""
+    def republish(self, serving: EntityServing, runs: list[PlannedRun], load: Callable[[PlannedRun], RunTables]) -> int:
+        """Publish again (every row, the pinned blob, the marker) the runs of ``serving`` whose marker the
+        shared tier lost; one replica does, by the claim. Returns how many versions this replica wrote
+        (0: none was lost, or other replicas hold their claims)."""
         by_id = {r.run_id: r for r in runs}
+        written = 0
         for t in serving.runs:
-            if isinstance(t.bids, TieredBids) and t.run_id in by_id:
-                if self._pinned(serving.entity_code, t.bids.version) is None:
-                    self._publish_or_wait(serving.entity_code, by_id[t.run_id], t.bids.version, load, wait=False)
+            if not (isinstance(t.bids, TieredBids) and t.run_id in by_id):
+                continue
+            entity, version = serving.entity_code, t.bids.version
+            if self.cache.get(marker_key(entity, version)) is not None:
+                continue
+            before = self.published_versions
+            try:
+                self._publish_or_wait(entity, by_id[t.run_id], version, load, False, t.checksum)
+            except PublishingElsewhere:
+                log.debug("bidder: %s is being republished by another bidder", version)
+                continue
+            written += self.published_versions - before
+        return written
 
     def publish_split(self, serving: EntityServing) -> None:
         """``bidopt:<entity>:split`` with each run's version, for readers outside the bidder."""
@@ -530,6 +622,17 @@ class Tiers:
 
     def close(self) -> None:
         self.fetcher.stop()
+
+
+def _checked(tables: RunTables, version: str, expected: str | None) -> RunTables:
+    """``tables`` if they are the content ``version`` was derived from (the artifacts changed between the
+    manifest read and the load otherwise: raised, retried on the next refresh)."""
+    if expected is not None and tables.checksum != expected:
+        raise ValueError(
+            f"{version}: the run's bid table changed while it was read (checksum {tables.checksum[:12]}, "
+            f"expected {expected[:12]}); retried on the next refresh"
+        )
+    return tables
 
 
 def tiered(tables: RunTables) -> bool:

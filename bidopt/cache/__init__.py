@@ -13,8 +13,8 @@ Keys longer than memcached's 250 bytes are replaced by ``bidopt:h:<sha1>``.
 
 A cache with ``shared = True`` (memcached) is instead the bidder's second tier
 (``bidopt.bidder.tiers``): each run version is published once, by one replica, under
-``bidopt:<entity>:<run_id>.<hash>:{bid:<key>,pinned,published,claim}``, and replicas read it
-through a near cache bounded in bytes; ``get_many`` fills it, ``add`` is the publishing claim.
+``bidopt:<entity>:<run_id>.<hash>:{bid:<key>,pinned,pinned:<i>,published,claim}``, and replicas read it
+through a near cache bounded in bytes; ``get_many`` fills it, ``add`` is the publishing claim (``touch`` renews it).
 """
 
 from __future__ import annotations

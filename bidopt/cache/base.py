@@ -39,6 +39,10 @@ class BidCache(ABC):
     def delete(self, key: str) -> None:  # noqa: B027
         """Remove ``key`` (absent: nothing happens)."""
 
+    def touch(self, key: str, expire: int) -> bool:
+        """Give ``key`` a new expiry of ``expire`` seconds; False if it is absent."""
+        return self.get(key) is not None
+
     def publish_run(
         self, entity_code: str, run_id: str, bids: dict[str, float], multipliers: dict[str, float], meta: dict
     ) -> None:

@@ -49,6 +49,9 @@ class MemcachedCache(BidCache):
     def add(self, key: str, value: str, expire: int = 0) -> bool:
         return bool(self._client.add(key, value, expire=expire, noreply=False))
 
+    def touch(self, key: str, expire: int) -> bool:
+        return bool(self._client.touch(key, expire=expire, noreply=False))
+
     def delete(self, key: str) -> None:
         self._client.delete(key, noreply=False)
 

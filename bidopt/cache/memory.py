@@ -22,6 +22,8 @@ class InProcessCache(BidCache):
     def set_many(self, values: dict[str, str]) -> None:
         with self._lock:
             self._data.update(values)
+            for key in values:  # as memcached's set: a stored key has no expiry unless given one
+                self._expires.pop(key, None)
 
     def get(self, key: str) -> str | None:
         self._expire(key)
@@ -41,6 +43,17 @@ class InProcessCache(BidCache):
             self._data[key] = value
             if expire:
                 self._expires[key] = time.monotonic() + expire
+            return True
+
+    def touch(self, key: str, expire: int) -> bool:
+        with self._lock:
+            self._expire(key)
+            if key not in self._data:
+                return False
+            if expire:
+                self._expires[key] = time.monotonic() + expire
+            else:
+                self._expires.pop(key, None)
             return True
 
     def delete(self, key: str) -> None:

@@ -4,6 +4,7 @@ once per run version and the versioned swap, against a real memcached where memc
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import threading
 import time
@@ -13,8 +14,19 @@ import pytest
 
 from bidopt.artifacts import write_run_artifacts
 from bidopt.bidder.core import BidderState, EntityServing, decide
-from bidopt.bidder.loader import PlannedRun, load_run_tables
-from bidopt.bidder.tiers import ABSENT, NearCache, TieredBids, Tiers, entry_bytes, is_pinned_key, pinned_key
+from bidopt.bidder.loader import PlannedRun, Refresher, load_run_tables
+from bidopt.bidder.tiers import (
+    ABSENT,
+    NearCache,
+    TieredBids,
+    Tiers,
+    claim_key,
+    entry_bytes,
+    is_pinned_key,
+    marker_key,
+    pinned_key,
+    row_key,
+)
 from bidopt.cache import InProcessCache, MemcachedCache
 
 FEATURES = (("geo_region_name", "device.geo.region"), ("domain", "site.domain"))
@@ -95,7 +107,9 @@ def test_near_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used():
     near.put_many([(k, 3.0) for k in keys[5:]])
     assert near.bytes <= near.max_bytes and len(near.data) == 4 and near.evictions == 6
     assert near.get(keys[1]) is None and near.misses == 1 and near.hits == 1
-    assert NearCache(0).put_many([(keys[0], 1.0)]) is None  # a zero bound holds nothing
+    empty = NearCache(0)
+    empty.put_many([(keys[0], 1.0)])
+    assert empty.stats()["entries"] == 0 and empty.bytes == 0 and empty.get(keys[0]) is None  # holds nothing
     with pytest.raises(ValueError, match="near cache bound"):
         NearCache(-1)
 
@@ -264,3 +278,145 @@ def test_the_in_process_cache_supports_claims_and_multi_gets():
     assert cache.get_many(["k", "x", "nope"]) == {"k": "a", "x": "1"}
     cache.delete("k")
     assert cache.add("k", "c")
+
+
+def test_set_many_clears_an_earlier_add_expiry_as_memcached_set_does():
+    cache = InProcessCache()
+    assert cache.add("k", "a", expire=1)
+    cache.set_many({"k": "b"})
+    assert "k" not in cache._expires and cache.get("k") == "b"
+
+
+def test_an_absent_entry_is_fetched_again_after_its_lifetime():
+    near = NearCache(1 << 20)
+    near.absent_seconds = 0.05
+    near.put_many([(("v", "california|pub00001.com"), ABSENT), (("v", "california|pub00002.com"), 1.5)])
+    assert near.get(("v", "california|pub00001.com")) is ABSENT and near.stats()["absent_fills"] == 1
+    time.sleep(0.06)
+    # a row memcached evicted while its marker stayed: gone from the near cache, so fetched again
+    assert near.get(("v", "california|pub00001.com")) is None
+    assert near.get(("v", "california|pub00002.com")) == 1.5  # a found row stays
+    assert len(near.data) == 1 and near.bytes == entry_bytes(("v", "california|pub00002.com"))
+
+
+def test_a_lost_marker_is_republished_with_every_row(tmp_path, memcached):
+    """memcached evicted the marker (and some rows) but kept the pinned blob: the refresher's
+    ``missing`` flags it and ``republish`` writes the whole version again, marker last."""
+    cache, _ = memcached
+    bids = bid_table(1.0, 20)
+    run = write_run(tmp_path, "run_a", bids)
+    tiers = Tiers(cache, 1 << 20, start=False)
+    try:
+        tables = tiers.run_tables("e1", run, load_run_tables)
+        entity = EntityServing("e1", 1, (tables,), (100,))
+        version = tables.bids.version
+        cache.delete(marker_key("e1", version))
+        cache.delete(row_key("e1", version, "texas|pub00003.com"))
+        assert tiers.missing([entity]) == {version}
+        assert tiers.republish(entity, [run], load_run_tables) == 1
+        assert tiers.missing([entity]) == set()
+        assert cache.get(row_key("e1", version, "texas|pub00003.com")) == repr(bids["texas|pub00003.com"])
+        assert tiers.republish(entity, [run], load_run_tables) == 0  # nothing lost: nothing written
+    finally:
+        tiers.close()
+
+
+def test_republishing_held_by_another_replica_is_not_a_failure(tmp_path, memcached, caplog):
+    """Another replica holds the claim of the lost version: this one writes nothing, says so, logs no
+    failure, and still writes the split key."""
+    cache, _ = memcached
+    run = write_run(tmp_path, "run_a", bid_table(1.0, 5))
+    tiers = Tiers(cache, 1 << 20, start=False)
+    try:
+        tables = tiers.run_tables("e1", run, load_run_tables)
+        entity = EntityServing("e1", 7, (tables,), (100,))
+        cache.delete(marker_key("e1", tables.bids.version))
+        cache.delete("bidopt:e1:split")
+        assert cache.add(claim_key("e1", tables.bids.version), "other-replica", expire=30)
+        refresher = Refresher("sqlite://", cache, tiers=tiers)
+        with caplog.at_level("WARNING", logger="bidopt.bidder"):
+            assert refresher._publish(entity, [run]) is False
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        assert cache.get_json("e1", "split")["split_id"] == 7
+    finally:
+        tiers.close()
+
+
+def test_a_pinned_blob_over_memcached_item_limit_is_written_in_chunks(tmp_path, memcached):
+    """A one-feature run is all pinned rows; with 60k domain multipliers its blob is over 1 MB, which one
+    memcached item cannot hold: it goes in chunks, and another replica reads it whole."""
+    cache, _ = memcached
+    features = (("geo_region_name", "device.geo.region"),)
+    bids = {"*": 1.0, **{r: 1.5 for r in REGIONS.values()}}
+    mults = "domain,multiplier\n" + "".join(f"publisher-{d:06d}.example.com,0.9{d % 10}\n" for d in range(60_000))
+    url = f"file://{tmp_path}/runs/run_big"
+    body = "segment_key,bid_cpm\n" + "".join(f"{k},{v}\n" for k, v in bids.items())
+    write_run_artifacts(
+        url,
+        {"suggested_bids.csv": body.encode(), "domain_multipliers.csv": mults.encode()},
+        meta={"run_id": "run_big"},
+    )
+    run = PlannedRun("run_big", 100, url, features, max_bid_cpm=100.0)
+    writer, reader = Tiers(cache, 1 << 20, start=False), Tiers(cache, 1 << 20, start=False)
+    try:
+        written = writer.run_tables("e1", run, load_run_tables)
+        assert len(orjson.dumps(written.multipliers)) > 1 << 20
+        read = reader.run_tables("e1", run, lambda r: pytest.fail("read the artifact store"))
+        assert read.multipliers == written.multipliers and read.pinned == bids
+        assert writer.published_versions == 1 and reader.published_versions == 0
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_run_whose_table_changed_since_its_version_was_read_is_refused(tmp_path):
+    cache = InProcessCache()
+    run = write_run(tmp_path, "run_a", bid_table(1.0, 5))
+    tiers = Tiers(cache, 1 << 20, start=False)
+
+    def changed(r):
+        return dataclasses.replace(load_run_tables(r), checksum="0" * 64)
+
+    try:
+        with pytest.raises(ValueError, match="changed while it was read"):
+            tiers.run_tables("e1", run, changed)
+        assert not [k for k in cache._data if k.startswith("bidopt:e1:")]  # nothing written, claim released
+        tiers.run_tables("e1", run, load_run_tables)  # the next refresh
+        assert tiers.published_versions == 1
+    finally:
+        tiers.close()
+
+
+def test_the_publisher_renews_its_claim_and_waiters_share_one_deadline(tmp_path, monkeypatch):
+    import bidopt.bidder.tiers as tiers_module
+
+    monkeypatch.setattr(tiers_module, "WRITE_BATCH", 10)
+    touched = []
+
+    class Recording(InProcessCache):
+        def touch(self, key, expire):
+            touched.append((key, self.get(key), expire))
+            return super().touch(key, expire)
+
+    cache = Recording()
+    run = write_run(tmp_path, "run_a", bid_table(1.0, 10))  # 34 rows: 4 batches
+    tiers = Tiers(cache, 1 << 20, owner="me", claim_seconds=5, start=False)
+    try:
+        version = tiers.run_tables("e1", run, load_run_tables).bids.version
+        claim = claim_key("e1", version)
+        assert len(touched) == 4 and all(k == claim and v.startswith("me:") and e == 5 for k, v, e in touched)
+        assert cache.get(claim) is None  # released once published
+        # a claim another (paused) replica holds: the wait ends at the refresh's deadline, not wait_seconds
+        other = write_run(tmp_path, "run_b", bid_table(2.0, 3))
+        waiter = Tiers(cache, 1 << 20, wait_seconds=30, start=False)
+        manifest_version = tiers_module.run_version(
+            "run_b", orjson.loads((tmp_path / "runs/run_b/manifest.json").read_bytes())
+        )
+        cache.add(claim_key("e1", manifest_version), "paused", expire=60)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="not published"):
+            waiter.run_tables("e1", other, load_run_tables, deadline=time.monotonic() + 0.2)
+        assert time.monotonic() - started < 10
+        waiter.close()
+    finally:
+        tiers.close()
