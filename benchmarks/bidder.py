@@ -118,7 +118,7 @@ def wait_bidding(url: str, timeout: float = 60) -> None:
 
 def wrk(url: str, connections: int, seconds: int, script: Path, *script_args: str) -> dict:
     """One ``wrk -t1`` point: req/s, p50/p99 (ms), the statuses the script's ``done`` printed as
-    ``status N count`` lines, socket errors. ``script_args`` go to the script's ``init``."""
+    ``status N count`` lines, socket errors, and wrk's output. ``script_args`` go to the script's ``init``."""
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url]
         + list(script_args),
@@ -140,6 +140,7 @@ def wrk(url: str, connections: int, seconds: int, script: Path, *script_args: st
         "p99": latency_ms("99"),
         "statuses": statuses,
         "socket_errors": errors.group(1) if errors else "",
+        "output": out,  # wrk's own text, for scripts that print more lines (benchmarks/bidder_fleet.py)
     }
 
 

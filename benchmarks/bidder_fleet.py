@@ -53,7 +53,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bidder import free_port, start_serve  # noqa: E402 - the Serve machinery of benchmarks/bidder.py
+from bidder import free_port, start_serve, wrk  # noqa: E402 - the Serve machinery of benchmarks/bidder.py
 
 REGION_CODES = [
     "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY",
@@ -250,29 +250,12 @@ def near_totals(rows: list[dict]) -> tuple[int, int]:
 
 
 def wrk_point(url: str, connections: int, seconds: int, script: Path, args: list[str]) -> dict:
+    """``benchmarks/bidder.py``'s wrk point, plus the requests the script saw bid at segment level."""
     import re
 
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url]
-        + args,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-    def latency_ms(label: str) -> float:
-        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    statuses = {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": latency_ms("50"),
-        "p99": latency_ms("99"),
-        "statuses": statuses,
-        "segment": int(re.search(r"^segment (\d+)$", out, re.M).group(1)),
-    }
+    point = wrk(url, connections, seconds, script, *args)
+    point["segment"] = int(re.search(r"^segment (\d+)$", point["output"], re.M).group(1))
+    return point
 
 
 def wait_replicas(engine, want: int, timeout: float = 120) -> list[dict]:
