@@ -1,16 +1,15 @@
 """The bidder's closed loop without Ray: notice URLs in its answers, the notice routes through its
 Starlette handler, decision and notice events written to the events store, the replica's counters."""
 
-import asyncio
 import json
 import time
 from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from starlette.requests import Request
+from bidder_asgi import call, fire
 
-from bidopt.bidder.app import BidderCore, http_handler
+from bidopt.bidder.app import BidderCore
 from bidopt.bidder.core import BidderState, EntityServing, RunTables, decide, source_event_readers
 from bidopt.bidder.fields import feature_reader
 from bidopt.bidder.notice_key import load_notice_key
@@ -49,37 +48,6 @@ def bid_request(rid="q1", **over):
         "user": {"id": "user-1", "ext": {"npi": 1}},
     }
     return orjson.dumps(req | over)
-
-
-def call(core, method, path, body=b"", query=b"", headers=(("host", "bidder.test:8000"),)):
-    sent = []
-
-    async def receive():
-        if sent:
-            return {"type": "http.disconnect"}
-        sent.append(1)
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode("utf-8", "surrogatepass"),
-        "query_string": query,
-        "headers": [(k.encode(), v.encode()) for k, v in headers],
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 1234),
-        "root_path": "",
-    }
-    return asyncio.run(http_handler(core, Request(scope, receive)))
-
-
-def fire(core, url, **macros):
-    for macro, value in macros.items():
-        url = url.replace("${" + macro + "}", value)
-    parts = urlsplit(url)
-    return call(core, "GET", parts.path, query=parts.query.encode())
 
 
 @pytest.fixture

@@ -3,19 +3,17 @@
 arithmetic (against a stand-in for ``ray.util.metrics``), and labels that stay bounded under random
 bodies, paths and notices."""
 
-import asyncio
 import json
 import time
-from urllib.parse import urlsplit
 
+import bidder_asgi
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.requests import Request
 
 from bidopt.bidder import app as bidder_app
-from bidopt.bidder.app import BidderCore, http_handler
+from bidopt.bidder.app import BidderCore
 from bidopt.bidder.core import MAX_BODY_BYTES, BidderState, EntityServing, RunTables, source_event_readers
 from bidopt.bidder.fields import feature_reader
 from bidopt.metrics import (
@@ -67,34 +65,11 @@ def req(rid="q", imps=None, **over) -> bytes:
 
 
 def call(core, method, path, body=b"", query=b"", headers=()):
-    sent = []
-
-    async def receive():
-        if sent:
-            return {"type": "http.disconnect"}
-        sent.append(1)
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode("utf-8", "surrogatepass"),
-        "query_string": query,
-        "headers": [(k.encode(), v.encode()) for k, v in (("host", "bidder.test"), *headers)],
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 1234),
-        "root_path": "",
-    }
-    return asyncio.run(http_handler(core, Request(scope, receive)))
+    return bidder_asgi.call(core, method, path, body, query, (("host", "bidder.test"), *headers))
 
 
 def fire(core, url, **macros):
-    for macro, value in macros.items():
-        url = url.replace("${" + macro + "}", value)
-    parts = urlsplit(url)
-    return call(core, "GET", parts.path, query=parts.query.encode())
+    return bidder_asgi.fire(core, url, send=call, **macros)
 
 
 @pytest.fixture
