@@ -103,26 +103,26 @@ class Mixture:
     def weights(self) -> np.ndarray:
         return self.cells["bids"].to_numpy(float)
 
-    def rate(self, model: WinRateModel, bid_per_group: np.ndarray) -> np.ndarray:
-        """Traffic-weighted predicted win rate of each group at its own bid."""
+    def _encoded(self, model: WinRateModel) -> np.ndarray:
         if self._codes is None:  # the cells' categories are encoded once, not on every bisection step
             self._codes = model.encoder.encode(self.cells)
-        p = model.predict_encoded(self._codes, bid_per_group[self.group])
+        return self._codes
+
+    def _mix(self, p: np.ndarray) -> np.ndarray:
+        """Traffic-weighted mean per group of the cells' ``p``."""
         w = self.weights
         return np.bincount(self.group, w * p, self.n_groups) / np.maximum(
             np.bincount(self.group, w, self.n_groups), 1e-12
         )
 
+    def rate(self, model: WinRateModel, bid_per_group: np.ndarray) -> np.ndarray:
+        """Traffic-weighted predicted win rate of each group at its own bid."""
+        return self._mix(model.predict_encoded(self._encoded(model), bid_per_group[self.group]))
+
     def _knot_rate(self, model: WinRateModel, log_bid_per_group: np.ndarray) -> np.ndarray:
         """``rate`` at bids that are knots of the model's curve: there the curve is the trees' step
         value, one prediction per cell instead of the two an interpolated bid takes."""
-        if self._codes is None:
-            self._codes = model.encoder.encode(self.cells)
-        p = model._raw(self._codes, log_bid_per_group[self.group])
-        w = self.weights
-        return np.bincount(self.group, w * p, self.n_groups) / np.maximum(
-            np.bincount(self.group, w, self.n_groups), 1e-12
-        )
+        return self._mix(model._raw(self._encoded(model), log_bid_per_group[self.group]))
 
     def lowest_bids(self, model: WinRateModel, grid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per group: the lowest bid in ``[grid[0], grid[-1]]`` whose mixture win rate reaches the
@@ -160,8 +160,8 @@ class Mixture:
             hi, r_hi = np.where(up, mid, hi), np.where(up, r_mid, r_hi)
             lo, r_lo = np.where(down, mid, lo), np.where(down, r_mid, r_lo)
         x_lo, x_hi = points[lo], points[hi]
-        linear = (lo > 0) & (hi < len(points) - 1) if len(knots) >= 2 else np.zeros(n, dtype=bool)
-        linear |= (x_lo >= knots[0]) & (x_hi <= knots[-1]) if len(knots) >= 2 else False
+        # between two knots, or a grid bound and a knot, inside the knots' span: one linear piece
+        linear = (x_lo >= knots[0]) & (x_hi <= knots[-1]) if len(knots) >= 2 else np.zeros(n, dtype=bool)
         frac = np.clip((targets - r_lo) / np.where(r_hi > r_lo, r_hi - r_lo, 1.0), 0.0, 1.0)
         x = np.where(open_ & linear, x_lo + frac * (x_hi - x_lo), x_hi)
         curved = open_ & ~linear  # a tail, or a model without knots: bisect in ln(bid)
@@ -172,7 +172,7 @@ class Mixture:
             remap[which] = np.arange(len(which))
             in_sub = curved[self.group]
             sub = Mixture(self.cells[in_sub].reset_index(drop=True), remap[self.group[in_sub]], len(which))
-            sub._codes = None if self._codes is None else self._codes[in_sub]
+            sub._codes = self._encoded(model)[in_sub]
             a, b, t = x_lo[which], x_hi[which], targets[which]
             for _ in range(30):  # 30 halvings of at most ln(grid span) are far below a cent
                 m = (a + b) / 2
@@ -292,7 +292,7 @@ def domain_multipliers(
 ) -> pd.DataFrame:
     """``domain, multiplier, bids, segments`` for domains the model knows with enough bids.
 
-    For each (segment, domain) pair (the mixture of its cells), the lowest bid reaching the target on that
+    For each (segment, domain) cell, the lowest bid reaching the target on that
     domain alone, divided by the segment's bid (``segment_bids``, the mixture over
     its domains): how much more or less the domain needs. A domain's multiplier is
     the traffic-weighted geometric mean of its ratios over the segments it appears
@@ -307,13 +307,7 @@ def domain_multipliers(
     pairs = cells[cells[domain_column].isin(eligible)].reset_index(drop=True)
     if pairs.empty:
         return pd.DataFrame(columns=cols)
-    # one mixture per (segment, domain): the cells may also split by adjustment columns
-    pair_codes, pair_values = _group(pairs, [*features, domain_column])
-    cells_of_pair = pairs
-    pairs = pair_values.assign(
-        bids=np.bincount(pair_codes, cells_of_pair["bids"].to_numpy(float), len(pair_values)).astype(np.int64)
-    )
-    mix = Mixture(cells_of_pair, pair_codes, len(pairs))
+    mix = Mixture(pairs, np.arange(len(pairs)), len(pairs))
     grid = policy.grid()
     own, reached = mix.lowest_bids(model, grid, np.full(len(pairs), policy.target_win_rate))
     seg_keys = [segment_key(v) for v in pairs[features].astype(str).itertuples(index=False)]
