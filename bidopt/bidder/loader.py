@@ -101,13 +101,32 @@ def plan_run(session: Session, run_id: str, traffic_pct: int, output_url: str | 
     )
 
 
-def read_plan(database_url: str) -> dict[str, tuple[int, list[PlannedRun]]]:
-    """``{entity: (split_id, runs)}`` of every active split, from the database."""
+def read_plan(
+    database_url: str, known: dict[str, tuple[int, list[PlannedRun]]] | None = None
+) -> dict[str, tuple[int, list[PlannedRun]]]:
+    """``{entity: (split_id, runs)}`` of every active split, from the database.
+
+    ``known``: the previous plan. A run planned there under the same split, share and output path
+    is reused instead of read again (a completed run's features and configs never change), so an
+    unchanged fleet costs one query per refresh: planning every run on every refresh took 283 ms of
+    CPU for 500 entities, in each replica's process, once per refresh interval."""
+    known = known or {}
     plan: dict[str, tuple[int, list[PlannedRun]]] = {}
     with session_scope(get_engine(database_url)) as s:
         for d in q.list_active_deployments(s):
             split_id, runs = plan.setdefault(d.entity_code, (d.split_id, []))
-            runs.append(plan_run(s, d.run_id, d.traffic_pct, d.s3_output_path))
+            before = known.get(d.entity_code)
+            reused = None
+            if before is not None and before[0] == d.split_id:
+                reused = next(
+                    (
+                        r
+                        for r in before[1]
+                        if (r.run_id, r.traffic_pct, r.output_url) == (d.run_id, d.traffic_pct, d.s3_output_path or "")
+                    ),
+                    None,
+                )
+            runs.append(reused or plan_run(s, d.run_id, d.traffic_pct, d.s3_output_path))
     return plan
 
 
@@ -193,6 +212,7 @@ class Refresher:
         self.errors: dict[str, str] = {}
         self._loaded_at: dict[str, float] = {}  # entity -> when its served split was loaded
         self._runs: dict[str, RunTables] = {}  # a completed run's artifacts never change
+        self._plan: dict[str, tuple[int, list[PlannedRun]]] = {}  # the last plan read (read_plan)
         self.catalogue: dict[str, SourceFields] = {}  # the last catalogue read (read_catalogue)
         self._known: dict = {}  # entity -> decision-event readers without a split, from the catalogue
         self.counters: Callable[[], dict] | None = None  # the replica's counters, reported with its status
@@ -218,7 +238,7 @@ class Refresher:
 
     def _refresh(self) -> dict[str, str]:
         try:
-            plan = read_plan(self.database_url)
+            plan = self._plan = read_plan(self.database_url, self._plan)
         except Exception as exc:  # noqa: BLE001 - database down: keep serving what we have
             error = f"database: {exc}".splitlines()[0]
             self.errors = {**self.errors, DATABASE: error}

@@ -2,9 +2,11 @@
 
 import json
 import time
+from contextlib import contextmanager
 
 import orjson
 import pytest
+from sqlalchemy import event
 
 from bidopt.artifacts import open_artifact_store
 from bidopt.bidder.app import BidderCore
@@ -12,7 +14,7 @@ from bidopt.bidder.core import decide
 from bidopt.bidder.loader import Refresher
 from bidopt.cache import InProcessCache, MemcachedCache, cache_key
 from bidopt.db import queries as q
-from bidopt.db.engine import session_scope
+from bidopt.db.engine import get_engine, session_scope
 from bidopt.jobs.optimize import run_optimizer
 from bidopt.settings import get_settings
 
@@ -41,6 +43,21 @@ def _split(engine, split):
         q.replace_traffic_split(s, "drugs_hcp", split, deployed_by="t")
 
 
+@contextmanager
+def _statements():
+    """The SQL statements run on the settings' database inside the block."""
+    engine, seen = get_engine(get_settings().database_url), []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
 def _run_of(state, user):
     status, body, _, _ = decide(state, "drugs_hcp", orjson.dumps(REQ | {"user": {"id": user}}))
     assert status == 200
@@ -57,7 +74,11 @@ def test_refresh_loads_splits_and_swaps_atomically(runs):
     first = r.state
     seen = {_run_of(first, f"u{i}") for i in range(200)}
     assert seen == {a, b}
-    assert r.refresh_once() == {"drugs_hcp": "kept"} and r.state.entities == first.entities
+    with _statements() as kept_sql:
+        assert r.refresh_once() == {"drugs_hcp": "kept"} and r.state.entities == first.entities
+    # an unchanged split is not planned again: its runs' features and configs are not re-read (with
+    # a fleet of entities, re-planning every run took a replica's CPU for a third of each second)
+    assert kept_sql and not [sql for sql in kept_sql if "opt_run_configs" in sql or "opt_run_features" in sql]
     # the tables are published, namespaced by entity and run, for other bidders
     run_a = first.entities["drugs_hcp"].runs[0]
     default_key = "|".join(["*"] * len(run_a.features))
@@ -67,7 +88,9 @@ def test_refresh_loads_splits_and_swaps_atomically(runs):
         {"run_id": b, "traffic_pct": 20},
     ]
     _split(engine, {c: 100})
-    assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    with _statements() as changed_sql:
+        assert r.refresh_once() == {"drugs_hcp": "loaded"}
+    assert [sql for sql in changed_sql if "opt_run_configs" in sql]  # a new split is planned
     assert {_run_of(r.state, f"u{i}") for i in range(50)} == {c}
     assert {_run_of(first, f"u{i}") for i in range(200)} == {a, b}  # an in-flight request keeps its state
 
@@ -285,11 +308,11 @@ def test_a_replica_retries_its_first_load_and_fails_if_the_database_stays_away(r
     _split(engine, {a: 100})
     real_read_plan, calls = loader.read_plan, []
 
-    def database_back_on_the_third_try(url):
+    def database_back_on_the_third_try(url, known=None):
         calls.append(url)
         if len(calls) < 3:
             raise OperationalError("SELECT", {}, Exception("connection refused"))
-        return real_read_plan(url)
+        return real_read_plan(url, known)
 
     monkeypatch.setattr(loader, "read_plan", database_back_on_the_third_try)
     monkeypatch.setenv("BIDOPT_BIDDER_REFRESH_SECONDS", "0.05")
@@ -322,7 +345,7 @@ def test_health_fails_when_the_refresh_hangs_but_not_when_the_database_is_down(p
     core = BidderCore()  # first load against the (empty) database, then the refresh thread
     entered, release = threading.Event(), threading.Event()
 
-    def hanging_read_plan(url):
+    def hanging_read_plan(url, known=None):
         entered.set()
         release.wait()
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
@@ -365,7 +388,7 @@ def test_a_replica_with_tables_stays_healthy_while_its_refresh_hangs(platform_db
     core = BidderCore()
     entered, release = threading.Event(), threading.Event()
 
-    def hanging_read_plan(url):
+    def hanging_read_plan(url, known=None):
         entered.set()
         release.wait()
         return {}
