@@ -138,8 +138,9 @@ def table_csv(entity: int, run: int, segments: int) -> bytes:
     return out.getvalue().encode()
 
 
-def build_fleet(home: Path, entities: int, segments: int) -> dict:
-    """The database, the artifacts and the first splits; returns ``{"runs": {code: (run a, run b)}}``."""
+def build_fleet(home: Path, entities: int, segments: int, guardrails: bool = False) -> dict:
+    """The database, the artifacts and the first splits; returns ``{"runs": {code: (run a, run b)}}``.
+    ``guardrails``: whether the entities' guardrails are on (the control loop judges each split)."""
     os.environ.update({"BIDOPT_HOME": str(home), "RAY_AUTH_MODE": "disabled"})
     from sqlalchemy import update
 
@@ -164,7 +165,15 @@ def build_fleet(home: Path, entities: int, segments: int) -> dict:
     with session_scope(engine) as session:
         for i in range(entities):
             code = f"fleet{i:03d}"
-            catalogue.create_entity(session, code=code, name=code, source="ADX", version="v1", actor="bench")
+            catalogue.create_entity(
+                session,
+                code=code,
+                name=code,
+                source="ADX",
+                version="v1",
+                configs={"guardrail_enabled": guardrails},
+                actor="bench",
+            )
             ids = []
             for run in range(2):
                 run_id = q.create_run(
@@ -514,6 +523,19 @@ def main() -> None:
         choices=["memory", "tiered", "tiered-fetch", "tiered-small"],
         help="in this order (reverse it in a second run: the host's load drifts)",
     )
+    ap.add_argument(
+        "--guardrails",
+        action="store_true",
+        help="turn the entities' guardrails on: the control loop then judges 500 splits per tick beside the "
+        "bidders (off by default: on 2 cores it took half a core, which measures the control loop, not the bidder)",
+    )
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every mode's Serve (repeatable), e.g. BIDOPT_EVENTS_FLUSH_SECONDS=10",
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -530,17 +552,17 @@ def main() -> None:
     print(
         f"{os.cpu_count()} cores; {args.entities} entities x {args.segments:,} segments; near cache "
         f"{args.near_mb:g} MiB; Zipf {args.zipf}; warm-up {args.warm} s at c=32, then {args.seconds} s at c=8; "
-        "2 bidder replicas",
+        f"2 bidder replicas; guardrails {'on' if args.guardrails else 'off'}; settings {args.env or 'defaults'}",
         flush=True,
     )
     miss_options()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bidopt-fleet-") as tmp:
-        fleet = build_fleet(Path(tmp), args.entities, args.segments)
+        fleet = build_fleet(Path(tmp), args.entities, args.segments, args.guardrails)
         script = Path(tmp) / "fleet.lua"
         script.write_text(LUA)
         for name in args.modes:
-            run_mode(name, envs[name], fleet, args, script, results)
+            run_mode(name, envs[name] | dict(kv.split("=", 1) for kv in args.env), fleet, args, script, results)
     if "memory" not in results:
         return
     m = results["memory"]
