@@ -258,6 +258,7 @@ def evaluate_ipinyou(target: float) -> dict | None:
             "min_domain_bids": 50,
             "xgb_num_rounds": 200,
             "xgb_max_depth": 4,
+            "xgb_learning_rate": 0.1,
             "exploration_mode": "none",
         }
         run = RunSpec(

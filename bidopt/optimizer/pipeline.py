@@ -201,14 +201,18 @@ def optimize(
         )
     features = [c.name for c in chosen]
 
-    # The model adjusts for the domain (see bidopt.optimizer.bids): the logging policy's bids follow
-    # the market through it, so a curve that does not condition on it is confounded by it. Domains
-    # with MODEL_DOMAIN_MIN_BIDS training bids keep their own category (the biggest
-    # MAX_ADJUST_DOMAINS), the rest share "(other)". Measured on the simulator (market A, target 0.3):
-    # with min_domain_bids (500) as the bar, 23% of the traffic was in "(other)" and the model put
-    # +0.020 on the true win rate at the suggested bids; with 50, +0.014, for 3x the cells to price;
-    # adjusting for the unchosen candidate features as well gave +0.015 for 10x the run time.
-    agg = aggregate([*features, "domain"])
+    # The model adjusts for the domain and for the candidate features not chosen as segments (see
+    # bidopt.optimizer.bids): the logging policy's bids follow the market through them, so within a
+    # segment higher bids meet dearer requests, and a curve that does not condition on them comes out
+    # too flat (the bids too low at low targets, too high at high ones). A segment's bid is then the
+    # traffic-weighted mixture of its cells. Domains with MODEL_DOMAIN_MIN_BIDS training bids keep
+    # their own category (the biggest MAX_ADJUST_DOMAINS), the rest share "(other)". Measured on the
+    # simulator (market A, target 0.3, predicted minus true win rate at the suggested bids): +0.020
+    # with domains from min_domain_bids (500), +0.014 from 100, +0.0105 adjusting for the unchosen
+    # features too, +0.006 with that and a learning rate of 0.3 instead of 0.1 (the trees were
+    # under-fit: 600 rounds at 0.1 gave +0.005), for twice the run time (more cells to price).
+    adjust = [c for c in candidates if c not in features]
+    agg = aggregate([*features, *adjust, "domain"])
     with clock("training"):
         train_bids = agg.loc[~agg["is_holdout"]].groupby("domain")["bids"].sum().sort_values(ascending=False)
         keep = [
@@ -217,7 +221,7 @@ def optimize(
             if d != "unknown"
         ]
         keep = set(keep[:MAX_ADJUST_DOMAINS])
-        model_columns = [*features, "domain"]
+        model_columns = [*features, *adjust, "domain"]
         agg = (
             B.lump_rare(agg, "domain", keep)
             .groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
@@ -228,7 +232,10 @@ def optimize(
         train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
         if train.empty:
             raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
-        progress(f"training the win-rate model on {'+'.join(features)} x bid, adjusted for {len(keep)} domains")
+        progress(
+            f"training the win-rate model on {'+'.join(features)} x bid, adjusted for "
+            f"{''.join(c + ', ' for c in adjust)}{len(keep)} domains"
+        )
         win = M.train_win_model(train, model_columns, cfg)
         win_metrics = M.evaluate_win_model(win, test)
 
@@ -268,7 +275,12 @@ def optimize(
         total_bids, total_wins = float(agg["bids"].sum()), float(agg["wins"].sum())
         seg_bids = bid_table.loc[bid_table["level"] == "segment"]
         metrics = {
-            "win_rate_model": win_metrics | {"features": float(len(features)), "adjusted_domains": float(len(keep))},
+            "win_rate_model": win_metrics
+            | {
+                "features": float(len(features)),
+                "adjusted_features": float(len(adjust)),
+                "adjusted_domains": float(len(keep)),
+            },
             "ctr_model": ctr_metrics,
             "bid_landscape": landscape,
             "global_stats": {
