@@ -33,6 +33,9 @@ MAX_ADJUST_DOMAINS = 1000  # most domains with a category of their own in the wi
 # training bids a domain needs for a category of its own in the win model (a multiplier needs
 # min_domain_bids): the domains lumped into "(other)" confound its bid curve, see optimize()
 MODEL_DOMAIN_MIN_BIDS = 100
+# the unchosen features the win model adjusts for may multiply its cells (the bid search prices
+# every cell) by at most this much over the segment x domain cells: see adjustment_columns()
+MAX_ADJUST_CELL_FACTOR = 3.0
 
 # The stages of a run, in order. ``read``: the run's inputs and every warehouse query (wherever it
 # is made); ``features``: scoring candidate features; ``training``: the win-rate and CTR models and
@@ -152,6 +155,25 @@ def selection_slices(
     return training, validation_from
 
 
+def adjustment_columns(train: pd.DataFrame, features: list[str], unchosen: list[str], scores: list[dict]) -> list[str]:
+    """The unchosen candidate features the win model adjusts for: in the order of their latest
+    signal score (the information left in them once the chosen features are known), each taken
+    while the model's training cells (``train``'s distinct rows over the features, the adjustment
+    so far and ``domain``) stay within ``MAX_ADJUST_CELL_FACTOR`` times the cells without any."""
+    latest = {s["feature"]: s["signal_score"] for s in scores}
+    ordered = sorted(unchosen, key=lambda c: -latest.get(c, 0.0))
+
+    def cells(columns: list[str]) -> int:
+        return len(train[[*features, *columns, "domain"]].drop_duplicates()) if len(train) else 0
+
+    bound = MAX_ADJUST_CELL_FACTOR * max(cells([]), 1)
+    adjust: list[str] = []
+    for column in ordered:
+        if cells([*adjust, column]) <= bound:
+            adjust.append(column)
+    return adjust
+
+
 def optimize(
     warehouse: BidLogWarehouse,
     spec: RunSpec,
@@ -201,8 +223,9 @@ def optimize(
         )
     features = [c.name for c in chosen]
 
-    # The model adjusts for the domain and for the candidate features not chosen as segments (see
-    # bidopt.optimizer.bids): the logging policy's bids follow the market through them, so within a
+    # The model adjusts for the domain, and with adjust_unchosen_features for the candidate features
+    # not chosen as segments (see bidopt.optimizer.bids): the logging policy's bids follow the
+    # market through them, so within a
     # segment higher bids meet dearer requests, and a curve that does not condition on them comes out
     # too flat (the bids too low at low targets, too high at high ones). A segment's bid is then the
     # traffic-weighted mixture of its cells. Domains with MODEL_DOMAIN_MIN_BIDS training bids keep
@@ -210,9 +233,12 @@ def optimize(
     # simulator (market A, target 0.3, predicted minus true win rate at the suggested bids): +0.020
     # with domains from min_domain_bids (500), +0.014 from 100, +0.0105 adjusting for the unchosen
     # features too, +0.006 with that and a learning rate of 0.3 instead of 0.1 (the trees were
-    # under-fit: 600 rounds at 0.1 gave +0.005), for twice the run time (more cells to price).
-    adjust = [c for c in candidates if c not in features]
-    agg = aggregate([*features, *adjust, "domain"])
+    # under-fit: 600 rounds at 0.1 gave +0.005), for twice the run time (more cells to price), which
+    # is why it is a config and off by default.
+    # The adjustment is bounded by the cells it adds (adjustment_columns): with one chosen feature,
+    # every other candidate crossed with it made a 10-round 80k-row run 2.7x slower (0.35 -> 0.95 s).
+    unchosen = [c for c in candidates if c not in features] if cfg["adjust_unchosen_features"] else []
+    agg = aggregate([*features, *unchosen, "domain"])
     with clock("training"):
         train_bids = agg.loc[~agg["is_holdout"]].groupby("domain")["bids"].sum().sort_values(ascending=False)
         keep = [
@@ -221,14 +247,12 @@ def optimize(
             if d != "unknown"
         ]
         keep = set(keep[:MAX_ADJUST_DOMAINS])
+        agg = B.lump_rare(agg, "domain", keep)
+        adjust = adjustment_columns(agg.loc[~agg["is_holdout"]], features, unchosen, scores)
         model_columns = [*features, *adjust, "domain"]
-        agg = (
-            B.lump_rare(agg, "domain", keep)
-            .groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
-                ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]
-            ]
-            .sum()
-        )
+        agg = agg.groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
+            ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]
+        ].sum()
         train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
         if train.empty:
             raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")

@@ -66,6 +66,9 @@ def _fill(refresher: Refresher, requests) -> None:
         time.sleep(0.01)
 
 
+# the tiers read the plan as the all-in-memory bidder does (tested on both databases in
+# test_bidder_refresh); here SQLite only, for the suite's time
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_tiered_replicas_publish_once_and_answer_as_the_in_memory_bidder(two_runs, memcached_server):
     engine, (a, b) = two_runs
     host, port, proc = memcached_server
@@ -114,6 +117,9 @@ def test_tiered_replicas_publish_once_and_answer_as_the_in_memory_bidder(two_run
             r.stop()
 
 
+# the tiers read the plan as the all-in-memory bidder does (tested on both databases in
+# test_bidder_refresh); here SQLite only, for the suite's time
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_bidder_core_with_memcached_reads_through_its_near_cache(two_runs, memcached_server, monkeypatch):
     """``BIDOPT_CACHE_URL=memcached://`` turns the tiers on; ``memory://`` keeps every table in memory."""
     engine, (a, _) = two_runs

@@ -36,7 +36,7 @@ def _run(engine, run_id):
 
 
 def test_pending_runs_become_validated_bid_tables(platform):
-    a = _create(platform, target_win_rate="0.4")
+    a = _create(platform, target_win_rate="0.4", adjust_unchosen_features="true")
     b = _create(platform, "auto_intenders")
     report = run_optimizer(once=True, use_ray=False)
     assert [r["status"] for r in report.processed] == ["completed", "completed"]
@@ -52,6 +52,11 @@ def test_pending_runs_become_validated_bid_tables(platform):
     assert all(0 <= f.signal_score <= 100 for f in feats[1:])
     assert set(got["metrics"]) >= {"win_rate_model", "ctr_model", "bid_landscape", "global_stats"}
     assert got["metrics"]["win_rate_model"]["auc"] > 0.6
+    # the win model adjusts for the candidates not chosen (the logging policy followed them too)
+    encoder = json.loads(read_run_artifact(run.s3_output_path, "win_encoder.json"))
+    adjusted = [f for f in encoder["features"] if f not in {x.feature_name for x in feats} | {"domain"}]
+    assert adjusted and len(adjusted) == got["metrics"]["win_rate_model"]["adjusted_features"]
+    assert encoder["features"] == [*(f.feature_name for f in feats), *adjusted, "domain"]
 
     # artifacts: manifest checks out, bid table matches the run's stats
     assert run.s3_output_path.endswith(f"/drugs_hcp/runs/{a}/attempt-1")  # the completing attempt's folder
@@ -80,6 +85,7 @@ def test_pending_runs_become_validated_bid_tables(platform):
 
     # auto_intenders: floors on, domains off, npi off -- each static config changes the output
     other = _run(platform, b)
+    assert other["metrics"]["win_rate_model"]["adjusted_features"] == 0  # off by default (its cost)
     names = [f.feature_name for f in other["features"]]
     assert "npi_matched" not in names
     scored = json.loads(read_run_artifact(other["run"].s3_output_path, "features.json"))["candidates_scored"]

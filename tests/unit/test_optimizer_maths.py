@@ -335,3 +335,33 @@ def test_a_crossing_in_the_tail_is_found_and_the_top_of_the_grid_stays_exact():
     top = mix.rate(model, np.full(2, grid[-1]))
     bids, reached = mix.lowest_bids(model, grid, top)  # reached only at the top of the grid
     assert reached.all() and (bids == grid[-1]).all()
+
+
+def test_the_adjustment_takes_unchosen_features_by_score_while_the_cells_stay_bounded():
+    from bidopt.optimizer.pipeline import MAX_ADJUST_CELL_FACTOR, adjustment_columns
+
+    assert MAX_ADJUST_CELL_FACTOR == 3.0  # the bounds below are for this factor
+    rng = np.random.default_rng(0)
+    n = 5000
+    train = pd.DataFrame(
+        {
+            "geo": rng.choice(["a", "b"], n),
+            "domain": rng.choice(["d1", "d2"], n),  # 4 cells without adjustment, so at most 12 with
+            "two": rng.choice(["x", "y"], n),  # x2: fits
+            "three": rng.choice(["p", "q", "r"], n),  # x3: fits alone, not after "two"
+            "many": rng.choice(list("abcdefghij"), n),  # x10: never fits
+        }
+    )
+    scores = [
+        {"feature": "three", "signal_score": 0.1},
+        {"feature": "two", "signal_score": 0.5},
+        {"feature": "many", "signal_score": 2.0},
+        {"feature": "three", "signal_score": 0.9},  # the latest round's score counts
+    ]
+    unchosen = ["two", "three", "many"]
+    # by score: many (too many cells), three (x3 = 12 cells), then two would make 24
+    assert adjustment_columns(train, ["geo"], unchosen, scores) == ["three"]
+    scores.append({"feature": "two", "signal_score": 1.0})
+    assert adjustment_columns(train, ["geo"], unchosen, scores) == ["two"]  # then three would make 24
+    assert adjustment_columns(train.iloc[:0], ["geo"], unchosen, scores) == ["many", "two", "three"]
+    assert adjustment_columns(train, ["geo"], [], scores) == []
