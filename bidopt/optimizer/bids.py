@@ -292,11 +292,12 @@ def domain_multipliers(
 ) -> pd.DataFrame:
     """``domain, multiplier, bids, segments`` for domains the model knows with enough bids.
 
-    For each (segment, domain) cell, the lowest bid reaching the target on that
-    domain alone, divided by the segment's bid (``segment_bids``, the mixture over
-    its domains): how much more or less the domain needs. A domain's multiplier is
-    the traffic-weighted geometric mean of its ratios over the segments it appears
-    in (cells where either bid is capped are left out), clipped to ``[lower, upper]``.
+    For each (segment, domain), the mixture of its cells (they may also differ in the model's
+    adjustment columns): the lowest bid reaching the target on that domain alone, divided by the
+    segment's bid (``segment_bids``, the mixture over its domains): how much more or less the
+    domain needs. A domain's multiplier is the traffic-weighted geometric mean of its ratios over
+    the segments it appears in (pairs where either bid is capped are left out), clipped to
+    ``[lower, upper]``.
     So ``segment bid x multiplier`` approximates the domain's own bid in each segment.
     """
     cols = ["domain", "multiplier", "bids", "segments"]
@@ -307,13 +308,16 @@ def domain_multipliers(
     pairs = cells[cells[domain_column].isin(eligible)].reset_index(drop=True)
     if pairs.empty:
         return pd.DataFrame(columns=cols)
-    mix = Mixture(pairs, np.arange(len(pairs)), len(pairs))
+    # one mixture per (segment, domain): the cells also differ in the adjustment columns, if any
+    codes, groups = _group(pairs, [*features, domain_column])
+    mix = Mixture(pairs, codes, len(groups))
     grid = policy.grid()
-    own, reached = mix.lowest_bids(model, grid, np.full(len(pairs), policy.target_win_rate))
-    seg_keys = [segment_key(v) for v in pairs[features].astype(str).itertuples(index=False)]
+    own, reached = mix.lowest_bids(model, grid, np.full(len(groups), policy.target_win_rate))
+    seg_keys = [segment_key(v) for v in groups[features].astype(str).itertuples(index=False)]
     seg_bid = segment_bids.reindex(seg_keys).to_numpy(float)
     usable = reached & np.isfinite(seg_bid) & (own < grid[-1]) & (seg_bid < grid[-1])
-    part = pairs.assign(log_ratio=np.log(own / seg_bid))[usable]
+    group_bids = np.bincount(codes, pairs["bids"].to_numpy(float), len(groups))
+    part = groups.assign(bids=group_bids, log_ratio=np.log(own / seg_bid))[usable]
     if part.empty:
         return pd.DataFrame(columns=cols)
     w = part["bids"].to_numpy(float)

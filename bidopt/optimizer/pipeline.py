@@ -159,12 +159,15 @@ def adjustment_columns(train: pd.DataFrame, features: list[str], unchosen: list[
     """The unchosen candidate features the win model adjusts for: in the order of their latest
     signal score (the information left in them once the chosen features are known), each taken
     while the model's training cells (``train``'s distinct rows over the features, the adjustment
-    so far and ``domain``) stay within ``MAX_ADJUST_CELL_FACTOR`` times the cells without any."""
+    so far and ``domain``) stay within ``MAX_ADJUST_CELL_FACTOR`` times the cells without any.
+    A feature never scored (``max_features`` 1 scores none) counts as 0: then the candidates' order."""
+    if train.empty:
+        return []
     latest = {s["feature"]: s["signal_score"] for s in scores}
     ordered = sorted(unchosen, key=lambda c: -latest.get(c, 0.0))
 
     def cells(columns: list[str]) -> int:
-        return len(train[[*features, *columns, "domain"]].drop_duplicates()) if len(train) else 0
+        return len(train[[*features, *columns, "domain"]].drop_duplicates())
 
     bound = MAX_ADJUST_CELL_FACTOR * max(cells([]), 1)
     adjust: list[str] = []

@@ -229,6 +229,13 @@ def test_domain_adjustment_and_multipliers_recover_known_domain_effects():
         model, cells, ["f"], model_bids, policy, min_domain_bids=500, lower=0.9, upper=1.1
     ).set_index("domain")
     assert tight["multiplier"].tolist() == [pytest.approx(x) for x in np.clip(mult["multiplier"], 0.9, 1.1)]
+    # cells split further by an adjustment column: one mixture per (segment, domain), as before
+    halves = pd.concat([cells.assign(adj="u", bids=cells["bids"] / 2), cells.assign(adj="v", bids=cells["bids"] / 2)])
+    split = B.domain_multipliers(
+        model, halves, ["f"], model_bids, policy, min_domain_bids=500, lower=0.5, upper=2.0
+    ).set_index("domain")
+    assert split["segments"].tolist() == mult["segments"].tolist()
+    assert split["multiplier"].tolist() == pytest.approx(mult["multiplier"].tolist())
 
 
 def test_rounding_never_crosses_the_bounds():
@@ -363,5 +370,5 @@ def test_the_adjustment_takes_unchosen_features_by_score_while_the_cells_stay_bo
     assert adjustment_columns(train, ["geo"], unchosen, scores) == ["three"]
     scores.append({"feature": "two", "signal_score": 1.0})
     assert adjustment_columns(train, ["geo"], unchosen, scores) == ["two"]  # then three would make 24
-    assert adjustment_columns(train.iloc[:0], ["geo"], unchosen, scores) == ["many", "two", "three"]
+    assert adjustment_columns(train.iloc[:0], ["geo"], unchosen, scores) == []
     assert adjustment_columns(train, ["geo"], [], scores) == []
