@@ -13,14 +13,17 @@ from bidopt.bidder.app import http_handler
 
 
 def call(core, method, path, body=b"", query=b"", headers=(("host", "bidder.test:8000"),)):
-    """The handler's response to one request; ``headers`` are all the request's headers."""
+    """The handler's response to one request; ``headers`` are all the request's headers. ``body``:
+    the bytes sent in one message, or an ASGI ``receive`` of the caller's (chunks, counted reads)."""
     sent = []
 
-    async def receive():
+    async def one_message():
         if sent:
             return {"type": "http.disconnect"}
         sent.append(1)
         return {"type": "http.request", "body": body, "more_body": False}
+
+    receive = body if callable(body) else one_message
 
     scope = {
         "type": "http",

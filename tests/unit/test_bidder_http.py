@@ -4,11 +4,11 @@ limit is enforced while reading, and the per-replica status route. No Ray, no da
 import asyncio
 import json
 
+import bidder_asgi
 import orjson
 import pytest
-from starlette.requests import Request
 
-from bidopt.bidder.app import BidderCore, http_handler
+from bidopt.bidder.app import BidderCore
 from bidopt.bidder.core import MAX_BODY_BYTES, BidderState, EntityServing, RunTables
 from bidopt.bidder.fields import feature_reader
 
@@ -30,19 +30,7 @@ class Body:
 
 
 def _call(core, method, path, body: Body, headers=()):
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(k.encode(), v.encode()) for k, v in headers],
-        "scheme": "http",
-        "server": ("127.0.0.1", 80),
-        "client": ("127.0.0.1", 1234),
-        "root_path": "",
-    }
-    return asyncio.run(http_handler(core, Request(scope, body)))
+    return bidder_asgi.call(core, method, path, body, headers=headers)
 
 
 @pytest.fixture
