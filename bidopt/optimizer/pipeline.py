@@ -161,7 +161,7 @@ def adjustment_columns(train: pd.DataFrame, features: list[str], unchosen: list[
     while the model's training cells (``train``'s distinct rows over the features, the adjustment
     so far and ``domain``) stay within ``MAX_ADJUST_CELL_FACTOR`` times the cells without any.
     A feature never scored (``max_features`` 1 scores none) counts as 0: then the candidates' order."""
-    if train.empty:
+    if train.empty or not unchosen:  # no cells to count (the default: adjust_unchosen_features off)
         return []
     latest = {s["feature"]: s["signal_score"] for s in scores}
     ordered = sorted(unchosen, key=lambda c: -latest.get(c, 0.0))
