@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from long_runs import shorten_run
 
 from bidopt.artifacts import MANIFEST, attempt_output_url, open_artifact_store, run_output_url
 from bidopt.db import queries as q
@@ -54,6 +55,7 @@ def test_a_killed_optimizer_leaves_no_manifest_and_its_run_is_finished_by_anothe
     run_url = run_output_url(get_settings().artifact_url, base_path, run_id)
     assert not open_artifact_store(attempt_output_url(run_url, 1)).exists(MANIFEST)
 
+    shorten_run(platform, run_id)  # the attempt that finishes the run need not train 3000 rounds
     monkeypatch.setenv("BIDOPT_STALE_AFTER_SECONDS", "1")
     monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.2")  # stale_after must cover 3 heartbeats
     reset_settings_cache()
@@ -74,7 +76,8 @@ def test_heartbeats_keep_a_long_run_from_being_taken_over(platform, monkeypatch)
     monkeypatch.setenv("BIDOPT_HEARTBEAT_SECONDS", "0.2")
     reset_settings_cache()
     with session_scope(platform) as s:
-        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 1500}, triggered_by="t").run_id
+        # ~10 s of training on 2 cores: still running after the 3 s below, or the assert says so
+        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 600}, triggered_by="t").run_id
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("a", run_optimizer(once=True, use_ray=False)))
     first.start()
