@@ -6,7 +6,9 @@ like ``drugs_hcp`` (NPI and domains on), processed by the job's own
 ``process_run`` (the body of the Ray task). Prints the run's wall time, rows/s,
 the time of each step, and how time grows from the smallest to the largest size.
 
-    python benchmarks/optimizer.py [--sizes 1000000 10000000]
+    python benchmarks/optimizer.py [--sizes 1000000 10000000] [-c KEY=VALUE ...]
+
+``-c`` sets a run config, as ``bidopt runs create -c`` does (e.g. ``-c adjust_unchosen_features=true``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bidopt.settings import get_settings, reset_settings_cache
 from bidopt.simulator import MarketSpec
 
 
-def one_run(rows: int) -> dict:
+def one_run(rows: int, configs: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bidopt-scale-") as home:
         os.environ["BIDOPT_HOME"] = home
         for key in ("BIDOPT_DATABASE_URL", "BIDOPT_WAREHOUSE_URL", "BIDOPT_ARTIFACT_URL"):
@@ -33,7 +35,7 @@ def one_run(rows: int) -> dict:
         reset_settings_cache()
         engine = prepare_demo_database(get_settings().database_url)
         with session_scope(engine) as s:
-            run_id = q.create_run(s, "drugs_hcp", {}, triggered_by="bench").run_id
+            run_id = q.create_run(s, "drugs_hcp", dict(configs or {}), triggered_by="bench").run_id
         with get_warehouse() as wh:
             generate_into_warehouse(wh, MarketSpec("drugs_hcp", rows=rows, seed=3, npi_enabled=True))
         worker = new_worker_id()
@@ -58,8 +60,10 @@ def one_run(rows: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("-c", "--config", action="append", default=[], metavar="KEY=VALUE", help="a run config")
     args = ap.parse_args()
-    results = [one_run(n) for n in args.sizes]
+    configs = dict(item.split("=", 1) for item in args.config)
+    results = [one_run(n, configs) for n in args.sizes]
     for r in results:
         print(
             f"{r['rows']:>12,} rows: full run {r['seconds']:6.1f} s  {r['rows'] / r['seconds']:>12,.0f} rows/s  "

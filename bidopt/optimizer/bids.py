@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 
 from bidopt.configs import PRICE_DECIMALS, price_ceil, price_floor
-from bidopt.optimizer.models import OTHER, WinRateModel
+from bidopt.optimizer.models import OTHER, CellCurves, WinRateModel
 from bidopt.warehouse.contract import backoff_key, segment_key
 
 GRID_POINTS = 256
+# Cells whose step values at every knot are held at once by the bid search (x 256 knots x 8 B: 32 MB).
+KNOT_CHUNK_CELLS = 16_384
 # Optimistic exploration aims at most this high: no finite bid is sure to win every auction,
 # so a bound near 1 would send thin segments to the top of the grid.
 OPTIMISTIC_TARGET_CEILING = 0.99
@@ -97,16 +99,11 @@ class Mixture:
     cells: pd.DataFrame
     group: np.ndarray
     n_groups: int
-    _codes: np.ndarray | None = None
+    curves: CellCurves | None = None  # the cells' curves, read from the trees on first use
 
     @property
     def weights(self) -> np.ndarray:
         return self.cells["bids"].to_numpy(float)
-
-    def _encoded(self, model: WinRateModel) -> np.ndarray:
-        if self._codes is None:  # the cells' categories are encoded once, not on every bisection step
-            self._codes = model.encoder.encode(self.cells)
-        return self._codes
 
     def _mix(self, p: np.ndarray) -> np.ndarray:
         """Traffic-weighted mean per group of the cells' ``p``."""
@@ -115,22 +112,72 @@ class Mixture:
             np.bincount(self.group, w, self.n_groups), 1e-12
         )
 
+    def _curves(self, model: WinRateModel) -> CellCurves:
+        if self.curves is None or self.curves.model is not model:
+            self.curves = CellCurves.of(model, self.cells)
+        return self.curves
+
     def rate(self, model: WinRateModel, bid_per_group: np.ndarray) -> np.ndarray:
         """Traffic-weighted predicted win rate of each group at its own bid."""
-        return self._mix(model.predict_encoded(self._encoded(model), bid_per_group[self.group]))
+        return self._mix(self._curves(model).predict(bid_per_group[self.group]))
 
-    def _knot_rate(self, model: WinRateModel, log_bid_per_group: np.ndarray) -> np.ndarray:
-        """``rate`` at bids that are knots of the model's curve: there the curve is the trees' step
-        value, one prediction per cell instead of the two an interpolated bid takes."""
-        return self._mix(model._raw(self._encoded(model), log_bid_per_group[self.group]))
+    def _first_reaching(
+        self,
+        model: WinRateModel,
+        inner: slice,
+        rate_bottom: np.ndarray,
+        rate_top: np.ndarray,
+        targets: np.ndarray,
+        which: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the groups ``which`` (each with ``rate_bottom < target <= rate_top``), on the points
+        ``[bottom, *knots[inner], top]`` (``inner``: the range of the model's knots between the grid's
+        bounds, where the mixture is the traffic-weighted mean of the cells' step values): the index of
+        the first point whose mixture rate reaches the group's target, and the rates there and at the
+        point before.
+
+        The cells' step values at the knots are read from their ``CellCurves`` (one walk of the trees
+        per cell, shared by every mixture of the same cells), a group's cells together, in chunks of
+        about ``KNOT_CHUNK_CELLS`` cells so that the (groups x knots) mixtures stay small. The mixture
+        is monotone, so this is the bracket a bisection over the points would find, without a model
+        prediction per step."""
+        hi = np.empty(len(which), dtype=np.int64)
+        r_lo, r_hi = np.empty(len(which)), np.empty(len(which))
+        position = np.full(self.n_groups, -1)
+        position[which] = np.arange(len(which))
+        cells = np.flatnonzero(position[self.group] >= 0)
+        cells = cells[np.argsort(position[self.group[cells]], kind="stable")]  # a group's cells together
+        slot = position[self.group[cells]]
+        starts = np.r_[0, np.flatnonzero(np.diff(slot)) + 1]  # the first cell of each group, in order
+        ends = np.r_[starts[1:], len(cells)]
+        curves, w = self._curves(model), self.weights
+        g0 = 0
+        while g0 < len(starts):
+            g1 = max(g0 + 1, int(np.searchsorted(starts, starts[g0] + KNOT_CHUNK_CELLS, side="left")))
+            g1 = min(g1, len(starts))
+            part = cells[starts[g0] : ends[g1 - 1]]
+            local = slot[starts[g0] : ends[g1 - 1]] - g0  # 0 .. g1-g0-1
+            steps = curves.at_knots(part, inner) if inner.stop > inner.start else np.empty((len(part), 0))
+            n = g1 - g0
+            mixed = np.zeros((n, steps.shape[1]))
+            np.add.at(mixed, local, w[part, None] * steps)
+            total = np.maximum(np.bincount(local, w[part], n), 1e-12)
+            groups = which[g0:g1]
+            rates = np.column_stack([rate_bottom[groups], mixed / total[:, None], rate_top[groups]])
+            first = np.argmax(rates >= targets[groups, None], axis=1)  # rate_top reaches: always found
+            first = np.maximum(first, 1)  # rate_bottom is below the target
+            rows = np.arange(n)
+            hi[g0:g1], r_hi[g0:g1], r_lo[g0:g1] = first, rates[rows, first], rates[rows, first - 1]
+            g0 = g1
+        return hi, r_lo, r_hi
 
     def lowest_bids(self, model: WinRateModel, grid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per group: the lowest bid in ``[grid[0], grid[-1]]`` whose mixture win rate reaches the
         group's target, or the top of the grid; and whether it was reached.
 
         The model's curve is linear in ln(bid) between its knots, and so is a mixture of them (the
-        knots are the same for every cell). So the crossing is found by bisection over the knots
-        (a prediction per cell per step, at a knot's step value) and then solved exactly on the
+        knots are the same for every cell). So the crossing is found among the knots (the first
+        whose mixture rate reaches the target, ``_first_reaching``) and then solved exactly on the
         line between the two knots around it. Where it falls in a tail (below the first knot or
         above the last, where the curve is logistic) it is bisected in ln(bid) instead. The lowest
         grid bid above the crossing, as this once returned, overshot the target by up to a step."""
@@ -144,21 +191,15 @@ class Mixture:
         if not open_.any():
             return bid, reached
         knots = model.knots().astype(np.float64)
-        inner = knots[(knots > lo_b) & (knots < hi_b)]
-        points = np.r_[lo_b, inner, hi_b]  # ln(bid); the mixture is linear between inner knots
+        inside = np.flatnonzero((knots > lo_b) & (knots < hi_b))  # sorted knots: a range
+        inner = slice(int(inside[0]), int(inside[-1]) + 1) if len(inside) else slice(0, 0)
+        points = np.r_[lo_b, knots[inner], hi_b]  # ln(bid); the mixture is linear between inner knots
         # rate(points[lo]) < target <= rate(points[hi])
         lo, hi = np.zeros(n, dtype=np.int64), np.full(n, len(points) - 1)
         r_lo, r_hi = rate_bottom.copy(), rate_top.copy()
-        while True:
-            active = open_ & (hi - lo > 1)
-            if not active.any():
-                break
-            mid = np.where(active, (lo + hi) // 2, hi)
-            r_mid = self._knot_rate(model, points[mid].astype(np.float32))
-            up = active & (r_mid >= targets)
-            down = active & ~up
-            hi, r_hi = np.where(up, mid, hi), np.where(up, r_mid, r_hi)
-            lo, r_lo = np.where(down, mid, lo), np.where(down, r_mid, r_lo)
+        which = np.flatnonzero(open_)
+        hi[which], r_lo[which], r_hi[which] = self._first_reaching(model, inner, rate_bottom, rate_top, targets, which)
+        lo[which] = hi[which] - 1
         x_lo, x_hi = points[lo], points[hi]
         # between two knots, or a grid bound and a knot, inside the knots' span: one linear piece
         linear = (x_lo >= knots[0]) & (x_hi <= knots[-1]) if len(knots) >= 2 else np.zeros(n, dtype=bool)
@@ -171,8 +212,12 @@ class Mixture:
             remap = np.full(n, -1)
             remap[which] = np.arange(len(which))
             in_sub = curved[self.group]
-            sub = Mixture(self.cells[in_sub].reset_index(drop=True), remap[self.group[in_sub]], len(which))
-            sub._codes = self._encoded(model)[in_sub]
+            sub = Mixture(
+                self.cells[in_sub].reset_index(drop=True),
+                remap[self.group[in_sub]],
+                len(which),
+                curves=self._curves(model).take(in_sub),
+            )
             a, b, t = x_lo[which], x_hi[which], targets[which]
             for _ in range(30):  # 30 halvings of at most ln(grid span) are far below a cent
                 m = (a + b) / 2
@@ -199,6 +244,7 @@ def suggest_bids(
     features: Sequence[str],
     policy: BidPolicy,
     floors: pd.DataFrame | None = None,
+    curves: CellCurves | None = None,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """One row per segment plus back-off rows, and each segment's unexplored model bid.
 
@@ -208,12 +254,13 @@ def suggest_bids(
     ``segment_key, level, bid_cpm, predicted_win_rate, train_bids, explored, capped``.
     The series maps segment keys to the bid that reaches the target before
     exploration, floors and caps (what domain multipliers are relative to).
+    ``curves``: the cells' ``CellCurves`` if the caller has them (read from the trees otherwise).
     """
     features = list(features)
     grid = policy.grid()
     cells = cells.reset_index(drop=True)
     seg_codes, segs = _group(cells, features)
-    mix = Mixture(cells, seg_codes, len(segs))
+    mix = Mixture(cells, seg_codes, len(segs), curves=curves)
     weights = np.bincount(seg_codes, mix.weights, len(segs))
     keys = [segment_key(v) for v in segs.astype(str).itertuples(index=False)]
 
@@ -245,19 +292,24 @@ def suggest_bids(
             "capped": capped,
         }
     )
-    backoffs = _backoff_rows(model, cells, features, grid, policy)
+    backoffs = _backoff_rows(model, cells, features, grid, policy, mix._curves(model))
     return pd.concat([rows, backoffs], ignore_index=True), pd.Series(model_bids, index=keys)
 
 
 def _backoff_rows(
-    model: WinRateModel, cells: pd.DataFrame, features: list[str], grid: np.ndarray, policy: BidPolicy
+    model: WinRateModel,
+    cells: pd.DataFrame,
+    features: list[str],
+    grid: np.ndarray,
+    policy: BidPolicy,
+    curves: CellCurves,
 ) -> pd.DataFrame:
     """Traffic-weighted mixtures of each anchor value and of the whole entity."""
     out = []
     levels = [([features[0]], "anchor")] if len(features) > 1 else []
     for columns, level in levels + [([], "default")]:
         codes, groups = _group(cells, columns)
-        mix = Mixture(cells, codes, len(groups))
+        mix = Mixture(cells, codes, len(groups), curves=curves)
         bids, reached = mix.lowest_bids(model, grid, np.full(len(groups), policy.target_win_rate))
         bids = policy.round_bids(bids)
         rates = mix.rate(model, bids)
@@ -289,6 +341,7 @@ def domain_multipliers(
     lower: float,
     upper: float,
     domain_column: str = "domain",
+    curves: CellCurves | None = None,
 ) -> pd.DataFrame:
     """``domain, multiplier, bids, segments`` for domains the model knows with enough bids.
 
@@ -299,18 +352,20 @@ def domain_multipliers(
     the segments it appears in (pairs where either bid is capped are left out), clipped to
     ``[lower, upper]``.
     So ``segment bid x multiplier`` approximates the domain's own bid in each segment.
+    ``curves``: the ``CellCurves`` of ``cells``, if the caller has them.
     """
     cols = ["domain", "multiplier", "bids", "segments"]
     features = list(features)
     cells = cells.reset_index(drop=True)
     totals = cells.groupby(domain_column)["bids"].sum()
     eligible = totals.index[(totals >= min_domain_bids) & ~totals.index.isin([OTHER, "unknown"])]
-    pairs = cells[cells[domain_column].isin(eligible)].reset_index(drop=True)
+    in_pairs = cells[domain_column].isin(eligible).to_numpy()
+    pairs = cells[in_pairs].reset_index(drop=True)
     if pairs.empty:
         return pd.DataFrame(columns=cols)
     # one mixture per (segment, domain): the cells also differ in the adjustment columns, if any
     codes, groups = _group(pairs, [*features, domain_column])
-    mix = Mixture(pairs, codes, len(groups))
+    mix = Mixture(pairs, codes, len(groups), curves=curves.take(in_pairs) if curves is not None else None)
     grid = policy.grid()
     own, reached = mix.lowest_bids(model, grid, np.full(len(groups), policy.target_win_rate))
     seg_keys = [segment_key(v) for v in groups[features].astype(str).itertuples(index=False)]
@@ -350,6 +405,7 @@ def top_segment_curves(
     *,
     top: int = 8,
     points: int = 40,
+    curves: CellCurves | None = None,
 ) -> dict:
     """Mixture win-rate curves of the ``top`` segments by traffic, for plots:
     ``{"bids": [...], "segments": [{"segment_key", "train_bids", "win_rate": [...]}, ...]}``."""
@@ -360,7 +416,12 @@ def top_segment_curves(
     chosen = np.argsort(-weights)[:top]
     keep = np.isin(codes, chosen)
     remap = {c: i for i, c in enumerate(chosen)}
-    mix = Mixture(cells[keep].reset_index(drop=True), np.array([remap[c] for c in codes[keep]]), len(chosen))
+    mix = Mixture(
+        cells[keep].reset_index(drop=True),
+        np.array([remap[c] for c in codes[keep]], dtype=np.int64),
+        len(chosen),
+        curves=curves.take(keep) if curves is not None else None,
+    )
     grid = np.geomspace(policy.min_bid_cpm, policy.max_bid_cpm, points)
     rates = np.column_stack([mix.rate(model, np.full(len(chosen), b)) for b in grid])
     return {

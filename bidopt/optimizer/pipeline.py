@@ -281,8 +281,10 @@ def optimize(
         if policy.use_floors:
             with clock("read"):
                 floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas()
-        bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors)
-        curves = B.top_segment_curves(win, cells, features, policy)
+        # every cell's curve read from the trees once, for the bids, the plots and the multipliers
+        cell_curves = M.CellCurves.of(win, cells)
+        bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors, curves=cell_curves)
+        curves = B.top_segment_curves(win, cells, features, policy, curves=cell_curves)
 
         multipliers = None
         if spec.static.get("domain_enabled"):
@@ -296,6 +298,7 @@ def optimize(
                 min_domain_bids=cfg["min_domain_bids"],
                 lower=cfg["domain_multiplier_min"],
                 upper=cfg["domain_multiplier_max"],
+                curves=cell_curves,
             )
 
     with clock("validation"):

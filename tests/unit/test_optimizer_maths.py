@@ -331,6 +331,36 @@ def test_market_price_anlp_is_the_mean_negative_log_mass_of_the_true_price():
     assert floored == pytest.approx((mass < M.PRICE_MASS_FLOOR).mean())
 
 
+def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monkeypatch):
+    """The knots' step values come from the cells' curves in chunks of cells (``KNOT_CHUNK_CELLS``):
+    a group split over chunks, groups in any order, and groups left out (closed) give the same bids,
+    each reaching its own target on the booster's own predictions."""
+    model, _ = _toy_model()
+    rng = np.random.default_rng(3)
+    n_groups = 40
+    group = rng.permutation(np.repeat(np.arange(n_groups), 5))  # five cells a group, interleaved
+    cells = pd.DataFrame({"f": rng.choice(["a", "b"], len(group)), "bids": rng.integers(1, 500, len(group))})
+    targets = rng.uniform(0.1, 0.9, n_groups)
+    targets[::9] = 0.0  # reached at the bottom of the grid: not searched
+    grid = np.geomspace(0.05, 50, 256)
+    found = {}
+    for chunk in (3, 7, 10_000):
+        monkeypatch.setattr(B, "KNOT_CHUNK_CELLS", chunk)
+        found[chunk] = B.Mixture(cells, group, n_groups).lowest_bids(model, grid, targets)
+    bids, reached = found[10_000]
+    assert reached.all()
+    for chunk in (3, 7):
+        assert np.array_equal(found[chunk][0], bids) and np.array_equal(found[chunk][1], reached)
+    # the booster's own predictions, mixed by hand: not the cells' curves the search read
+    p = model.predict(cells, bids[group])
+    w = cells["bids"].to_numpy(float)
+    rates = np.bincount(group, w * p, n_groups) / np.bincount(group, w, n_groups)
+    assert B.Mixture(cells, group, n_groups).rate(model, bids) == pytest.approx(rates, abs=1e-6)
+    searched = targets > 0
+    assert rates[searched] == pytest.approx(targets[searched], abs=1e-6)
+    assert (bids[~searched] == grid[0]).all()
+
+
 def test_a_crossing_in_the_tail_is_found_and_the_top_of_the_grid_stays_exact():
     model, _ = _toy_model()  # logged bids 0.2-20: a 2% target crosses below the first knot
     cells = pd.DataFrame({"f": ["a", "b"], "bids": [1000, 1000]})

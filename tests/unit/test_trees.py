@@ -36,9 +36,9 @@ def _booster(seed: int, *, rounds: int = 40, depth: int = 5, objective: str = "b
 
 def _cells(seed: int, n: int = 600) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    cells = np.column_stack(
-        [rng.integers(-1, 45, n), rng.integers(-1, 8, n), rng.normal(size=n), np.zeros(n)]
-    ).astype(np.float32)  # -1: the encoder's UNSEEN; 40-44 and 6-7: categories no tree has seen
+    cells = np.column_stack([rng.integers(-1, 45, n), rng.integers(-1, 8, n), rng.normal(size=n), np.zeros(n)]).astype(
+        np.float32
+    )  # -1: the encoder's UNSEEN; 40-44 and 6-7: categories no tree has seen
     cells[::7, 0] = np.nan
     cells[::11, 1] = np.nan
     cells[::5, 2] = np.nan
