@@ -5,10 +5,12 @@ domain): the logging policy bids higher where the market is higher for reasons
 the segment does not show, and a model without them learns a curve that is too
 flat (measured in ``benchmarks/quality.py``). A segment's win curve is then the
 traffic-weighted mixture of its cells' curves (its own domain mix); mixtures of
-monotone curves are monotone, so the bid reaching a target is found by bisection
-on a grid, predicting each cell about ``log2(GRID_POINTS)`` times, and then
-interpolated between the two grid bids around it (the win curve is continuous,
-see ``WinRateModel``): the first grid bid above the crossing overshot the target.
+monotone curves are monotone and, like the cells' curves, linear in ln(bid)
+between the model's knots. Each cell's step values at every knot are read once
+from the trees (``CellCurves``), so the bid reaching a target is the first knot
+whose mixture reaches it, solved exactly on the line to the knot before (or
+bisected in a logistic tail beyond the knots; the win curve is continuous, see
+``WinRateModel``): the first grid bid above the crossing overshot the target.
 
 Segment keys are the feature values joined by ``|`` in feature order. Back-off
 rows replace values by ``*``: ``<anchor>|*|*`` (level ``anchor``) and ``*|*|*``
@@ -29,7 +31,8 @@ from bidopt.optimizer.models import OTHER, CellCurves, WinRateModel
 from bidopt.warehouse.contract import backoff_key, segment_key
 
 GRID_POINTS = 256
-# Cells whose step values at every knot are held at once by the bid search (x 256 knots x 8 B: 32 MB).
+# Cells whose step values at every knot the bid search reads at once, and the most groups it mixes
+# at once (each x ~256 knots x 8 B: 32 MB).
 KNOT_CHUNK_CELLS = 16_384
 # Optimistic exploration aims at most this high: no finite bid is sure to win every auction,
 # so a bound near 1 would send thin segments to the top of the grid.
@@ -115,6 +118,8 @@ class Mixture:
     def _curves(self, model: WinRateModel) -> CellCurves:
         if self.curves is None or self.curves.model is not model:
             self.curves = CellCurves.of(model, self.cells)
+        if len(self.curves) != len(self.cells):
+            raise ValueError(f"curves of {len(self.curves)} cells given for a mixture of {len(self.cells)}")
         return self.curves
 
     def rate(self, model: WinRateModel, bid_per_group: np.ndarray) -> np.ndarray:
@@ -137,8 +142,9 @@ class Mixture:
         point before.
 
         The cells' step values at the knots are read from their ``CellCurves`` (one walk of the trees
-        per cell, shared by every mixture of the same cells), a group's cells together, in chunks of
-        about ``KNOT_CHUNK_CELLS`` cells so that the (groups x knots) mixtures stay small. The mixture
+        per cell, shared by every mixture of the same cells), a group's cells together, groups in
+        chunks of about ``KNOT_CHUNK_CELLS`` cells and the cells of each chunk at most that many at a
+        time, so that the (groups x knots) mixtures and (cells x knots) reads stay small. The mixture
         is monotone, so this is the bracket a bisection over the points would find, without a model
         prediction per step."""
         hi = np.empty(len(which), dtype=np.int64)
@@ -155,13 +161,18 @@ class Mixture:
         while g0 < len(starts):
             g1 = max(g0 + 1, int(np.searchsorted(starts, starts[g0] + KNOT_CHUNK_CELLS, side="left")))
             g1 = min(g1, len(starts))
-            part = cells[starts[g0] : ends[g1 - 1]]
-            local = slot[starts[g0] : ends[g1 - 1]] - g0  # 0 .. g1-g0-1
-            steps = curves.at_knots(part, inner) if inner.stop > inner.start else np.empty((len(part), 0))
             n = g1 - g0
-            mixed = np.zeros((n, steps.shape[1]))
-            np.add.at(mixed, local, w[part, None] * steps)
-            total = np.maximum(np.bincount(local, w[part], n), 1e-12)
+            mixed = np.zeros((n, inner.stop - inner.start))
+            total = np.zeros(n)
+            # a group larger than a chunk (the default back-off level is one group of every cell) is
+            # read a chunk of its cells at a time, in order: the same sums, a bounded table
+            for c0 in range(starts[g0], ends[g1 - 1], KNOT_CHUNK_CELLS):
+                c1 = min(c0 + KNOT_CHUNK_CELLS, ends[g1 - 1])
+                part, local = cells[c0:c1], slot[c0:c1] - g0  # local: 0 .. n-1
+                if inner.stop > inner.start:
+                    np.add.at(mixed, local, w[part, None] * curves.at_knots(part, inner))
+                total += np.bincount(local, w[part], n)
+            total = np.maximum(total, 1e-12)
             groups = which[g0:g1]
             rates = np.column_stack([rate_bottom[groups], mixed / total[:, None], rate_top[groups]])
             first = np.argmax(rates >= targets[groups, None], axis=1)  # rate_top reaches: always found

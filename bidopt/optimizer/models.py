@@ -18,6 +18,8 @@ import xgboost as xgb
 
 from bidopt.optimizer.trees import TreeEnsemble
 
+# Cells whose float64 step values are held at once while their float32 CellCurves are filled.
+CURVE_CHUNK_CELLS = 16_384
 UNSEEN = -1.0  # code of a value the model never saw (XGBoost reads a negative category as invalid: left)
 OTHER = "(other)"  # catch-all category: values without one of their own are encoded as this, if present
 
@@ -260,12 +262,17 @@ class WinRateModel:
         return out
 
     def _steps_at(self, segments: pd.DataFrame, log_grid: np.ndarray) -> np.ndarray:
-        """The trees' step values of every segment at every float32 ln(bid) of ``log_grid`` (sorted)."""
-        return self.steps_at(self.encoder.encode(segments.reset_index(drop=True)), log_grid)
+        """The trees' step values of every segment at every float32 ln(bid) of ``log_grid``, by the
+        booster itself (``predict_many`` and ``curves`` are exactly ``predict``)."""
+        segments = segments.reset_index(drop=True)
+        rep = segments.loc[segments.index.repeat(len(log_grid))]
+        dm = _win_matrix(self.encoder, rep, np.tile(np.asarray(log_grid, dtype=np.float32), len(segments)))
+        return self.booster.predict(dm).reshape(len(segments), len(log_grid)).astype(np.float64)
 
     def steps_at(self, codes: np.ndarray, log_points: np.ndarray) -> np.ndarray:
         """The trees' step value of every encoded row at every float32 ln(bid) of ``log_points``
-        (sorted): ``rows x points``, what ``_raw`` gives for each pair, read from the trees' structure
+        (sorted): ``rows x points``, what ``_raw`` gives for each pair to within float32 rounding
+        (~2e-7: XGBoost adds the leaves in float32, this in float64), read from the trees' structure
         (``TreeEnsemble``) in one walk per row instead of one booster prediction per (row, point)."""
         if self._ensemble is None:
             self._ensemble = TreeEnsemble.from_booster(self.booster, column=len(self.encoder.features))
@@ -277,7 +284,8 @@ class WinRateModel:
 class CellCurves:
     """Cells' win curves read once from the trees: every cell's step value at every knot of the
     model (``WinRateModel.steps_at``), float32, so that the bid search prices a cell at any bid by
-    the interpolation and tails of ``WinRateModel.predict_encoded`` without a booster prediction.
+    the interpolation and tails of ``WinRateModel.predict_encoded`` without a booster prediction
+    (the same curve to within ~2e-7: a bid written with four decimals can differ by 0.0001).
     (At 1M logged bids with adjustment columns: 148k cells x ~250 knots, ~150 MB.) ``index``: which
     rows of ``steps`` these cells are (a subset shares its parent's table)."""
 
@@ -290,7 +298,11 @@ class CellCurves:
     def of(cls, model: WinRateModel, cells: pd.DataFrame) -> CellCurves:
         codes = model.encoder.encode(cells.reset_index(drop=True))
         k = model.knots()
-        steps = model.steps_at(codes, k).astype(np.float32) if len(k) >= 2 else None
+        if len(k) < 2:
+            return cls(model, codes, None, np.arange(len(codes)))
+        steps = np.empty((len(codes), len(k)), dtype=np.float32)
+        for start in range(0, len(codes), CURVE_CHUNK_CELLS):  # float64 only a chunk at a time
+            steps[start : start + CURVE_CHUNK_CELLS] = model.steps_at(codes[start : start + CURVE_CHUNK_CELLS], k)
         return cls(model, codes, steps, np.arange(len(codes)))
 
     def __len__(self) -> int:

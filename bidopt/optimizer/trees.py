@@ -20,6 +20,8 @@ The decisions are XGBoost's own (``src/predictor/predict_fn.h``, ``src/common/ca
   follows ``default_left``;
 * the margin is the sum of the leaves plus the base margin, ``logit(base_score)`` for
   ``binary:logistic``, the only objective the win model uses.
+
+XGBoost adds the leaves in float32, this in float64: the values agree to ~2e-7, not bit for bit.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ class TreeEnsemble:
         gbm = learner["gradient_booster"]
         if gbm.get("name", "gbtree") != "gbtree":
             raise ValueError(f"only gbtree boosters are read as step functions, not {gbm.get('name')}")
+        if not gbm["model"]["trees"]:
+            # XGBoost predicts a margin of base_score itself for a booster without trees, not its
+            # logit: refused rather than read differently (the win model trains at least 10 rounds)
+            raise ValueError("a booster without trees is not read as a step function")
         base = _base_score(learner["learner_model_param"]["base_score"])
         base_margin = float(np.log(base / (1.0 - base)))
         trees = []

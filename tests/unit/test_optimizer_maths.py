@@ -332,7 +332,8 @@ def test_market_price_anlp_is_the_mean_negative_log_mass_of_the_true_price():
 
 
 def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monkeypatch):
-    """The knots' step values come from the cells' curves in chunks of cells (``KNOT_CHUNK_CELLS``):
+    """The knots' step values come from the cells' curves (filled in chunks of ``CURVE_CHUNK_CELLS``)
+    in chunks of cells (``KNOT_CHUNK_CELLS``):
     a group split over chunks, groups in any order, and groups left out (closed) give the same bids,
     each reaching its own target on the booster's own predictions."""
     model, _ = _toy_model()
@@ -346,6 +347,7 @@ def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monk
     found = {}
     for chunk in (3, 7, 10_000):
         monkeypatch.setattr(B, "KNOT_CHUNK_CELLS", chunk)
+        monkeypatch.setattr(M, "CURVE_CHUNK_CELLS", chunk)  # the cells' curves filled in chunks too
         found[chunk] = B.Mixture(cells, group, n_groups).lowest_bids(model, grid, targets)
     bids, reached = found[10_000]
     assert reached.all()
@@ -359,6 +361,9 @@ def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monk
     searched = targets > 0
     assert rates[searched] == pytest.approx(targets[searched], abs=1e-6)
     assert (bids[~searched] == grid[0]).all()
+    wrong = M.CellCurves.of(model, cells.iloc[:10])  # curves of other cells are refused, not misread
+    with pytest.raises(ValueError, match="curves of 10 cells given for a mixture of 200"):
+        B.Mixture(cells, group, n_groups, curves=wrong).rate(model, bids)
 
 
 def test_a_crossing_in_the_tail_is_found_and_the_top_of_the_grid_stays_exact():

@@ -90,6 +90,8 @@ def test_a_booster_without_splits_on_the_column_is_flat_in_it():
 def test_what_it_cannot_read_is_refused():
     with pytest.raises(ValueError, match="only binary:logistic"):
         TreeEnsemble.from_booster(_booster(5, rounds=2, objective="reg:squarederror"), column=3)
+    with pytest.raises(ValueError, match="without trees"):  # XGBoost reads its base_score differently
+        TreeEnsemble.from_booster(_booster(5, rounds=0), column=3)
     ensemble = TreeEnsemble.from_booster(_booster(5, rounds=2), column=3)
     with pytest.raises(ValueError, match="sorted"):
         ensemble.margins(_cells(5, n=3), np.float32([1.0, 0.0]))
