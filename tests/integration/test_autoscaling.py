@@ -99,8 +99,9 @@ def test_bidder_scales_out_under_overload_and_back_without_5xx(platform_db, monk
     from bidopt.settings import reset_settings_cache
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    # the production drain (tests/conftest.py shortens it): scale-down is measured through it
-    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+    # a real drain (tests/conftest.py shortens it to 2 s): scale-down is measured through one that
+    # outlasts HAProxy taking the replica out, 10 s rather than the production 30 s (20 s of waiting)
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "10")
     for key, value in SERVE_MODE_ENV.items():
         monkeypatch.setenv(key, value)
     for key, value in {
@@ -128,7 +129,7 @@ def test_bidder_scales_out_under_overload_and_back_without_5xx(platform_db, monk
         now = details()
         return sum(1 for r in now["replicas"] if r["state"] == "RUNNING"), now["target_num_replicas"]
 
-    def all_gone_but_one() -> bool:  # a removed replica drains (STOPPING) for 30 s before it exits
+    def all_gone_but_one() -> bool:  # a removed replica drains (STOPPING) for 10 s before it exits
         return replicas() == (1, 1) and len(details()["replicas"]) == 1
 
     def signals() -> dict:

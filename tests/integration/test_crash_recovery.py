@@ -77,7 +77,7 @@ def test_heartbeats_keep_a_long_run_from_being_taken_over(platform, monkeypatch)
     reset_settings_cache()
     with session_scope(platform) as s:
         # ~10 s of training on 2 cores: still running after the 3 s below, or the assert says so
-        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 600}, triggered_by="t").run_id
+        run_id = q.create_run(s, "drugs_hcp", {"xgb_num_rounds": 2500}, triggered_by="t").run_id
     results = {}
     first = threading.Thread(target=lambda: results.setdefault("a", run_optimizer(once=True, use_ray=False)))
     first.start()
