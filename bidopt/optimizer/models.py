@@ -18,8 +18,6 @@ import xgboost as xgb
 
 from bidopt.optimizer.trees import TreeEnsemble
 
-# Cells whose float64 step values are held at once while their float32 CellCurves are filled.
-CURVE_CHUNK_CELLS = 16_384
 UNSEEN = -1.0  # code of a value the model never saw (XGBoost reads a negative category as invalid: left)
 OTHER = "(other)"  # catch-all category: values without one of their own are encoded as this, if present
 
@@ -273,11 +271,12 @@ class WinRateModel:
         """The trees' step value of every encoded row at every float32 ln(bid) of ``log_points``
         (sorted): ``rows x points``, what ``_raw`` gives for each pair to within float32 rounding
         (~2e-7: XGBoost adds the leaves in float32, this in float64), read from the trees' structure
-        (``TreeEnsemble``) in one walk per row instead of one booster prediction per (row, point)."""
+        (``TreeEnsemble``) in one walk per row instead of one booster prediction per (row, point).
+        float32, as ``CellCurves`` keeps them (the float64 sums are held a chunk of rows at a time)."""
         if self._ensemble is None:
             self._ensemble = TreeEnsemble.from_booster(self.booster, column=len(self.encoder.features))
         rows = np.column_stack([codes, np.zeros(len(codes), dtype=np.float32)]).astype(np.float32)
-        return self._ensemble.probabilities(rows, np.asarray(log_points, dtype=np.float32))
+        return self._ensemble.probabilities(rows, np.asarray(log_points, dtype=np.float32), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -300,10 +299,7 @@ class CellCurves:
         k = model.knots()
         if len(k) < 2:
             return cls(model, codes, None, np.arange(len(codes)))
-        steps = np.empty((len(codes), len(k)), dtype=np.float32)
-        for start in range(0, len(codes), CURVE_CHUNK_CELLS):  # float64 only a chunk at a time
-            steps[start : start + CURVE_CHUNK_CELLS] = model.steps_at(codes[start : start + CURVE_CHUNK_CELLS], k)
-        return cls(model, codes, steps, np.arange(len(codes)))
+        return cls(model, codes, model.steps_at(codes, k), np.arange(len(codes)))
 
     def __len__(self) -> int:
         return len(self.index)

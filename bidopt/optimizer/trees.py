@@ -33,7 +33,8 @@ import numpy as np
 import xgboost as xgb
 
 # Cells walked together: bounds the (cells x points) float64 work arrays (16,384 x 257 x 8 B = 34 MB)
-# while keeping numpy's per-call overhead small against the work of a call.
+# while keeping numpy's per-call overhead small against the work of a call; a float32 result of many
+# cells (CellCurves) is filled a chunk at a time.
 CHUNK_CELLS = 16_384
 MAX_CATEGORY = 2**24  # XGBoost's bound on a category code (a float32 holds integers exactly below it)
 
@@ -107,22 +108,27 @@ class TreeEnsemble:
             )
         return cls(trees, base_margin, column)
 
-    def margins(self, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
+    def margins(self, rows: np.ndarray, points: np.ndarray, dtype=np.float64) -> np.ndarray:
         """The raw margin of every row (float32 columns; ``column``'s own value is ignored) at every
-        value of ``points`` (sorted, float32) of the column: ``len(rows) x len(points)`` float64."""
+        value of ``points`` (sorted, float32) of the column: ``len(rows) x len(points)`` of ``dtype``
+        (summed in float64 a chunk of ``CHUNK_CELLS`` rows at a time whatever ``dtype`` is)."""
+        return self._by_chunks(rows, points, dtype, logistic=False)
+
+    def probabilities(self, rows: np.ndarray, points: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """``margins`` through the logistic function: what ``Booster.predict`` gives for the rows
+        with the column set to each point."""
+        return self._by_chunks(rows, points, dtype, logistic=True)
+
+    def _by_chunks(self, rows: np.ndarray, points: np.ndarray, dtype, *, logistic: bool) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.float32)
         points = np.asarray(points, dtype=np.float32)
         if len(points) > 1 and np.any(np.diff(points) < 0):
             raise ValueError("points must be sorted")
-        out = np.empty((len(rows), len(points)), dtype=np.float64)
+        out = np.empty((len(rows), len(points)), dtype=dtype)
         for start in range(0, len(rows), CHUNK_CELLS):
-            out[start : start + CHUNK_CELLS] = self._chunk(rows[start : start + CHUNK_CELLS], points)
+            margin = self._chunk(rows[start : start + CHUNK_CELLS], points)
+            out[start : start + CHUNK_CELLS] = 1.0 / (1.0 + np.exp(-margin)) if logistic else margin
         return out
-
-    def probabilities(self, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """``margins`` through the logistic function: what ``Booster.predict`` gives for the rows
-        with the column set to each point."""
-        return 1.0 / (1.0 + np.exp(-self.margins(rows, points)))
 
     def _chunk(self, rows: np.ndarray, points: np.ndarray) -> np.ndarray:
         n, k = len(rows), len(points)

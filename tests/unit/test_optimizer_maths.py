@@ -8,6 +8,7 @@ from bidopt.configs import parse_run_configs
 from bidopt.optimizer import bids as B
 from bidopt.optimizer import features as F
 from bidopt.optimizer import models as M
+from bidopt.optimizer import trees as T
 from bidopt.simulator import MarketSpec, oracle_bid, simulate_market
 from bidopt.warehouse import Window, open_warehouse
 
@@ -332,7 +333,7 @@ def test_market_price_anlp_is_the_mean_negative_log_mass_of_the_true_price():
 
 
 def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monkeypatch):
-    """The knots' step values come from the cells' curves (filled in chunks of ``CURVE_CHUNK_CELLS``)
+    """The knots' step values come from the cells' curves (filled in chunks of ``trees.CHUNK_CELLS``)
     in chunks of cells (``KNOT_CHUNK_CELLS``):
     a group split over chunks, groups in any order, and groups left out (closed) give the same bids,
     each reaching its own target on the booster's own predictions."""
@@ -347,7 +348,7 @@ def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monk
     found = {}
     for chunk in (3, 7, 10_000):
         monkeypatch.setattr(B, "KNOT_CHUNK_CELLS", chunk)
-        monkeypatch.setattr(M, "CURVE_CHUNK_CELLS", chunk)  # the cells' curves filled in chunks too
+        monkeypatch.setattr(T, "CHUNK_CELLS", chunk)  # the cells' curves filled in chunks too
         found[chunk] = B.Mixture(cells, group, n_groups).lowest_bids(model, grid, targets)
     bids, reached = found[10_000]
     assert reached.all()
