@@ -78,6 +78,29 @@ def _running_task_pid(run_id: str) -> int | None:
     return None
 
 
+def _training(pid: int) -> bool:
+    """Whether the task in worker ``pid`` has printed that it is training its win model: it is then
+    past its first lease check and has read its run's configs (which ``shorten_run`` relies on). A
+    task Ray shows as RUNNING may still be importing, before either."""
+    import glob
+
+    import ray
+
+    logs = ray._private.worker.global_worker.node.get_logs_dir_path()
+    for path in glob.glob(os.path.join(logs, f"worker-*-{pid}.*")):
+        with open(path, errors="replace") as f:
+            if "training the win-rate model" in f.read():
+                return True
+    return False
+
+
+def _training_task_pid(run_id: str) -> int:
+    """The PID of the worker of ``run_id``'s optimizer task, once that task is training."""
+    pid = _wait_for(lambda: _running_task_pid(run_id))
+    _wait_for(lambda: _training(pid))
+    return pid
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -97,7 +120,7 @@ def _in_background(**kwargs):
 def test_a_task_whose_worker_is_killed_is_requeued_and_completed_on_attempt_2(platform, local_ray):
     run_id = _create(platform, **LONG)
     thread, results = _in_background()
-    pid = _wait_for(lambda: _running_task_pid(run_id))
+    pid = _training_task_pid(run_id)
     shorten_run(platform, run_id)  # attempt 1 is training its 5000 rounds; attempt 2 need not
     os.kill(pid, signal.SIGKILL)
     thread.join(timeout=900)
@@ -131,7 +154,7 @@ def test_the_driver_cancels_a_task_whose_run_it_lost_and_records_nothing(platfor
     reset_settings_cache()
     run_id = _create(platform, **LONG)
     thread, results = _in_background()
-    pid = _wait_for(lambda: _running_task_pid(run_id))
+    pid = _training_task_pid(run_id)  # past the task's own first lease check: the driver must notice
     with session_scope(platform) as s:  # the driver was out of touch past the limit; B took the run
         assert q.requeue_stale_runs(
             s, heartbeat_timeout=timedelta(seconds=1), max_attempts=3, now=utcnow() + timedelta(hours=1)
