@@ -17,8 +17,8 @@ The logging policy (the bids in the logs) is a noisy guess of each request's
 market price, ``ln b = mu + bias(geo) + N(0, 0.45)``, so bids vary within every
 segment and a win curve can be learnt. First-price auctions charge the bid;
 second-price auctions charge ``max(market, floor)``. With ``floor_available``
-three requests in four carry a floor, and the policy lifts some bids below
-the floor up to it.
+three requests in four carry a floor, and the policy lifts a share of its bids
+below the floor to just over it (``floor_lift_share``, 60%).
 
 ``sample_requests`` draws fresh requests of the same market (cells, floors, truth, users)
 without bids or outcomes, for the exchange simulator (``bidopt.exchange``) to send to a bidder.
@@ -112,6 +112,10 @@ class MarketSpec:
     n_domains: int = 2000
     base_cpm: float = 2.0
     chunk_rows: int = 2_000_000
+    # the share of the policy's bids below a floor that it raises to just over the floor (as DSPs do);
+    # 0 leaves every bid where the policy drew it. The draws are the same whatever the share, so two
+    # markets that differ only in it differ only in the lifted bids (and what they won).
+    floor_lift_share: float = 0.6
 
     def __post_init__(self) -> None:
         if self.rows < 1:
@@ -122,6 +126,8 @@ class MarketSpec:
             raise InvalidConfig(f"auction_type must be one of {', '.join(AUCTION_TYPES)}")
         if self.n_domains < 1 or self.base_cpm <= 0 or self.chunk_rows < 1:
             raise InvalidConfig("n_domains, base_cpm and chunk_rows must be positive")
+        if not 0.0 <= self.floor_lift_share <= 1.0:
+            raise InvalidConfig(f"floor_lift_share must be within [0, 1], got {self.floor_lift_share}")
 
     @property
     def start_time(self) -> datetime:
@@ -263,7 +269,7 @@ def _chunk(
 
     bid = np.exp(mu + m.geo_policy_bias[cells.geo] + 0.45 * rng.standard_normal(n))
     below_floor = ~np.isnan(floor) & (bid < floor)
-    lift = below_floor & (rng.random(n) < 0.6)
+    lift = below_floor & (rng.random(n) < spec.floor_lift_share)
     bid[lift] = floor[lift] * 1.01
     bid = np.round(np.clip(bid, 0.05, 200.0), 4)
 

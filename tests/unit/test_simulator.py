@@ -1,5 +1,7 @@
 """The market simulator: reproducible, realistic in the ways the optimizer relies on, truthful."""
 
+import dataclasses
+
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -81,7 +83,35 @@ def test_oracle_bid_reaches_the_target(first_price):
     assert oracle_bid(0.5, [0.0], [0.5], floor=[1e6]) == float("inf")  # a floor above any bid
 
 
-@pytest.mark.parametrize("kwargs", [{"rows": 0}, {"days": 0}, {"auction_type": "dutch"}, {"n_domains": 0}])
+def test_the_policy_lifts_the_given_share_of_bids_below_a_floor_and_nothing_else_changes():
+    def market(share):
+        spec = MarketSpec("auto", rows=20_000, seed=12, auction_type="second_price", floor_available=True)
+        return simulate_market(dataclasses.replace(spec, floor_lift_share=share)).to_pandas()
+
+    lifted, none = market(0.6), market(0.0)
+    floored = none.floor_cpm.notna()
+    below = floored & (none.bid_cpm < none.floor_cpm)
+    moved = lifted.bid_cpm != none.bid_cpm
+    assert below.mean() > 0.1 and not (moved & ~below).any()  # only bids below a floor are lifted
+    assert moved[below].mean() == pytest.approx(0.6, abs=0.03)
+    assert np.allclose(lifted.bid_cpm[moved], np.round(none.floor_cpm[moved] * 1.01, 4))
+    assert (lifted.truth_mu == none.truth_mu).all() and (lifted.floor_cpm.fillna(-1) == none.floor_cpm.fillna(-1)).all()
+    assert not none[below].won.any()  # a bid left below its floor never wins
+    everything = market(1.0)
+    assert not (everything.floor_cpm.notna() & (everything.bid_cpm < everything.floor_cpm)).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rows": 0},
+        {"days": 0},
+        {"auction_type": "dutch"},
+        {"n_domains": 0},
+        {"floor_lift_share": 1.5},
+        {"floor_lift_share": float("nan")},
+    ],
+)
 def test_bad_specs(kwargs):
     with pytest.raises(InvalidConfig):
         MarketSpec("e", **kwargs)
