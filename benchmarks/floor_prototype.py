@@ -11,8 +11,8 @@ target"). The fix it calls for, measured here before it is built into the optimi
   target, by bisection, over ``--requests`` of them (the floors do not depend on the policy).
 
 Both are scored like ``benchmarks/quality.py`` scores the optimizer: per held-out segment of the
-optimizer's own run, the true win rate at the bid (the simulator's truth, floors included) against the
-target, traffic-weighted.
+optimizer's own run that both priced, the true win rate at the bid (the simulator's truth, floors
+included) against the target, traffic-weighted, on the requests after both runs' holdout starts.
 
     python benchmarks/floor_prototype.py [--rows 1000000] [--target 0.3] [--requests 200]
 """
@@ -104,7 +104,9 @@ def main() -> None:
     df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
     features = [c.name for c in base.features]  # both scored on the optimizer's own segments
     df["key"] = df[features].astype(str).agg("|".join, axis=1)
-    train, test = df[df.event_time < base.holdout_from], df[df.event_time >= base.holdout_from]
+    # the two runs place their holdout at their own time quantile: the later one is held out for both
+    holdout_from = max(base.holdout_from, fixed.holdout_from)
+    train, test = df[df.event_time < holdout_from], df[df.event_time >= holdout_from]
     t0 = time.perf_counter()
     prototype = {
         key: floor_aware_bid(fixed.model, seg.sample(min(len(seg), args.requests), random_state=0), args.target)
@@ -112,10 +114,9 @@ def main() -> None:
     }
     print(f"segments {'+'.join(features)}; floor-aware bid search {time.perf_counter() - t0:.0f} s")
     print(f"  {'':28s} {'|true WR - target|':>18s} {'signed':>8s} {'within 0.05':>11s} {'segments':>8s}")
-    for name, bids in (
-        ("optimizer", base.bids.set_index("segment_key")["bid_cpm"]),
-        ("floor-aware prototype", pd.Series(prototype)),
-    ):
+    optimizer, prototype = base.bids.set_index("segment_key")["bid_cpm"], pd.Series(prototype)
+    both = optimizer.index.intersection(prototype.index)  # scored on the same segments
+    for name, bids in (("optimizer", optimizer[both]), ("floor-aware prototype", prototype[both])):
         s = score(test, bids, args.target)
         print(f"  {name:28s} {s['gap']:>18.4f} {s['signed']:>+8.4f} {s['within']:>11.1%} {s['segments']:>8d}")
 

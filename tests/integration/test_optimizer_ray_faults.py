@@ -78,18 +78,20 @@ def _running_task_pid(run_id: str) -> int | None:
     return None
 
 
-def _training(pid: int) -> bool:
-    """Whether the task in worker ``pid`` has printed that it is training its win model: it is then
-    past its first lease check and has read its run's configs (which ``shorten_run`` relies on). A
-    task Ray shows as RUNNING may still be importing, before either."""
+def _training(run_id: str, pid: int) -> bool:
+    """Whether the task in worker ``pid`` has printed that it is training ``run_id``'s win model (its
+    progress lines go to the worker's stdout, a file of the session's logs): it is then past its
+    first lease check and has read its run's configs (which ``shorten_run`` relies on). A task Ray
+    shows as RUNNING may still be importing, before either."""
     import glob
 
     import ray
 
-    logs = ray._private.worker.global_worker.node.get_logs_dir_path()
-    for path in glob.glob(os.path.join(logs, f"worker-*-{pid}.*")):
+    node = ray._private.worker.global_worker.node
+    assert node.should_redirect_logs(), "worker output is not written to log files (RAY_LOG_TO_STDERR?)"
+    for path in glob.glob(os.path.join(node.get_logs_dir_path(), f"worker-*-{pid}.*")):
         with open(path, errors="replace") as f:
-            if "training the win-rate model" in f.read():
+            if f"{run_id}: training the win-rate model" in f.read():
                 return True
     return False
 
@@ -97,7 +99,7 @@ def _training(pid: int) -> bool:
 def _training_task_pid(run_id: str) -> int:
     """The PID of the worker of ``run_id``'s optimizer task, once that task is training."""
     pid = _wait_for(lambda: _running_task_pid(run_id))
-    _wait_for(lambda: _training(pid))
+    _wait_for(lambda: _training(run_id, pid))
     return pid
 
 
