@@ -447,7 +447,14 @@ class Heartbeat:
                 log.warning(_first_line(f"heartbeat failed: {exc}"))
                 continue
             for lease in refused:
-                log.warning("run %s: attempt %s is no longer this worker's; stopping it", lease.run_id, lease.attempt)
+                # also the benign race of a task that completed its run just before this beat, before
+                # the main loop collected its answer (which then counts: finish or _outcome_from_db)
+                log.warning(
+                    "run %s: attempt %s is no longer this worker's (completed just now, or taken over); "
+                    "stopping it if it still runs",
+                    lease.run_id,
+                    lease.attempt,
+                )
                 held[lease].set()
 
 
