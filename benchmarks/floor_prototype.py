@@ -26,12 +26,11 @@ import time
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-from quality import MACROS, QUALITY, THRESHOLDS
+from quality import model_rows, run_spec, segment_keys
 
-from bidopt.optimizer.pipeline import RunSpec, optimize
+from bidopt.optimizer.pipeline import optimize
 from bidopt.simulator import MarketSpec, simulate_market, true_win_probability
 from bidopt.warehouse import open_warehouse
-from bidopt.warehouse.contract import floor_bucket_label
 
 STATIC = {"floor_available": True, "npi_enabled": False, "domain_enabled": False}
 
@@ -40,10 +39,7 @@ def run_optimizer(spec: MarketSpec, table, target: float):
     with tempfile.TemporaryDirectory() as tmp:
         wh = open_warehouse(f"duckdb:///{tmp}")
         wh.load_bid_logs(table)
-        configs = {"target_win_rate": target, "max_bid_cpm": 50.0, "exploration_mode": "none"} | QUALITY
-        result = optimize(
-            wh, RunSpec("bench", spec.entity_code, "geo_region_name", MACROS, STATIC, configs, THRESHOLDS)
-        )
+        result = optimize(wh, run_spec(spec.entity_code, STATIC, target))
         wh.close()
     return result
 
@@ -97,13 +93,9 @@ def main() -> None:
     fixed = run_optimizer(spec, table.filter(cleared), args.target)  # the market part, from cleared bids only
     print(f"market B, {args.rows:,} bids, target {args.target}: two runs in {time.perf_counter() - t0:.0f} s")
 
-    df = table.to_pandas()
-    for col in ("geo_region_name", "os_code", "browser_code", "device_type", "domain"):
-        df[col] = df[col].astype(str)
-    df["npi_matched"] = np.where(df.npi_matched, "true", "false")
-    df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
+    df = model_rows(table)
     features = [c.name for c in base.features]  # both scored on the optimizer's own segments
-    df["key"] = df[features].astype(str).agg("|".join, axis=1)
+    df["key"] = segment_keys(df, features)
     # the two runs place their holdout at their own time quantile: the later one is held out for both
     holdout_from = max(base.holdout_from, fixed.holdout_from)
     train, test = df[df.event_time < holdout_from], df[df.event_time >= holdout_from]

@@ -77,16 +77,33 @@ def empirical_bid(rows: pd.DataFrame, target: float, max_bid: float) -> float:
     return float(by.bid_sum.iloc[hit[0]] / by.bids.iloc[hit[0]]) if len(hit) else max_bid
 
 
-def _held_out_rows(table, result) -> pd.DataFrame:
-    """The simulator's raw rows of the run's held-out slice, with the columns its model reads."""
+def model_rows(table) -> pd.DataFrame:
+    """The simulator's raw rows with the columns a model reads, valued as the warehouse's aggregates
+    value them (strings, ``npi_matched`` as true/false, ``floor_bucket`` from ``floor_cpm``)."""
     df = table.to_pandas()
     for col in ("geo_region_name", "os_code", "browser_code", "device_type", "domain"):
         df[col] = df[col].astype(str)
     df["npi_matched"] = np.where(df.npi_matched, "true", "false")
     df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
+    return df
+
+
+def segment_keys(rows: pd.DataFrame, features: list[str]) -> pd.Series:
+    """Each row's segment key over ``features`` (the bid table's ``segment_key``)."""
+    return rows[features].astype(str).agg("|".join, axis=1)
+
+
+def run_spec(entity_code: str, static: dict, target: float) -> RunSpec:
+    """The run the benchmark scores: exploration off, the ``QUALITY`` configs."""
+    configs = {"target_win_rate": target, "max_bid_cpm": 50.0, "exploration_mode": "none"} | QUALITY
+    return RunSpec("bench", entity_code, "geo_region_name", MACROS, static, configs, THRESHOLDS)
+
+
+def _held_out_rows(table, result) -> pd.DataFrame:
+    """The simulator's raw rows of the run's held-out slice, with the columns its model reads."""
+    df = model_rows(table)
     test = df[df.event_time >= result.holdout_from].copy()
-    features = [c.name for c in result.features]
-    test["key"] = test[features].astype(str).agg("|".join, axis=1)
+    test["key"] = segment_keys(test, [c.name for c in result.features])
     return test
 
 
@@ -144,10 +161,8 @@ def evaluate_market(name: str, spec: MarketSpec, targets: list[float], static: d
         wh = open_warehouse(f"duckdb:///{tmp}")
         wh.load_bid_logs(table)
         for i, target in enumerate(targets):
-            configs = {"target_win_rate": target, "max_bid_cpm": 50.0, "exploration_mode": "none"} | QUALITY
-            run = RunSpec("bench", spec.entity_code, "geo_region_name", MACROS, static, configs, THRESHOLDS)
             t0 = time.perf_counter()
-            result = optimize(wh, run)
+            result = optimize(wh, run_spec(spec.entity_code, static, target))
             seconds = time.perf_counter() - t0
             features = [c.name for c in result.features]
             train = wh.aggregate_bids(
@@ -218,13 +233,12 @@ def print_floor_bands(test: pd.DataFrame, result, target: float) -> None:
     )
     part["pred"] = result.model.predict(part[result.model.encoder.features], b)
     part["blocked"] = part.floor_cpm.notna() & (part.floor_cpm.to_numpy() > b)
-    bands = [floor_bucket_label(None if np.isnan(f) else f) for f in part.floor_cpm]
     print(
         f"at target {target}, per floor band of the held-out requests: predicted - true "
         f"{part.pred.mean() - part.true.mean():+.4f} overall"
     )
     print(f"  {'floor band':>10s} {'traffic':>8s} {'floor above bid':>15s} {'true':>7s} {'predicted':>9s}")
-    groups = part.groupby(pd.Series(bands, index=part.index), sort=False)
+    groups = part.groupby("floor_bucket", sort=False)
     for band, rows in sorted(groups, key=lambda g: np.nan_to_num(g[1].floor_cpm.median(), nan=-1.0)):
         if len(rows) >= 0.005 * len(part):  # from no floor up to the highest band
             print(
