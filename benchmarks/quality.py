@@ -203,7 +203,9 @@ def print_model_quality(test: pd.DataFrame, result, seconds: float) -> None:
     true_p = true_win_probability(
         test.bid_cpm.to_numpy(), test.truth_mu.to_numpy(), test.truth_sigma.to_numpy(), test.floor_cpm.to_numpy()
     )
-    model_p = result.model.predict(test[result.model.encoder.features], test.bid_cpm.to_numpy())
+    model_p = result.model.predict_at_floors(
+        test[result.model.encoder.features], test.bid_cpm.to_numpy(), test.floor_cpm.to_numpy(float)
+    )
     won, ones = test.won.to_numpy(int), np.ones(len(test))
     scores = ", ".join(f"{s['feature']} {s['signal_score']:.2f}" for s in result.feature_scores)
     print(
@@ -231,7 +233,9 @@ def print_floor_bands(test: pd.DataFrame, result, target: float) -> None:
     part["true"] = true_win_probability(
         b, part.truth_mu.to_numpy(), part.truth_sigma.to_numpy(), part.floor_cpm.to_numpy()
     )
-    part["pred"] = result.model.predict(part[result.model.encoder.features], b)
+    part["pred"] = result.model.predict_at_floors(
+        part[result.model.encoder.features], b, part.floor_cpm.to_numpy(float)
+    )
     part["blocked"] = part.floor_cpm.notna() & (part.floor_cpm.to_numpy() > b)
     print(
         f"at target {target}, per floor band of the held-out requests: predicted - true "
@@ -332,9 +336,12 @@ def evaluate_ipinyou(target: float) -> dict | None:
         df["floor_bucket"] = [floor_bucket_label(None if np.isnan(f) else f) for f in df.floor_cpm]
     df["domain"] = df["domain"].fillna("unknown")
     rows = df[result.model.encoder.features]
-    model_auc = weighted_auc(result.model.predict(rows, df.bid_cpm.to_numpy()), won, ones)
+    floors = df.floor_cpm.to_numpy(float)  # a floor-cleared model's P(win) is 0 under the floor
+    model_auc = weighted_auc(result.model.predict_at_floors(rows, df.bid_cpm.to_numpy(), floors), won, ones)
     # market prices in the data's integer units (fen per CPM; the table holds CNY per CPM)
-    anlp, floored = market_price_anlp(result.model, rows, np.round(df.truth_market_cpm.to_numpy() * 100), 0.01)
+    anlp, floored = market_price_anlp(
+        result.model, rows, np.round(df.truth_market_cpm.to_numpy() * 100), 0.01, floors=floors
+    )
     print(f"features {'+'.join(features)}; test rows {len(df):,}, test win rate {won.mean():.3f}")
     print(f"  {'':28s} {'win AUC (C-index at the bid)':>28s} {'ANLP':>7s}")
     print(

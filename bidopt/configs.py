@@ -242,6 +242,14 @@ RUN_CONFIG_SPECS: dict[str, ConfigSpec] = {
             "The win model also adjusts for the candidate features not chosen as segments (less bias at "
             "low and high targets, about twice the run time)",
         ),
+        _spec(
+            "floor_aware_win_model",
+            "bool",
+            "technical",
+            True,
+            "With floors (floor_available): the win model learns from the bids that cleared their floor, "
+            "and each bid is priced with the share of requests whose floor it clears",
+        ),
     ]
 }
 

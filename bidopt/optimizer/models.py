@@ -53,20 +53,36 @@ def expected_calibration_error(
     return float(np.abs(wp[nz] - wy[nz]).sum() / total)
 
 
+def clears_floor(bids, floors) -> np.ndarray:
+    """Whether each bid clears its floor (NaN or a floor of 0 or less: none, cleared)."""
+    bids, floors = np.asarray(bids, dtype=float), np.asarray(floors, dtype=float)
+    return np.isnan(floors) | (floors <= 0) | (bids >= floors)
+
+
 PRICE_MASS_FLOOR = 1e-10  # the least probability ANLP gives a price, so that one zero is not infinite
 
 
 def market_price_anlp(
-    model: WinRateModel, rows: pd.DataFrame, price_units: np.ndarray, unit_cpm: float
+    model: WinRateModel,
+    rows: pd.DataFrame,
+    price_units: np.ndarray,
+    unit_cpm: float,
+    floors: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """ANLP as DLF and DRSA define it: minus the mean log probability of each row's true market
     price ``z`` (an integer number of price units of ``unit_cpm`` each), with
     ``P(z) = F(z + 1) - F(z)`` and ``F(b) = P(win | row, bid b)`` the win model's curve
     (``F(0) = 0``: no bid of 0 wins). Returns ANLP and the share of rows whose ``P(z)`` was under
-    ``PRICE_MASS_FLOOR`` and counted at it."""
+    ``PRICE_MASS_FLOOR`` and counted at it. ``floors``: each row's floor (CPM, NaN: none), with which
+    a floor-cleared model's ``F`` is ``predict_at_floors`` (no price under the floor wins)."""
     z = np.floor(np.asarray(price_units, dtype=float) + 1e-9)
-    hi = model.predict(rows, (z + 1) * unit_cpm)
-    lo = np.where(z > 0, model.predict(rows, np.maximum(z, 1) * unit_cpm), 0.0)
+    fl = np.full(len(z), np.nan) if floors is None else np.asarray(floors, dtype=float)
+
+    def curve(bids: np.ndarray) -> np.ndarray:
+        return model.predict_at_floors(rows, bids, fl) if model.floor_cleared else model.predict(rows, bids)
+
+    hi = curve((z + 1) * unit_cpm)
+    lo = np.where(z > 0, curve(np.maximum(z, 1) * unit_cpm), 0.0)
     p = hi - lo
     return float(-np.log(np.maximum(p, PRICE_MASS_FLOOR)).mean()), float((p < PRICE_MASS_FLOOR).mean())
 
@@ -143,11 +159,22 @@ class WinRateModel:
 
     booster: xgb.Booster
     encoder: CategoryEncoder
+    # trained on the bids that cleared their floor only (``bidopt.optimizer.floors``): ``predict`` is
+    # then P(win | the bid clears the request's floor), and ``predict_at_floors`` P(win)
+    floor_cleared: bool = False
     _knots: np.ndarray | None = field(default=None, repr=False)
     _ensemble: TreeEnsemble | None = field(default=None, repr=False)
 
     def predict(self, df: pd.DataFrame, bids: np.ndarray) -> np.ndarray:
         return self.predict_encoded(self.encoder.encode(df), bids)
+
+    def predict_at_floors(self, df: pd.DataFrame, bids: np.ndarray, floors: np.ndarray) -> np.ndarray:
+        """P(win) of requests whose floors are known (NaN: none): a floor-cleared model's curve times
+        1{bid >= floor}; any other model's curve as it is (its data already lost below the floors)."""
+        p = self.predict_many(df, bids)
+        if not self.floor_cleared:
+            return p
+        return np.where(clears_floor(bids, floors), p, 0.0)
 
     def _raw(self, codes: np.ndarray, log_bids: np.ndarray) -> np.ndarray:
         """The trees' step value at ``log_bids`` (float32 ln(bid), as the trees compare them)."""
@@ -360,23 +387,39 @@ def _params(cfg: dict, monotone: str | None) -> dict:
     return params
 
 
-def train_win_model(train: pd.DataFrame, features: Sequence[str], cfg: dict) -> WinRateModel:
-    """XGBoost on the aggregated training rows, monotone-increasing in log(bid)."""
+def train_win_model(
+    train: pd.DataFrame, features: Sequence[str], cfg: dict, *, floor_cleared: bool = False
+) -> WinRateModel:
+    """XGBoost on the aggregated training rows, monotone-increasing in log(bid). ``floor_cleared``:
+    on the bids that cleared their floor only (``cleared_bids`` at ``cleared_bid_sum``), so that the
+    model is P(win | the bid clears the floor) (``bidopt.optimizer.floors``)."""
     encoder = CategoryEncoder.fit(train, features)
+    if floor_cleared:
+        train = train.assign(bids=train["cleared_bids"], bid_sum=train["cleared_bid_sum"])
     rows, labels, weights = expand_binary(train, "wins", "bids")
     dtrain = _win_matrix(encoder, rows, _log_bid(mean_bid(rows)))
     dtrain.set_label(labels)
     dtrain.set_weight(weights)
     monotone = "(" + ",".join(["0"] * len(features) + ["1"]) + ")"
     booster = xgb.train(_params(cfg, monotone), dtrain, num_boost_round=cfg["xgb_num_rounds"])
-    return WinRateModel(booster, encoder)
+    return WinRateModel(booster, encoder, floor_cleared=floor_cleared)
 
 
 def evaluate_win_model(model: WinRateModel, test: pd.DataFrame) -> dict[str, float | None]:
+    """AUC, ECE and win rates on the held-out aggregates, at each bucket's mean bid. A floor-cleared
+    model is asked about the bids that cleared their floor (``cleared_bids``, at their own mean bid);
+    the rest, which the floor blocked, count as losses it predicts at 0: the figures are P(win)'s."""
+    cleared = model.floor_cleared and "cleared_bids" in test
+    if cleared:
+        blocked = (test["bids"] - test["cleared_bids"]).to_numpy(float)
+        test = test.assign(bids=test["cleared_bids"], bid_sum=test["cleared_bid_sum"])
     rows, labels, weights = expand_binary(test, "wins", "bids")
-    if len(rows) == 0:
+    if len(rows) == 0 and not (cleared and blocked.sum() > 0):
         return {"auc": None, "ece": None, "holdout_bids": 0.0, "holdout_win_rate": None}
-    probs = model.predict_many(rows, mean_bid(rows))
+    probs = model.predict_many(rows, mean_bid(rows)) if len(rows) else np.empty(0)
+    if cleared and blocked.sum() > 0:
+        probs = np.r_[probs, np.zeros(int((blocked > 0).sum()))]
+        labels, weights = np.r_[labels, np.zeros(len(probs) - len(labels))], np.r_[weights, blocked[blocked > 0]]
     return {
         "auc": weighted_auc(probs, labels, weights),
         "ece": expected_calibration_error(probs, labels, weights),

@@ -24,6 +24,7 @@ from bidopt.configs import parse_run_configs
 from bidopt.errors import InvalidConfig
 from bidopt.optimizer import bids as B
 from bidopt.optimizer import features as F
+from bidopt.optimizer import floors as FL
 from bidopt.optimizer import models as M
 from bidopt.warehouse import BidLogWarehouse, Window
 from bidopt.warehouse.contract import FEATURE_COLUMNS, segment_key
@@ -254,16 +255,20 @@ def optimize(
         adjust = adjustment_columns(agg.loc[~agg["is_holdout"]], features, unchosen, scores)
         model_columns = [*features, *adjust, "domain"]
         agg = agg.groupby([*model_columns, "is_holdout", "bid_bucket"], as_index=False, observed=True)[
-            ["bids", "wins", "clicks", "spend_cpm", "bid_sum"]
+            ["bids", "wins", "clicks", "spend_cpm", "bid_sum", "cleared_bids", "cleared_bid_sum"]
         ].sum()
         train, test = agg[~agg["is_holdout"]], agg[agg["is_holdout"]]
         if train.empty:
             raise InvalidConfig("no training rows before the holdout slice: lower holdout_fraction")
+        # With floors, the market is learnt from the bids that cleared them and each cell's curve is
+        # multiplied by the share of its requests whose floor the bid clears (bidopt.optimizer.floors)
+        floor_aware = bool(spec.static.get("floor_available")) and cfg["floor_aware_win_model"]
         progress(
             f"training the win-rate model on {'+'.join(features)} x bid, adjusted for "
             f"{''.join(c + ', ' for c in adjust)}{len(keep)} domains"
+            + (", on the bids that cleared their floor" if floor_aware else "")
         )
-        win = M.train_win_model(train, model_columns, cfg)
+        win = M.train_win_model(train, model_columns, cfg, floor_cleared=floor_aware)
         win_metrics = M.evaluate_win_model(win, test)
 
         progress("training the CTR model")
@@ -283,6 +288,23 @@ def optimize(
                 floors = warehouse.typical_floors(spec.entity_code, window, features).to_pandas()
         # every cell's curve read from the trees once, for the bids, the plots and the multipliers
         cell_curves = M.CellCurves.of(win, cells)
+        if floor_aware:
+            with clock("read"):
+                histogram = warehouse.floor_histogram(
+                    spec.entity_code,
+                    Window(window.start, holdout_from),
+                    model_columns,
+                    lowest_cpm=cfg["min_bid_cpm"],
+                    bin_width=FL.FloorBins(cfg["min_bid_cpm"], cfg["max_bid_cpm"]).width,
+                ).to_pandas()
+            FL.apply_clearing_shares(
+                cell_curves,
+                histogram,
+                cells,
+                model_columns,
+                FL.FloorBins(cfg["min_bid_cpm"], cfg["max_bid_cpm"]),
+                domain_keep=keep,
+            )
         bid_table, model_bids = B.suggest_bids(win, cells, features, policy, floors, curves=cell_curves)
         curves = B.top_segment_curves(win, cells, features, policy, curves=cell_curves)
 
@@ -310,6 +332,7 @@ def optimize(
                 "features": float(len(features)),
                 "adjusted_features": float(len(adjust)),
                 "adjusted_domains": float(len(keep)),
+                "floor_aware": float(floor_aware),
             },
             "ctr_model": ctr_metrics,
             "bid_landscape": landscape,

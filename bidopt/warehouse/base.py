@@ -8,6 +8,7 @@ contract); every value (entity, time window, bucket width) is a bound parameter.
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -30,8 +31,12 @@ from bidopt.warehouse.contract import (
 
 ENTITY_CODE_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
-# Columns of every aggregate, after the group-by columns.
-AGGREGATE_COLUMNS = ("bid_bucket", "bids", "wins", "clicks", "spend_cpm", "bid_sum")
+# Columns of every aggregate, after the group-by columns. ``cleared_bids`` / ``cleared_bid_sum``: the
+# bids that cleared their floor (no floor, a bid at or above it, or a win, which cleared it whatever the
+# logged floor says), which a floor-aware win model learns the market from (``bidopt.optimizer.floors``).
+AGGREGATE_COLUMNS = ("bid_bucket", "bids", "wins", "clicks", "spend_cpm", "bid_sum", "cleared_bids", "cleared_bid_sum")
+FLOAT_AGGREGATES = ("spend_cpm", "bid_sum", "cleared_bid_sum")
+CLEARED_SQL = "(won OR floor_cpm IS NULL OR bid_cpm >= floor_cpm)"
 
 
 def check_entity_code(entity_code: str) -> str:
@@ -78,7 +83,9 @@ def aggregate_sql(source: str, group_by: Sequence[str], *, holdout: bool) -> str
         "  SUM(CASE WHEN won THEN 1 ELSE 0 END) AS wins,\n"
         "  SUM(CASE WHEN won AND clicked THEN 1 ELSE 0 END) AS clicks,\n"
         "  SUM(CASE WHEN won THEN COALESCE(clearing_price_cpm, 0) ELSE 0 END) AS spend_cpm,\n"
-        "  SUM(bid_cpm) AS bid_sum\n"
+        "  SUM(bid_cpm) AS bid_sum,\n"
+        f"  SUM(CASE WHEN {CLEARED_SQL} THEN 1 ELSE 0 END) AS cleared_bids,\n"
+        f"  SUM(CASE WHEN {CLEARED_SQL} THEN bid_cpm ELSE 0 END) AS cleared_bid_sum\n"
         f"FROM {source}\n"
         "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)\n"
         "GROUP BY " + ", ".join(str(i) for i in range(1, n_keys + 1))
@@ -93,6 +100,23 @@ def floor_sql(source: str, group_by: Sequence[str]) -> str:
     return (
         f"SELECT {select} FROM {source} "
         "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)" + group
+    )
+
+
+def floor_histogram_sql(source: str, group_by: Sequence[str]) -> str:
+    """Per (group_by..., floor bin): how many rows. The bin of a floor is
+    ``floor(ln(floor_cpm / lowest) / width)`` (NULL: no floor, or one of 0 or less, which every bid
+    clears). Parameters: lowest, width, entity_code, start, end."""
+    exprs = [f"{group_expression(g)} AS {g}" for g in group_by]
+    exprs.append(
+        "CASE WHEN floor_cpm IS NULL OR floor_cpm <= 0 THEN NULL "
+        "ELSE CAST(FLOOR(LN(floor_cpm / CAST(? AS DOUBLE)) / CAST(? AS DOUBLE)) AS BIGINT) END AS floor_bin"
+    )
+    return (
+        "SELECT " + ", ".join(exprs) + ", COUNT(*) AS n\n"
+        f"FROM {source}\n"
+        "WHERE entity_code = ? AND event_time >= CAST(? AS TIMESTAMP) AND event_time < CAST(? AS TIMESTAMP)\n"
+        "GROUP BY " + ", ".join(str(i) for i in range(1, len(exprs) + 1))
     )
 
 
@@ -169,7 +193,7 @@ def tidy_aggregate(table: pa.Table, group_by: Sequence[str], *, holdout: bool) -
         cols.append(pc.cast(table.column("is_holdout"), pa.bool_()))
         fields.append(pa.field("is_holdout", pa.bool_()))
     for name in AGGREGATE_COLUMNS:
-        typ = pa.float64() if name in ("spend_cpm", "bid_sum") else pa.int64()
+        typ = pa.float64() if name in FLOAT_AGGREGATES else pa.int64()
         cols.append(pc.cast(table.column(name), typ))
         fields.append(pa.field(name, typ))
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))
@@ -289,6 +313,34 @@ class BidLogWarehouse(ABC):
         table = self._query(rows_sql(source, columns), [entity_code, window.start, window.end])
         return iter(tidy_rows(table, columns).to_batches(max_chunksize=batch_rows))
 
+    def floor_histogram(
+        self, entity_code: str, window: Window, group_by: Sequence[str], *, lowest_cpm: float, bin_width: float
+    ) -> pa.Table:
+        """Rows per (group_by..., ``floor_bin``) inside ``window``: ``floor_bin`` is
+        ``floor(ln(floor_cpm / lowest_cpm) / bin_width)`` (int64, null where the row had no floor), ``n``
+        the rows. The floors a cell's requests carry, which do not depend on what was bid: how a
+        floor-aware win model turns P(win | cleared) into P(win) (``bidopt.optimizer.floors``)."""
+        if not (lowest_cpm > 0 and bin_width > 0) or not all(map(math.isfinite, (lowest_cpm, bin_width))):
+            raise InvalidConfig(f"floor bins need lowest_cpm > 0 and bin_width > 0, got {lowest_cpm}, {bin_width}")
+        if len(set(group_by)) != len(group_by):
+            raise InvalidConfig(f"feature named twice in {list(group_by)}")
+        source = self._source(check_entity_code(entity_code))
+        names = [*group_by, "floor_bin", "n"]
+        empty = pa.table(
+            {g: pa.array([], pa.string()) for g in group_by}
+            | {"floor_bin": pa.array([], pa.int64()), "n": pa.array([], pa.int64())}
+        )
+        if source is None:
+            return empty
+        params = [float(lowest_cpm), float(bin_width), entity_code, window.start, window.end]
+        table = self._query(floor_histogram_sql(source, group_by), params)
+        if table.num_rows == 0:
+            return empty
+        table = table.rename_columns([c.lower() for c in table.column_names]).select(names)
+        cols = [pc.fill_null(pc.utf8_lower(_as_string(table[g])), UNKNOWN) for g in group_by]
+        cols += [table["floor_bin"].cast(pa.int64()), table["n"].cast(pa.int64())]
+        return pa.Table.from_arrays(cols, names=names)
+
     def typical_floors(self, entity_code: str, window: Window, group_by: Sequence[str]) -> pa.Table:
         """Median floor (null where no bid had a floor) and floor count per group."""
         source = self._source(check_entity_code(entity_code))
@@ -303,6 +355,13 @@ class BidLogWarehouse(ABC):
         cols = [pc.fill_null(pc.utf8_lower(table[g].cast(pa.string())), UNKNOWN) for g in group_by]
         cols += [table["typical_floor"].cast(pa.float64()), table["floors"].cast(pa.int64())]
         return pa.Table.from_arrays(cols, names=names)
+
+
+def _as_string(col):
+    """A group-by column as strings, booleans as ``true``/``false`` (as ``tidy_aggregate`` makes them)."""
+    if pa.types.is_boolean(col.type):
+        return pc.if_else(col, "true", "false")
+    return col.cast(pa.string())
 
 
 def tidy_rows(table: pa.Table, columns: Sequence[str]) -> pa.Table:
@@ -324,5 +383,5 @@ def _empty_aggregate(group_by: Sequence[str], *, holdout: bool) -> pa.Table:
     if holdout:
         cols["is_holdout"] = pa.array([], pa.bool_())
     for name in AGGREGATE_COLUMNS:
-        cols[name] = pa.array([], pa.float64() if name in ("spend_cpm", "bid_sum") else pa.int64())
+        cols[name] = pa.array([], pa.float64() if name in FLOAT_AGGREGATES else pa.int64())
     return pa.table(cols)

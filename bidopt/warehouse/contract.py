@@ -214,6 +214,17 @@ def conform_bid_logs(table: pa.Table) -> pa.Table:
     out = pa.Table.from_arrays(columns, schema=BID_LOG_SCHEMA)
     if pc.any(pc.less(out["bid_cpm"], 0)).as_py():
         raise InvalidConfig("bid-log column bid_cpm has negative bids")
+    # NaN is how a float column says "absent" when it cannot say null: a NaN floor is no floor, a
+    # NaN price none paid
+    for name in ("floor_cpm", "clearing_price_cpm"):
+        col = out[name]
+        out = out.set_column(
+            out.column_names.index(name), name, pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+        )
+    for name in ("bid_cpm", "floor_cpm", "clearing_price_cpm"):
+        bad = pc.sum(pc.invert(pc.is_finite(out[name]))).as_py() or 0  # nulls are neither
+        if bad:
+            raise InvalidConfig(f"bid-log column {name} has {bad} values that are not finite numbers")
     return out
 
 

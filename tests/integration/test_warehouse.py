@@ -2,6 +2,7 @@
 
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,7 +42,9 @@ def _expected(table: pa.Table, entity: str, group_by, bucket: float, window: Win
         npi_matched=df.npi_matched.map({True: "true", False: "false"}),
         spend=df.clearing_price_cpm.fillna(0.0),
         click_won=df.clicked & df.won,
+        cleared=df.won | df.floor_cpm.isna() | (df.bid_cpm >= df.floor_cpm),
     )
+    df["cleared_bid"] = df.bid_cpm.where(df.cleared, 0.0)
     keys = list(group_by)
     if holdout_from is not None:
         df["is_holdout"] = df.event_time >= holdout_from
@@ -55,6 +58,8 @@ def _expected(table: pa.Table, entity: str, group_by, bucket: float, window: Win
             clicks=("click_won", "sum"),
             spend_cpm=("spend", "sum"),
             bid_sum=("bid_cpm", "sum"),
+            cleared_bids=("cleared", "sum"),
+            cleared_bid_sum=("cleared_bid", "sum"),
         )
         .reset_index()
     )
@@ -78,10 +83,37 @@ def test_aggregate_matches_an_independent_groupby(warehouse, logs, group_by):
     keys = group_by + ["bid_bucket"]
     got, want = _sorted(got, keys), _sorted(want, keys)
     assert len(got) == len(want) > 0
-    for col in keys + ["bids", "wins", "clicks"]:
+    for col in keys + ["bids", "wins", "clicks", "cleared_bids"]:
         assert got[col].tolist() == want[col].astype(got[col].dtype).tolist(), col
-    for col in ("spend_cpm", "bid_sum"):
+    if "floor_bucket" in group_by:  # drugs_hcp has floors: some bids were left below them
+        assert (got["cleared_bids"] < got["bids"]).any()
+    for col in ("spend_cpm", "bid_sum", "cleared_bid_sum"):
         assert got[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-9)
+
+
+@pytest.mark.parametrize("group_by", [["os_code", "npi_matched"], []])
+def test_floor_histogram_matches_an_independent_count(warehouse, logs, group_by):
+    a, b = logs
+    warehouse.load_bid_logs(a)
+    warehouse.load_bid_logs(b)
+    window = Window(END - timedelta(days=6), END - timedelta(days=1))
+    got = warehouse.floor_histogram("drugs_hcp", window, group_by, lowest_cpm=0.1, bin_width=0.05).to_pandas()
+    df = a.to_pandas()
+    df = df[(df.entity_code == "drugs_hcp") & (df.event_time >= window.start) & (df.event_time < window.end)]
+    df = df.assign(os_code=df.os_code.astype(str), npi_matched=df.npi_matched.map({True: "true", False: "false"}))
+    has = df.floor_cpm.notna() & (df.floor_cpm > 0)
+    df["floor_bin"] = pd.array(
+        [int(v) if h else None for v, h in zip(np.floor(np.log(df.floor_cpm.where(has, 1.0) / 0.1) / 0.05), has)],
+        dtype="Int64",
+    )
+    want = df.groupby([*group_by, "floor_bin"], dropna=False).size().rename("n").reset_index()
+    keys = [*group_by, "floor_bin"]
+    got["floor_bin"] = got["floor_bin"].astype("Int64")  # int64 with nulls comes to pandas as floats
+    got, want = _sorted(got, keys), _sorted(want, keys)
+    assert got["n"].sum() == len(df) and got["floor_bin"].isna().any() and got["floor_bin"].notna().any()
+    assert got[keys + ["n"]].astype(str).values.tolist() == want[keys + ["n"]].astype(str).values.tolist()
+    with pytest.raises(InvalidConfig, match="floor bins"):
+        warehouse.floor_histogram("drugs_hcp", window, group_by, lowest_cpm=0.0, bin_width=0.05)
 
 
 def test_holdout_flag_and_entity_isolation(warehouse, logs):
@@ -155,6 +187,18 @@ def test_contract_errors_name_the_column(logs):
         conform_bid_logs(a.set_column(a.column_names.index("won"), "won", pa.array(["maybe"] * a.num_rows)))
     out = conform_bid_logs(a)
     assert out.column_names == list(CONTRACT_COLUMNS)  # truth_* columns are dropped
+
+    def with_column(name, first):
+        rest = a.column(name).slice(1).to_pylist()
+        return a.set_column(a.column_names.index(name), name, pa.array([first] + rest, pa.float64()))
+
+    for name, value in (("bid_cpm", float("nan")), ("floor_cpm", float("-inf")), ("clearing_price_cpm", float("inf"))):
+        with pytest.raises(InvalidConfig, match=f"{name} has 1 values that are not finite"):
+            conform_bid_logs(with_column(name, value))
+    # a NaN floor is no floor (null), as the optimizer's SQL and the bidder read an absent one; a NaN
+    # price none paid
+    for name in ("floor_cpm", "clearing_price_cpm"):
+        assert conform_bid_logs(with_column(name, float("nan")))[name][0].as_py() is None
 
 
 def test_a_contract_column_given_twice_is_refused(logs):

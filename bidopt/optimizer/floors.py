@@ -1,0 +1,118 @@
+"""Floor-aware win curves: P(win | request, bid) = P(the bid clears the floor) x P(win | it cleared).
+
+A bid below the impression's floor cannot win, and a logging policy that lifts most of those bids to
+just over the floor (as DSPs do, and market B of the simulator does) leaves the requests whose floor
+is above a price *b* under-represented among the logged bids near *b*: a win curve learnt from
+won/lost at *b* is then too high exactly where floors block (measured on market B: +0.028 predicted
+over true at the suggested bids, growing with the floor band; README, "Bid quality at every target").
+
+So on entities with floors the win model learns the market only from the bids that cleared their
+floor (``cleared_bids`` of the warehouse aggregates), and each model cell's curve is multiplied by
+the share of the cell's training requests whose floor the bid clears. The floors a request carries
+do not depend on what was bid, so that share is read from the logged floors of every request, through
+a histogram per cell in ln(floor) (``BidLogWarehouse.floor_histogram``), uniform inside each bin.
+
+The product is applied to the cells' step values at the model's knots (``CellCurves``), so the bid
+search, the bid table's predicted rates, the plots and the domain multipliers all price
+rate(b) = sum over cells of w x P(floor <= b) x P(win | cleared, b), interpolated between knots as
+the curves are. ``FLOOR_BINS`` bins over the run's bid range keep a bin under 4% of the bid wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bidopt.optimizer.models import OTHER, CellCurves
+
+FLOOR_BINS = 256  # bins of ln(floor) between the run's lowest and highest bid
+CHUNK_CELLS = 16_384  # cells whose (cells x bins) histogram is held at once (~34 MB)
+
+
+@dataclass(frozen=True)
+class FloorBins:
+    """``FLOOR_BINS`` equal bins of ln(floor) from ``lowest_cpm`` to ``highest_cpm``."""
+
+    lowest_cpm: float
+    highest_cpm: float
+
+    @property
+    def width(self) -> float:
+        return float(np.log(self.highest_cpm / self.lowest_cpm)) / FLOOR_BINS
+
+    def position(self, log_bids: np.ndarray) -> np.ndarray:
+        """Where each ln(bid) falls, in bins from the lowest bid (bin i spans [i, i + 1))."""
+        return (np.asarray(log_bids, dtype=np.float64) - np.log(self.lowest_cpm)) / self.width
+
+
+def cell_histograms(
+    histogram: pd.DataFrame, cells: pd.DataFrame, columns: Sequence[str], *, domain_keep: set[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``histogram`` (``BidLogWarehouse.floor_histogram`` over ``columns``, as pandas) lined up with
+    ``cells`` (rows with ``columns``): per histogram entry the cell's position and the bin (-1: no floor
+    or one below the lowest bid, which every bid clears; ``FLOOR_BINS``: at or above the highest, which
+    none does), its rows, and per cell the rows in all. ``domain_keep``: the domains with a category of
+    their own in the model (the rest are ``(other)``, as in the cells). Entries of no cell are dropped;
+    a cell with no entry (no rows in the histogram's window) has 0 rows, and counts as always cleared."""
+    columns = list(columns)
+    cells = cells.reset_index(drop=True)
+    hist = histogram.copy()
+    if domain_keep is not None and "domain" in columns:
+        hist["domain"] = np.where(hist["domain"].isin(domain_keep), hist["domain"], OTHER)
+    bins = hist["floor_bin"].astype("Float64").fillna(-1).astype(np.int64).to_numpy()
+    hist["bin"] = np.clip(bins, -1, FLOOR_BINS)
+    hist = hist.groupby([*columns, "bin"], as_index=False, observed=True)["n"].sum()
+    index = pd.MultiIndex.from_frame(cells[columns].astype(str)) if columns else None
+    if columns:
+        where = index.get_indexer(pd.MultiIndex.from_frame(hist[columns].astype(str)))
+    else:
+        where = np.zeros(len(hist), dtype=np.int64)
+    found = where >= 0
+    cell, bin_, n = where[found], hist["bin"].to_numpy()[found], hist["n"].to_numpy(float)[found]
+    totals = np.bincount(cell, n, len(cells))
+    return cell, bin_, n, totals
+
+
+def apply_clearing_shares(
+    curves: CellCurves,
+    histogram: pd.DataFrame,
+    cells: pd.DataFrame,
+    columns: Sequence[str],
+    bins: FloorBins,
+    *,
+    domain_keep: set[str] | None = None,
+) -> np.ndarray:
+    """Multiply every cell's step values at the model's knots by the share of the cell's requests whose
+    floor a bid there clears (in place: ``curves`` must be ``CellCurves.of`` the same ``cells``, not a
+    ``take`` of them). Returns the mean share per knot over the cells' requests, for the record. A model
+    with fewer than two knots has no knot table and is left as it is (a flat curve: nothing to search)."""
+    if curves.steps is None or len(curves) == 0:
+        return np.ones(0)
+    if len(curves) != len(cells) or not np.array_equal(curves.index, np.arange(len(cells))):
+        raise ValueError("clearing shares apply to the whole knot table of the same cells")
+    cell, bin_, n, totals = cell_histograms(histogram, cells, columns, domain_keep=domain_keep)
+    u = bins.position(curves.model.knots())
+    # share at u: floors in the bins below u's bin, a fraction of u's own bin, and the always-cleared
+    j = np.clip(np.floor(u), -1, FLOOR_BINS).astype(np.int64)
+    frac = np.where((j >= 0) & (j < FLOOR_BINS), u - j, 0.0)
+    mean_share = np.zeros(len(u))
+    order = np.argsort(cell, kind="stable")
+    cell, bin_, n = cell[order], bin_[order], n[order]
+    for c0 in range(0, len(cells), CHUNK_CELLS):
+        c1 = min(c0 + CHUNK_CELLS, len(cells))
+        lo, hi = np.searchsorted(cell, [c0, c1])
+        counts = np.zeros((c1 - c0, FLOOR_BINS + 2))  # column b + 1 is bin b (-1 .. FLOOR_BINS)
+        np.add.at(counts, (cell[lo:hi] - c0, bin_[lo:hi] + 1), n[lo:hi])
+        below = np.cumsum(counts, axis=1) - counts  # rows in the bins strictly below each column
+        total = totals[c0:c1]
+        col = j + 1
+        cleared = below[:, col] + frac[None, :] * counts[:, col]
+        # j = -1 (a bid below the lowest): the always-cleared column only, which below[:, 0] leaves out
+        cleared = np.where(j[None, :] < 0, counts[:, [0]], cleared)
+        share = np.where(total[:, None] > 0, cleared / np.maximum(total[:, None], 1e-12), 1.0)
+        curves.steps[c0:c1] *= share.astype(np.float32)
+        mean_share += (share * total[:, None]).sum(axis=0)
+    return mean_share / max(float(totals.sum()), 1e-12)
