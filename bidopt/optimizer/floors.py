@@ -15,11 +15,25 @@ a histogram per cell in ln(floor) (``BidLogWarehouse.floor_histogram``), uniform
 The product is applied to the cells' step values at the model's knots (``CellCurves``), so the bid
 search, the bid table's predicted rates, the plots and the domain multipliers all price
 rate(b) = sum over cells of w x P(floor <= b) x P(win | cleared, b), interpolated between knots as
-the curves are. ``FLOOR_BINS`` bins over the run's bid range keep a bin under 4% of the bid wide.
+the curves are. ``FLOOR_BINS`` bins over the run's bid range make a bin ln(max/min)/256 wide in
+ln(bid): 2.2% of the bid with the default bounds (0.10 to 25 CPM).
+
+Two approximations, both inside a knot gap: inside a bin the floors count as spread evenly (a floor of
+exactly 1.00, common on real exchanges, clears part of the bids in its bin below 1.00), and the share
+is interpolated between the model's knots like the curve (the floors' own steps are not among the
+knots). The segment's median floor, below which no bid goes with ``floor_available``, covers the
+case that matters most: a segment whose requests share one round floor.
+
+What the logs say about floors depends on who logged them: the platform's own rows
+(``traffic_source = platform``) are the bids it placed, so every one cleared its floor, and a request
+whose floor was above the run's price is not in them; the histogram then sees only the floors that
+run's bids cleared, and the share it gives above that run's prices is too high. Imported logs of
+every bid (as the simulator's and iPinYou's) carry every request's floor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,12 +43,13 @@ import pandas as pd
 from bidopt.optimizer.models import OTHER, CellCurves
 
 FLOOR_BINS = 256  # bins of ln(floor) between the run's lowest and highest bid
-CHUNK_CELLS = 16_384  # cells whose (cells x bins) histogram is held at once (~34 MB)
+CHUNK_CELLS = 4096  # cells whose (cells x bins) histogram is held at once: three tables of ~8.5 MB
 
 
 @dataclass(frozen=True)
 class FloorBins:
-    """``FLOOR_BINS`` equal bins of ln(floor) from ``lowest_cpm`` to ``highest_cpm``."""
+    """``FLOOR_BINS`` equal bins of ln(floor) from ``lowest_cpm`` to ``highest_cpm`` (a floor at or
+    above the highest is bin ``FLOOR_BINS``, counted as cleared by no bid of the run)."""
 
     lowest_cpm: float
     highest_cpm: float
@@ -84,13 +99,17 @@ def apply_clearing_shares(
     bins: FloorBins,
     *,
     domain_keep: set[str] | None = None,
-) -> np.ndarray:
-    """Multiply every cell's step values at the model's knots by the share of the cell's requests whose
-    floor a bid there clears (in place: ``curves`` must be ``CellCurves.of`` the same ``cells``, not a
-    ``take`` of them). Returns the mean share per knot over the cells' requests, for the record. A model
-    with fewer than two knots has no knot table and is left as it is (a flat curve: nothing to search)."""
+) -> CellCurves:
+    """The curves of ``cells`` priced with floors: every cell's step values at the model's knots
+    multiplied by the share of the cell's requests whose floor a bid there clears (in place: ``curves``
+    must be ``CellCurves.of`` the same ``cells``, not a ``take`` of them, and is not to be used again),
+    and beyond the knots the plain curve's tails times the share at the outer knot (``CellCurves.tails``).
+    A model with fewer than two knots has no knot table and is returned as it is (its curve is flat in
+    the bid: there is no bid to search for)."""
     if curves.steps is None or len(curves) == 0:
-        return np.ones(0)
+        return curves
+    if curves.tails is not None:
+        raise ValueError("these curves are priced with floors already")
     if len(curves) != len(cells) or not np.array_equal(curves.index, np.arange(len(cells))):
         raise ValueError("clearing shares apply to the whole knot table of the same cells")
     cell, bin_, n, totals = cell_histograms(histogram, cells, columns, domain_keep=domain_keep)
@@ -98,7 +117,8 @@ def apply_clearing_shares(
     # share at u: floors in the bins below u's bin, a fraction of u's own bin, and the always-cleared
     j = np.clip(np.floor(u), -1, FLOOR_BINS).astype(np.int64)
     frac = np.where((j >= 0) & (j < FLOOR_BINS), u - j, 0.0)
-    mean_share = np.zeros(len(u))
+    tails = np.empty((len(cells), 4), dtype=np.float32)
+    tails[:, 0], tails[:, 1] = curves.steps[:, 0], curves.steps[:, -1]
     order = np.argsort(cell, kind="stable")
     cell, bin_, n = cell[order], bin_[order], n[order]
     for c0 in range(0, len(cells), CHUNK_CELLS):
@@ -114,5 +134,5 @@ def apply_clearing_shares(
         cleared = np.where(j[None, :] < 0, counts[:, [0]], cleared)
         share = np.where(total[:, None] > 0, cleared / np.maximum(total[:, None], 1e-12), 1.0)
         curves.steps[c0:c1] *= share.astype(np.float32)
-        mean_share += (share * total[:, None]).sum(axis=0)
-    return mean_share / max(float(totals.sum()), 1e-12)
+        tails[c0:c1, 2], tails[c0:c1, 3] = share[:, 0], share[:, -1]
+    return dataclasses.replace(curves, tails=tails)

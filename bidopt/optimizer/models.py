@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from bidopt.errors import InvalidConfig
 from bidopt.optimizer.trees import TreeEnsemble
 
+FLOOR_CLEARED_ATTR = "bidopt_floor_cleared"  # booster attribute of a model trained on cleared bids only
 UNSEEN = -1.0  # code of a value the model never saw (XGBoost reads a negative category as invalid: left)
 OTHER = "(other)"  # catch-all category: values without one of their own are encoded as this, if present
 
@@ -313,12 +315,20 @@ class CellCurves:
     the interpolation and tails of ``WinRateModel.predict_encoded`` without a booster prediction
     (the same curve to within ~2e-7: a bid written with four decimals can differ by 0.0001).
     (At 1M logged bids with adjustment columns: 148k cells x ~250 knots, ~150 MB.) ``index``: which
-    rows of ``steps`` these cells are (a subset shares its parent's table)."""
+    rows of ``steps`` these cells are (a subset shares its parent's table).
+
+    ``tails``: set when the knot table was multiplied by floor-clearing shares
+    (``bidopt.optimizer.floors``): per cell, the trees' own values at the first and the last knot and
+    the shares there (``rows x 4``: plain first, plain last, share first, share last). Beyond the
+    knots the curve is then the share at the nearer outer knot times the logistic tail of the plain
+    curve: a tail continued from a multiplied end would take its slope from the floors, not the
+    market (a first value near 0 behind floors gave a tail that reached 0.99 at 10 CPM)."""
 
     model: WinRateModel
     codes: np.ndarray
     steps: np.ndarray | None  # None: a model with fewer than two knots, priced by the booster
     index: np.ndarray
+    tails: np.ndarray | None = None
 
     @classmethod
     def of(cls, model: WinRateModel, cells: pd.DataFrame) -> CellCurves:
@@ -333,7 +343,7 @@ class CellCurves:
 
     def take(self, which: np.ndarray) -> CellCurves:
         """The curves of a subset of these cells (a boolean mask or positions), in that order."""
-        return CellCurves(self.model, self.codes, self.steps, self.index[which])
+        return CellCurves(self.model, self.codes, self.steps, self.index[which], self.tails)
 
     def at_knots(self, rows: np.ndarray, knots: slice) -> np.ndarray:
         """The step values of cells ``rows`` (positions in these cells) at a range of the knots."""
@@ -355,8 +365,14 @@ class CellCurves:
         outside = (x < k[0]) | (x > k[-1])
         if outside.any():
             rows = self.index[outside]
-            first, last = self.steps[rows, 0].astype(np.float64), self.steps[rows, -1].astype(np.float64)
-            p[outside] = model._tails(x[outside], first, last)
+            if self.tails is None:
+                first, last = self.steps[rows, 0].astype(np.float64), self.steps[rows, -1].astype(np.float64)
+                p[outside] = model._tails(x[outside], first, last)
+            else:
+                ends = self.tails[rows].astype(np.float64)
+                xo = x[outside]
+                share = np.where(xo < k[0], ends[:, 2], ends[:, 3])
+                p[outside] = share * model._tails(xo, ends[:, 0], ends[:, 1])
         return p
 
 
@@ -396,12 +412,19 @@ def train_win_model(
     encoder = CategoryEncoder.fit(train, features)
     if floor_cleared:
         train = train.assign(bids=train["cleared_bids"], bid_sum=train["cleared_bid_sum"])
+        if not (train["bids"] > 0).any():
+            raise InvalidConfig(
+                "no training bid cleared its floor: nothing to learn the market from "
+                "(floor_aware_win_model=false learns from every bid)"
+            )
     rows, labels, weights = expand_binary(train, "wins", "bids")
     dtrain = _win_matrix(encoder, rows, _log_bid(mean_bid(rows)))
     dtrain.set_label(labels)
     dtrain.set_weight(weights)
     monotone = "(" + ",".join(["0"] * len(features) + ["1"]) + ")"
     booster = xgb.train(_params(cfg, monotone), dtrain, num_boost_round=cfg["xgb_num_rounds"])
+    if floor_cleared:  # saved with the booster (win_model.ubj): what its curve means
+        booster.set_attr(**{FLOOR_CLEARED_ATTR: "true"})
     return WinRateModel(booster, encoder, floor_cleared=floor_cleared)
 
 

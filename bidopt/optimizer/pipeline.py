@@ -295,9 +295,10 @@ def optimize(
                     Window(window.start, holdout_from),
                     model_columns,
                     lowest_cpm=cfg["min_bid_cpm"],
-                    bin_width=FL.FloorBins(cfg["min_bid_cpm"], cfg["max_bid_cpm"]).width,
+                    highest_cpm=cfg["max_bid_cpm"],
+                    bins=FL.FLOOR_BINS,
                 ).to_pandas()
-            FL.apply_clearing_shares(
+            cell_curves = FL.apply_clearing_shares(
                 cell_curves,
                 histogram,
                 cells,

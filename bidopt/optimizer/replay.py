@@ -8,7 +8,10 @@ For every logged request (a bid-log row: the contract's feature columns, ``domai
   of its domain and ``RunTables.quote`` (multiplier, floor, the run's min and max bid), each called
   once per distinct input rather than once per row (they are pure functions of their inputs);
 * whether it bids (``quote`` gave a price: no bid where the floor is above what the run would pay);
-* the win model's probability at that price, ``P(win | segment features, domain, ln price)``;
+* the win model's probability at that price, ``P(win | segment features, domain, ln price)``: for a
+  floor-aware run (``WinRateModel.floor_cleared``) P(win | the bid clears the floor), which a placed
+  bid does, so the replay's win rate is per bid placed, while the run's target and
+  ``predicted_win_rate`` count the requests a floor blocked as losses (README, "Bid quality");
 * the expected spend: ``P(win) x price`` in a first-price auction; in a second-price auction the
   winner pays ``max(Z, floor)``, ``Z`` the highest competing bid whose CDF is the model's win curve
   ``F``, so ``E[price x 1{win}] = b F(b) - integral_floor^b F(x) dx``, the integral by 8-point
@@ -36,7 +39,7 @@ import xgboost as xgb
 
 from bidopt.bidder.core import RunTables
 from bidopt.errors import InvalidConfig
-from bidopt.optimizer.models import CategoryEncoder, WinRateModel
+from bidopt.optimizer.models import FLOOR_CLEARED_ATTR, CategoryEncoder, WinRateModel
 from bidopt.warehouse.contract import DERIVED_FEATURES, FEATURE_COLUMNS, UNKNOWN, floor_bucket_label
 
 WIN_MODEL, WIN_ENCODER = "win_model.ubj", "win_encoder.json"
@@ -60,7 +63,9 @@ def load_win_model(booster_ubj: bytes, encoder_json: bytes) -> WinRateModel:
     booster.load_model(bytearray(booster_ubj))
     enc = json.loads(encoder_json)
     return WinRateModel(
-        booster, CategoryEncoder(list(enc["features"]), {k: list(v) for k, v in enc["categories"].items()})
+        booster,
+        CategoryEncoder(list(enc["features"]), {k: list(v) for k, v in enc["categories"].items()}),
+        floor_cleared=booster.attr(FLOOR_CLEARED_ATTR) == "true",
     )
 
 

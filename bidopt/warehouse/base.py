@@ -103,14 +103,19 @@ def floor_sql(source: str, group_by: Sequence[str]) -> str:
     )
 
 
-def floor_histogram_sql(source: str, group_by: Sequence[str]) -> str:
+def floor_histogram_sql(source: str, group_by: Sequence[str], bins: int) -> str:
     """Per (group_by..., floor bin): how many rows. The bin of a floor is
-    ``floor(ln(floor_cpm / lowest) / width)`` (NULL: no floor, or one of 0 or less, which every bid
-    clears). Parameters: lowest, width, entity_code, start, end."""
+    ``floor((ln(floor_cpm) - ln(lowest)) / width)`` below ``highest``, and ``bins`` at or above it (so
+    are a NaN or infinite floor stored before the contract refused them: both compare above every
+    number, and the logarithm of neither is taken); NULL for no floor, or one of 0 or less, which
+    every bid clears. Parameters: highest, lowest, width, entity_code, start, end."""
+    if not isinstance(bins, int) or bins < 1:
+        raise InvalidConfig(f"bins must be a positive whole number, got {bins!r}")
     exprs = [f"{group_expression(g)} AS {g}" for g in group_by]
     exprs.append(
         "CASE WHEN floor_cpm IS NULL OR floor_cpm <= 0 THEN NULL "
-        "ELSE CAST(FLOOR(LN(floor_cpm / CAST(? AS DOUBLE)) / CAST(? AS DOUBLE)) AS BIGINT) END AS floor_bin"
+        f"WHEN floor_cpm >= CAST(? AS DOUBLE) THEN {bins} "
+        "ELSE CAST(FLOOR((LN(floor_cpm) - LN(CAST(? AS DOUBLE))) / CAST(? AS DOUBLE)) AS BIGINT) END AS floor_bin"
     )
     return (
         "SELECT " + ", ".join(exprs) + ", COUNT(*) AS n\n"
@@ -314,14 +319,26 @@ class BidLogWarehouse(ABC):
         return iter(tidy_rows(table, columns).to_batches(max_chunksize=batch_rows))
 
     def floor_histogram(
-        self, entity_code: str, window: Window, group_by: Sequence[str], *, lowest_cpm: float, bin_width: float
+        self,
+        entity_code: str,
+        window: Window,
+        group_by: Sequence[str],
+        *,
+        lowest_cpm: float,
+        highest_cpm: float,
+        bins: int,
     ) -> pa.Table:
-        """Rows per (group_by..., ``floor_bin``) inside ``window``: ``floor_bin`` is
-        ``floor(ln(floor_cpm / lowest_cpm) / bin_width)`` (int64, null where the row had no floor), ``n``
-        the rows. The floors a cell's requests carry, which do not depend on what was bid: how a
-        floor-aware win model turns P(win | cleared) into P(win) (``bidopt.optimizer.floors``)."""
-        if not (lowest_cpm > 0 and bin_width > 0) or not all(map(math.isfinite, (lowest_cpm, bin_width))):
-            raise InvalidConfig(f"floor bins need lowest_cpm > 0 and bin_width > 0, got {lowest_cpm}, {bin_width}")
+        """Rows per (group_by..., ``floor_bin``) inside ``window``: ``bins`` equal bins of ln(floor)
+        from ``lowest_cpm`` to ``highest_cpm``, ``floor_bin`` the bin (int64: below 0 under the lowest,
+        ``bins`` at or above the highest; null where the row had no floor), ``n`` the rows. The floors a
+        cell's requests carry: how a floor-aware win model turns P(win | cleared) into P(win)
+        (``bidopt.optimizer.floors``)."""
+        if not (math.isfinite(lowest_cpm) and math.isfinite(highest_cpm) and 0 < lowest_cpm < highest_cpm) or not (
+            isinstance(bins, int) and bins >= 1
+        ):
+            raise InvalidConfig(
+                f"floor bins need 0 < lowest_cpm < highest_cpm and bins >= 1, got {lowest_cpm}, {highest_cpm}, {bins}"
+            )
         if len(set(group_by)) != len(group_by):
             raise InvalidConfig(f"feature named twice in {list(group_by)}")
         source = self._source(check_entity_code(entity_code))
@@ -332,8 +349,9 @@ class BidLogWarehouse(ABC):
         )
         if source is None:
             return empty
-        params = [float(lowest_cpm), float(bin_width), entity_code, window.start, window.end]
-        table = self._query(floor_histogram_sql(source, group_by), params)
+        width = math.log(highest_cpm / lowest_cpm) / bins
+        params = [float(highest_cpm), float(lowest_cpm), width, entity_code, window.start, window.end]
+        table = self._query(floor_histogram_sql(source, group_by, bins), params)
         if table.num_rows == 0:
             return empty
         table = table.rename_columns([c.lower() for c in table.column_names]).select(names)

@@ -97,23 +97,46 @@ def test_floor_histogram_matches_an_independent_count(warehouse, logs, group_by)
     warehouse.load_bid_logs(a)
     warehouse.load_bid_logs(b)
     window = Window(END - timedelta(days=6), END - timedelta(days=1))
-    got = warehouse.floor_histogram("drugs_hcp", window, group_by, lowest_cpm=0.1, bin_width=0.05).to_pandas()
+    width = float(np.log(10.0 / 0.1) / 92)
+    got = warehouse.floor_histogram(
+        "drugs_hcp", window, group_by, lowest_cpm=0.1, highest_cpm=10.0, bins=92
+    ).to_pandas()
     df = a.to_pandas()
     df = df[(df.entity_code == "drugs_hcp") & (df.event_time >= window.start) & (df.event_time < window.end)]
     df = df.assign(os_code=df.os_code.astype(str), npi_matched=df.npi_matched.map({True: "true", False: "false"}))
     has = df.floor_cpm.notna() & (df.floor_cpm > 0)
-    df["floor_bin"] = pd.array(
-        [int(v) if h else None for v, h in zip(np.floor(np.log(df.floor_cpm.where(has, 1.0) / 0.1) / 0.05), has)],
-        dtype="Int64",
-    )
+    position = np.floor((np.log(df.floor_cpm.where(has, 1.0)) - np.log(0.1)) / width)
+    position = np.where(df.floor_cpm.where(has, 0.0) >= 10.0, 92, position)  # at or above the highest: 92
+    df["floor_bin"] = pd.array([int(v) if h else None for v, h in zip(position, has)], dtype="Int64")
     want = df.groupby([*group_by, "floor_bin"], dropna=False).size().rename("n").reset_index()
     keys = [*group_by, "floor_bin"]
     got["floor_bin"] = got["floor_bin"].astype("Int64")  # int64 with nulls comes to pandas as floats
     got, want = _sorted(got, keys), _sorted(want, keys)
     assert got["n"].sum() == len(df) and got["floor_bin"].isna().any() and got["floor_bin"].notna().any()
     assert got[keys + ["n"]].astype(str).values.tolist() == want[keys + ["n"]].astype(str).values.tolist()
-    with pytest.raises(InvalidConfig, match="floor bins"):
-        warehouse.floor_histogram("drugs_hcp", window, group_by, lowest_cpm=0.0, bin_width=0.05)
+    for lowest, highest, bins in ((0.0, 10.0, 92), (10.0, 10.0, 92), (0.1, float("inf"), 92), (0.1, 10.0, 0)):
+        with pytest.raises(InvalidConfig, match="floor bins"):
+            warehouse.floor_histogram("drugs_hcp", window, group_by, lowest_cpm=lowest, highest_cpm=highest, bins=bins)
+
+
+def test_floors_stored_before_the_contract_refused_them_are_a_bin_no_bid_clears(tmp_path, logs):
+    """A NaN or infinite floor written before imports refused them (here: a Parquet part put in the
+    folder by hand) is neither cleared in the aggregates nor a failed cast in the histogram."""
+    wh = open_warehouse(f"duckdb:///{tmp_path}")
+    part = logs[0].slice(0, 3).select(list(CONTRACT_COLUMNS))
+    part = part.set_column(
+        part.column_names.index("floor_cpm"), "floor_cpm", pa.array([float("nan"), float("inf"), 0.5], pa.float64())
+    )
+    part = part.set_column(part.column_names.index("bid_cpm"), "bid_cpm", pa.array([1.0, 1.0, 1.0]))
+    part = part.set_column(part.column_names.index("won"), "won", pa.array([False, False, False]))
+    folder = tmp_path / "bid_logs" / "entity_code=drugs_hcp"
+    folder.mkdir(parents=True)
+    pq.write_table(part.drop_columns(["entity_code"]), folder / "part-legacy.parquet")
+    hist = wh.floor_histogram("drugs_hcp", FULL, [], lowest_cpm=0.1, highest_cpm=10.0, bins=64).to_pandas()
+    assert dict(zip(hist["floor_bin"], hist["n"])) == {int(np.floor(np.log(5.0) / (np.log(100.0) / 64))): 1, 64: 2}
+    agg = wh.aggregate_bids("drugs_hcp", FULL, [], bid_bucket_cpm=1.0).to_pandas()
+    assert agg["bids"].sum() == 3 and agg["cleared_bids"].sum() == 1
+    wh.close()
 
 
 def test_holdout_flag_and_entity_isolation(warehouse, logs):

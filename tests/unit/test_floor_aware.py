@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from bidopt.configs import parse_run_configs
+from bidopt.errors import InvalidConfig
 from bidopt.optimizer import floors as FL
 from bidopt.optimizer import models as M
 from bidopt.optimizer.pipeline import RunSpec, optimize
@@ -38,7 +39,8 @@ def _histogram(floors_by_cell: dict[str, np.ndarray], bins: FL.FloorBins) -> pd.
     out = []
     for cell, floors in floors_by_cell.items():
         has = ~np.isnan(floors) & (floors > 0)
-        b = np.floor(np.log(np.where(has, floors, 1.0) / bins.lowest_cpm) / bins.width)
+        b = np.floor((np.log(np.where(has, floors, 1.0)) - np.log(bins.lowest_cpm)) / bins.width)
+        b = np.where(np.where(has, floors, 0.0) >= bins.highest_cpm, FL.FLOOR_BINS, b)
         part = pd.DataFrame(
             {"f": cell, "floor_bin": pd.array([int(v) if h else None for v, h in zip(b, has)], "Int64")}
         )
@@ -57,9 +59,9 @@ def test_each_cell_curve_is_multiplied_by_the_share_of_its_floors_a_bid_clears()
         "b": np.r_[np.full(3000, 2.0), np.full(1000, 0.01)],
         "c": np.full(500, np.nan),
     }
-    before = M.CellCurves.of(model, cells)
-    plain = before.steps.copy()
-    mean = FL.apply_clearing_shares(before, _histogram(floors, bins), cells, ["f"], bins)
+    curves = M.CellCurves.of(model, cells)
+    plain = curves.steps.copy()
+    before = FL.apply_clearing_shares(curves, _histogram(floors, bins), cells, ["f"], bins)
     knots = model.knots().astype(np.float64)
     for i, cell in enumerate(cells["f"]):
         fl = floors[cell]
@@ -70,11 +72,36 @@ def test_each_cell_curve_is_multiplied_by_the_share_of_its_floors_a_bid_clears()
         # uniform inside a bin of 1/256 of the range: within the mass of one bin of the cell's floors
         assert np.abs(share[inside] - ecdf[inside]).max() < 0.03, cell
     assert np.allclose(before.steps[2], plain[2])  # no floors: unchanged
-    assert mean.shape == knots.shape and (np.diff(mean) >= -1e-12).all()
+    with pytest.raises(ValueError, match="already"):
+        FL.apply_clearing_shares(before, _histogram(floors, bins), cells, ["f"], bins)
     # a floor of exactly 2.0 is cleared by a bid of 2.0 and over, none under it (a bin's width apart)
     share_b = before.steps[1] / np.maximum(plain[1], 1e-12)
     assert share_b[knots < np.log(2.0) - bins.width].max() == pytest.approx(0.25, abs=1e-6)
     assert share_b[knots > np.log(2.0) + bins.width].min() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_beyond_the_knots_the_curve_is_the_plain_tail_times_the_share_at_the_outer_knot():
+    """A tail continued from the multiplied ends would take its slope from the floors: with every floor
+    above the first knot the first value is 0 and the curve shot to 1 just past the last knot."""
+    model, cells = _model_and_cells()
+    bins = FL.FloorBins(0.05, 20.0)
+    rng = np.random.default_rng(2)
+    floors = {c: np.exp(rng.normal(np.log(0.8), 0.2, 2000)) for c in ("a", "b", "c")}
+    plain = M.CellCurves.of(model, cells)
+    untouched = M.CellCurves.of(model, cells)
+    priced = FL.apply_clearing_shares(plain, _histogram(floors, bins), cells, ["f"], bins)
+    k = model.knots().astype(np.float64)
+    for bid in (np.exp(k[-1]) * 1.5, np.exp(k[-1]) * 4, np.exp(k[0]) / 3):
+        at = np.full(len(cells), bid)
+        share = np.where(np.log(bid) < k[0], priced.tails[:, 2], priced.tails[:, 3])
+        assert np.allclose(priced.predict(at), share * untouched.predict(at), atol=1e-6)
+        assert (priced.predict(at) <= untouched.predict(at) + 1e-6).all()
+    # all floors below the last knot: past it the share is 1 and the curve the plain one
+    assert np.allclose(priced.tails[:, 3], 1.0) and np.allclose(priced.tails[:, 2], 0.0)
+    # and the subset a bisection takes keeps them
+    sub = priced.take(np.array([2, 0]))
+    top = np.full(2, np.exp(k[-1]) * 2)
+    assert np.allclose(sub.predict(top), priced.predict(np.full(3, top[0]))[[2, 0]])
 
 
 def test_the_shares_refuse_a_subset_of_the_cells_and_leave_cells_without_floors_alone():
@@ -84,8 +111,17 @@ def test_the_shares_refuse_a_subset_of_the_cells_and_leave_cells_without_floors_
     with pytest.raises(ValueError, match="whole knot table"):
         FL.apply_clearing_shares(curves.take(np.array([0, 1])), _histogram({"a": np.ones(2)}, bins), cells, ["f"], bins)
     plain = curves.steps.copy()
-    FL.apply_clearing_shares(curves, _histogram({"zz": np.array([1.0])}, bins), cells, ["f"], bins)
-    assert np.array_equal(curves.steps, plain)  # an entry of no cell is dropped; cells without any: 1
+    priced = FL.apply_clearing_shares(curves, _histogram({"zz": np.array([1.0])}, bins), cells, ["f"], bins)
+    assert np.array_equal(priced.steps, plain)  # an entry of no cell is dropped; cells without any: 1
+
+
+def test_a_run_whose_bids_all_sat_below_their_floors_is_refused_with_the_reason():
+    model, _ = _model_and_cells()
+    df = pd.DataFrame(
+        {"f": ["a"] * 3, "bids": 10, "wins": 0, "bid_sum": 5.0, "cleared_bids": 0, "cleared_bid_sum": 0.0}
+    )
+    with pytest.raises(InvalidConfig, match="no training bid cleared its floor"):
+        M.train_win_model(df, ["f"], CFG, floor_cleared=True)
 
 
 def test_predict_at_floors_is_zero_under_the_floor_only_for_a_floor_cleared_model():
