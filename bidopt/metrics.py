@@ -321,25 +321,9 @@ class RayExporter:
     ``ray.util.metrics.Histogram`` takes one call per observation, and Ray 2.60's agent records each
     again (at its bucket's midpoint): measured, that cost the bidder 8 to 11% of its throughput
     through Serve (``benchmarks/bidder.py``), these gauges nothing beyond noise. Queries are those of a histogram
-    (``histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))``), and ``_sum`` is exact.
+    (``histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))``), and ``_sum`` is exact."""
 
-    A gauge is only set again when its value changed since it was last set, except on every
-    ``full_every``-th export, which sets them all: Ray drops a gauge that has not been set for two of
-    its report intervals (``metrics_report_interval_ms``, 10 s by default), and at fleet size setting
-    every series on every flush was a burst of Python under the replica's GIL (500 entities: ~17,000
-    calls, 72-84 ms per 2 s flush, measured with Ray's own metrics). ``full_every``: by default the
-    most flushes of ``flush_seconds`` that fit in one report interval, less one."""
-
-    def __init__(
-        self, metrics_module=None, *, full_every: int | None = None, flush_seconds: float = FLUSH_SECONDS
-    ) -> None:
-        if full_every is None:
-            full_every = _full_export_every(flush_seconds)
-        if not isinstance(full_every, int) or full_every < 1:
-            raise ValueError(f"full_every must be a positive whole number, got {full_every!r}")
-        self.full_every = full_every
-        self._exports = 0
-        self._sent: dict = {}  # (gauge name, label values) -> the value last set
+    def __init__(self, metrics_module=None) -> None:
         if metrics_module is None:
             from ray.util import metrics as metrics_module
         self.objects: dict = {}
@@ -360,19 +344,8 @@ class RayExporter:
         self._last = Snapshot()
         self._served: set[str] = set()
 
-    def _set(self, full: bool, name: str, key: tuple, value, tags: dict) -> None:
-        """Set gauge ``name`` for ``tags`` unless it holds ``value`` already and this is not a full export;
-        recorded after the call, so a set that raised is made again at the next export."""
-        sent_key = (name, key)
-        if full or self._sent.get(sent_key) != value:
-            self.objects[name].set(value, tags=tags)
-            self._sent[sent_key] = value
-
     def export(self, snap: Snapshot, serving: dict[str, int], seconds_since_refresh: float | None) -> None:
-        """Add ``snap`` minus the previous snapshot exported to the counters; set the gauges that changed
-        (all of them on every ``full_every``-th export, the first included)."""
-        full = self._exports % self.full_every == 0
-        self._exports += 1
+        """Add ``snap`` minus the previous snapshot exported to the counters; set the gauges."""
         last = self._last
         for name, spec in COUNTED:
             before = getattr(last, spec.attr)
@@ -384,37 +357,21 @@ class RayExporter:
                     # increments it did export again at the next one
                     before[key] = n
         for name, spec in HISTOGRAMS:
-            histogram_key = name + "_histogram"
-            for key, counts in getattr(snap, spec.attr).items():
-                # a histogram whose counts did not move keeps its series (each a gauge) as they are set
-                if not full and self._sent.get((histogram_key, key)) == counts:
-                    continue
+            bucket, count, total = (self.objects[name + s] for s in ("_bucket", "_count", "_sum"))
+            for key, counts in getattr(snap, spec.attr).items():  # all, every flush: gauges age out unset
                 tags = dict(zip(spec.labels, key))
                 buckets, n, value_sum = histogram_series(spec.bounds, counts)
                 for le, cumulative in buckets:
-                    self.objects[name + "_bucket"].set(cumulative, tags={**tags, "le": le})
-                self.objects[name + "_count"].set(n, tags=tags)
-                self.objects[name + "_sum"].set(value_sum, tags=tags)
-                self._sent[(histogram_key, key)] = counts
+                    bucket.set(cumulative, tags={**tags, "le": le})
+                count.set(n, tags=tags)
+                total.set(value_sum, tags=tags)
         for entity, split_id in serving.items():
-            self._set(full, SERVING_SPLIT, (entity,), split_id, {"entity": entity})
+            self.objects[SERVING_SPLIT].set(split_id, tags={"entity": entity})
         for entity in self._served - set(serving):
-            self._set(full, SERVING_SPLIT, (entity,), 0, {"entity": entity})
+            self.objects[SERVING_SPLIT].set(0, tags={"entity": entity})
         self._served |= set(serving)
         if seconds_since_refresh is not None:
             self.objects[SECONDS_SINCE_REFRESH].set(seconds_since_refresh)
-
-
-def _full_export_every(flush_seconds: float) -> int:
-    """The most exports of ``flush_seconds`` that fit in Ray's metrics report interval, less one (1 at
-    least): a gauge left unset for two report intervals is dropped."""
-    try:
-        import ray
-
-        report_seconds = max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0
-    except Exception:  # noqa: BLE001 - not under Ray (tests, the fake module): Ray's default
-        report_seconds = 10.0
-    return max(1, int(report_seconds // max(flush_seconds, 1e-3)) - 1)
 
 
 class MetricsFlusher:
@@ -431,7 +388,7 @@ class MetricsFlusher:
         exporter: RayExporter | None = None,
     ) -> None:
         self.metrics, self.gauges, self.interval = metrics, gauges, interval
-        self.exporter = exporter if exporter is not None else RayExporter(flush_seconds=interval)
+        self.exporter = exporter if exporter is not None else RayExporter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -303,60 +303,6 @@ def test_the_export_adds_exact_deltas_and_writes_each_histogram_as_its_prometheu
     assert gauge("bidopt_bidder_seconds_since_refresh") == 1.0
 
 
-def test_gauges_are_set_again_only_when_they_changed_or_on_a_full_export():
-    """At fleet size setting every histogram series on every flush was ~17,000 calls under the GIL:
-    unchanged gauges wait for every ``full_every``-th export (Ray drops a gauge unset for long)."""
-    m = BidderMetrics()
-
-    class s(FakeState):
-        entities = {"a": None, "b": None, "c": None}
-
-    for entity in ("a", "b", "c"):
-        m.request(s, entity, [bid(1.0)], 200, "", 1e-4)
-    fake = FakeRayMetrics()
-    sets = []
-    exporter = RayExporter(fake, full_every=2)  # full: the first export, the third, ...
-    for name, obj in exporter.objects.items():
-        real = obj.set
-
-        def counting(value, tags=None, _real=real, _name=name):
-            sets.append((_name, tuple(sorted((tags or {}).items()))))
-            _real(value, tags=tags)
-
-        obj.set = counting
-    serving = {"a": 1, "b": 2, "c": 3}
-    exporter.export(m.snapshot(), serving, 1.0)  # the first export is full
-    per_entity = len([1 for n, t in sets if ("entity", "a") in t])
-    assert per_entity > 20  # both histograms' buckets, counts and sums, and the serving split
-    sets.clear()
-    m.request(s, "b", [bid(2.0)], 200, "", 1e-4)
-    exporter.export(m.snapshot(), serving | {"c": 4}, 1.0)
-    touched = {dict(t).get("entity") for n, t in sets if n != "bidopt_bidder_seconds_since_refresh"}
-    assert touched == {"b", "c"}  # b's histograms moved, c's split changed; a's are left as set
-    assert [n for n, t in sets if dict(t).get("entity") == "c"] == ["bidopt_bidder_serving_split"]
-    sets.clear()
-    exporter.export(m.snapshot(), serving | {"c": 4}, 1.0)  # the third: all again
-    assert len([1 for n, t in sets if ("entity", "a") in t]) == per_entity
-    assert fake.gauges[("bidopt_bidder_bid_price_cpm_count", (("entity", "b"), ("run", "r1")))] == 2
-    with pytest.raises(ValueError, match="full_every"):
-        RayExporter(fake, full_every=0)
-
-
-def test_a_gauge_whose_set_failed_is_set_at_the_next_export():
-    m = BidderMetrics()
-    m.request(FakeState(), "e", [bid(1.0)], 200, "", 1e-4)
-    fake = FakeRayMetrics()
-    exporter = RayExporter(fake, full_every=100)
-    split = exporter.objects["bidopt_bidder_serving_split"]
-    real = split.set
-    split.set = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("agent gone"))
-    with pytest.raises(RuntimeError):
-        exporter.export(m.snapshot(), {"e": 5}, None)
-    split.set = real
-    exporter.export(m.snapshot(), {"e": 5}, None)  # not a full export: set because it never was
-    assert fake.gauges[("bidopt_bidder_serving_split", (("entity", "e"),))] == 5
-
-
 def test_the_flusher_exports_and_its_stop_exports_what_is_left():
     m = BidderMetrics()
     fake = FakeRayMetrics()
