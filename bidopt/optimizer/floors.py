@@ -91,6 +91,51 @@ def cell_histograms(
     return cell, bin_, n, totals
 
 
+@dataclass(frozen=True)
+class FloorShares:
+    """Each cell's floor histogram kept sparse (one entry per cell and bin that has rows): the share of
+    the cell's requests whose floor a bid clears, at any bid (``at``), for the curve beyond the model's
+    knots, where the knot table says nothing about the floors between the bid and the outer knot."""
+
+    bins: FloorBins
+    keys: np.ndarray  # sorted: cell * (FLOOR_BINS + 2) + bin + 1
+    counts: np.ndarray  # rows of each entry
+    before: np.ndarray  # rows of the entries before each one (all cells)
+    cell_before: np.ndarray  # rows of the entries before each cell's first
+    totals: np.ndarray  # rows per cell
+
+    @classmethod
+    def of(cls, cell: np.ndarray, bin_: np.ndarray, n: np.ndarray, totals: np.ndarray, bins: FloorBins):
+        stride = FLOOR_BINS + 2
+        keys = cell.astype(np.int64) * stride + bin_.astype(np.int64) + 1
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], np.asarray(n, dtype=np.float64)[order]
+        before = np.cumsum(counts) - counts
+        starts = np.searchsorted(keys, np.arange(len(totals), dtype=np.int64) * stride)
+        running = np.r_[before, before[-1] + counts[-1]] if len(counts) else np.zeros(1)
+        return cls(bins, keys, counts, before, running[starts], np.asarray(totals, dtype=np.float64))
+
+    def at(self, cells: np.ndarray, log_bids: np.ndarray) -> np.ndarray:
+        """The share of cell ``cells[i]``'s requests whose floor a bid of ``exp(log_bids[i])`` clears
+        (1 for a cell without rows): what ``apply_clearing_shares`` reads at the knots."""
+        cells = np.asarray(cells, dtype=np.int64)
+        u = self.bins.position(log_bids)
+        j = np.clip(np.floor(u), -1, FLOOR_BINS).astype(np.int64)
+        frac = np.where((j >= 0) & (j < FLOOR_BINS), u - j, 0.0)
+        n = len(self.keys)
+        if n == 0:  # no cell has a row
+            return np.ones(len(cells))
+        q = cells * (FLOOR_BINS + 2) + j + 1
+        idx = np.searchsorted(self.keys, q, side="left")  # the first entry at or after (cell, bin j)
+        safe = np.minimum(idx, n - 1)
+        own = np.where((idx < n) & (self.keys[safe] == q), self.counts[safe], 0.0)  # bin j's rows
+        rows_before = np.where(idx < n, self.before[safe], self.before[-1] + self.counts[-1])
+        below = rows_before - self.cell_before[cells]  # the cell's rows in its bins under j (-1 included)
+        cleared = np.where(j < 0, own, below + frac * own)  # j = -1: the always-cleared bin, whole
+        total = self.totals[cells]
+        return np.where(total > 0, cleared / np.maximum(total, 1e-12), 1.0)
+
+
 def apply_clearing_shares(
     curves: CellCurves,
     histogram: pd.DataFrame,
@@ -103,7 +148,8 @@ def apply_clearing_shares(
     """The curves of ``cells`` priced with floors: every cell's step values at the model's knots
     multiplied by the share of the cell's requests whose floor a bid there clears (in place: ``curves``
     must be ``CellCurves.of`` the same ``cells``, not a ``take`` of them, and is not to be used again),
-    and beyond the knots the plain curve's tails times the share at the outer knot (``CellCurves.tails``).
+    and beyond the knots the plain curve's tails times the share at the bid itself (``CellCurves.tails``
+    and ``clearing``, a ``FloorShares``).
     A model with fewer than two knots has no knot table and is returned as it is (its curve is flat in
     the bid: there is no bid to search for)."""
     if curves.steps is None or len(curves) == 0:
@@ -117,8 +163,8 @@ def apply_clearing_shares(
     # share at u: floors in the bins below u's bin, a fraction of u's own bin, and the always-cleared
     j = np.clip(np.floor(u), -1, FLOOR_BINS).astype(np.int64)
     frac = np.where((j >= 0) & (j < FLOOR_BINS), u - j, 0.0)
-    tails = np.empty((len(cells), 4), dtype=np.float32)
-    tails[:, 0], tails[:, 1] = curves.steps[:, 0], curves.steps[:, -1]
+    tails = np.column_stack([curves.steps[:, 0], curves.steps[:, -1]]).astype(np.float32)
+    clearing = FloorShares.of(cell, bin_, n, totals, bins)
     order = np.argsort(cell, kind="stable")
     cell, bin_, n = cell[order], bin_[order], n[order]
     for c0 in range(0, len(cells), CHUNK_CELLS):
@@ -134,5 +180,4 @@ def apply_clearing_shares(
         cleared = np.where(j[None, :] < 0, counts[:, [0]], cleared)
         share = np.where(total[:, None] > 0, cleared / np.maximum(total[:, None], 1e-12), 1.0)
         curves.steps[c0:c1] *= share.astype(np.float32)
-        tails[c0:c1, 2], tails[c0:c1, 3] = share[:, 0], share[:, -1]
-    return dataclasses.replace(curves, tails=tails)
+    return dataclasses.replace(curves, tails=tails, clearing=clearing)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -317,18 +318,20 @@ class CellCurves:
     (At 1M logged bids with adjustment columns: 148k cells x ~250 knots, ~150 MB.) ``index``: which
     rows of ``steps`` these cells are (a subset shares its parent's table).
 
-    ``tails``: set when the knot table was multiplied by floor-clearing shares
-    (``bidopt.optimizer.floors``): per cell, the trees' own values at the first and the last knot and
-    the shares there (``rows x 4``: plain first, plain last, share first, share last). Beyond the
-    knots the curve is then the share at the nearer outer knot times the logistic tail of the plain
-    curve: a tail continued from a multiplied end would take its slope from the floors, not the
-    market (a first value near 0 behind floors gave a tail that reached 0.99 at 10 CPM)."""
+    ``tails`` and ``clearing``: set when the knot table was multiplied by floor-clearing shares
+    (``bidopt.optimizer.floors``): per cell, the trees' own values at the first and the last knot
+    (``rows x 2``), and the cells' shares at any bid (a ``FloorShares``). Beyond the knots the curve is
+    then the share at the bid times the logistic tail of the plain curve: a tail continued from a
+    multiplied end took its slope from the floors, not the market (a first value near 0 behind
+    floors gave a tail that reached 0.99 at 10 CPM), and the share at the outer knot counted the
+    floors between it and the bid as cleared (a bid of 0.5 under floors of 1.0 predicted at 0.64)."""
 
     model: WinRateModel
     codes: np.ndarray
     steps: np.ndarray | None  # None: a model with fewer than two knots, priced by the booster
     index: np.ndarray
     tails: np.ndarray | None = None
+    clearing: Any = None  # bidopt.optimizer.floors.FloorShares (which imports this module)
 
     @classmethod
     def of(cls, model: WinRateModel, cells: pd.DataFrame) -> CellCurves:
@@ -343,7 +346,7 @@ class CellCurves:
 
     def take(self, which: np.ndarray) -> CellCurves:
         """The curves of a subset of these cells (a boolean mask or positions), in that order."""
-        return CellCurves(self.model, self.codes, self.steps, self.index[which], self.tails)
+        return CellCurves(self.model, self.codes, self.steps, self.index[which], self.tails, self.clearing)
 
     def at_knots(self, rows: np.ndarray, knots: slice) -> np.ndarray:
         """The step values of cells ``rows`` (positions in these cells) at a range of the knots."""
@@ -371,8 +374,7 @@ class CellCurves:
             else:
                 ends = self.tails[rows].astype(np.float64)
                 xo = x[outside]
-                share = np.where(xo < k[0], ends[:, 2], ends[:, 3])
-                p[outside] = share * model._tails(xo, ends[:, 0], ends[:, 1])
+                p[outside] = self.clearing.at(rows, xo) * model._tails(xo, ends[:, 0], ends[:, 1])
         return p
 
 

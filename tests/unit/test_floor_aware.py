@@ -80,27 +80,36 @@ def test_each_cell_curve_is_multiplied_by_the_share_of_its_floors_a_bid_clears()
     assert share_b[knots > np.log(2.0) + bins.width].min() == pytest.approx(1.0, abs=1e-6)
 
 
-def test_beyond_the_knots_the_curve_is_the_plain_tail_times_the_share_at_the_outer_knot():
-    """A tail continued from the multiplied ends would take its slope from the floors: with every floor
-    above the first knot the first value is 0 and the curve shot to 1 just past the last knot."""
+def test_beyond_the_knots_the_curve_is_the_plain_tail_times_the_share_at_the_bid():
+    """A tail continued from the multiplied ends took its slope from the floors (with every floor above
+    the first knot, the curve shot to 1 past the last knot), and the share at the outer knot counted
+    the floors between it and the bid as cleared (a bid of 0.5 under floors of 1.0 won 64%)."""
     model, cells = _model_and_cells()
-    bins = FL.FloorBins(0.05, 20.0)
+    bins = FL.FloorBins(0.01, 20.0)  # every bid below is above the run's lowest
     rng = np.random.default_rng(2)
-    floors = {c: np.exp(rng.normal(np.log(0.8), 0.2, 2000)) for c in ("a", "b", "c")}
+    knots = model.knots().astype(np.float64)
+    low = float(np.exp(knots[0]))
+    floors = {
+        "a": np.exp(rng.normal(np.log(0.8), 0.2, 2000)),
+        "b": np.r_[np.full(1000, low / 2), np.full(1000, np.nan)],  # half under the first knot, half none
+        "c": np.full(500, low / 1.5),
+    }
     plain = M.CellCurves.of(model, cells)
     untouched = M.CellCurves.of(model, cells)
     priced = FL.apply_clearing_shares(plain, _histogram(floors, bins), cells, ["f"], bins)
-    k = model.knots().astype(np.float64)
-    for bid in (np.exp(k[-1]) * 1.5, np.exp(k[-1]) * 4, np.exp(k[0]) / 3):
+    for bid in (np.exp(knots[-1]) * 1.5, np.exp(knots[-1]) * 4, low / 1.2, low / 1.8, low / 3):
         at = np.full(len(cells), bid)
-        share = np.where(np.log(bid) < k[0], priced.tails[:, 2], priced.tails[:, 3])
-        assert np.allclose(priced.predict(at), share * untouched.predict(at), atol=1e-6)
-        assert (priced.predict(at) <= untouched.predict(at) + 1e-6).all()
-    # all floors below the last knot: past it the share is 1 and the curve the plain one
-    assert np.allclose(priced.tails[:, 3], 1.0) and np.allclose(priced.tails[:, 2], 0.0)
+        want = np.array([(np.isnan(floors[c]) | (floors[c] <= bid)).mean() for c in cells["f"]])
+        got = priced.predict(at) / np.maximum(untouched.predict(at), 1e-12)
+        assert np.abs(got - want).max() < 0.03, bid  # the share at the bid, within a bin's mass
+    # under every floor of c, c cannot win; a (floors around 0.8) is below its floors at low / 3 too
+    assert priced.predict(np.full(3, low / 3))[2] < 1e-9
+    # the share at the bid agrees with the knot table's at every knot
+    shares = priced.clearing.at(np.repeat(np.arange(3), len(knots)), np.tile(knots, 3)).reshape(3, -1)
+    assert np.allclose(shares * untouched.steps, priced.steps, atol=1e-6)
     # and the subset a bisection takes keeps them
     sub = priced.take(np.array([2, 0]))
-    top = np.full(2, np.exp(k[-1]) * 2)
+    top = np.full(2, np.exp(knots[-1]) * 2)
     assert np.allclose(sub.predict(top), priced.predict(np.full(3, top[0]))[[2, 0]])
 
 
