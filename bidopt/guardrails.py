@@ -6,9 +6,13 @@ Two rules, each judged on the 95% interval of the A/B report (``bidopt.service.s
 never on the point estimate alone, so that noise at the minimum sample does not trip them:
 
 * **win rate**: an arm breaches when its whole win-rate interval lies outside
-  ``target ± guardrail_max_win_rate_gap`` (the run's own ``target_win_rate``); judged only once
-  the arm has ``guardrail_min_bids`` bids and ``guardrail_min_wins`` wins, where the wins counted
-  are the larger of the arm's own and those it would have had on target (``target x bids``): an
+  ``target ± guardrail_max_win_rate_gap`` (the run's own ``target_win_rate``). The rate is the
+  report's ``priced_win_rate``: wins over bids plus the impressions whose floor the run's price did
+  not clear, which the target counts as losses (``bidopt.readout``; per bid placed, an arm on target
+  over floored traffic reads target / share cleared, and a correct arm would breach). Judged only once
+  the arm has ``guardrail_min_bids`` of those priced impressions and ``guardrail_min_wins`` wins, where
+  the wins counted are the larger of the arm's own and those it would have had on target
+  (``target x priced``): an
   arm that underbids so badly that it never wins is exactly the one to stop, and waiting for its
   own wins would shield it for ever;
 * **no-bid share**: an arm breaches when its whole interval of the share of impressions it did
@@ -91,22 +95,28 @@ def _fmt(x: float | None) -> str:
 
 
 def judge_arm(arm: Mapping[str, Any], settings: GuardrailSettings) -> ArmVerdict:
-    """Judge one arm of an A/B report (``arms[i]``: ``bids``, ``wins``, ``impressions``,
-    ``target_win_rate``, ``win_rate`` and ``no_bid_share`` intervals). It breaches only when a
-    whole 95% interval is out of bounds, and only past the minimums (see the module docstring)."""
+    """Judge one arm of an A/B report (``arms[i]``: ``bids``, ``floor_no_bids``, ``wins``,
+    ``impressions``, ``target_win_rate``, ``priced_win_rate`` and ``no_bid_share`` intervals; a
+    report without floor no-bids may give ``win_rate`` alone, the same rate then). It breaches only
+    when a whole 95% interval is out of bounds, and only past the minimums (see the module docstring)."""
     run_id, index = str(arm["run_id"]), int(arm["arm"])
     bids, wins, impressions = int(arm.get("bids") or 0), int(arm.get("wins") or 0), int(arm.get("impressions") or 0)
+    floor_no_bids = int(arm.get("floor_no_bids") or 0)
+    priced = bids + floor_no_bids
     breaches: list[Breach] = []
     notes: list[str] = []
     waiting = False  # a rule could not be judged yet
 
     target = arm.get("target_win_rate")
-    wins_counted = max(wins, (target or 0.0) * bids)  # see the module docstring: on-target wins count too
-    if bids < settings.min_bids or wins_counted < settings.min_wins:
+    wins_counted = max(wins, (target or 0.0) * priced)  # see the module docstring: on-target wins count too
+    if priced < settings.min_bids or wins_counted < settings.min_wins:
         waiting = True
-        notes.append(f"win rate waits for {settings.min_bids} bids and {settings.min_wins} wins (has {bids}, {wins})")
+        notes.append(
+            f"win rate waits for {settings.min_bids} bids (with floor no-bids) and {settings.min_wins} wins "
+            f"(has {priced}, {wins})"
+        )
     else:
-        value, low, high = _interval(arm.get("win_rate"))
+        value, low, high = _interval(arm.get("priced_win_rate", arm.get("win_rate")))
         if low is None or high is None or target is None:
             waiting = True
             notes.append("win rate has no interval yet")
@@ -122,7 +132,7 @@ def judge_arm(arm: Mapping[str, Any], settings: GuardrailSettings) -> ArmVerdict
                         lo_ok,
                         hi_ok,
                         f"win rate {_fmt(value)} [{_fmt(low)}, {_fmt(high)}] is outside target {target:g} ± "
-                        f"{settings.max_win_rate_gap:g} ({bids} bids, {wins} wins)",
+                        f"{settings.max_win_rate_gap:g} ({bids} bids, {floor_no_bids} floor no-bids, {wins} wins)",
                     )
                 )
             else:

@@ -31,6 +31,8 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bidopt.events.schema import FLOOR_NO_BID_REASON
+
 log = logging.getLogger("bidopt.metrics")
 
 PROMETHEUS_PREFIX = "ray_"  # what Ray's metrics agent puts before every application metric's name
@@ -42,7 +44,7 @@ REFRESH_OUTCOMES = ("ok", "error")
 
 # decide()'s free-text no-bid reasons (bidopt.bidder.core) -> the reason label: the one table.
 REASON_LABELS = {
-    "no price clears the floor": "floor",  # one impression
+    FLOOR_NO_BID_REASON: "floor",  # one impression
     "no impression clears its floor": "floor",  # the whole request
     "currency not USD": "currency",  # an impression's bidfloorcur
     "request does not accept USD": "currency",  # the request's cur

@@ -7,16 +7,16 @@ the training rows and the readout share one definition.
 
 **Intervals** (95%, two-sided, normal quantile ``Z95``):
 
-* *Proportions* -- win rate (wins / bids), CTR (clicks / wins), no-bid share (impressions not bid
-  on / impressions) -- use the Wilson score interval (unlike the Wald interval it stays inside
-  [0, 1] and keeps close to nominal coverage near 0 or 1 and for small counts) on the *effective*
-  sample size ``n / deff``. Arms are drawn per user and one user's bids share their segment, so
-  they are not independent: a Wilson interval on raw bids covered a true 0.4 only 58% of the time
-  in a simulation with 300 users of 1-40 bids each (a review found it). The design effect ``deff``
-  is the delta-method variance of the ratio of per-user sums (below) over the binomial one, at
-  least 1: the interval is never narrower than the independent one, and equals it when every user
-  has one bid or the users do not differ. (With no spread to measure, e.g. no wins at all, deff is
-  1.)
+* *Proportions* -- win rate (wins / bids), priced win rate (wins / (bids + floor no-bids), below),
+  CTR (clicks / wins), no-bid share (impressions not bid on / impressions) -- use the Wilson score
+  interval (unlike the Wald interval it stays inside [0, 1] and keeps close to nominal coverage
+  near 0 or 1 and for small counts) on the *effective* sample size ``n / deff``. Arms are drawn
+  per user and one user's bids share their segment, so they are not independent: a Wilson interval
+  on raw bids covered a true 0.4 only 58% of the time in a simulation with 300 users of 1-40 bids
+  each (a review found it). The design effect ``deff`` is the delta-method variance of the ratio
+  of per-user sums (below) over the binomial one, at least 1: the interval is never narrower than
+  the independent one, and equals it when every user has one bid or the users do not differ. (With
+  no spread to measure, e.g. no wins at all, deff is 1.)
 * *Ratio metrics* -- eCPM (sum of clearing CPM / wins) and eCPC (spend / clicks) -- are ratios of
   two sums whose values are heavy-tailed (prices) and clustered (one user sends many requests, and
   the arm is drawn per user). We use the delta method for ratio metrics (Deng, Knoblich, Lu,
@@ -34,6 +34,15 @@ multiple pairs): win rate and CTR by the two-proportion z-test with each arm's v
 its design effect (pooled proportion for the p-value, each arm's own for the interval of the
 difference); eCPM by Welch's z on the two delta-method variances (the arms are independent samples
 of units, so the variances add).
+
+**Against the target.** A run's ``target_win_rate`` is the share of a segment's impressions it wins,
+counting those whose floor is above its price as losses (the optimizer prices the floors it cannot
+clear: ``bidopt.optimizer.floors``); the bidder does not bid on them (``FLOOR_NO_BID_REASON``). So
+``priced_win_rate`` = wins / (bids + floor no-bids) is the rate on the target's basis, and
+``win_rate_gap`` (and the guardrail's win-rate rule) use it; ``win_rate`` is wins per bid placed, the
+rate an exchange reports, which on floored traffic reads about target / share of floors cleared.
+Without floor no-bids the two are equal. Other no-bids (currency, tmax, no split) are not the run's
+pricing and count in neither.
 
 Where a value is undefined (no bids, no wins, a single unit) it is ``None``; no NaN or infinity is
 ever returned (JSON has neither).
@@ -53,6 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bidopt.events.compact import Outcomes, impression_outcomes
+from bidopt.events.schema import FLOOR_NO_BID_REASON
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 ALPHA = 0.05
@@ -195,6 +205,13 @@ def welch_z_test(value_a, var_a, value_b, var_b, z: float = Z95) -> dict[str, An
 # ----------------------------------------------------------------------------- per arm
 
 
+def floor_no_bids(frame: pd.DataFrame) -> np.ndarray:
+    """1.0 where the decision is a no-bid because the run's price did not clear the floor, else 0.0."""
+    if "no_bid_reason" not in frame:
+        return np.zeros(len(frame))
+    return ((frame["no_bid_reason"] == FLOOR_NO_BID_REASON) & ~frame["bid"].astype(bool)).to_numpy(dtype=float)
+
+
 def _units(frame: pd.DataFrame) -> pd.DataFrame:
     """Per randomization unit (user hash, else request id) the sums the metrics need: impressions,
     bids, wins, clicks and spend (CPM) of the unit's impressions."""
@@ -206,6 +223,7 @@ def _units(frame: pd.DataFrame) -> pd.DataFrame:
             "unit": unit.to_numpy(),
             "impressions": np.ones(len(frame)),
             "bids": frame["bid"].to_numpy(dtype=float),
+            "priced": frame["bid"].to_numpy(dtype=float) + floor_no_bids(frame),
             "no_bids": 1.0 - frame["bid"].to_numpy(dtype=float),
             "spend_cpm": spend_cpm,
             "wins": won.astype(float),
@@ -233,13 +251,16 @@ def arm_result(frame: pd.DataFrame, arm: ArmSpec) -> tuple[dict[str, Any], dict[
         units[c].to_numpy() for c in ("spend_cpm", "bids", "wins", "clicks")
     )
     win = clustered_proportion(win_units, bid_units)
+    priced_units = all_units.loc[all_units["priced"] > 0]
+    priced = int(priced_units["priced"].sum())
+    priced_win = clustered_proportion(priced_units["wins"].to_numpy(), priced_units["priced"].to_numpy())["ci"]
     won_units = units["wins"].to_numpy() > 0
     ctr = clustered_proportion(click_units[won_units], win_units[won_units])
     win_rate = win["ci"]
     ecpm_value, ecpm_var = ratio_with_variance(spend_cpm, win_units)
     spend = sum_interval(spend_cpm / 1000.0)
     target = arm.target_win_rate
-    gap = None if win_rate["value"] is None or target is None else _num(win_rate["value"] - target)
+    gap = None if priced_win["value"] is None or target is None else _num(priced_win["value"] - target)
     entry = {
         "arm": arm.arm,
         "run_id": arm.run_id,
@@ -251,7 +272,9 @@ def arm_result(frame: pd.DataFrame, arm: ArmSpec) -> tuple[dict[str, Any], dict[
         "no_bid_share": no_bid["ci"],
         "wins": wins,
         "win_rate": win_rate,
-        "win_rate_gap": gap,
+        "floor_no_bids": priced - bids,
+        "priced_win_rate": priced_win,
+        "win_rate_gap": gap,  # priced_win_rate - target: the target's basis (module docstring)
         "spend": spend,
         "ecpm": ratio_interval(spend_cpm, win_units),
         "clicks": clicks,

@@ -33,6 +33,7 @@ import orjson
 
 from bidopt.bidder.fields import EventReaders, FeatureReader, event_readers, request_domain
 from bidopt.configs import PRICE_DECIMALS, price_ceil, price_floor
+from bidopt.events.schema import FLOOR_NO_BID_REASON
 from bidopt.notices import MAX_ID_CHARS, NoticeSigner
 from bidopt.warehouse.contract import FEATURE_COLUMNS, backoff_key, segment_key
 
@@ -383,7 +384,7 @@ def decide(
                 multiplier,
                 split_id,
                 arm,
-                None if price is not None else "no price clears the floor",
+                None if price is not None else FLOOR_NO_BID_REASON,
                 float(floor),
                 test,
                 ukey,

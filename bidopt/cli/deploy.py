@@ -102,9 +102,10 @@ def deploy_guard(entity_code: str | None, once: bool, as_json: bool) -> None:
     """Judge the active splits against their guardrails and replace a split with a breaching arm
     (`bidopt serve` runs this in its control loop; this is the same check, in-process, without Ray).
 
-    An arm breaches when its whole 95% interval of the win rate is further than
-    guardrail_max_win_rate_gap from its target, or of the no-bid share above
-    guardrail_max_no_bid_share, once it has guardrail_min_bids bids and guardrail_min_wins wins.
+    An arm breaches when its whole 95% interval of the priced win rate (floor no-bids counted as
+    losses, as the target counts them) is further than guardrail_max_win_rate_gap from its target,
+    or of the no-bid share above guardrail_max_no_bid_share, once it has guardrail_min_bids bids
+    and guardrail_min_wins wins.
     """
     while True:
         try:
@@ -146,7 +147,8 @@ def _num_text(value, digits: int = 4) -> str:
 @click.option("--hours", default=12, show_default=True, type=click.IntRange(0, 10_000), help="Hourly rows shown.")
 @json_option
 def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: bool) -> None:
-    """The A/B report of ENTITY_CODE's split: per arm requests, bids, wins, win rate against target,
+    """The A/B report of ENTITY_CODE's split: per arm requests, bids, wins, win rate (per bid), its
+    gap to the target (on the priced win rate: floor no-bids count as losses, as in the target),
     spend, eCPM, clicks, CTR and eCPC with 95% intervals, tests between arms, and an hourly table.
 
     Events come from the bidders (BIDOPT_EVENTS_URL); test requests and replayed notices are left out.
@@ -180,6 +182,7 @@ def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: b
                 "win_rate [95%]": _ci_text(a["win_rate"]),
                 "target": _num_text(a["target_win_rate"]),
                 "gap": _num_text(a["win_rate_gap"], 3),
+                "floor_no_bids": a["floor_no_bids"],
                 "no_bid": _ci_text(a["no_bid_share"]),
                 "spend": _ci_text(a["spend"], 2),
                 "ecpm": _ci_text(a["ecpm"], 3),
@@ -189,8 +192,8 @@ def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: b
             }
         )
     names = list(rows[0]) if rows else ["arm"]
-    print_table(rows, names[:10])  # counts and rates, then money and clicks: one table would not fit
-    print_table(rows, ["arm", "run_id", *names[10:]])
+    print_table(rows, names[:11])  # counts and rates, then money and clicks: one table would not fit
+    print_table(rows, ["arm", "run_id", *names[11:]])
     if report["comparisons"]:
         click.echo("\ncomparisons (b - a):")
         comps = [

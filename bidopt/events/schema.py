@@ -18,6 +18,10 @@ DECISIONS, NOTICES = "decisions", "notices"
 EVENT_KINDS = (DECISIONS, NOTICES)
 NOTICE_KINDS = ("win", "loss", "billing", "click")
 NOTICE_KEY = ("entity_code", "request_id", "imp_id", "kind")
+# A decision's no_bid_reason where the run's price did not clear the impression's floor (or the floor
+# was above the run's cap). The optimizer's target counts such impressions as losses, so the readout
+# does too where it compares a win rate with the target (bidopt.readout, ``priced_win_rate``).
+FLOOR_NO_BID_REASON = "no price clears the floor"
 
 DECISION_SCHEMA = pa.schema(
     [

@@ -10,8 +10,10 @@ For every logged request (a bid-log row: the contract's feature columns, ``domai
 * whether it bids (``quote`` gave a price: no bid where the floor is above what the run would pay);
 * the win model's probability at that price, ``P(win | segment features, domain, ln price)``: for a
   floor-aware run (``WinRateModel.floor_cleared``) P(win | the bid clears the floor), which a placed
-  bid does, so the replay's win rate is per bid placed, while the run's target and
-  ``predicted_win_rate`` count the requests a floor blocked as losses (README, "Bid quality");
+  bid does, so ``expected_win_rate`` is per bid placed; the run's target and ``predicted_win_rate``
+  count the requests a floor blocked as losses (README, "Bid quality"), and so does
+  ``expected_priced_win_rate`` (expected wins / requests: every no-bid here is one whose floor the
+  price did not clear), the rate to hold against the target, as the A/B readout's ``priced_win_rate``;
 * the expected spend: ``P(win) x price`` in a first-price auction; in a second-price auction the
   winner pays ``max(Z, floor)``, ``Z`` the highest competing bid whose CDF is the model's win curve
   ``F``, so ``E[price x 1{win}] = b F(b) - integral_floor^b F(x) dx``, the integral by 8-point
@@ -235,6 +237,7 @@ def _ratios(row: dict) -> dict:
         **row,
         "bid_share": bids / requests if requests else None,
         "expected_win_rate": wins / bids if bids else None,
+        "expected_priced_win_rate": wins / requests if requests else None,  # floor no-bids as losses
         "expected_spend": spend / 1000.0,  # CPM prices: each impression costs price / 1000
         "ecpm": spend / wins if wins else None,
         "mean_bid_cpm": row["bid_sum"] / bids if bids else None,

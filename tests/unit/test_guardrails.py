@@ -23,8 +23,9 @@ def wilson(successes: int, n: int, z: float = 1.96) -> dict:
     return {"value": p, "low": centre - half, "high": centre + half}
 
 
-def arm(run_id="A", index=0, *, target=0.4, bids=2000, wins=800, impressions=None, no_bids=0) -> dict:
-    impressions = bids + no_bids if impressions is None else impressions
+def arm(run_id="A", index=0, *, target=0.4, bids=2000, wins=800, impressions=None, no_bids=0, floor_no_bids=0) -> dict:
+    """``no_bids`` of any reason; ``floor_no_bids`` more, whose floor the price did not clear."""
+    impressions = bids + no_bids + floor_no_bids if impressions is None else impressions
     return {
         "arm": index,
         "run_id": run_id,
@@ -34,6 +35,8 @@ def arm(run_id="A", index=0, *, target=0.4, bids=2000, wins=800, impressions=Non
         "bids": bids,
         "wins": wins,
         "win_rate": wilson(wins, bids),
+        "floor_no_bids": floor_no_bids,
+        "priced_win_rate": wilson(wins, bids + floor_no_bids),
         "no_bid_share": wilson(impressions - bids, impressions),
     }
 
@@ -57,6 +60,23 @@ def test_an_arm_that_never_wins_is_judged_on_the_wins_it_would_have_had_on_targe
     never = g.judge_arm(arm(bids=1000, wins=0), SETTINGS)
     assert never.status == "breach" and never.breaches[0].metric == "win_rate"
     assert g.judge_arm(arm(bids=40, wins=0), SETTINGS).status == "waiting"  # below the bids minimum
+
+
+def test_the_win_rate_is_judged_with_the_floor_no_bids_as_losses_as_the_target_counts_them():
+    # on target: 800 wins of 1,400 bids and 600 impressions whose floor the price did not clear is
+    # 0.4 of what the run priced; per bid placed it reads 0.571, outside 0.4 +- 0.1
+    on_target = g.judge_arm(arm(bids=1400, wins=800, floor_no_bids=600), SETTINGS)
+    assert on_target.status == "ok", on_target
+    # 0.357 per bid placed, inside the band, is 0.25 of what it priced: too low for its target
+    low = g.judge_arm(arm(bids=1400, wins=500, floor_no_bids=600), SETTINGS)
+    assert low.status == "breach" and low.breaches[0].metric == "win_rate"
+    assert "600 floor no-bids" in low.breaches[0].text
+    # the minimum sample counts the floor no-bids too: 900 bids + 300 of them pass 1,000
+    assert g.judge_arm(arm(bids=900, wins=480, floor_no_bids=300), SETTINGS).status == "ok"
+    # a report without the priced rate (no floor no-bids) is judged on its win rate
+    plain = arm(bids=4000, wins=2400)
+    del plain["priced_win_rate"], plain["floor_no_bids"]
+    assert g.judge_arm(plain, SETTINGS).status == "breach"
 
 
 def test_an_interval_that_reaches_into_the_band_is_no_breach():

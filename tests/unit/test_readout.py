@@ -10,11 +10,12 @@ import math
 from datetime import datetime, timedelta
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from synthetic_events import Arm, synthetic_split
 
 from bidopt.events.compact import bid_log_rows, compactable_hours, impression_outcomes
-from bidopt.events.schema import DECISIONS, NOTICES, rows_to_table
+from bidopt.events.schema import DECISIONS, FLOOR_NO_BID_REASON, NOTICES, rows_to_table
 from bidopt.readout import (
     Z95,
     ArmSpec,
@@ -149,7 +150,7 @@ def test_a_synthetic_split_reads_out_its_truth():
     assert hourly[-1]["cumulative_spend"] == pytest.approx(truth["run_b"]["spend"])
 
 
-def _decision(rid, *, bid=True, test=False, t=T0, split_id=1, run_id="r1"):
+def _decision(rid, *, bid=True, test=False, t=T0, split_id=1, run_id="r1", reason=None):
     return {
         "event_time": t,
         "entity_code": "e",
@@ -162,6 +163,7 @@ def _decision(rid, *, bid=True, test=False, t=T0, split_id=1, run_id="r1"):
         "test": test,
         "bid": bid,
         "bid_cpm": 2.0 if bid else None,
+        "no_bid_reason": None if bid else reason,
         "npi_matched": False,
         "geo_region_name": "texas",
     }
@@ -227,6 +229,31 @@ def test_what_counts_as_a_win_a_price_and_a_click():
     assert (arm["impressions"], arm["bids"], arm["wins"], arm["clicks"]) == (7, 6, 4, 1)
     assert arm["spend"]["value"] == pytest.approx(4.0 / 1000)
     assert split_readout(dec, notes, 2, [ArmSpec(0, "r1", 100, 0.5)])["arms"][0]["bids"] == 0  # another split
+
+
+def test_the_gap_to_target_counts_the_floor_no_bids_as_losses_as_the_target_does():
+    """A run's target counts the impressions whose floor its price does not clear as losses (the
+    optimizer prices them); the bidder does not bid there. Per bid placed the rate reads higher."""
+    floor, other = FLOOR_NO_BID_REASON, "currency not USD"
+    dec = rows_to_table(
+        DECISIONS,
+        [_decision(f"w{i}") for i in range(2)]  # won
+        + [_decision(f"l{i}") for i in range(2)]  # lost
+        + [_decision(f"f{i}", bid=False, reason=floor) for i in range(4)]
+        + [_decision(f"c{i}", bid=False, reason=other) for i in range(2)],  # not the run's pricing
+    )
+    notes = rows_to_table(NOTICES, [_notice(f"w{i}", "win", price=1.0) for i in range(2)])
+    arm = split_readout(dec, notes, 1, [ArmSpec(0, "r1", 100, 0.3)])["arms"][0]
+    assert (arm["impressions"], arm["bids"], arm["wins"], arm["floor_no_bids"]) == (10, 4, 2, 4)
+    assert arm["win_rate"]["value"] == pytest.approx(2 / 4)  # per bid placed
+    assert arm["priced_win_rate"]["value"] == pytest.approx(2 / 8)  # bids + floor no-bids
+    assert arm["win_rate_gap"] == pytest.approx(2 / 8 - 0.3)
+    assert arm["no_bid_share"]["value"] == pytest.approx(6 / 10)
+    # without floor no-bids the two rates are one
+    dec2 = dec.filter(pc.invert(pc.equal(dec["no_bid_reason"], floor)).fill_null(True))
+    plain = split_readout(dec2, notes, 1, [ArmSpec(0, "r1", 100, 0.3)])["arms"][0]
+    assert plain["floor_no_bids"] == 0 and plain["priced_win_rate"] == plain["win_rate"]
+    assert plain["win_rate_gap"] == pytest.approx(0.5 - 0.3)
 
 
 def test_an_hour_becomes_bid_log_rows():

@@ -129,6 +129,9 @@ def test_partial_sums_add_up_across_batches(logs, tables, model):
     assert r1["total"]["requests"] == r2["total"]["requests"] == len(logs)
     assert r1["total"]["bids"] == int(replay_rows(logs, runs[0])["bids"].sum())
     assert r1["total"]["expected_win_rate"] == pytest.approx(r1["total"]["expected_wins"] / r1["total"]["bids"])
+    # the target's basis: every replayed no-bid is one whose floor the price did not clear, a loss
+    assert r1["total"]["expected_priced_win_rate"] == pytest.approx(r1["total"]["expected_wins"] / len(logs))
+    assert r1["total"]["bids"] < len(logs)  # some floors are above the run's prices
     assert [s["segment_key"] for s in r2["segments"]] == [""]  # no features: one key, the default
     assert r2["total"]["mean_bid_cpm"] == pytest.approx(2.0)
     assert combine_partials(replay_local([], runs), ["r1"])[0]["total"]["bid_share"] is None

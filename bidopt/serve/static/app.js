@@ -243,7 +243,8 @@ function replayView(view) {
   const rows = runs.map((r, i) => `<tr data-run="${esc(r.run_id)}"><td><i class="swatch" style="background:${armColour(i)}"></i>
     <a href="#/run/${esc(r.run_id)}">${esc(r.run_id)}</a></td><td>${esc(r.role)}${r.traffic_pct !== null ? ` (${r.traffic_pct}%)` : ""}</td>
     <td>${fmt(t(r).requests)}</td><td>${fmt(t(r).bids)}</td><td data-metric="bid_share">${asPct(t(r).bid_share)}</td>
-    <td data-metric="expected_win_rate">${asPct(t(r).expected_win_rate)}</td><td>${asMoney(t(r).expected_spend)}</td>
+    <td data-metric="expected_win_rate">${asPct(t(r).expected_win_rate)}</td>
+    <td data-metric="expected_priced_win_rate">${asPct(t(r).expected_priced_win_rate)}</td><td>${asMoney(t(r).expected_spend)}</td>
     <td data-metric="ecpm">${asMoney(t(r).ecpm)}</td><td>${fmt(t(r).mean_bid_cpm)}</td></tr>`).join("");
   const ecpmMax = niceCeil(Math.max(0.01, ...runs.map(r => t(r).ecpm).filter(finite)) * 1.1);
   const first = runs[0];
@@ -253,7 +254,8 @@ function replayView(view) {
   return `<p>${fmt(view.requests)} logged requests of ${esc(view.entity_code)}, ${esc(view.since)} .. ${esc(view.until)}
     <span class="muted">(${esc(view.engine)}, ${fmt(view.seconds)} s; spend: ${esc(view.spend_model)})</span></p>
     <table id="replay-table" class="results"><tr><th>run</th><th>role</th><th>requests</th><th>bids</th><th>bid share</th>
-    <th>expected win rate</th><th>expected spend</th><th>eCPM</th><th>mean bid CPM</th></tr>${rows}</table>
+    <th>expected win rate</th><th title="expected wins / requests: the floor no-bids count as losses, as in the target">expected
+    priced win rate</th><th>expected spend</th><th>eCPM</th><th>mean bid CPM</th></tr>${rows}</table>
     <div class="cols" style="grid-template-columns: repeat(3, 1fr)">
     <div><h3>bid share</h3>${replayBars("replay-bid-share", runs, r => t(r).bid_share, {yMax: 1, yFormat: v => asPct(v, 0)})}</div>
     <div><h3>expected win rate</h3>${replayBars("replay-win-rate", runs, r => t(r).expected_win_rate, {yMax: 1, yFormat: v => asPct(v, 0)})}</div>
@@ -687,18 +689,20 @@ function ciText(ci, f) {
 // number is off target; ``state`` is waiting, ok or breach. Without the settings (an older server) the
 // win rate is flagged when its interval excludes the run's target.
 function guardrailView(arm, configs) {
-  const c = configs || {}, flags = {}, wr = arm.win_rate || {}, nb = arm.no_bid_share || {}, target = arm.target_win_rate;
+  // judged on the priced win rate (floor no-bids count as losses, as the target counts them)
+  const c = configs || {}, flags = {}, wr = arm.priced_win_rate || arm.win_rate || {}, nb = arm.no_bid_share || {}, target = arm.target_win_rate;
+  const priced = arm.bids + (arm.floor_no_bids || 0);
   if (!finite(c.guardrail_max_win_rate_gap)) {
     if (finite(target) && finite(wr.low) && finite(wr.high) && (target < wr.low || target > wr.high))
       flags.win_rate = `the target ${asPct(target)} is outside the win rate's 95% interval`;
     return {flags, state: ""};
   }
   const waiting = [];
-  if (arm.bids >= c.guardrail_min_bids && arm.wins >= c.guardrail_min_wins) {
+  if (priced >= c.guardrail_min_bids && Math.max(arm.wins, (finite(target) ? target : 0) * priced) >= c.guardrail_min_wins) {
     const gap = c.guardrail_max_win_rate_gap;
     if (finite(target) && finite(wr.low) && finite(wr.high) && (wr.low > target + gap || wr.high < target - gap))
       flags.win_rate = `the whole interval is more than ${asPoints(gap).slice(1)} from the target ${asPct(target)}`;
-  } else waiting.push(`${fmt(arm.bids)}/${fmt(c.guardrail_min_bids)} bids, ${fmt(arm.wins)}/${fmt(c.guardrail_min_wins)} wins`);
+  } else waiting.push(`${fmt(priced)}/${fmt(c.guardrail_min_bids)} bids (with floor no-bids), ${fmt(arm.wins)}/${fmt(c.guardrail_min_wins)} wins`);
   if (arm.impressions >= c.guardrail_min_bids) {
     if (finite(nb.low) && nb.low > c.guardrail_max_no_bid_share)
       flags.no_bid_share = `the whole interval is above the limit ${asPct(c.guardrail_max_no_bid_share)}`;
@@ -827,7 +831,8 @@ async function resultsPage(code, splitId) {
       <td><a data-metric="run_id" href="#/run/${esc(encodeURIComponent(a.run_id))}">${esc(a.run_id)}</a><br>${promote}</td>
       <td data-metric="requests">${fmt(a.requests)}</td><td data-metric="bids">${fmt(a.bids)}</td><td data-metric="wins">${fmt(a.wins)}</td>
       ${flagged(ciText(a.win_rate, asPct), flags.win_rate, "win_rate")}
-      ${flagged(`${asPoints(a.win_rate_gap)}<br><span class="ci" data-metric="target_win_rate">target ${asPct(a.target_win_rate)}</span>`,
+      ${flagged(`${asPoints(a.win_rate_gap)}<br><span class="ci" data-metric="target_win_rate">target ${asPct(a.target_win_rate)}</span>`
+        + (a.floor_no_bids ? `<br><span class="ci" data-metric="priced_win_rate">priced ${ciText(a.priced_win_rate, asPct)}, ${fmt(a.floor_no_bids)} floor no-bids</span>` : ""),
         flags.win_rate, "win_rate_gap")}
       <td data-metric="spend">${ciText(a.spend, asMoney)}</td><td data-metric="ecpm">${ciText(a.ecpm, asMoney)}</td>
       <td data-metric="clicks">${fmt(a.clicks)}</td><td data-metric="ctr">${ciText(a.ctr, v => asPct(v, 2))}</td>
@@ -850,7 +855,8 @@ async function resultsPage(code, splitId) {
     ${empty ? `<p id="no-traffic" class="msg">No traffic recorded for this split yet.</p>` : ""}</section>
     <section><h2>Arms</h2><div class="scroll"><table id="arms-table" class="results"><tr><th>arm</th><th>run</th><th>requests</th><th>bids</th><th>wins</th><th>win rate</th><th>gap to target</th><th>spend</th>
       <th>eCPM</th><th>clicks</th><th>CTR</th><th>eCPC</th><th>no-bid</th><th>guardrail</th></tr>${arms}</table></div>
-      <p class="muted">Arm with its traffic share. Win rate = wins / bids; spend in currency units (clearing CPM / 1000); eCPM = spend per 1000 won impressions;
+      <p class="muted">Arm with its traffic share. Win rate = wins / bids; gap to target = priced win rate − target, the priced
+      win rate counting the impressions whose floor the run's price did not clear as losses, as the target does; spend in currency units (clearing CPM / 1000); eCPM = spend per 1000 won impressions;
       CTR = clicks / wins; eCPC = spend / click; no-bid = share of impressions not bid on; [95% intervals]. ⚠ marks a number off target by the entity's guardrail.</p>
       <div id="promote-message" class="msg"></div></section>
     ${empty ? "" : `<section><h2>Comparisons</h2>${comparisonsTable(report)}</section>
