@@ -286,7 +286,8 @@ ENTITY_CONFIG_SPECS: dict[str, ConfigSpec] = {
             "int",
             "static",
             1000,
-            "Bids an arm needs before the guardrail judges it (impressions, for the no-bid share)",
+            "Bids an arm needs before the guardrail judges its win rate (bids plus floor no-bids, the "
+            "target's basis; impressions, for the no-bid share)",
             1,
             1_000_000_000,
         ),
@@ -295,7 +296,8 @@ ENTITY_CONFIG_SPECS: dict[str, ConfigSpec] = {
             "int",
             "static",
             20,
-            "Wins an arm needs before the guardrail judges its win rate",
+            "Wins an arm needs before the guardrail judges its win rate (its own, or those it would have "
+            "on target, whichever is more)",
             0,
             1_000_000_000,
         ),
@@ -304,7 +306,8 @@ ENTITY_CONFIG_SPECS: dict[str, ConfigSpec] = {
             "float",
             "static",
             0.15,
-            "An arm breaches when its whole 95% win-rate interval is further than this from its run's target",
+            "An arm breaches when its whole 95% interval of the priced win rate (floor no-bids as losses, "
+            "as the target counts them) is further than this from its run's target",
             0.0,
             1.0,
             False,

@@ -31,7 +31,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bidopt.events.schema import FLOOR_NO_BID_REASON
+from bidopt.events.schema import FLOOR_NO_BID_REASON, INVALID_PRICE_REASON
 
 log = logging.getLogger("bidopt.metrics")
 
@@ -39,7 +39,7 @@ PROMETHEUS_PREFIX = "ray_"  # what Ray's metrics agent puts before every applica
 FLUSH_SECONDS = 2.0
 WINDOW_MINUTES = 5
 UNKNOWN_ENTITY = "unknown"
-NO_BID_REASONS = ("no_split", "floor", "currency", "malformed", "too_large", "tmax", "other")
+NO_BID_REASONS = ("no_split", "floor", "currency", "malformed", "too_large", "tmax", "invalid_price", "other")
 REFRESH_OUTCOMES = ("ok", "error")
 
 # decide()'s free-text no-bid reasons (bidopt.bidder.core) -> the reason label: the one table.
@@ -49,6 +49,7 @@ REASON_LABELS = {
     "currency not USD": "currency",  # an impression's bidfloorcur
     "request does not accept USD": "currency",  # the request's cur
     "tmax passed": "tmax",
+    INVALID_PRICE_REASON: "invalid_price",
 }
 NO_SPLIT_PREFIX = "no active split for "  # + the entity code
 STATUS_LABELS = {400: "malformed", 413: "too_large"}  # a request refused whole, by its HTTP status

@@ -41,8 +41,12 @@ clear: ``bidopt.optimizer.floors``); the bidder does not bid on them (``FLOOR_NO
 ``priced_win_rate`` = wins / (bids + floor no-bids) is the rate on the target's basis, and
 ``win_rate_gap`` (and the guardrail's win-rate rule) use it; ``win_rate`` is wins per bid placed, the
 rate an exchange reports, which on floored traffic reads about target / share of floors cleared.
-Without floor no-bids the two are equal. Other no-bids (currency, tmax, no split) are not the run's
-pricing and count in neither.
+Without floor no-bids the two are equal. Other no-bids (currency, tmax, no split, a table without a
+valid price) are not the run's pricing and count in neither. The priced basis is the target's where
+the run's training logs hold the bids that lost to their floor (logs of every bid, as imported; with
+``floor_aware_win_model`` the shares of the floor histogram). A run trained only on the platform's
+own logged bids, every one of which cleared its floor, learnt a rate closer to per bid: both rates
+are reported for that reason, and the README's "What the target means on floored traffic" says so.
 
 Where a value is undefined (no bids, no wins, a single unit) it is ``None``; no NaN or infinity is
 ever returned (JSON has neither).
@@ -313,7 +317,10 @@ def comparisons(arms: Sequence[ArmSpec], stats: Sequence[dict[str, Any]]) -> lis
 
 
 def hourly_series(frame: pd.DataFrame, arms: Sequence[ArmSpec]) -> list[dict[str, Any]]:
-    """Per hour of the decisions and arm: counts, win rate with its interval, spend and its running total."""
+    """Per hour of the decisions and arm: counts, the win rate per bid and on the target's basis
+    (``priced_win_rate``, floor no-bids as losses: module docstring) with their intervals, spend and
+    its running total. The hourly intervals are Wilson on the hour's raw counts, not clustered per
+    user like the arms' (so narrower than they should be where users repeat within the hour)."""
     out = []
     if frame.empty:
         return out
@@ -324,6 +331,7 @@ def hourly_series(frame: pd.DataFrame, arms: Sequence[ArmSpec]) -> list[dict[str
         for hour, rows in mine.groupby(hours.loc[mine.index], sort=True):
             bids = int(rows["bid"].astype(bool).sum())
             wins = int(rows["won"].sum())
+            floored = int(floor_no_bids(rows).sum())
             spend = float(np.nansum(np.where(rows["won"], rows["price_cpm"].to_numpy(dtype=float), 0.0))) / 1000.0
             cumulative += spend
             out.append(
@@ -335,6 +343,8 @@ def hourly_series(frame: pd.DataFrame, arms: Sequence[ArmSpec]) -> list[dict[str
                     "bids": bids,
                     "wins": wins,
                     "win_rate": wilson_interval(wins, bids),
+                    "floor_no_bids": floored,
+                    "priced_win_rate": wilson_interval(wins, bids + floored),
                     "spend": _num(spend),
                     "cumulative_spend": _num(cumulative),
                     "clicks": int(rows["clicked"].sum()),

@@ -33,7 +33,7 @@ import orjson
 
 from bidopt.bidder.fields import EventReaders, FeatureReader, event_readers, request_domain
 from bidopt.configs import PRICE_DECIMALS, price_ceil, price_floor
-from bidopt.events.schema import FLOOR_NO_BID_REASON
+from bidopt.events.schema import FLOOR_NO_BID_REASON, INVALID_PRICE_REASON
 from bidopt.notices import MAX_ID_CHARS, NoticeSigner
 from bidopt.warehouse.contract import FEATURE_COLUMNS, backoff_key, segment_key
 
@@ -300,6 +300,21 @@ class Decision(NamedTuple):
     values: Sequence[str] = ()  # what the run's lookup read (run feature order); empty without a lookup
 
 
+def no_price_reason(base: float, multiplier: float) -> str:
+    """Why ``ServingRun.quote`` gave no price: the floor (or the cap under it), unless the tables'
+    price itself is no positive number (``quote`` refuses those whatever the floor)."""
+    return FLOOR_NO_BID_REASON if base * multiplier > 0 else INVALID_PRICE_REASON
+
+
+def request_no_bid_reason(decisions: Sequence[Decision]) -> str:
+    """The reason of a request none of whose impressions was bid on: its impressions' one reason
+    (every floor: "no impression clears its floor"), or all of them where they differ."""
+    reasons = sorted({d.reason or "" for d in decisions})
+    if reasons == [FLOOR_NO_BID_REASON]:
+        return "no impression clears its floor"
+    return reasons[0] if len(reasons) == 1 else "no impression bid on: " + "; ".join(reasons)
+
+
 def is_test(req: dict) -> bool:
     """OpenRTB ``test: 1``: the exchange's test traffic, answered but never counted."""
     return req.get("test") == 1
@@ -384,7 +399,7 @@ def decide(
                 multiplier,
                 split_id,
                 arm,
-                None if price is not None else FLOOR_NO_BID_REASON,
+                None if price is not None else no_price_reason(base, multiplier),
                 float(floor),
                 test,
                 ukey,
@@ -408,7 +423,7 @@ def decide(
             bid["ext"]["click_url"] = urls["click_url"]
         bids.append(bid)
     if not bids:
-        return 204, b"", decisions, "no impression clears its floor"
+        return 204, b"", decisions, request_no_bid_reason(decisions)
     response = {
         "id": rid,
         "seatbid": [{"seat": "bidopt", "bid": bids}],
@@ -418,6 +433,8 @@ def decide(
     payload = orjson.dumps(response)
     tmax = req.get("tmax")
     if tmax is not None and time.monotonic() > received_at + tmax / 1000:
-        late = [d._replace(price=None, reason="tmax passed") if d.price is not None else d for d in decisions]
+        # every impression, floored ones too: the request went unanswered, so none of it is a loss on
+        # the target's basis (a floored sibling kept as a floor no-bid would count against the run)
+        late = [d._replace(price=None, reason="tmax passed") for d in decisions]
         return 204, b"", late, "tmax passed"
     return 200, payload, decisions, ""

@@ -105,7 +105,8 @@ def deploy_guard(entity_code: str | None, once: bool, as_json: bool) -> None:
     An arm breaches when its whole 95% interval of the priced win rate (floor no-bids counted as
     losses, as the target counts them) is further than guardrail_max_win_rate_gap from its target,
     or of the no-bid share above guardrail_max_no_bid_share, once it has guardrail_min_bids bids
-    and guardrail_min_wins wins.
+    and floor no-bids (impressions, for the no-bid share) and guardrail_min_wins wins (its own, or
+    those it would have on target, whichever is more).
     """
     while True:
         try:
@@ -147,9 +148,10 @@ def _num_text(value, digits: int = 4) -> str:
 @click.option("--hours", default=12, show_default=True, type=click.IntRange(0, 10_000), help="Hourly rows shown.")
 @json_option
 def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: bool) -> None:
-    """The A/B report of ENTITY_CODE's split: per arm requests, bids, wins, win rate (per bid), its
-    gap to the target (on the priced win rate: floor no-bids count as losses, as in the target),
-    spend, eCPM, clicks, CTR and eCPC with 95% intervals, tests between arms, and an hourly table.
+    """The A/B report of ENTITY_CODE's split: per arm requests, bids, wins, win rate (per bid), floor
+    no-bids, the priced win rate (floor no-bids count as losses, as in the target) and its gap to the
+    target, spend, eCPM, clicks, CTR and eCPC with 95% intervals, tests between arms, and an hourly
+    table of both win rates.
 
     Events come from the bidders (BIDOPT_EVENTS_URL); test requests and replayed notices are left out.
     """
@@ -180,9 +182,10 @@ def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: b
                 "bids": a["bids"],
                 "wins": a["wins"],
                 "win_rate [95%]": _ci_text(a["win_rate"]),
+                "floor_no_bids": a["floor_no_bids"],
+                "priced_win_rate [95%]": _ci_text(a["priced_win_rate"]),
                 "target": _num_text(a["target_win_rate"]),
                 "gap": _num_text(a["win_rate_gap"], 3),
-                "floor_no_bids": a["floor_no_bids"],
                 "no_bid": _ci_text(a["no_bid_share"]),
                 "spend": _ci_text(a["spend"], 2),
                 "ecpm": _ci_text(a["ecpm"], 3),
@@ -192,8 +195,8 @@ def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: b
             }
         )
     names = list(rows[0]) if rows else ["arm"]
-    print_table(rows, names[:11])  # counts and rates, then money and clicks: one table would not fit
-    print_table(rows, ["arm", "run_id", *names[11:]])
+    print_table(rows, names[:12])  # counts and rates, then money and clicks: one table would not fit
+    print_table(rows, ["arm", "run_id", *names[12:]])
     if report["comparisons"]:
         click.echo("\ncomparisons (b - a):")
         comps = [
@@ -212,5 +215,14 @@ def deploy_report(entity_code: str, split_id: int | None, hours: int, as_json: b
     hourly = report["hourly"][-hours:] if hours else []
     if hourly:
         click.echo("\nhourly:")
-        table = [{**h, "win_rate": _ci_text(h["win_rate"]), "spend": _num_text(h["spend"])} for h in hourly]
-        print_table(table, ["hour", "arm", "run_id", "requests", "bids", "wins", "win_rate", "spend", "clicks"])
+        table = [
+            {
+                **h,
+                "win_rate": _ci_text(h["win_rate"]),
+                "priced_win_rate": _ci_text(h["priced_win_rate"]),
+                "spend": _num_text(h["spend"]),
+            }
+            for h in hourly
+        ]
+        columns = ["hour", "arm", "run_id", "requests", "bids", "wins", "win_rate", "floor_no_bids", "priced_win_rate"]
+        print_table(table, [*columns, "spend", "clicks"])

@@ -22,6 +22,9 @@ NOTICE_KEY = ("entity_code", "request_id", "imp_id", "kind")
 # was above the run's cap). The optimizer's target counts such impressions as losses, so the readout
 # does too where it compares a win rate with the target (bidopt.readout, ``priced_win_rate``).
 FLOOR_NO_BID_REASON = "no price clears the floor"
+# A decision's no_bid_reason where the run's tables gave no positive price (a NaN or a zero: a corrupt
+# or hand-edited table). Not the floor's doing, so not a loss on the target's basis.
+INVALID_PRICE_REASON = "no valid price in the run's tables"
 
 DECISION_SCHEMA = pa.schema(
     [

@@ -195,6 +195,7 @@ def test_the_report_through_service_cli_and_api(loop):
     assert json.loads(out.output)["arms"] == report["arms"]
     text = runner.invoke(cli, ["deploy", "report", "drugs_hcp", "--split", str(split_id)])
     assert text.exit_code == 0 and "WIN_RATE [95%]" in text.output and "two-proportion z-test" in text.output
+    assert "PRICED_WIN_RATE [95%]" in text.output and "FLOOR_NO_BIDS" in text.output
     missing = runner.invoke(cli, ["deploy", "report", "drugs_hcp", "--split", str(10**400)])
     assert missing.exit_code == 1 and "no split" in missing.output
     compact = runner.invoke(cli, ["events", "compact", "drugs_hcp", "--until", "tomorrow"])

@@ -20,7 +20,7 @@ from bidopt.db import access
 from bidopt.db import queries as q
 from bidopt.db.engine import session_scope
 from bidopt.db.models import OptRun
-from bidopt.events.schema import DECISIONS, NOTICES, rows_to_table
+from bidopt.events.schema import DECISIONS, FLOOR_NO_BID_REASON, NOTICES, rows_to_table
 from bidopt.events.store import hour_of, open_event_store
 from bidopt.serve.api import create_app
 from bidopt.settings import get_settings
@@ -142,7 +142,8 @@ def _write_split_events(split_id: int, arms: list[dict], start: datetime) -> Non
     """Synthetic decision and notice events of ``split_id`` over three hours from ``start``: per arm
     ``impressions`` decisions (one imp per request), of which the first ``bids`` were bid on, the
     first ``wins`` of those won (a win and a billing notice at ``price``) and the first ``clicks`` of
-    those clicked; plus ``test`` exchange test requests and the first ``replays`` win notices sent twice."""
+    those clicked; plus ``test`` exchange test requests and the first ``replays`` win notices sent twice.
+    The no-bids give ``no_bid_reason`` (default: a reason no readout counts)."""
     rows: dict[tuple[str, datetime], list[dict]] = {}
     for a in arms:
         n = a["impressions"] + a["test"]
@@ -164,7 +165,7 @@ def _write_split_events(split_id: int, arms: list[dict], start: datetime) -> Non
                 "test": test,
                 "bid": bid,
                 "bid_cpm": 2.5 if bid else None,
-                "no_bid_reason": None if bid else "below_floor",
+                "no_bid_reason": None if bid else a.get("no_bid_reason", "below_floor"),
                 "segment_key": "california",
                 "level": "segment",
                 "geo_region_name": "california",
@@ -225,6 +226,7 @@ def test_results_page_shows_each_arm_and_promotes_the_winner(platform_db, server
         dict(arm=0, run_id=low, impressions=300, bids=270, wins=60, clicks=9, test=12, replays=5, price=2.0),
         dict(arm=1, run_id=high, impressions=200, bids=190, wins=124, clicks=6, test=0, replays=3, price=3.0),
     ]
+    arms[1]["no_bid_reason"] = FLOOR_NO_BID_REASON  # its 10 no-bids count as losses against its target
     _write_split_events(split_id, arms, deployed + timedelta(minutes=30))
 
     page = browser.new_page(viewport={"width": 1280, "height": 1200})
@@ -255,8 +257,14 @@ def test_results_page_shows_each_arm_and_promotes_the_winner(platform_db, server
     assert _text(page, '[data-metric="test_requests_excluded"]') == "12"
     assert _text(page, '[data-metric="duplicates_dropped"]') == "8"
     assert page.query_selector("#no-traffic") is None
-    # arm 0's whole win-rate interval is more than 10 points below its target: flagged; arm 1 is on target
-    assert page.query_selector('#arms-table tr[data-arm="0"] [data-metric="win_rate"].flag') is not None
+    # arm 0's whole win-rate interval is more than 10 points below its target: its gap is flagged (not
+    # the per-bid rate, which is not what the guardrail judges); arm 1 is on target
+    assert page.query_selector('#arms-table tr[data-arm="0"] [data-metric="win_rate_gap"].flag') is not None
+    assert page.query_selector('#arms-table tr[data-arm="0"] [data-metric="win_rate"].flag') is None
+    # arm 1's gap is on the target's basis: 124 wins of 190 bids + 10 floor no-bids, 62% against 65%
+    assert _text(page, '#arms-table tr[data-arm="1"] [data-metric="floor_no_bids"]') == "10"
+    assert _text(page, '#arms-table tr[data-arm="1"] [data-metric="win_rate_gap"]').startswith("−3.0 pp")
+    assert _text(page, '#arms-table tr[data-arm="1"] [data-metric="priced_win_rate"]').startswith("priced 62.0%")
     assert _text(page, '#arms-table tr[data-arm="0"] [data-metric="guardrail"]') == "breach"
     assert page.query_selector('#arms-table tr[data-arm="1"] .flag') is None
     assert _text(page, '#arms-table tr[data-arm="1"] [data-metric="guardrail"]') == "ok"

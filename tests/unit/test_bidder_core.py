@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bidopt.bidder.core import BidderState, EntityServing, RunTables, decide, parse_request
 from bidopt.bidder.fields import browser_from_ua, feature_reader
+from bidopt.events.schema import FLOOR_NO_BID_REASON, INVALID_PRICE_REASON
 
 FEATURES = (("geo_region_name", "device.geo.region"), ("os_code", "device.os"), ("npi_matched", "user.ext.npi_matched"))
 
@@ -317,6 +318,11 @@ def test_no_bid_once_tmax_has_passed():
     status, body, decisions, reason = decide(state(), "drugs_hcp", request(tmax=500), arrived_a_second_ago)
     assert (status, body, reason) == (204, b"", "tmax passed")
     assert [(d.price, d.reason, d.segment_key) for d in decisions] == [(None, "tmax passed", "california|ios|true")]
+    # a floored sibling of a late bid is no floor no-bid either: the whole request went unanswered, so
+    # none of it may count as a loss on the target's basis (bidopt.readout)
+    two = request(tmax=500, imp=[{"id": "1"}, {"id": "2", "bidfloor": 1e6}])
+    late = decide(state(), "drugs_hcp", two, arrived_a_second_ago)[2]
+    assert [(d.impid, d.price, d.reason) for d in late] == [("1", None, "tmax passed"), ("2", None, "tmax passed")]
     assert decide(state(), "drugs_hcp", request(tmax=3_600_000), arrived_a_second_ago)[0] == 200
     assert decide(state(), "drugs_hcp", request(), arrived_a_second_ago)[0] == 200  # no tmax, no deadline
     assert decide(state(), "drugs_hcp", request(tmax=3_600_000))[0] == 200  # arrival defaults to now
@@ -339,8 +345,20 @@ def test_ab_split_hash_is_salted_per_split_and_sticky_within_it():
 def test_a_nan_bid_or_multiplier_is_no_bid_never_a_null_price():
     nan = float("nan")
     for run in (tables(bids={"*|*|*": nan}), tables(multipliers={"mednews.com": nan})):
-        status, body, decisions, _ = decide(state((run, 100)), "drugs_hcp", request())
+        status, body, decisions, reason = decide(state((run, 100)), "drugs_hcp", request())
         assert (status, body, [d.price for d in decisions]) == (204, b"", [None])
+        # not the floor's doing (there is none), so not a loss on the target's basis (bidopt.readout)
+        assert [d.reason for d in decisions] == [INVALID_PRICE_REASON] and reason == INVALID_PRICE_REASON
+
+
+def test_a_request_not_bid_on_says_why_for_all_its_impressions():
+    def reason_of(*imps):
+        return decide(state(), "drugs_hcp", request(imp=list(imps)))[3]
+
+    floored, euro = {"id": "1", "bidfloor": 1e6}, {"id": "2", "bidfloorcur": "EUR"}
+    assert reason_of(floored, {**floored, "id": "3"}) == "no impression clears its floor"
+    assert reason_of(euro) == "currency not USD"  # not a floor: it said so before
+    assert reason_of(floored, euro) == f"no impression bid on: currency not USD; {FLOOR_NO_BID_REASON}"
 
 
 def test_region_codes_are_ascii_state_codes_only():

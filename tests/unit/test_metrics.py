@@ -16,6 +16,7 @@ from bidopt.bidder import app as bidder_app
 from bidopt.bidder.app import BidderCore
 from bidopt.bidder.core import MAX_BODY_BYTES, BidderState, EntityServing, RunTables, source_event_readers
 from bidopt.bidder.fields import feature_reader
+from bidopt.events.schema import INVALID_PRICE_REASON
 from bidopt.metrics import (
     BIDDER_METRICS,
     NO_BID_REASONS,
@@ -87,6 +88,7 @@ def test_every_reason_decide_gives_has_its_label():
     assert no_bid_label("currency not USD") == "currency"
     assert no_bid_label("request does not accept USD") == "currency"
     assert no_bid_label("tmax passed") == "tmax"
+    assert no_bid_label(INVALID_PRICE_REASON) == "invalid_price" and "invalid_price" in NO_BID_REASONS
     assert no_bid_label("no active split for drugs_hcp") == "no_split"
     assert no_bid_label("imp must be a non-empty array", 400) == "malformed"
     assert no_bid_label("bid request of 300000 bytes is over the 262144-byte limit", 413) == "too_large"

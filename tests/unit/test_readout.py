@@ -243,8 +243,14 @@ def test_the_gap_to_target_counts_the_floor_no_bids_as_losses_as_the_target_does
         + [_decision(f"c{i}", bid=False, reason=other) for i in range(2)],  # not the run's pricing
     )
     notes = rows_to_table(NOTICES, [_notice(f"w{i}", "win", price=1.0) for i in range(2)])
-    arm = split_readout(dec, notes, 1, [ArmSpec(0, "r1", 100, 0.3)])["arms"][0]
+    report = split_readout(dec, notes, 1, [ArmSpec(0, "r1", 100, 0.3)])
+    arm = report["arms"][0]
     assert (arm["impressions"], arm["bids"], arm["wins"], arm["floor_no_bids"]) == (10, 4, 2, 4)
+    # the hourly series (plotted against the target) on the same basis
+    (hour,) = report["hourly"]
+    assert (hour["bids"], hour["wins"], hour["floor_no_bids"]) == (4, 2, 4)
+    assert hour["win_rate"]["value"] == pytest.approx(2 / 4)
+    assert hour["priced_win_rate"]["value"] == pytest.approx(2 / 8)
     assert arm["win_rate"]["value"] == pytest.approx(2 / 4)  # per bid placed
     assert arm["priced_win_rate"]["value"] == pytest.approx(2 / 8)  # bids + floor no-bids
     assert arm["win_rate_gap"] == pytest.approx(2 / 8 - 0.3)

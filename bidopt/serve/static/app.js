@@ -770,11 +770,15 @@ function armLegend(arms) {
     (${esc(a.traffic_pct)}%)</span>`).join("")}</div>`;
 }
 
+// the rate on the target's basis (floor no-bids as losses: bidopt.readout), the one the dashed target
+// lines and the guardrail mean; a report from before it had only the per-bid rate
+const targetBasisRate = r => r && (r.priced_win_rate || r.win_rate);
+
 function winRatePlot(report) {
   const {hours, arms} = armSeries(report);
   const lines = arms.map(({arm, rows}) => ({colour: armColour(arm.arm), label: `arm ${arm.arm}`,
-    points: rows.map(r => r && r.win_rate ? {y: r.win_rate.value, low: r.win_rate.low, high: r.win_rate.high} : null)}));
-  const highs = report.hourly.flatMap(r => [r.win_rate?.high, r.win_rate?.value]).concat(report.arms.map(a => a.target_win_rate)).filter(finite);
+    points: rows.map(r => { const w = targetBasisRate(r); return w ? {y: w.value, low: w.low, high: w.high} : null; })}));
+  const highs = report.hourly.flatMap(r => [targetBasisRate(r)?.high, targetBasisRate(r)?.value]).concat(report.arms.map(a => a.target_win_rate)).filter(finite);
   const yMax = Math.min(1, niceCeil(Math.max(0.05, ...highs) * 1.05));
   const refs = report.arms.map(a => ({y: a.target_win_rate, colour: armColour(a.arm), label: `target ${asPct(a.target_win_rate, 0)}`}));
   return timePlot("winrate-plot", hours, lines, {yMax, yFormat: v => asPct(v, 0), refs});
@@ -830,9 +834,9 @@ async function resultsPage(code, splitId) {
       <td><i class="swatch" style="background:${armColour(a.arm)}"></i>${esc(a.arm)}<br><span class="ci" data-metric="traffic_pct">${fmt(a.traffic_pct)}%</span></td>
       <td><a data-metric="run_id" href="#/run/${esc(encodeURIComponent(a.run_id))}">${esc(a.run_id)}</a><br>${promote}</td>
       <td data-metric="requests">${fmt(a.requests)}</td><td data-metric="bids">${fmt(a.bids)}</td><td data-metric="wins">${fmt(a.wins)}</td>
-      ${flagged(ciText(a.win_rate, asPct), flags.win_rate, "win_rate")}
+      <td data-metric="win_rate">${ciText(a.win_rate, asPct)}</td>
       ${flagged(`${asPoints(a.win_rate_gap)}<br><span class="ci" data-metric="target_win_rate">target ${asPct(a.target_win_rate)}</span>`
-        + (a.floor_no_bids ? `<br><span class="ci" data-metric="priced_win_rate">priced ${ciText(a.priced_win_rate, asPct)}, ${fmt(a.floor_no_bids)} floor no-bids</span>` : ""),
+        + (a.floor_no_bids ? `<br><span class="ci" data-metric="priced_win_rate">priced ${ciText(a.priced_win_rate, asPct)}, <span data-metric="floor_no_bids">${fmt(a.floor_no_bids)}</span> floor no-bids</span>` : ""),
         flags.win_rate, "win_rate_gap")}
       <td data-metric="spend">${ciText(a.spend, asMoney)}</td><td data-metric="ecpm">${ciText(a.ecpm, asMoney)}</td>
       <td data-metric="clicks">${fmt(a.clicks)}</td><td data-metric="ctr">${ciText(a.ctr, v => asPct(v, 2))}</td>
@@ -857,10 +861,10 @@ async function resultsPage(code, splitId) {
       <th>eCPM</th><th>clicks</th><th>CTR</th><th>eCPC</th><th>no-bid</th><th>guardrail</th></tr>${arms}</table></div>
       <p class="muted">Arm with its traffic share. Win rate = wins / bids; gap to target = priced win rate − target, the priced
       win rate counting the impressions whose floor the run's price did not clear as losses, as the target does; spend in currency units (clearing CPM / 1000); eCPM = spend per 1000 won impressions;
-      CTR = clicks / wins; eCPC = spend / click; no-bid = share of impressions not bid on; [95% intervals]. ⚠ marks a number off target by the entity's guardrail.</p>
+      CTR = clicks / wins; eCPC = spend / click; no-bid = share of impressions not bid on; [95% intervals]. ⚠ marks a number off target by the entity's guardrail (the win rate: its gap to target, judged on the priced win rate's interval).</p>
       <div id="promote-message" class="msg"></div></section>
     ${empty ? "" : `<section><h2>Comparisons</h2>${comparisonsTable(report)}</section>
-    <div class="cols"><section><h2>Win rate per hour, 95% band; dashed: target</h2>${winRatePlot(report)}${armLegend(report.arms)}</section>
+    <div class="cols"><section><h2>Win rate per hour on the target's basis (floor no-bids as losses), 95% band; dashed: target</h2>${winRatePlot(report)}${armLegend(report.arms)}</section>
       <section><h2>Cumulative spend</h2>${spendPlot(report)}${armLegend(report.arms)}</section></div>`}`;
   document.getElementById("split-select").onchange = e => { location.hash = `#/results/${enc}/${e.target.value}`; };
   document.querySelectorAll("button.promote[data-run]").forEach(btn => btn.onclick = async () => {
