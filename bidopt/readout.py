@@ -43,10 +43,10 @@ clear: ``bidopt.optimizer.floors``); the bidder does not bid on them (``FLOOR_NO
 rate an exchange reports, which on floored traffic reads about target / share of floors cleared.
 Without floor no-bids the two are equal. Other no-bids (currency, tmax, no split, a table without a
 valid price) are not the run's pricing and count in neither. The priced basis is the target's where
-the run's training logs hold the bids that lost to their floor (logs of every bid, as imported; with
-``floor_aware_win_model`` the shares of the floor histogram). A run trained only on the platform's
-own logged bids, every one of which cleared its floor, learnt a rate closer to per bid: both rates
-are reported for that reason, and the README's "What the target means on floored traffic" says so.
+the run's training logs hold the bids that lost to their floor: logs of every bid, as imported, and
+the platform's own rows, which compaction writes with its floor no-bids (``bidopt.events.compact``).
+Events from before those were recorded (no ``unfloored_cpm``) left them out, and a run trained on
+them alone learnt a rate nearer the per-bid one.
 
 Where a value is undefined (no bids, no wins, a single unit) it is ``None``; no NaN or infinity is
 ever returned (JSON has neither).

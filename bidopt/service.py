@@ -647,10 +647,10 @@ def _compaction_view(row) -> dict[str, Any]:
 def compact_events(session: Session, entity_code: str, *, until: Any = None, compacted_by: str) -> dict[str, Any]:
     """Load the entity's bidder events into its warehouse as bid-log rows of its own traffic
     (``traffic_source = platform``), one whole hour H at a time once ``H + 1h + attribution window
-    <= until`` (default now; ISO 8601 UTC): each bid of H joined with its notices
-    (``bidopt.events.compact``), test requests left out. Each hour replaces that hour's platform
-    rows (``replace_platform_hour``), so compacting twice adds nothing, and is recorded in
-    ``opt_event_compactions``. Hours already compacted after they became final are skipped.
+    <= until`` (default now; ISO 8601 UTC): each bid of H joined with its notices, and each floor
+    no-bid as a bid lost to its floor (``bidopt.events.compact``), test requests left out. Each
+    hour replaces that hour's platform rows (``replace_platform_hour``), so compacting twice adds
+    nothing, and is recorded in ``opt_event_compactions``. Hours already compacted after they became final are skipped.
 
     Returns ``entity_code``, ``until``, ``hours`` (the hours compacted now, with counts),
     ``rows_loaded``, ``skipped`` (final hours already compacted) and ``waiting`` (hours whose

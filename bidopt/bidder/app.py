@@ -123,6 +123,7 @@ def decision_rows(replica_id: str):
             "level": [d.level for d in decisions],
             "domain_multiplier": [d.multiplier for d in decisions],
             "floor_cpm": [d.floor for d in decisions],
+            "unfloored_cpm": [d.unfloored for d in decisions],
             "replica_id": [replica_id] * n,
         }
         values = [_features(d) for d in decisions]

@@ -298,6 +298,7 @@ class Decision(NamedTuple):
     imp: dict | None = None
     readers: EventReaders = ()  # FEATURE_COLUMNS order
     values: Sequence[str] = ()  # what the run's lookup read (run feature order); empty without a lookup
+    unfloored: float | None = None  # a floor no-bid's price without the floor (under it): logged as a lost bid
 
 
 def no_price_reason(base: float, multiplier: float) -> str:
@@ -388,6 +389,11 @@ def decide(
             continue
         base, key, level, values = run.lookup_values(req, imp)
         price = run.quote(base, multiplier, floor)
+        reason = unfloored = None
+        if price is None:
+            reason = no_price_reason(base, multiplier)
+            if reason == FLOOR_NO_BID_REASON:  # the bid it would have placed: a loss to the floor
+                unfloored = run.quote(base, multiplier, 0.0)
         decisions.append(
             Decision(
                 rid,
@@ -399,7 +405,7 @@ def decide(
                 multiplier,
                 split_id,
                 arm,
-                None if price is not None else no_price_reason(base, multiplier),
+                reason,
                 float(floor),
                 test,
                 ukey,
@@ -407,6 +413,7 @@ def decide(
                 imp,
                 readers,
                 values,
+                unfloored,
             )
         )
         if price is None:
@@ -435,6 +442,6 @@ def decide(
     if tmax is not None and time.monotonic() > received_at + tmax / 1000:
         # every impression, floored ones too: the request went unanswered, so none of it is a loss on
         # the target's basis (a floored sibling kept as a floor no-bid would count against the run)
-        late = [d._replace(price=None, reason="tmax passed") for d in decisions]
+        late = [d._replace(price=None, reason="tmax passed", unfloored=None) for d in decisions]
         return 204, b"", late, "tmax passed"
     return 200, payload, decisions, ""

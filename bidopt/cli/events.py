@@ -23,9 +23,10 @@ def events_compact(entity_code: str, until: str | None, compacted_by: str | None
     """Load ENTITY_CODE's bids, joined with their notices, into its warehouse as its own traffic.
 
     Each whole hour H with H + 1h + BIDOPT_ATTRIBUTION_WINDOW_SECONDS <= TIME is compacted: its
-    bids become bid-log rows (won, clearing price, clicked; test requests left out) replacing
-    that hour's earlier platform rows, so compacting twice adds nothing. The next optimizer run
-    trains on them.
+    bids become bid-log rows (won, clearing price, clicked; test requests left out), and its floor
+    no-bids rows of bids lost to their floor at the price the run would have bid, replacing that
+    hour's earlier platform rows, so compacting twice adds nothing. The next optimizer run trains
+    on them.
     """
     with session() as s:
         result = service.compact_events(s, entity_code, until=until, compacted_by=compacted_by or default_user())

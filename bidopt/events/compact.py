@@ -19,7 +19,11 @@ bid's outcome was, so the readout and the training rows can never disagree:
 * a notice whose decision is missing, or did not bid, is an *orphan* and is not counted.
 
 ``bid_log_rows`` turns one hour of outcomes into rows of the bid-log contract, marked as the
-platform's own traffic, for ``BidLogWarehouse.replace_platform_hour``.
+platform's own traffic, for ``BidLogWarehouse.replace_platform_hour``: its bids, and its floor
+no-bids as bids lost to their floor at the price the run would have bid (``unfloored_cpm``). An
+exchange's log of every bid holds those too, and the optimizer needs them: its target counts them as
+losses, and its floor histogram (``floor_aware_win_model``) would otherwise lack every floor above
+the logging run's prices and find the share cleared too high.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from bidopt.events.schema import dedupe_notices
+from bidopt.events.schema import FLOOR_NO_BID_REASON, dedupe_notices
 from bidopt.warehouse.contract import BID_LOG_SCHEMA, conform_bid_logs
 
 KEY = ["request_id", "imp_id"]
@@ -113,14 +117,19 @@ class HourRows:
 def bid_log_rows(entity_code: str, hour_start: datetime, decisions: pa.Table, notices: pa.Table) -> HourRows:
     """The bid-log rows of the bids placed in ``[hour_start, hour_start + 1h)``: one per bid, with
     ``won``, ``clearing_price_cpm`` and ``clicked`` from its notices (``notices`` must cover the hour
-    plus the attribution window). ``user_id`` is the bidder's user hash (the raw id is not logged)."""
+    plus the attribution window), and one per floor no-bid with its ``unfloored_cpm`` as the bid, lost
+    (module docstring; a part written before that column has none, and its floor no-bids no row).
+    ``user_id`` is the bidder's user hash (the raw id is not logged)."""
     end = hour_start + timedelta(hours=1)
     outcomes = impression_outcomes(decisions, notices)
     df = outcomes.frame
     df = df.loc[(df["event_time"] >= hour_start) & (df["event_time"] < end) & (df["entity_code"] == entity_code)]
     n_decisions = len(df)
-    bids = df.loc[df["bid"].astype(bool)]
-    bids = bids.loc[np.isfinite(bids["bid_cpm"].to_numpy(dtype=float))]
+    placed = df["bid"].astype(bool).to_numpy()
+    floored = ~placed & (df["no_bid_reason"] == FLOOR_NO_BID_REASON).to_numpy()
+    price = np.where(placed, df["bid_cpm"].to_numpy(dtype=float), df["unfloored_cpm"].to_numpy(dtype=float))
+    keep = (placed | floored) & np.isfinite(price)
+    bids = df.loc[keep].assign(bid_cpm=price[keep])  # won and clicked are False on a no-bid
     columns = {
         "event_time": bids["event_time"],
         "entity_code": bids["entity_code"],

@@ -44,6 +44,10 @@ DECISION_SCHEMA = pa.schema(
         pa.field("level", pa.string()),  # segment, anchor or default
         pa.field("domain_multiplier", pa.float64()),
         pa.field("floor_cpm", pa.float64()),
+        # a floor no-bid's price: what the run would have bid without the floor, under it (null
+        # otherwise, and in parts written before the column): compaction logs it as a bid lost to
+        # its floor, as an exchange's log of every bid would (bidopt.events.compact)
+        pa.field("unfloored_cpm", pa.float64()),
         # the contract's segment features, read from the request and normalised as the logs are
         pa.field("geo_region_name", pa.string()),
         pa.field("os_code", pa.string()),
@@ -75,6 +79,20 @@ NOTICE_SCHEMA = pa.schema(
 )
 
 SCHEMAS = {DECISIONS: DECISION_SCHEMA, NOTICES: NOTICE_SCHEMA}
+
+
+def conform_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` in ``schema``'s columns and order: a nullable column it lacks (a part written before
+    the column was added) is all null; a required one it lacks raises ``KeyError``."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        elif field.nullable:
+            columns.append(pa.nulls(table.num_rows, field.type))
+        else:
+            raise KeyError(f"event part lacks the required column {field.name}")
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def rows_to_table(kind: str, rows: list[dict]) -> pa.Table:

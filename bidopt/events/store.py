@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from bidopt.artifacts import open_artifact_store
 from bidopt.artifacts.base import ArtifactStore
 from bidopt.errors import InvalidConfig
-from bidopt.events.schema import EVENT_KINDS, SCHEMAS
+from bidopt.events.schema import EVENT_KINDS, SCHEMAS, conform_to_schema
 from bidopt.warehouse.base import check_entity_code
 
 HOUR_FORMAT = "%Y%m%dT%H"
@@ -126,7 +126,7 @@ class EventStore:
         return keys
 
     def _read_part(self, key: str, schema: pa.Schema) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.store.get_bytes(key))).cast(schema)
+        return conform_to_schema(pq.read_table(io.BytesIO(self.store.get_bytes(key))), schema)
 
     def read(self, kind: str, entity_code: str, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
         """Every row of ``kind`` for ``entity_code`` with ``start <= event_time < end``, in ``kind``'s schema."""

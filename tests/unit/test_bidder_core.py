@@ -351,6 +351,18 @@ def test_a_nan_bid_or_multiplier_is_no_bid_never_a_null_price():
         assert [d.reason for d in decisions] == [INVALID_PRICE_REASON] and reason == INVALID_PRICE_REASON
 
 
+def test_a_floor_no_bid_records_the_price_the_run_would_have_bid():
+    """Compaction logs it as a bid lost to its floor (bidopt.events.compact), so it must be the price
+    the bidder would have sent without the floor: the table's, times the multiplier, within the cap."""
+    capped = state((tables(bids={"california|ios|true": 40.0}, multipliers={"mednews.com": 0.5}, max_bid=15.0), 100))
+    cases = [(state(), 4.0), (capped, 15.0)]  # 4.0 as in the table; 40 x 0.5 = 20, over the cap of 15
+    for serving, unfloored in cases:
+        decisions = decide(serving, "drugs_hcp", request(imp=[{"id": "1", "bidfloor": 30.0}]))[2]
+        assert [(d.price, d.reason, d.unfloored) for d in decisions] == [(None, FLOOR_NO_BID_REASON, unfloored)]
+    placed = decide(state(), "drugs_hcp", request())[2]
+    assert [(d.price, d.unfloored) for d in placed] == [(4.0, None)]  # a bid's price is its bid_cpm
+
+
 def test_a_request_not_bid_on_says_why_for_all_its_impressions():
     def reason_of(*imps):
         return decide(state(), "drugs_hcp", request(imp=list(imps)))[3]

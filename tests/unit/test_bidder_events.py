@@ -13,6 +13,7 @@ from bidopt.bidder.app import BidderCore
 from bidopt.bidder.core import BidderState, EntityServing, RunTables, decide, source_event_readers
 from bidopt.bidder.fields import feature_reader
 from bidopt.bidder.notice_key import load_notice_key
+from bidopt.events.compact import bid_log_rows
 from bidopt.events.schema import DECISIONS, NOTICES
 from bidopt.events.store import open_event_store
 from bidopt.settings import get_settings
@@ -104,6 +105,18 @@ def test_decision_rows_for_bids_and_no_bids_with_the_request_features(core):
     assert (won["geo_region_name"], won["os_code"]) == ("california", "ios")
     assert (won["domain"], won["npi_matched"], won["browser_code"]) == (None, True, "firefox")
     assert (floored["bid"], floored["bid_cpm"], floored["no_bid_reason"]) == (False, None, "no price clears the floor")
+    # the price it would have bid without the floor: the same run's bid for the same segment
+    assert (floored["unfloored_cpm"], won["unfloored_cpm"]) == (won["bid_cpm"], None)
+    # compacted, the floor no-bid is a bid lost to its floor of 50; the no-USD and test requests are no rows
+    notices = open_event_store(get_settings().events_url).read(NOTICES, "drugs_hcp")
+    decisions = open_event_store(get_settings().events_url).read(DECISIONS, "drugs_hcp")
+    hour = min(r["event_time"] for r in rows.values()).replace(minute=0, second=0, microsecond=0)
+    logged = {
+        r["request_id"] + "/" + str(r["floor_cpm"]): r
+        for r in bid_log_rows("drugs_hcp", hour, decisions, notices).table.to_pylist()
+    }
+    assert sorted(logged) == ["q1/0.5", "q1/50.0"]
+    assert (logged["q1/50.0"]["bid_cpm"], logged["q1/50.0"]["won"]) == (won["bid_cpm"], False)
     assert rows[("q2", "1")]["no_bid_reason"] == "request does not accept USD" and rows[("q2", "1")]["arm"] is not None
     assert rows[("q5", "1")]["test"] is True
     (nosplit,) = [r for r in events(DECISIONS, "auto_intenders") if r["imp_id"] == "1"]

@@ -15,7 +15,14 @@ import pytest
 from synthetic_events import Arm, synthetic_split
 
 from bidopt.events.compact import bid_log_rows, compactable_hours, impression_outcomes
-from bidopt.events.schema import DECISIONS, FLOOR_NO_BID_REASON, NOTICES, rows_to_table
+from bidopt.events.schema import (
+    DECISION_SCHEMA,
+    DECISIONS,
+    FLOOR_NO_BID_REASON,
+    NOTICES,
+    conform_to_schema,
+    rows_to_table,
+)
 from bidopt.readout import (
     Z95,
     ArmSpec,
@@ -285,6 +292,37 @@ def test_an_hour_becomes_bid_log_rows():
     assert got[0]["user_id"] == "u-a" and got[0]["geo_region_name"] == "texas" and got[0]["bid_cpm"] == 2.0
     assert (rows.decisions, rows.wins, rows.clicks) == (3, 1, 1)
     assert bid_log_rows("e", T0 + timedelta(hours=2), dec, notes).table.num_rows == 0
+
+
+def test_a_floor_no_bid_becomes_a_bid_lost_to_its_floor_at_the_price_the_run_would_have_bid():
+    """Imported logs of every bid hold the bids under their floor, lost; the platform's must too, or
+    its floor histogram lacks every floor above its prices (and the target's losses go missing)."""
+    floored = _decision("f", bid=False, reason=FLOOR_NO_BID_REASON) | {"floor_cpm": 3.0, "unfloored_cpm": 1.5}
+    old_part = _decision("o", bid=False, reason=FLOOR_NO_BID_REASON) | {"floor_cpm": 3.0}  # no unfloored_cpm
+    currency = _decision("c", bid=False, reason="currency not USD") | {"floor_cpm": 3.0, "unfloored_cpm": 1.5}
+    dec = rows_to_table(DECISIONS, [_decision("a") | {"floor_cpm": 1.0}, floored, old_part, currency])
+    notes = rows_to_table(NOTICES, [_notice("a", "win", price=0.75), _notice("f", "win", price=1.0)])  # f: orphan
+    rows = bid_log_rows("e", T0, dec, notes)
+    got = {r["request_id"]: r for r in rows.table.to_pylist()}
+    assert sorted(got) == ["a", "f"]  # not the currency no-bid, nor a floor no-bid without its price
+    f = got["f"]
+    assert (f["bid_cpm"], f["floor_cpm"], f["won"], f["clearing_price_cpm"], f["clicked"]) == (
+        1.5,
+        3.0,
+        False,
+        None,
+        False,
+    )
+    assert (got["a"]["bid_cpm"], got["a"]["won"]) == (2.0, True)
+    assert (rows.decisions, rows.wins) == (4, 1)
+
+
+def test_an_event_part_written_before_a_column_was_added_reads_with_it_null():
+    part = rows_to_table(DECISIONS, [_decision("a")]).drop_columns(["unfloored_cpm"])
+    table = conform_to_schema(part, DECISION_SCHEMA)
+    assert table.schema == DECISION_SCHEMA and table["unfloored_cpm"].to_pylist() == [None]
+    with pytest.raises(KeyError, match="request_id"):
+        conform_to_schema(part.drop_columns(["request_id"]), DECISION_SCHEMA)
 
 
 def test_an_hour_is_compactable_only_after_its_attribution_window():
