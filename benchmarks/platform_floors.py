@@ -159,7 +159,8 @@ def score(result, requests: pa.Table, target: float) -> dict:
         "gap": float(np.average(np.abs(per["true"] - target), weights=w)),
         "within": float(w[np.abs(per["true"] - target) <= 0.05].sum() / w.sum()),
         "true": float(truth["p_true"].mean()),
-        "predicted": float(np.average(per["predicted"].fillna(per["true"]), weights=w)),
+        # every key decide answers with is a row of the table (segment, anchor or default)
+        "predicted": float(np.average(per["predicted"], weights=w)) if per["predicted"].notna().all() else np.nan,
         "bid_share": float(truth["bid"].mean()),
         "segments": int(len(result.segment_bids)),
         "features": "+".join(c.name for c in result.features),

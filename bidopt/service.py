@@ -657,7 +657,7 @@ def compact_events(session: Session, entity_code: str, *, until: Any = None, com
     attribution window has not passed by ``until``)."""
     from bidopt.data import get_warehouse
     from bidopt.db import compactions
-    from bidopt.events.compact import bid_log_rows, compactable_hours
+    from bidopt.events.compact import RESEND_SLACK, bid_log_rows, compactable_hours, decisions_read_window
     from bidopt.events.schema import DECISIONS, NOTICES
     from bidopt.events.store import open_event_store
 
@@ -669,9 +669,11 @@ def compact_events(session: Session, entity_code: str, *, until: Any = None, com
     attribution = timedelta(seconds=settings.attribution_window_seconds)
     store = open_event_store(settings.events_url)
     hours = store.hours(DECISIONS, entity_code)
-    ready = compactable_hours(hours, until, attribution)
+    # an hour waits for the next hour's first RESEND_SLACK of decisions too (a resend across the boundary)
+    waits = max(attribution, RESEND_SLACK)
+    ready = compactable_hours(hours, until, waits)
     done = compactions.compactions_by_hour(session, entity.entity_id)
-    final_after = timedelta(hours=1) + attribution + timedelta(seconds=FINAL_MARGIN_SECONDS)
+    final_after = timedelta(hours=1) + waits + timedelta(seconds=FINAL_MARGIN_SECONDS)
     compacted, skipped = [], 0
     if ready:
         with get_warehouse() as wh:
@@ -681,7 +683,7 @@ def compact_events(session: Session, entity_code: str, *, until: Any = None, com
                     skipped += 1
                     continue
                 end = hour + timedelta(hours=1)
-                decisions = store.read(DECISIONS, entity_code, hour, end)
+                decisions = store.read(DECISIONS, entity_code, *decisions_read_window(hour))
                 notices = store.read(NOTICES, entity_code, hour, end + attribution + timedelta(minutes=1))
                 rows = bid_log_rows(entity_code, hour, decisions, notices)
                 loaded = wh.replace_platform_hour(entity_code, hour, rows.table)

@@ -301,10 +301,12 @@ class Decision(NamedTuple):
     unfloored: float | None = None  # a floor no-bid's price without the floor (under it): logged as a lost bid
 
 
-def no_price_reason(base: float, multiplier: float) -> str:
-    """Why ``ServingRun.quote`` gave no price: the floor (or the cap under it), unless the tables'
-    price itself is no positive number (``quote`` refuses those whatever the floor)."""
-    return FLOOR_NO_BID_REASON if base * multiplier > 0 else INVALID_PRICE_REASON
+def no_price_reason(run: RunTables, base: float, multiplier: float) -> tuple[str, float | None]:
+    """Why ``RunTables.quote`` gave no price, and what the run would have bid without the floor:
+    the floor (or the cap under it) with that price, unless even without a floor ``quote`` has no
+    positive price (a NaN or zero in a table with no ``min_bid_cpm``: ``INVALID_PRICE_REASON``)."""
+    unfloored = run.quote(base, multiplier, 0.0)
+    return (FLOOR_NO_BID_REASON, unfloored) if unfloored is not None else (INVALID_PRICE_REASON, None)
 
 
 def request_no_bid_reason(decisions: Sequence[Decision]) -> str:
@@ -389,11 +391,7 @@ def decide(
             continue
         base, key, level, values = run.lookup_values(req, imp)
         price = run.quote(base, multiplier, floor)
-        reason = unfloored = None
-        if price is None:
-            reason = no_price_reason(base, multiplier)
-            if reason == FLOOR_NO_BID_REASON:  # the bid it would have placed: a loss to the floor
-                unfloored = run.quote(base, multiplier, 0.0)
+        reason, unfloored = (None, None) if price is not None else no_price_reason(run, base, multiplier)
         decisions.append(
             Decision(
                 rid,
@@ -440,8 +438,9 @@ def decide(
     payload = orjson.dumps(response)
     tmax = req.get("tmax")
     if tmax is not None and time.monotonic() > received_at + tmax / 1000:
-        # every impression, floored ones too: the request went unanswered, so none of it is a loss on
-        # the target's basis (a floored sibling kept as a floor no-bid would count against the run)
-        late = [d._replace(price=None, reason="tmax passed", unfloored=None) for d in decisions]
+        # the priced impressions only: their bids were never seen, so they neither won nor lost. A
+        # floored sibling lost on time or late alike (as it does in a request answered 204 before
+        # this check), so it stays a floor no-bid, a loss on the target's basis and a training row
+        late = [d._replace(price=None, reason="tmax passed") if d.price is not None else d for d in decisions]
         return 204, b"", late, "tmax passed"
     return 200, payload, decisions, ""

@@ -131,7 +131,7 @@ def data_import_ipinyou(folder: Path, entity_code: str, splits: tuple[str, ...])
 @click.argument("entity_code")
 @json_option
 def data_summary(entity_code: str, as_json: bool) -> None:
-    """Bids and time range of an entity's logs in the warehouse."""
+    """Rows (bids, those lost to their floor included) and time range of an entity's logs in the warehouse."""
     from bidopt.data import get_warehouse
 
     with get_warehouse() as wh:

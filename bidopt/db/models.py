@@ -328,7 +328,7 @@ class OptEventCompaction(Base):
     entity_id: Mapped[int] = mapped_column(ForeignKey("opt_entities.entity_id"))
     hour_start: Mapped[datetime] = mapped_column(DateTime)
     decisions: Mapped[int] = mapped_column(Integer)  # decision rows read (bids and no-bids, test excluded)
-    rows_loaded: Mapped[int] = mapped_column(Integer)  # bid-log rows written (bids placed)
+    rows_loaded: Mapped[int] = mapped_column(Integer)  # bid-log rows written (bids, and floor no-bids as lost bids)
     wins: Mapped[int] = mapped_column(Integer)
     clicks: Mapped[int] = mapped_column(Integer)
     compacted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,7 +1,8 @@
 """Decisions joined with their notices: what happened to each bid (pure: Arrow and pandas, no I/O).
 
 One function, ``impression_outcomes``, decides for the A/B readout and for compaction alike what a
-bid's outcome was, so the readout and the training rows can never disagree:
+bid's outcome was, so the readout and the training rows can never disagree (but for the floor no-bids
+of events written before ``unfloored_cpm``, which the readout counts and no training row can hold):
 
 * decisions are deduplicated on ``(request_id, imp_id)`` (an exchange that resends a request is
   answered twice but bought once: the first answer that bid is kept, else the first answer) and
@@ -40,6 +41,10 @@ from bidopt.warehouse.contract import BID_LOG_SCHEMA, conform_bid_logs
 
 KEY = ["request_id", "imp_id"]
 PLATFORM = "platform"
+# How far apart two answers to one resent request can be: an exchange resends within the request's
+# tmax (milliseconds to seconds). Compaction reads this much of the neighbouring hours' decisions,
+# so that a resend across an hour boundary is deduplicated the same way from both hours.
+RESEND_SLACK = timedelta(minutes=1)
 
 
 @dataclass
@@ -119,6 +124,7 @@ def bid_log_rows(entity_code: str, hour_start: datetime, decisions: pa.Table, no
     ``won``, ``clearing_price_cpm`` and ``clicked`` from its notices (``notices`` must cover the hour
     plus the attribution window), and one per floor no-bid with its ``unfloored_cpm`` as the bid, lost
     (module docstring; a part written before that column has none, and its floor no-bids no row).
+    ``decisions`` should cover ``decisions_read_window``: they are deduplicated before the hour is cut.
     ``user_id`` is the bidder's user hash (the raw id is not logged)."""
     end = hour_start + timedelta(hours=1)
     outcomes = impression_outcomes(decisions, notices)
@@ -128,7 +134,11 @@ def bid_log_rows(entity_code: str, hour_start: datetime, decisions: pa.Table, no
     placed = df["bid"].astype(bool).to_numpy()
     floored = ~placed & (df["no_bid_reason"] == FLOOR_NO_BID_REASON).to_numpy()
     price = np.where(placed, df["bid_cpm"].to_numpy(dtype=float), df["unfloored_cpm"].to_numpy(dtype=float))
-    keep = (placed | floored) & np.isfinite(price)
+    # a floor no-bid's price is under its floor by construction (bidopt.bidder.core); a row that says
+    # otherwise (a hand-written part) would read as a cleared bid that lost, so it is left out
+    floor = df["floor_cpm"].to_numpy(dtype=float)
+    under_floor = (price > 0) & (price < floor)  # False for a NaN floor or price
+    keep = (placed & np.isfinite(price)) | (floored & under_floor)
     bids = df.loc[keep].assign(bid_cpm=price[keep])  # won and clicked are False on a no-bid
     columns = {
         "event_time": bids["event_time"],
@@ -155,6 +165,14 @@ def bid_log_rows(entity_code: str, hour_start: datetime, decisions: pa.Table, no
         wins=int(bids["won"].sum()),
         clicks=int(bids["clicked"].sum()),
     )
+
+
+def decisions_read_window(hour_start: datetime) -> tuple[datetime, datetime]:
+    """The decisions ``bid_log_rows`` needs for the hour from ``hour_start``: the hour, and
+    ``RESEND_SLACK`` either side of it. Both hours of a resend that straddles their boundary then
+    keep the same one of its answers (``impression_outcomes``), and only the hour holding it logs
+    it, as the readout, which deduplicates over the whole split, counts it once."""
+    return hour_start - RESEND_SLACK, hour_start + timedelta(hours=1) + RESEND_SLACK
 
 
 def compactable_hours(hours: list[datetime], until: datetime, attribution: timedelta) -> list[datetime]:

@@ -83,15 +83,19 @@ SCHEMAS = {DECISIONS: DECISION_SCHEMA, NOTICES: NOTICE_SCHEMA}
 
 def conform_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` in ``schema``'s columns and order: a nullable column it lacks (a part written before
-    the column was added) is all null; a required one it lacks raises ``KeyError``."""
+    the column was added) is all null. A required column that is missing or holds a null raises
+    ``ValueError`` (a corrupt part: ``Table.cast`` refused those too)."""
     columns = []
     for field in schema:
         if field.name in table.column_names:
-            columns.append(table[field.name].cast(field.type))
+            column = table[field.name].cast(field.type)
+            if not field.nullable and column.null_count:
+                raise ValueError(f"event part has {column.null_count} nulls in the required column {field.name}")
+            columns.append(column)
         elif field.nullable:
             columns.append(pa.nulls(table.num_rows, field.type))
         else:
-            raise KeyError(f"event part lacks the required column {field.name}")
+            raise ValueError(f"event part lacks the required column {field.name}")
     return pa.Table.from_arrays(columns, schema=schema)
 
 

@@ -24,11 +24,12 @@ is interpolated between the model's knots like the curve (the floors' own steps 
 knots). The segment's median floor, below which no bid goes with ``floor_available``, covers the
 case that matters most: a segment whose requests share one round floor.
 
-What the logs say about floors depends on who logged them: the platform's own rows
-(``traffic_source = platform``) are the bids it placed, so every one cleared its floor, and a request
-whose floor was above the run's price is not in them; the histogram then sees only the floors that
-run's bids cleared, and the share it gives above that run's prices is too high. Imported logs of
-every bid (as the simulator's and iPinYou's) carry every request's floor.
+The histogram needs every request's floor, those above the logging run's price included. Imported
+logs of every bid (as the simulator's and iPinYou's) carry them; so do the platform's own rows
+(``traffic_source = platform``): compaction writes each floor no-bid as a bid lost to its floor at
+the price the run would have bid (``bidopt.events.compact``). Rows compacted from events written
+before that (no ``unfloored_cpm``) hold only the bids placed, each of which cleared its floor: the
+histogram then sees only the floors those bids cleared, and the share above their prices is too high.
 """
 
 from __future__ import annotations

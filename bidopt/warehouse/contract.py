@@ -1,8 +1,11 @@
-"""The bid-log contract: one row per bid placed, the same layout in every warehouse.
+"""The bid-log contract: one row per bid, the same layout in every warehouse.
+
+A bid under its floor is a row that lost (``bid_cpm`` below ``floor_cpm``): imported logs of every bid
+hold such rows, and the platform's own rows hold its floor no-bids so (``bidopt.events.compact``).
 
 | column               | type            | meaning                                                   |
 |----------------------|-----------------|-----------------------------------------------------------|
-| `event_time`         | timestamp (UTC) | when the bid was placed (microseconds)                    |
+| `event_time`         | timestamp (UTC) | when the bid was made (microseconds)                      |
 | `entity_code`        | string          | the advertiser line that bid                              |
 | `request_id`         | string          | the exchange's bid request id                             |
 | `user_id`            | string, null    | the exchange user id (or device id)                       |

@@ -318,11 +318,17 @@ def test_no_bid_once_tmax_has_passed():
     status, body, decisions, reason = decide(state(), "drugs_hcp", request(tmax=500), arrived_a_second_ago)
     assert (status, body, reason) == (204, b"", "tmax passed")
     assert [(d.price, d.reason, d.segment_key) for d in decisions] == [(None, "tmax passed", "california|ios|true")]
-    # a floored sibling of a late bid is no floor no-bid either: the whole request went unanswered, so
-    # none of it may count as a loss on the target's basis (bidopt.readout)
+    # a floored sibling of a late bid stays a floor no-bid, with the price it would have bid: it lost
+    # on time or late alike, as a late request whose every impression is floored does (answered 204
+    # before the deadline is looked at), so both count it as a loss on the target's basis
     two = request(tmax=500, imp=[{"id": "1"}, {"id": "2", "bidfloor": 1e6}])
     late = decide(state(), "drugs_hcp", two, arrived_a_second_ago)[2]
-    assert [(d.impid, d.price, d.reason) for d in late] == [("1", None, "tmax passed"), ("2", None, "tmax passed")]
+    assert [(d.impid, d.price, d.reason, d.unfloored) for d in late] == [
+        ("1", None, "tmax passed", None),
+        ("2", None, FLOOR_NO_BID_REASON, 4.0),
+    ]
+    alone = decide(state(), "drugs_hcp", request(tmax=500, imp=[{"id": "2", "bidfloor": 1e6}]), arrived_a_second_ago)
+    assert [(d.reason, d.unfloored) for d in alone[2]] == [(FLOOR_NO_BID_REASON, 4.0)]
     assert decide(state(), "drugs_hcp", request(tmax=3_600_000), arrived_a_second_ago)[0] == 200
     assert decide(state(), "drugs_hcp", request(), arrived_a_second_ago)[0] == 200  # no tmax, no deadline
     assert decide(state(), "drugs_hcp", request(tmax=3_600_000))[0] == 200  # arrival defaults to now
@@ -361,6 +367,14 @@ def test_a_floor_no_bid_records_the_price_the_run_would_have_bid():
         assert [(d.price, d.reason, d.unfloored) for d in decisions] == [(None, FLOOR_NO_BID_REASON, unfloored)]
     placed = decide(state(), "drugs_hcp", request())[2]
     assert [(d.price, d.unfloored) for d in placed] == [(4.0, None)]  # a bid's price is its bid_cpm
+
+
+def test_a_price_that_rounds_to_nothing_is_no_floor_no_bid():
+    # min_bid_cpm 0 (the default of a RunTables): 0.00001 rounds to 0, which quote never bids, floor or not
+    tiny = state((tables(bids={"california|ios|true": 0.00001}), 100))
+    for floor in (0, 0.5):
+        decisions = decide(tiny, "drugs_hcp", request(imp=[{"id": "1", "bidfloor": floor}]))[2]
+        assert [(d.price, d.reason, d.unfloored) for d in decisions] == [(None, INVALID_PRICE_REASON, None)]
 
 
 def test_a_request_not_bid_on_says_why_for_all_its_impressions():

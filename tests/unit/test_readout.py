@@ -10,11 +10,12 @@ import math
 from datetime import datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from synthetic_events import Arm, synthetic_split
 
-from bidopt.events.compact import bid_log_rows, compactable_hours, impression_outcomes
+from bidopt.events.compact import bid_log_rows, compactable_hours, decisions_read_window, impression_outcomes
 from bidopt.events.schema import (
     DECISION_SCHEMA,
     DECISIONS,
@@ -317,12 +318,49 @@ def test_a_floor_no_bid_becomes_a_bid_lost_to_its_floor_at_the_price_the_run_wou
     assert (rows.decisions, rows.wins) == (4, 1)
 
 
+def test_a_resend_across_an_hour_boundary_is_one_row_as_in_the_readout():
+    """An exchange resent a request: a floor no-bid just before the hour turned, a bid just after.
+    Each hour's compaction reads its neighbours' edges (decisions_read_window), keeps the bid and
+    only the hour holding it logs it, so the training rows count the impression once, as the readout does."""
+    h0, h1 = T0, T0 + timedelta(hours=1)
+    floored = _decision("x", bid=False, reason=FLOOR_NO_BID_REASON, t=h1 - timedelta(seconds=1))
+    floored |= {"floor_cpm": 3.0, "unfloored_cpm": 1.5}
+    every = rows_to_table(DECISIONS, [floored, _decision("x", t=h1 + timedelta(seconds=1))])
+    notes = rows_to_table(NOTICES, [_notice("x", "loss", t=h1 + timedelta(seconds=2))])
+
+    def compacted(hour):
+        start, end = decisions_read_window(hour)
+        times = every["event_time"]
+        window = every.filter(
+            pc.and_(pc.greater_equal(times, pa.scalar(start, times.type)), pc.less(times, pa.scalar(end, times.type)))
+        )
+        return bid_log_rows("e", hour, window, notes).table.to_pylist()
+
+    first, second = compacted(h0), compacted(h1)
+    assert first == [] and [(r["bid_cpm"], r["won"]) for r in second] == [(2.0, False)]
+    report = split_readout(every, notes, 1, [ArmSpec(0, "r1", 100, 0.3)])["arms"][0]
+    assert (report["impressions"], report["bids"], report["floor_no_bids"]) == (1, 1, 0)
+    # read as before (each hour's own decisions only), the impression was two rows
+    assert len(bid_log_rows("e", h0, every.slice(0, 1), notes).table) == 1
+
+
+def test_a_floor_no_bid_whose_price_is_not_under_its_floor_is_no_row():
+    bad = [
+        _decision(f"b{i}", bid=False, reason=FLOOR_NO_BID_REASON) | {"floor_cpm": floor, "unfloored_cpm": price}
+        for i, (floor, price) in enumerate([(1.0, 1.0), (1.0, 2.0), (1.0, -0.5), (None, 0.5), (1.0, float("nan"))])
+    ]
+    assert bid_log_rows("e", T0, rows_to_table(DECISIONS, bad), rows_to_table(NOTICES, [])).table.num_rows == 0
+
+
 def test_an_event_part_written_before_a_column_was_added_reads_with_it_null():
     part = rows_to_table(DECISIONS, [_decision("a")]).drop_columns(["unfloored_cpm"])
     table = conform_to_schema(part, DECISION_SCHEMA)
     assert table.schema == DECISION_SCHEMA and table["unfloored_cpm"].to_pylist() == [None]
-    with pytest.raises(KeyError, match="request_id"):
+    with pytest.raises(ValueError, match="lacks the required column request_id"):
         conform_to_schema(part.drop_columns(["request_id"]), DECISION_SCHEMA)
+    nulls = part.set_column(part.column_names.index("request_id"), "request_id", pa.nulls(1, pa.string()))
+    with pytest.raises(ValueError, match="1 nulls in the required column request_id"):
+        conform_to_schema(nulls, DECISION_SCHEMA)
 
 
 def test_an_hour_is_compactable_only_after_its_attribution_window():
