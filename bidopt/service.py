@@ -486,9 +486,9 @@ def revoke_token(session: Session, token_id: int) -> None:
 
 # ----------------------------------------------------------------------------- A/B report and compaction
 
-# An hour compacted this long after its attribution window closed is final (no notice can still come,
-# and bidders flush within seconds): compacting again skips it. One compacted earlier (``--until``
-# ahead of the clock) is compacted again, so late events replace it.
+# An hour compacted this long after its attribution window (at least RESEND_SLACK) closed is final
+# (no notice can still come, and bidders flush within seconds): compacting again skips it. One
+# compacted earlier (``--until`` ahead of the clock) is compacted again, so late events replace it.
 FINAL_MARGIN_SECONDS = 300
 # Bidder hosts' clocks and their refresh lag: decisions of a split are read from this long before it
 # was deployed to this long after it was replaced (filtered by split id, so nothing else counts).
@@ -646,11 +646,13 @@ def _compaction_view(row) -> dict[str, Any]:
 
 def compact_events(session: Session, entity_code: str, *, until: Any = None, compacted_by: str) -> dict[str, Any]:
     """Load the entity's bidder events into its warehouse as bid-log rows of its own traffic
-    (``traffic_source = platform``), one whole hour H at a time once ``H + 1h + attribution window
-    <= until`` (default now; ISO 8601 UTC): each bid of H joined with its notices, and each floor
-    no-bid as a bid lost to its floor (``bidopt.events.compact``), test requests left out. Each
-    hour replaces that hour's platform rows (``replace_platform_hour``), so compacting twice adds
-    nothing, and is recorded in ``opt_event_compactions``. Hours already compacted after they became final are skipped.
+    (``traffic_source = platform``), one whole hour H at a time once ``H + 1h + max(attribution
+    window, RESEND_SLACK) <= until`` (default now; ISO 8601 UTC): each bid of H joined with its
+    notices, and each floor no-bid as a bid lost to its floor (``bidopt.events.compact``), test
+    requests left out; the decisions are read with ``RESEND_SLACK`` of the neighbouring hours, so a
+    resend across the boundary is one row. Each hour replaces that hour's platform rows
+    (``replace_platform_hour``), so compacting twice adds nothing, and is recorded in
+    ``opt_event_compactions``. Hours already compacted after they became final are skipped.
 
     Returns ``entity_code``, ``until``, ``hours`` (the hours compacted now, with counts),
     ``rows_loaded``, ``skipped`` (final hours already compacted) and ``waiting`` (hours whose
@@ -684,7 +686,8 @@ def compact_events(session: Session, entity_code: str, *, until: Any = None, com
                     continue
                 end = hour + timedelta(hours=1)
                 decisions = store.read(DECISIONS, entity_code, *decisions_read_window(hour))
-                notices = store.read(NOTICES, entity_code, hour, end + attribution + timedelta(minutes=1))
+                # a kept decision is at most RESEND_SLACK past the hour; its notices up to the window after it
+                notices = store.read(NOTICES, entity_code, hour, end + RESEND_SLACK + attribution)
                 rows = bid_log_rows(entity_code, hour, decisions, notices)
                 loaded = wh.replace_platform_hour(entity_code, hour, rows.table)
                 counts = compactions.HourCounts(rows.decisions, loaded, rows.wins, rows.clicks)

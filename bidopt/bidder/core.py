@@ -304,7 +304,8 @@ class Decision(NamedTuple):
 def no_price_reason(run: RunTables, base: float, multiplier: float) -> tuple[str, float | None]:
     """Why ``RunTables.quote`` gave no price, and what the run would have bid without the floor:
     the floor (or the cap under it) with that price, unless even without a floor ``quote`` has no
-    positive price (a NaN or zero in a table with no ``min_bid_cpm``: ``INVALID_PRICE_REASON``)."""
+    positive price (``INVALID_PRICE_REASON``: a NaN always; a zero, or a price that rounds to it, in a
+    run whose ``min_bid_cpm`` is 0)."""
     unfloored = run.quote(base, multiplier, 0.0)
     return (FLOOR_NO_BID_REASON, unfloored) if unfloored is not None else (INVALID_PRICE_REASON, None)
 
@@ -354,8 +355,9 @@ def decide(
 
     ``received_at``: ``time.monotonic()`` when the request arrived (default: when ``decide`` starts).
     A request with ``tmax`` whose deadline has passed by the time the response is ready gets
-    204 ``tmax passed`` instead: the exchange has stopped waiting and a late bid is wasted (its
-    decisions say so: no bid, ``tmax passed``).
+    204 ``tmax passed`` instead: the exchange has stopped waiting and a late bid is wasted (the
+    decisions of its priced impressions say so: no bid, ``tmax passed``; the others keep their own
+    reason, a floor no-bid having lost on time or late alike).
 
     ``signer``: each bid gets ``nurl``, ``lurl``, ``burl`` and ``ext.click_url``, signed for the bid's
     request, impression, run, split, price, ``now`` (unix seconds; default the clock) and test flag,

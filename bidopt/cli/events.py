@@ -22,10 +22,11 @@ def events() -> None:
 def events_compact(entity_code: str, until: str | None, compacted_by: str | None, as_json: bool) -> None:
     """Load ENTITY_CODE's bids, joined with their notices, into its warehouse as its own traffic.
 
-    Each whole hour H with H + 1h + BIDOPT_ATTRIBUTION_WINDOW_SECONDS <= TIME is compacted: its
-    bids become bid-log rows (won, clearing price, clicked; test requests left out), and its floor
-    no-bids rows of bids lost to their floor at the price the run would have bid, replacing that
-    hour's earlier platform rows, so compacting twice adds nothing. The next optimizer run trains
+    Each whole hour H with H + 1h + BIDOPT_ATTRIBUTION_WINDOW_SECONDS (at least a minute) <= TIME
+    is compacted: its bids become bid-log rows (won, clearing price, clicked; test requests left
+    out), and its floor no-bids rows of bids lost to their floor at the price the run would have
+    bid, replacing that hour's earlier platform rows, so compacting twice adds nothing. An answer
+    resent within a minute is one row, even across an hour's end. The next optimizer run trains
     on them.
     """
     with session() as s:

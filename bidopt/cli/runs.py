@@ -95,8 +95,8 @@ def runs_show(run_id: str | None, entity_code: str | None, as_json: bool) -> Non
         print_mapping(view["metrics"], indent=2)
 
 
-REPLAY_COLUMNS = ["run_id", "role", "traffic_pct", "requests", "bids", "bid_share", "expected_win_rate"]
-REPLAY_COLUMNS += ["expected_priced_win_rate", "expected_spend", "ecpm", "mean_bid_cpm"]
+REPLAY_COLUMNS = ["run_id", "role", "traffic_pct", "requests", "bids", "floor_no_bids", "bid_share"]
+REPLAY_COLUMNS += ["expected_win_rate", "expected_priced_win_rate", "expected_spend", "ecpm", "mean_bid_cpm"]
 
 
 @runs.command("replay")

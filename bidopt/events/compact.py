@@ -1,8 +1,9 @@
 """Decisions joined with their notices: what happened to each bid (pure: Arrow and pandas, no I/O).
 
 One function, ``impression_outcomes``, decides for the A/B readout and for compaction alike what a
-bid's outcome was, so the readout and the training rows can never disagree (but for the floor no-bids
-of events written before ``unfloored_cpm``, which the readout counts and no training row can hold):
+bid's outcome was, so the readout and the training rows agree (but for the floor no-bids of events
+written before ``unfloored_cpm``, which the readout counts and no training row can hold, and an
+answer resent more than ``RESEND_SLACK`` after another across an hour's end):
 
 * decisions are deduplicated on ``(request_id, imp_id)`` (an exchange that resends a request is
   answered twice but bought once: the first answer that bid is kept, else the first answer) and
@@ -41,9 +42,11 @@ from bidopt.warehouse.contract import BID_LOG_SCHEMA, conform_bid_logs
 
 KEY = ["request_id", "imp_id"]
 PLATFORM = "platform"
-# How far apart two answers to one resent request can be: an exchange resends within the request's
-# tmax (milliseconds to seconds). Compaction reads this much of the neighbouring hours' decisions,
-# so that a resend across an hour boundary is deduplicated the same way from both hours.
+# How far apart two answers to one resent request are taken to be: an exchange resends within the
+# request's tmax (milliseconds to seconds on real exchanges; the bidder accepts any tmax, so this is
+# a limit, not a guarantee). Compaction reads this much of the neighbouring hours' decisions, so that
+# a resend across an hour boundary is deduplicated the same way from both hours; two answers further
+# apart across it are two rows (the readout, over the whole split, counts one).
 RESEND_SLACK = timedelta(minutes=1)
 
 
@@ -114,7 +117,7 @@ class HourRows:
     """One hour's bid-log rows and the counts recorded in ``opt_event_compactions``."""
 
     table: pa.Table  # the contract's layout (plus nothing: the warehouse adds traffic_source)
-    decisions: int  # non-test decision rows read, bids and no-bids
+    decisions: int  # the hour's non-test decisions after deduplication, bids and no-bids
     wins: int
     clicks: int
 
@@ -122,8 +125,9 @@ class HourRows:
 def bid_log_rows(entity_code: str, hour_start: datetime, decisions: pa.Table, notices: pa.Table) -> HourRows:
     """The bid-log rows of the bids placed in ``[hour_start, hour_start + 1h)``: one per bid, with
     ``won``, ``clearing_price_cpm`` and ``clicked`` from its notices (``notices`` must cover the hour
-    plus the attribution window), and one per floor no-bid with its ``unfloored_cpm`` as the bid, lost
-    (module docstring; a part written before that column has none, and its floor no-bids no row).
+    plus ``RESEND_SLACK`` and the attribution window), and one per floor no-bid whose
+    ``unfloored_cpm`` is under its floor, with that as the bid, lost (module docstring; a part
+    written before that column has none, and its floor no-bids no row).
     ``decisions`` should cover ``decisions_read_window``: they are deduplicated before the hour is cut.
     ``user_id`` is the bidder's user hash (the raw id is not logged)."""
     end = hour_start + timedelta(hours=1)

@@ -12,8 +12,9 @@ For every logged request (a bid-log row: the contract's feature columns, ``domai
   floor-aware run (``WinRateModel.floor_cleared``) P(win | the bid clears the floor), which a placed
   bid does, so ``expected_win_rate`` is per bid placed; the run's target and ``predicted_win_rate``
   count the requests a floor blocked as losses (README, "Bid quality"), and so does
-  ``expected_priced_win_rate`` (expected wins / requests: every no-bid here is one whose floor the
-  price did not clear), the rate to hold against the target, as the A/B readout's ``priced_win_rate``;
+  ``expected_priced_win_rate`` (expected wins / (bids + ``floor_no_bids``), the no-bids whose floor
+  the run's price did not clear; a table without a valid price is neither), the rate to hold
+  against the target, as the A/B readout's ``priced_win_rate``;
 * the expected spend: ``P(win) x price`` in a first-price auction; in a second-price auction the
   winner pays ``max(Z, floor)``, ``Z`` the highest competing bid whose CDF is the model's win curve
   ``F``, so ``E[price x 1{win}] = b F(b) - integral_floor^b F(x) dx``, the integral by 8-point
@@ -48,7 +49,7 @@ WIN_MODEL, WIN_ENCODER = "win_model.ubj", "win_encoder.json"
 FIRST_PRICE, SECOND_PRICE = "first_price", "second_price"
 # What a logged request must carry (besides the run's own feature columns).
 REQUEST_COLUMNS = ("domain", "floor_cpm")
-SUM_COLUMNS = ("requests", "bids", "expected_wins", "expected_spend_cpm", "bid_sum")
+SUM_COLUMNS = ("requests", "bids", "floor_no_bids", "expected_wins", "expected_spend_cpm", "bid_sum")
 PARTIAL_COLUMNS = ("run_id", "segment_key", "level", *SUM_COLUMNS)
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(8)
 _NODES, _WEIGHTS = (_NODES + 1.0) / 2.0, _WEIGHTS / 2.0  # on [0, 1]
@@ -130,8 +131,9 @@ def _codes(frame: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def replay_rows(batch: pd.DataFrame, run: ReplayRun) -> pd.DataFrame:
-    """Per logged request: ``segment_key``, ``level``, ``bids`` (whether the run bids), ``bid_cpm``
-    (NaN when not), ``p_win`` (0 when not) and ``expected_spend_cpm``."""
+    """Per logged request: ``segment_key``, ``level``, ``bids`` (whether the run bids),
+    ``floor_no_bids`` (whether it does not only because of the floor), ``bid_cpm`` (NaN when not
+    bid), ``p_win`` (0 when not) and ``expected_spend_cpm``."""
     for col in REQUEST_COLUMNS:
         if col not in batch.columns:
             raise InvalidConfig(f"logged requests lack column {col}")
@@ -157,6 +159,11 @@ def replay_rows(batch: pd.DataFrame, run: ReplayRun) -> pd.DataFrame:
     quoted = [tables.quote(b, m, f) for b, m, f in tdistinct.itertuples(index=False, name=None)]
     price = np.array([np.nan if q is None else q for q in quoted], dtype=float)[tcodes] if n else np.empty(0)
     bids = ~np.isnan(price)
+    # a no-bid is the floor's where the run has a price without it (as the bidder's no_price_reason);
+    # a table without a valid price is no floor no-bid, and no loss on the target's basis
+    combos = tdistinct.itertuples(index=False, name=None)
+    priced = [q is not None or tables.quote(b, m, 0.0) is not None for (b, m, _), q in zip(combos, quoted)]
+    floor_no_bid = (np.array(priced, dtype=bool)[tcodes] & ~bids) if n else np.zeros(0, dtype=bool)
 
     p = np.zeros(n)
     spend = np.zeros(n)
@@ -177,7 +184,15 @@ def replay_rows(batch: pd.DataFrame, run: ReplayRun) -> pd.DataFrame:
             s_bid = _second_price_spend(run.model, pdistinct, b, p_bid, floors)
         p[bids], spend[bids] = p_bid[pcodes], s_bid[pcodes]
     return pd.DataFrame(
-        {"segment_key": key, "level": level, "bids": bids, "bid_cpm": price, "p_win": p, "expected_spend_cpm": spend}
+        {
+            "segment_key": key,
+            "level": level,
+            "bids": bids,
+            "floor_no_bids": floor_no_bid,
+            "bid_cpm": price,
+            "p_win": p,
+            "expected_spend_cpm": spend,
+        }
     )
 
 
@@ -211,8 +226,8 @@ def replay_partials(batch: pd.DataFrame, runs: Sequence[ReplayRun]) -> pd.DataFr
     if not out or not len(batch):
         return empty_partials()
     frame = pd.concat(out, ignore_index=True)
-    frame["bids"] = frame["bids"].astype(np.int64)
-    frame["requests"] = frame["requests"].astype(np.int64)
+    for name in ("bids", "floor_no_bids", "requests"):
+        frame[name] = frame[name].astype(np.int64)
     return frame[list(PARTIAL_COLUMNS)]
 
 
@@ -224,6 +239,7 @@ def empty_partials() -> pd.DataFrame:
             "level": pd.Series(dtype=object),
             "requests": pd.Series(dtype=np.int64),
             "bids": pd.Series(dtype=np.int64),
+            "floor_no_bids": pd.Series(dtype=np.int64),
             "expected_wins": pd.Series(dtype=float),
             "expected_spend_cpm": pd.Series(dtype=float),
             "bid_sum": pd.Series(dtype=float),
@@ -233,11 +249,12 @@ def empty_partials() -> pd.DataFrame:
 
 def _ratios(row: dict) -> dict:
     requests, bids, wins, spend = row["requests"], row["bids"], row["expected_wins"], row["expected_spend_cpm"]
+    priced = bids + row["floor_no_bids"]
     return {
         **row,
         "bid_share": bids / requests if requests else None,
         "expected_win_rate": wins / bids if bids else None,
-        "expected_priced_win_rate": wins / requests if requests else None,  # floor no-bids as losses
+        "expected_priced_win_rate": wins / priced if priced else None,  # floor no-bids as losses
         "expected_spend": spend / 1000.0,  # CPM prices: each impression costs price / 1000
         "ecpm": spend / wins if wins else None,
         "mean_bid_cpm": row["bid_sum"] / bids if bids else None,
@@ -257,11 +274,12 @@ def combine_partials(
     for run_id in run_ids:
         mine = sums[sums["run_id"] == run_id].sort_values(["requests", "segment_key"], ascending=[False, True])
         total = {c: float(mine[c].sum()) for c in SUM_COLUMNS}
-        total["requests"], total["bids"] = int(total["requests"]), int(total["bids"])
+        for name in ("requests", "bids", "floor_no_bids"):
+            total[name] = int(total[name])
         shown = mine if top_segments is None else mine.head(top_segments)
         segments = []
         for r in shown.to_dict("records"):
-            r = {**r, "requests": int(r["requests"]), "bids": int(r["bids"])}
+            r = {**r, "requests": int(r["requests"]), "bids": int(r["bids"]), "floor_no_bids": int(r["floor_no_bids"])}
             r.pop("run_id")
             segments.append(_ratios(r))
         out.append({"run_id": run_id, "total": _ratios(total), "segments": segments, "segment_count": int(len(mine))})

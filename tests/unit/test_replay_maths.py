@@ -129,8 +129,14 @@ def test_partial_sums_add_up_across_batches(logs, tables, model):
     assert r1["total"]["requests"] == r2["total"]["requests"] == len(logs)
     assert r1["total"]["bids"] == int(replay_rows(logs, runs[0])["bids"].sum())
     assert r1["total"]["expected_win_rate"] == pytest.approx(r1["total"]["expected_wins"] / r1["total"]["bids"])
-    # the target's basis: every replayed no-bid is one whose floor the price did not clear, a loss
+    # the target's basis: every replayed no-bid here is one whose floor the price did not clear, a loss
+    assert r1["total"]["floor_no_bids"] == len(logs) - r1["total"]["bids"]
     assert r1["total"]["expected_priced_win_rate"] == pytest.approx(r1["total"]["expected_wins"] / len(logs))
+    # a table without a valid price is no floor no-bid (as the bidder's no_price_reason), nor a loss
+    broken = RunTables("r3", (), (), {"": float("nan")}, {}, 5.0, "z")
+    (nan_run,) = combine_partials(replay_partials(logs, [ReplayRun(broken, model)]), ["r3"])
+    assert (nan_run["total"]["bids"], nan_run["total"]["floor_no_bids"]) == (0, 0)
+    assert nan_run["total"]["expected_priced_win_rate"] is None
     assert r1["total"]["bids"] < len(logs)  # some floors are above the run's prices
     assert [s["segment_key"] for s in r2["segments"]] == [""]  # no features: one key, the default
     assert r2["total"]["mean_bid_cpm"] == pytest.approx(2.0)
