@@ -332,6 +332,35 @@ def test_market_price_anlp_is_the_mean_negative_log_mass_of_the_true_price():
     assert floored == pytest.approx((mass < M.PRICE_MASS_FLOOR).mean())
 
 
+def test_a_cells_runs_of_equal_knot_values_are_one_step_taken_at_its_middle(monkeypatch):
+    x = np.arange(6, dtype=np.float64)
+    table = np.array([[0.1, 0.1, 0.1, 0.3, 0.3, 0.5], [0.2] * 6, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    # runs of row 0: knots 0-2 (middle 1), 3-4 (middle 3.5), 5; the line through (1, .1), (3.5, .3), (5, .5)
+    expected = [0.1, 0.1, 0.1 + 0.2 * 1 / 2.5, 0.1 + 0.2 * 2 / 2.5, 0.3 + 0.2 * 0.5 / 1.5, 0.5]
+    got = M.through_step_middles(table, x)
+    assert got[0] == pytest.approx(expected)
+    assert np.array_equal(got[1:], table[1:])  # flat and strictly increasing rows are left as they are
+    assert M.through_step_middles(table.astype(np.float32), x).dtype == np.float32
+    monkeypatch.setattr(M, "RUN_CHUNK_CELLS", 2)  # rows re-knotted in chunks: the same
+    assert np.array_equal(M.through_step_middles(table, x), got)
+
+
+def test_inside_the_logged_bids_every_price_has_mass():
+    """A cell whose own trees do not split between two of the model's knots used to be flat there
+    (no mass for the prices in between: ANLP's floor); its steps are now taken at their middles."""
+    model, df = _toy_model()
+    cells = pd.DataFrame({"f": ["a", "b"]})
+    k = model.knots().astype(np.float64)
+    raw = model.steps_at(model.encoder.encode(cells), model.knots())
+    assert (np.diff(raw, axis=1) == 0).any()  # the trees alone have flat spans
+    grid = np.exp(np.linspace(k[1], k[-2], 2000))  # inside the knots, away from the flat outer halves
+    curves = model.curves(cells, grid)
+    assert (np.diff(curves, axis=1) > 0).all()
+    rows = pd.DataFrame({"f": ["a"] * 200 + ["b"] * 200})
+    z = np.tile(np.round(np.geomspace(np.exp(k[1]), np.exp(k[-2]), 200) * 100), 2)
+    assert M.market_price_anlp(model, rows, z, 0.01)[1] == 0.0  # no price at the floor of 1e-10
+
+
 def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monkeypatch):
     """The knots' step values come from the cells' curves (filled in chunks of ``trees.CHUNK_CELLS``)
     in chunks of cells (``KNOT_CHUNK_CELLS``):
