@@ -6,8 +6,9 @@ the segment does not show, and a model without them learns a curve that is too
 flat (measured in ``benchmarks/quality.py``). A segment's win curve is then the
 traffic-weighted mixture of its cells' curves (its own domain mix); mixtures of
 monotone curves are monotone and, like the cells' curves, linear in ln(bid)
-between the model's knots. Each cell's step values at every knot are read once
-from the trees (``CellCurves``), so the bid reaching a target is the first knot
+between the model's knots. Each cell's curve at every knot (its knot table: the
+trees' step values, a cell's runs of equal values taken at their middles) is read
+once (``CellCurves``), so the bid reaching a target is the first knot
 whose mixture reaches it, solved exactly on the line to the knot before (or
 bisected in a logistic tail beyond the knots; the win curve is continuous, see
 ``WinRateModel``): the first grid bid above the crossing overshot the target.
@@ -31,7 +32,7 @@ from bidopt.optimizer.models import OTHER, CellCurves, WinRateModel
 from bidopt.warehouse.contract import backoff_key, segment_key
 
 GRID_POINTS = 256
-# Cells whose step values at every knot the bid search reads at once, and the most groups it mixes
+# Cells whose knot tables (curves at every knot) the bid search reads at once, and the most groups it mixes
 # at once (each x ~256 knots x 8 B: 32 MB).
 KNOT_CHUNK_CELLS = 16_384
 # Optimistic exploration aims at most this high: no finite bid is sure to win every auction,
@@ -137,11 +138,11 @@ class Mixture:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For the groups ``which`` (each with ``rate_bottom < target <= rate_top``), on the points
         ``[bottom, *knots[inner], top]`` (``inner``: the range of the model's knots between the grid's
-        bounds, where the mixture is the traffic-weighted mean of the cells' step values): the index of
+        bounds, where the mixture is the traffic-weighted mean of the cells' knot tables): the index of
         the first point whose mixture rate reaches the group's target, and the rates there and at the
         point before.
 
-        The cells' step values at the knots are read from their ``CellCurves`` (one walk of the trees
+        The cells' curves at the knots are read from their ``CellCurves`` (one walk of the trees
         per cell, shared by every mixture of the same cells), a group's cells together, groups in
         chunks of about ``KNOT_CHUNK_CELLS`` cells and the cells of each chunk at most that many at a
         time, so that the (groups x knots) mixtures and (cells x knots) reads stay small. The mixture

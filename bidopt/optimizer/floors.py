@@ -12,7 +12,7 @@ the share of the cell's training requests whose floor the bid clears. The floors
 do not depend on what was bid, so that share is read from the logged floors of every request, through
 a histogram per cell in ln(floor) (``BidLogWarehouse.floor_histogram``), uniform inside each bin.
 
-The product is applied to the cells' step values at the model's knots (``CellCurves``), so the bid
+The product is applied to the cells' curves at the model's knots (``CellCurves``), so the bid
 search, the bid table's predicted rates, the plots and the domain multipliers all price
 rate(b) = sum over cells of w x P(floor <= b) x P(win | cleared, b), interpolated between knots as
 the curves are. ``FLOOR_BINS`` bins over the run's bid range make a bin ln(max/min)/256 wide in
@@ -146,7 +146,7 @@ def apply_clearing_shares(
     *,
     domain_keep: set[str] | None = None,
 ) -> CellCurves:
-    """The curves of ``cells`` priced with floors: every cell's step values at the model's knots
+    """The curves of ``cells`` priced with floors: every cell's curve at the model's knots
     multiplied by the share of the cell's requests whose floor a bid there clears (in place: ``curves``
     must be ``CellCurves.of`` the same ``cells``, not a ``take`` of them, and is not to be used again),
     and beyond the knots the plain curve's tails times the share at the bid itself (``CellCurves.tails``

@@ -139,9 +139,11 @@ def mean_bid(df: pd.DataFrame) -> np.ndarray:
 RUN_CHUNK_CELLS = 2048  # cells re-knotted at a time (``through_step_middles``: ~15 cells x knots temporaries)
 
 
-def through_step_middles(table: np.ndarray, log_knots: np.ndarray) -> np.ndarray:
+def through_step_middles(table: np.ndarray, log_knots: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     """A knot table (cells x knots, a cell's step value at each knot) with every cell's runs of equal
-    values replaced by the line through the runs' middles (in ln bid), keeping the dtype.
+    values replaced by the line through the runs' middles (in ln bid), keeping the dtype; with
+    ``in_place`` the table itself is rewritten (a chunk at a time, each read before it is written),
+    so that a table of 148k cells x 250 knots is not held twice.
 
     The knots are the midpoints between the split values of all the trees together, so a cell whose
     own trees do not split in a span has the same value at several consecutive knots: read as it is,
@@ -150,12 +152,16 @@ def through_step_middles(table: np.ndarray, log_knots: np.ndarray) -> np.ndarray
     the flat's edge lands on a step's edge, which the knots were meant to avoid. Each run is one step
     of the cell's curve, so its value is taken at its middle, as the knots take each global step's.
     The first run's left half and the last run's right half stay flat: the outer knots' values, which
-    the tails continue, are unchanged."""
+    the tails continue, are unchanged (so the prices inside those halves still get no mass).
+
+    Any difference starts a new run, however small: the trees' values are sums of float32 leaves
+    taken as they are (``TreeEnsemble``: a value no tree changes stays bit for bit the same), so
+    equal means no tree splits there. A NaN (no ensemble gives one) spreads to its neighbours' halves."""
     n, width = table.shape
     if width < 3 or n == 0:
-        return table.copy()
+        return table if in_place else table.copy()
     x = np.asarray(log_knots, dtype=np.float64)
-    out = np.empty_like(table)
+    out = table if in_place else np.empty_like(table)
     positions = np.arange(width)
     for c0 in range(0, n, RUN_CHUNK_CELLS):
         v = table[c0 : c0 + RUN_CHUNK_CELLS].astype(np.float64)
@@ -182,6 +188,28 @@ def through_step_middles(table: np.ndarray, log_knots: np.ndarray) -> np.ndarray
     return out
 
 
+PREDICT_CHUNK_CELLS = 16_384  # distinct cells whose knot tables one prediction holds at a time (~16 MB at 250 knots)
+
+
+def _distinct_rows(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of encoded ``codes`` (float32 category codes, UNSEEN -1) and each row's
+    position among them. Codes are small whole numbers, so each row packs into one int64 (a radix
+    per column): ``np.unique`` on one column is ~10x faster than on rows (``axis=0``)."""
+    n, width = codes.shape
+    if width == 0:  # no features: one cell
+        return codes[:1], np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return codes, np.zeros(0, dtype=np.int64)
+    ints = codes.astype(np.int64) + 1  # UNSEEN (-1) -> 0
+    radix = ints.max(axis=0) + 1
+    if not np.isfinite(codes).all() or (ints < 0).any() or float(np.prod(radix.astype(float))) >= 2.0**62:
+        cells, inverse = np.unique(codes, axis=0, return_inverse=True)  # not packable: the slow way
+        return cells, inverse.ravel()
+    weights = np.r_[np.cumprod(radix[::-1])[::-1][1:], 1]
+    keys, first, inverse = np.unique(ints @ weights, return_index=True, return_inverse=True)
+    return codes[first], inverse.ravel()
+
+
 def _log_bid(bids) -> np.ndarray:
     return np.log(np.maximum(np.asarray(bids, dtype=float), 1e-6)).astype(np.float32)
 
@@ -206,7 +234,9 @@ class WinRateModel:
     split) are one step of its curve, taken at the run's middle (``through_step_middles``), and the
     curve is linear in ln(bid) between knots, and continues logistically beyond the outer ones
     (``_tails``). Interpolating increasing values keeps the curve monotone, and the knots and tails
-    come from the booster alone, so any reader of the model artifact predicts the same curve."""
+    come from the booster alone, so any reader of the model artifact with this code predicts the same
+    curve (the re-knotting of runs is newer than some artifacts: a run made before it is replayed on
+    the re-knotted curve, which can differ from the one its bids were solved on by a few points)."""
 
     booster: xgb.Booster
     encoder: CategoryEncoder
@@ -262,7 +292,7 @@ class WinRateModel:
         """Each encoded row's curve at every knot: the trees' step values (``steps_at``) with the
         row's runs of equal values through their middles (``through_step_middles``). float32."""
         k = self.knots()
-        return through_step_middles(self.steps_at(codes, k), k)
+        return through_step_middles(self.steps_at(codes, k), k, in_place=True)
 
     def predict_encoded(self, codes: np.ndarray, bids: np.ndarray) -> np.ndarray:
         """``predict`` for rows already encoded with ``self.encoder.encode`` (reused across calls):
@@ -272,19 +302,29 @@ class WinRateModel:
         if len(k) < 2:
             return self._raw(codes, x)
         codes = np.asarray(codes, dtype=np.float32)
-        if codes.shape[1] == 0:  # no features: one cell
-            cells, inverse = codes[:1], np.zeros(len(codes), dtype=np.int64)
-        else:
-            cells, inverse = np.unique(codes, axis=0, return_inverse=True)
-        table = self.knot_table(cells)
-        rows = inverse.ravel()
+        codes = codes[:, None] if codes.ndim == 1 else codes  # one feature's codes as a column
+        cells, rows = _distinct_rows(codes)
         j, t = self._bracket(x)
-        lo, hi = table[rows, j - 1].astype(np.float64), table[rows, j].astype(np.float64)
-        p = lo + t * (hi - lo)
+        p = np.empty(len(x))
         outside = (x < k[0]) | (x > k[-1])
-        if outside.any():
-            r = rows[outside]
-            p[outside] = self._tails(x[outside], table[r, 0].astype(np.float64), table[r, -1].astype(np.float64))
+        # a chunk of distinct cells' tables at a time: a batch of many distinct cells never holds
+        # them all (cells x knots float32, plus the re-knotting's temporaries)
+        order = np.argsort(rows, kind="stable")
+        bounds = np.searchsorted(rows[order], np.arange(0, len(cells) + PREDICT_CHUNK_CELLS, PREDICT_CHUNK_CELLS))
+        for c, (b0, b1) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if b0 == b1:
+                continue
+            mine = order[b0:b1]
+            table = self.knot_table(cells[c * PREDICT_CHUNK_CELLS : (c + 1) * PREDICT_CHUNK_CELLS])
+            local = rows[mine] - c * PREDICT_CHUNK_CELLS
+            jm = j[mine]
+            lo, hi = table[local, jm - 1].astype(np.float64), table[local, jm].astype(np.float64)
+            p[mine] = lo + t[mine] * (hi - lo)
+            out = outside[mine]
+            if out.any():
+                r = local[out]
+                first, last = table[r, 0].astype(np.float64), table[r, -1].astype(np.float64)
+                p[mine[out]] = self._tails(x[mine][out], first, last)
         return p
 
     def _tails(self, x: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -338,7 +378,7 @@ class WinRateModel:
         (sorted): ``rows x points``, what ``_raw`` gives for each pair to within float32 rounding
         (~2e-7: XGBoost adds the leaves in float32, this in float64), read from the trees' structure
         (``TreeEnsemble``) in one walk per row instead of one booster prediction per (row, point).
-        float32, as ``CellCurves`` keeps them (the float64 sums are held a chunk of rows at a time)."""
+        float32 (the float64 sums are held a chunk of rows at a time); ``knot_table`` re-knots them."""
         if self._ensemble is None:
             self._ensemble = TreeEnsemble.from_booster(self.booster, column=len(self.encoder.features))
         rows = np.column_stack([codes, np.zeros(len(codes), dtype=np.float32)]).astype(np.float32)
@@ -384,7 +424,7 @@ class CellCurves:
         return CellCurves(self.model, self.codes, self.steps, self.index[which], self.tails, self.clearing)
 
     def at_knots(self, rows: np.ndarray, knots: slice) -> np.ndarray:
-        """The step values of cells ``rows`` (positions in these cells) at a range of the knots."""
+        """The knot tables of cells ``rows`` (positions in these cells) at a range of the knots."""
         if self.steps is None:
             raise ValueError("a model with fewer than two knots has no knot table")
         return self.steps[self.index[rows], knots].astype(np.float64)

@@ -287,7 +287,10 @@ def test_optimistic_exploration_never_aims_below_the_target():
     assert bid_of_a("optimistic") >= bid_of_a("none") < 100.0
 
 
-def test_predict_many_is_exactly_predict(market):
+def test_predictions_are_the_boosters_steps_where_a_cell_has_a_step_of_one_knot(market, monkeypatch):
+    """Independent of the knot table's own code: at a knot where a cell's step value differs from both
+    neighbours (a run of one), the re-knotted curve is the booster's own prediction; and reading the
+    distinct cells' tables in chunks, many rows per cell, changes nothing."""
     df, wh, window, holdout = market
     features = ["geo_region_name", "os_code"]
     agg = wh.aggregate_bids("e", window, features, bid_bucket_cpm=0.25).to_pandas()
@@ -295,7 +298,18 @@ def test_predict_many_is_exactly_predict(market):
     rows = df.sample(20_000, random_state=0)[features + ["bid_cpm"]].astype({"geo_region_name": str, "os_code": str})
     rows.iloc[:50, 0] = "atlantis"  # a value the model never saw
     bids = rows.bid_cpm.to_numpy() * np.random.default_rng(0).uniform(0.5, 2, len(rows))
-    assert np.array_equal(model.predict_many(rows[features], bids), model.predict(rows[features], bids))
+    whole = model.predict(rows[features], bids)
+    monkeypatch.setattr(M, "PREDICT_CHUNK_CELLS", 3)
+    assert np.array_equal(model.predict(rows[features], bids), whole)
+    cells = rows[features].drop_duplicates().head(20).reset_index(drop=True)
+    k = model.knots()
+    raw = model._steps_at(cells, k)  # the booster itself, cells x knots
+    single = np.zeros(raw.shape, dtype=bool)
+    single[:, 1:-1] = (raw[:, 1:-1] != raw[:, :-2]) & (raw[:, 1:-1] != raw[:, 2:])
+    assert single.sum() > 20
+    r, j = np.nonzero(single)
+    at = model.predict(cells.iloc[r].reset_index(drop=True), np.exp(k[j].astype(np.float64)))
+    assert np.abs(at - raw[r, j]).max() < 1e-6
 
 
 def test_win_curve_is_continuous_monotone_and_proper_and_bids_land_on_the_target():
@@ -365,7 +379,7 @@ def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monk
     """The knots' step values come from the cells' curves (filled in chunks of ``trees.CHUNK_CELLS``)
     in chunks of cells (``KNOT_CHUNK_CELLS``):
     a group split over chunks, groups in any order, and groups left out (closed) give the same bids,
-    each reaching its own target on the booster's own predictions."""
+    each reaching its own target on the model's own predictions."""
     model, _ = _toy_model()
     rng = np.random.default_rng(3)
     n_groups = 40
@@ -383,7 +397,7 @@ def test_mixture_bids_reach_each_groups_target_whatever_the_chunks_of_cells(monk
     assert reached.all()
     for chunk in (3, 7):
         assert np.array_equal(found[chunk][0], bids) and np.array_equal(found[chunk][1], reached)
-    # the booster's own predictions, mixed by hand: not the cells' curves the search read
+    # the model's predictions per cell, mixed by hand (the same knot tables the search read, but mixed here)
     p = model.predict(cells, bids[group])
     w = cells["bids"].to_numpy(float)
     rates = np.bincount(group, w * p, n_groups) / np.bincount(group, w, n_groups)
