@@ -9,6 +9,7 @@ bid, at a fraction of the size.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,6 +189,9 @@ def through_step_middles(table: np.ndarray, log_knots: np.ndarray, *, in_place: 
     return out
 
 
+KNOT_CACHE_CELLS = 65_536  # knot tables a model keeps for reuse (~64 MB at 250 knots, float32)
+KNOT_CACHE_MODELS = 4  # models whose knot tables a process keeps (the oldest dropped first)
+_KNOT_CACHES: dict[str, dict] = {}
 PREDICT_CHUNK_CELLS = 16_384  # distinct cells whose knot tables one prediction holds at a time (~16 MB at 250 knots)
 
 
@@ -245,6 +249,10 @@ class WinRateModel:
     floor_cleared: bool = False
     _knots: np.ndarray | None = field(default=None, repr=False)
     _ensemble: TreeEnsemble | None = field(default=None, repr=False)
+    # names this model's cache of knot tables (``_tables``), kept by the process, not the instance: a
+    # copy unpickled in a Ray worker (the replay ships the model to every task) finds the tables
+    # that worker's earlier tasks read
+    _cache_key: str = field(default_factory=lambda: uuid.uuid4().hex, repr=False)
 
     def predict(self, df: pd.DataFrame, bids: np.ndarray) -> np.ndarray:
         return self.predict_encoded(self.encoder.encode(df), bids)
@@ -294,6 +302,36 @@ class WinRateModel:
         k = self.knots()
         return through_step_middles(self.steps_at(codes, k), k, in_place=True)
 
+    @property
+    def _tables(self) -> dict:
+        """Distinct cells' knot tables already read (encoded row bytes -> float32 row), at most
+        ``KNOT_CACHE_CELLS``: a replay prices the same cells in every batch, twice in a second-price
+        one (the bid, then the spend's quadrature nodes), and the trees never change after training.
+        The process keeps the caches of its ``KNOT_CACHE_MODELS`` latest models."""
+        tables = _KNOT_CACHES.get(self._cache_key)
+        if tables is None:
+            while len(_KNOT_CACHES) >= KNOT_CACHE_MODELS:
+                _KNOT_CACHES.pop(next(iter(_KNOT_CACHES)))
+            tables = _KNOT_CACHES[self._cache_key] = {}
+        return tables
+
+    def _cached_knot_tables(self, cells: np.ndarray) -> np.ndarray:
+        """``knot_table`` of distinct encoded ``cells``, the ones read before taken from ``_tables``."""
+        keys = [row.tobytes() for row in cells]
+        missing = [i for i, key in enumerate(keys) if key not in self._tables]
+        if len(missing) == len(keys):
+            table = self.knot_table(cells)
+        else:
+            table = np.empty((len(cells), len(self.knots())), dtype=np.float32)
+            known = [i for i, key in enumerate(keys) if key in self._tables]
+            table[known] = np.stack([self._tables[keys[i]] for i in known])
+            if missing:
+                table[missing] = self.knot_table(cells[missing])
+        room = KNOT_CACHE_CELLS - len(self._tables)
+        for i in missing[: max(room, 0)]:
+            self._tables[keys[i]] = table[i].copy()
+        return table
+
     def predict_encoded(self, codes: np.ndarray, bids: np.ndarray) -> np.ndarray:
         """``predict`` for rows already encoded with ``self.encoder.encode`` (reused across calls):
         each distinct row's knot table read once (``knot_table``), each bid interpolated in it."""
@@ -315,7 +353,7 @@ class WinRateModel:
             if b0 == b1:
                 continue
             mine = order[b0:b1]
-            table = self.knot_table(cells[c * PREDICT_CHUNK_CELLS : (c + 1) * PREDICT_CHUNK_CELLS])
+            table = self._cached_knot_tables(cells[c * PREDICT_CHUNK_CELLS : (c + 1) * PREDICT_CHUNK_CELLS])
             local = rows[mine] - c * PREDICT_CHUNK_CELLS
             jm = j[mine]
             lo, hi = table[local, jm - 1].astype(np.float64), table[local, jm].astype(np.float64)

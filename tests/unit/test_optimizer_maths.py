@@ -1,5 +1,8 @@
 """The optimizer's maths, without Ray or a database: metrics, models, features, bids."""
 
+import dataclasses
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -300,7 +303,15 @@ def test_predictions_are_the_boosters_steps_where_a_cell_has_a_step_of_one_knot(
     bids = rows.bid_cpm.to_numpy() * np.random.default_rng(0).uniform(0.5, 2, len(rows))
     whole = model.predict(rows[features], bids)
     monkeypatch.setattr(M, "PREDICT_CHUNK_CELLS", 3)
-    assert np.array_equal(model.predict(rows[features], bids), whole)
+    assert np.array_equal(model.predict(rows[features], bids), whole)  # chunked, and from its cache
+    # a copy unpickled in the same process (a Ray worker's next task) finds the tables read before
+    shipped = pickle.loads(pickle.dumps(model))
+    assert shipped._tables is model._tables and len(model._tables) > 0
+    fresh = dataclasses.replace(model, _cache_key="another model")  # an empty cache
+    monkeypatch.setattr(M, "KNOT_CACHE_CELLS", 2)  # a cache that fills up at once
+    assert np.array_equal(fresh.predict(rows[features], bids), whole) and len(fresh._tables) == 2
+    assert np.array_equal(fresh.predict(rows[features], bids), whole)
+    M._KNOT_CACHES.pop("another model")
     cells = rows[features].drop_duplicates().head(20).reset_index(drop=True)
     k = model.knots()
     raw = model._steps_at(cells, k)  # the booster itself, cells x knots
