@@ -9,6 +9,7 @@ bid, at a fraction of the size.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -189,9 +190,13 @@ def through_step_middles(table: np.ndarray, log_knots: np.ndarray, *, in_place: 
     return out
 
 
-KNOT_CACHE_CELLS = 65_536  # knot tables a model keeps for reuse (~64 MB at 250 knots, float32)
-KNOT_CACHE_MODELS = 4  # models whose knot tables a process keeps (the oldest dropped first)
+KNOT_CACHE_CELLS = 16_384  # knot tables a model keeps for reuse (~16 MB at 250 knots, float32)
+# models whose knot tables a process keeps, the least recently used dropped first: more than a replay
+# prices at once (a run and up to ten --against runs, bidopt.replays.MAX_AGAINST), else each evicts
+# the next in turn and none is ever found
+KNOT_CACHE_MODELS = 16
 _KNOT_CACHES: dict[str, dict] = {}
+_KNOT_CACHES_LOCK = threading.Lock()  # the API replays in FastAPI's thread pool
 PREDICT_CHUNK_CELLS = 16_384  # distinct cells whose knot tables one prediction holds at a time (~16 MB at 250 knots)
 
 
@@ -204,9 +209,11 @@ def _distinct_rows(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return codes[:1], np.zeros(n, dtype=np.int64)
     if n == 0:
         return codes, np.zeros(0, dtype=np.int64)
-    ints = codes.astype(np.int64) + 1  # UNSEEN (-1) -> 0
-    radix = ints.max(axis=0) + 1
-    if not np.isfinite(codes).all() or (ints < 0).any() or float(np.prod(radix.astype(float))) >= 2.0**62:
+    whole = np.isfinite(codes).all() and (codes == np.trunc(codes)).all() and np.abs(codes).max() < 2.0**31
+    if whole:
+        ints = np.where(codes < 0, 0, codes.astype(np.int64) + 1)  # any negative code (UNSEEN) -> 0
+        radix = ints.max(axis=0) + 1
+    if not whole or float(np.prod(radix.astype(float))) >= 2.0**62 or (codes < -1).any():
         cells, inverse = np.unique(codes, axis=0, return_inverse=True)  # not packable: the slow way
         return cells, inverse.ravel()
     weights = np.r_[np.cumprod(radix[::-1])[::-1][1:], 1]
@@ -308,28 +315,32 @@ class WinRateModel:
         ``KNOT_CACHE_CELLS``: a replay prices the same cells in every batch, twice in a second-price
         one (the bid, then the spend's quadrature nodes), and the trees never change after training.
         The process keeps the caches of its ``KNOT_CACHE_MODELS`` latest models."""
-        tables = _KNOT_CACHES.get(self._cache_key)
-        if tables is None:
-            while len(_KNOT_CACHES) >= KNOT_CACHE_MODELS:
-                _KNOT_CACHES.pop(next(iter(_KNOT_CACHES)))
-            tables = _KNOT_CACHES[self._cache_key] = {}
-        return tables
+        with _KNOT_CACHES_LOCK:
+            tables = _KNOT_CACHES.pop(self._cache_key, None)
+            if tables is None:
+                tables = {}
+                while len(_KNOT_CACHES) >= KNOT_CACHE_MODELS:
+                    _KNOT_CACHES.pop(next(iter(_KNOT_CACHES)), None)
+            _KNOT_CACHES[self._cache_key] = tables  # last: the most recently used
+            return tables
 
     def _cached_knot_tables(self, cells: np.ndarray) -> np.ndarray:
         """``knot_table`` of distinct encoded ``cells``, the ones read before taken from ``_tables``."""
+        tables = self._tables  # once: another thread may evict this model's cache meanwhile
         keys = [row.tobytes() for row in cells]
-        missing = [i for i, key in enumerate(keys) if key not in self._tables]
+        found = [tables.get(key) for key in keys]
+        missing = [i for i, row in enumerate(found) if row is None]
         if len(missing) == len(keys):
             table = self.knot_table(cells)
         else:
             table = np.empty((len(cells), len(self.knots())), dtype=np.float32)
-            known = [i for i, key in enumerate(keys) if key in self._tables]
-            table[known] = np.stack([self._tables[keys[i]] for i in known])
+            known = [i for i, row in enumerate(found) if row is not None]
+            table[known] = np.stack([found[i] for i in known])
             if missing:
                 table[missing] = self.knot_table(cells[missing])
-        room = KNOT_CACHE_CELLS - len(self._tables)
+        room = KNOT_CACHE_CELLS - len(tables)
         for i in missing[: max(room, 0)]:
-            self._tables[keys[i]] = table[i].copy()
+            tables[keys[i]] = table[i].copy()
         return table
 
     def predict_encoded(self, codes: np.ndarray, bids: np.ndarray) -> np.ndarray:

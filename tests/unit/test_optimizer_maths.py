@@ -312,6 +312,15 @@ def test_predictions_are_the_boosters_steps_where_a_cell_has_a_step_of_one_knot(
     assert np.array_equal(fresh.predict(rows[features], bids), whole) and len(fresh._tables) == 2
     assert np.array_equal(fresh.predict(rows[features], bids), whole)
     M._KNOT_CACHES.pop("another model")
+    # least recently used first: models used in turn, as a replay's runs are per batch, keep theirs
+    monkeypatch.setattr(M, "KNOT_CACHE_MODELS", 2)
+    a, b, c = (dataclasses.replace(model, _cache_key=f"model {i}") for i in range(3))
+    a.predict(rows[features], bids), b.predict(rows[features], bids)
+    a.predict(rows[features], bids)  # a is now the most recent: c evicts b, not a
+    c.predict(rows[features], bids)
+    assert "model 0" in M._KNOT_CACHES and "model 1" not in M._KNOT_CACHES
+    for key in ("model 0", "model 2"):
+        M._KNOT_CACHES.pop(key)
     cells = rows[features].drop_duplicates().head(20).reset_index(drop=True)
     k = model.knots()
     raw = model._steps_at(cells, k)  # the booster itself, cells x knots
