@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from bidopt.bidder.core import RunTables
+from bidopt.bidder.core import RunTables, no_price_reason
 from bidopt.errors import InvalidConfig
+from bidopt.events.schema import FLOOR_NO_BID_REASON
 from bidopt.optimizer.models import FLOOR_CLEARED_ATTR, CategoryEncoder, WinRateModel
 from bidopt.warehouse.contract import DERIVED_FEATURES, FEATURE_COLUMNS, UNKNOWN, floor_bucket_label
 
@@ -159,11 +160,13 @@ def replay_rows(batch: pd.DataFrame, run: ReplayRun) -> pd.DataFrame:
     quoted = [tables.quote(b, m, f) for b, m, f in tdistinct.itertuples(index=False, name=None)]
     price = np.array([np.nan if q is None else q for q in quoted], dtype=float)[tcodes] if n else np.empty(0)
     bids = ~np.isnan(price)
-    # a no-bid is the floor's where the run has a price without it (as the bidder's no_price_reason);
-    # a table without a valid price is no floor no-bid, and no loss on the target's basis
+    # a no-bid is the floor's as the bidder labels it (no_price_reason): a table without a valid price
+    # is no floor no-bid, and no loss on the target's basis
     combos = tdistinct.itertuples(index=False, name=None)
-    priced = [q is not None or tables.quote(b, m, 0.0) is not None for (b, m, _), q in zip(combos, quoted)]
-    floor_no_bid = (np.array(priced, dtype=bool)[tcodes] & ~bids) if n else np.zeros(0, dtype=bool)
+    floored = [
+        q is None and no_price_reason(tables, b, m)[0] == FLOOR_NO_BID_REASON for (b, m, _), q in zip(combos, quoted)
+    ]
+    floor_no_bid = np.array(floored, dtype=bool)[tcodes] if n else np.zeros(0, dtype=bool)
 
     p = np.zeros(n)
     spend = np.zeros(n)
