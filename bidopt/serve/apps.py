@@ -308,12 +308,18 @@ class ServeLifetime:
         # names a local session after the PID that starts it, so look for that too.
         started.update(_processes_of_session(session_dir))
         started.update(_processes_of_own_sessions())
+        started.update(_ray_processes_of_own_group())
         killed = _kill_survivors(started.values(), self.LEFTOVER_GRACE_SECONDS)
         # A raylet we only killed now (its Ray never finished starting, so nothing shut it down) may
         # have spawned its agents during the grace period, after the scan: look again until nothing
         # of ours is left (CI saw a DashboardAgent and a RuntimeEnvAgent outlive the stop this way).
         for _ in range(5):
-            late = {**self.started_processes(), **_processes_of_session(session_dir), **_processes_of_own_sessions()}
+            late = {
+                **self.started_processes(),
+                **_processes_of_session(session_dir),
+                **_processes_of_own_sessions(),
+                **_ray_processes_of_own_group(),
+            }
             alive = _still_running(late.values(), 0)
             if not alive:
                 break
@@ -371,6 +377,44 @@ def _processes_of_own_sessions(pid: int | None = None) -> dict:
             if process.pid != os.getpid() and any(own.search(arg) for arg in process.info["cmdline"] or ()):
                 found[process.pid] = process
         except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _ray_processes_of_own_group() -> dict:
+    """Ray processes in this process's own process group or session (where this process leads it),
+    started after it: psutil processes by PID.
+
+    Ray's agents rename themselves (their command line becomes ``ray::DashboardAgent``, naming no
+    session folder), and once the raylet that spawned them has gone they are nobody's descendants;
+    but they stay in the raylet's process group and session, which are ours. CI saw a DashboardAgent
+    and a RuntimeEnvAgent outlive the stop that way. Only processes that are Ray's (a ``ray::`` name,
+    or a command line in Ray's package folder) count, so that another member of the group (``tee`` in
+    ``bidopt serve | tee log``) is left alone."""
+    import psutil
+    import ray
+
+    me = psutil.Process()
+    group = os.getpgrp() if os.getpgrp() == me.pid else None
+    session = os.getsid(0) if os.getsid(0) == me.pid else None
+    if group is None and session is None:
+        return {}
+    ray_folder = os.path.dirname(os.path.abspath(ray.__file__))
+    born = me.create_time()
+    found = {}
+    for process in psutil.process_iter(["name", "cmdline", "create_time"]):
+        try:
+            if process.pid == me.pid or (process.info["create_time"] or 0) < born:
+                continue
+            if not (
+                (group is not None and os.getpgid(process.pid) == group)
+                or (session is not None and os.getsid(process.pid) == session)
+            ):
+                continue
+            command = " ".join(process.info["cmdline"] or ())
+            if (process.info["name"] or "").startswith("ray::") or command.startswith("ray::") or ray_folder in command:
+                found[process.pid] = process
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
             continue
     return found
 

@@ -25,3 +25,46 @@ def test_processes_naming_a_session_of_this_pid_are_found_and_no_others():
         for p in (ours, longer_pid):
             p.kill()
             p.wait()
+
+
+LEADER = """
+import json, subprocess, sys, time
+from bidopt.serve.apps import _ray_processes_of_own_group
+agent = subprocess.Popen(["bash", "-c", 'exec -a "ray::DashboardAgent" sleep 30'])
+other = subprocess.Popen(["sleep", "30"])  # in the group too, but not Ray's: `bidopt serve | tee log`
+deadline = time.time() + 10
+while time.time() < deadline and agent.pid not in _ray_processes_of_own_group():
+    time.sleep(0.1)
+found = _ray_processes_of_own_group()
+print(json.dumps({"agent": agent.pid, "other": other.pid, "found": sorted(found)}))
+for p in (agent, other):
+    p.kill()
+    p.wait()
+"""
+
+
+def test_a_renamed_ray_agent_in_the_group_it_leads_is_found_and_nothing_else():
+    """Ray's agents rename themselves (``ray::DashboardAgent``, no session folder in the command line)
+    and are orphans once their raylet has gone; they are still in the stopping process's group."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", LEADER], capture_output=True, text=True, timeout=60, start_new_session=True
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["found"] == [seen["agent"]], seen
+
+
+def test_a_process_that_leads_neither_its_group_nor_its_session_finds_nothing_there():
+    """pytest here is not the leader of its group: the members of a group it merely belongs to (the
+    shell's pipeline, a CI runner) are not its to stop."""
+    import os
+
+    from bidopt.serve.apps import _ray_processes_of_own_group
+
+    if os.getpgrp() == os.getpid() or os.getsid(0) == os.getpid():
+        import pytest
+
+        pytest.skip("this pytest leads its own group or session")
+    assert _ray_processes_of_own_group() == {}
