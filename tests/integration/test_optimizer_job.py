@@ -37,7 +37,7 @@ def _run(engine, run_id):
 
 def test_pending_runs_become_validated_bid_tables(platform):
     a = _create(platform, target_win_rate="0.4", adjust_unchosen_features="true")
-    b = _create(platform, "auto_intenders")
+    b = _create(platform, "auto_intenders", adjust_unchosen_features="false")  # on by default: off honoured
     report = run_optimizer(once=True, use_ray=False)
     assert [r["status"] for r in report.processed] == ["completed", "completed"]
 
@@ -85,7 +85,7 @@ def test_pending_runs_become_validated_bid_tables(platform):
 
     # auto_intenders: floors on, domains off, npi off -- each static config changes the output
     other = _run(platform, b)
-    assert other["metrics"]["win_rate_model"]["adjusted_features"] == 0  # off by default (its cost)
+    assert other["metrics"]["win_rate_model"]["adjusted_features"] == 0
     names = [f.feature_name for f in other["features"]]
     assert "npi_matched" not in names
     scored = json.loads(read_run_artifact(other["run"].s3_output_path, "features.json"))["candidates_scored"]
