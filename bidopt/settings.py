@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         le=60,
         description="How often a bidder writes its buffered events (a crash loses at most this)",
     )
+    events_write_threads: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Threads a bidder writes one flush's event parts with (one part per entity with traffic)",
+    )
     notice_secret: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC key that signs notice URLs (shared by every bidder); unset: a key kept in BIDOPT_HOME",
@@ -195,6 +201,7 @@ class Settings(BaseSettings):
             "bidder_near_miss": self.bidder_near_miss,
             "events_url": redact_url(self.events_url),
             "events_flush_seconds": self.events_flush_seconds,
+            "events_write_threads": self.events_write_threads,
             "notice_secret": "***" if self.notice_secret.get_secret_value() else "(kept in BIDOPT_HOME)",
             "notice_base_url": self.notice_base_url or None,
             "attribution_window_seconds": self.attribution_window_seconds,

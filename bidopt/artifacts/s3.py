@@ -13,6 +13,8 @@ from bidopt.errors import InvalidConfig, NotFound
 
 
 class S3ArtifactStore(ArtifactStore):
+    concurrent_puts = True  # boto3's client is thread-safe, with a pool of 10 connections
+
     def __init__(self, url: str, bucket: str, prefix: str) -> None:
         import boto3
         from botocore.config import Config

@@ -170,6 +170,7 @@ class BidderCore:
             self.replica_id,
             s.events_flush_seconds,
             render={DECISIONS: decision_rows(self.replica_id)},
+            write_threads=s.events_write_threads,
             start=start,
         )
         self.refresher.counters = self.counters

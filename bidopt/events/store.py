@@ -89,6 +89,11 @@ class EventStore:
             f"part-{safe_writer}-{seq:08d}.parquet"
         )
 
+    @property
+    def concurrent_puts(self) -> bool:
+        """Whether parts written several at once go faster (``ArtifactStore.concurrent_puts``)."""
+        return self.store.concurrent_puts
+
     def write_part(
         self, kind: str, entity_code: str, hour: datetime, table: pa.Table, *, writer_id: str, seq: int
     ) -> str:

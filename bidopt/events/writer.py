@@ -7,6 +7,11 @@ writes one part per (kind, entity, hour) through ``EventStore.write_part``, nami
 writer's id and a sequence number it counts up. So a process that dies loses at most what was
 queued since its last flush: ``flush_seconds`` plus the time one flush takes.
 
+The parts of one flush are written by up to ``write_threads`` threads at once where the store's
+writes wait on a network (``concurrent_puts``: S3): a replica serving hundreds of entities writes
+that many parts per flush, and one after another at an object store's latency (tens of
+milliseconds a PUT) they would take longer than the interval between flushes.
+
 A part that fails to write (the store is down) is kept, with its sequence number, and written
 again under the same key on the next flush: a write that did go through although it reported an
 error is overwritten by the same bytes, not duplicated. Kept parts are bounded (``max_buffered``
@@ -22,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -69,6 +75,7 @@ class EventWriter:
         render: dict[str, Render] | None = None,
         max_buffered: int = 500_000,
         max_queued_bytes: int = 256 * 1024 * 1024,
+        write_threads: int = 1,
         start: bool = True,
     ) -> None:
         self.store = events_url if isinstance(events_url, EventStore) else open_event_store(events_url)
@@ -81,6 +88,16 @@ class EventWriter:
         self.max_queued_bytes = max_queued_bytes
         self._queued_bytes = 0
         self._bytes_lock = threading.Lock()
+        if write_threads < 1:
+            raise InvalidConfig(f"write_threads must be at least 1, got {write_threads}")
+        # writes the parts of a flush concurrently (None: one thread, in the flusher itself), where the
+        # store's writes wait on a network: on the local folder they are this process's CPU, and
+        # threads there only contend for the GIL (benchmarks/event_writer.py)
+        self._writers = (
+            ThreadPoolExecutor(write_threads, thread_name_prefix=f"event-parts-{writer_id}")
+            if write_threads > 1 and getattr(self.store, "concurrent_puts", False)
+            else None
+        )
         self._failed: list[_Part] = []  # parts whose write failed, retried first (flush thread only)
         self._failed_rows = 0
         self._seq = 0
@@ -160,18 +177,19 @@ class EventWriter:
             self._failed = []
             written = 0
             kept = []
-            for part in parts:
-                try:
-                    self.store.write_part(
-                        part.kind, part.entity_code, part.hour, part.table, writer_id=self.writer_id, seq=part.seq
-                    )
-                except InvalidConfig as exc:  # the part itself is wrong (a bad entity code): never writable
+            if self._writers is not None and len(parts) > 1:
+                outcomes = list(self._writers.map(self._write, parts))
+            else:
+                outcomes = [self._write(part) for part in parts]
+            # the counters are this thread's alone: the writers only report what happened
+            for part, exc in zip(parts, outcomes):
+                if isinstance(exc, InvalidConfig):  # the part itself is wrong (a bad entity code): never writable
                     self.dropped += part.table.num_rows
                     log.error(
                         "events: dropped %d %s events that cannot be written: %s", part.table.num_rows, part.kind, exc
                     )
                     continue
-                except Exception as exc:  # noqa: BLE001 - store down: keep the part, retry next flush
+                if exc is not None:  # store down: keep the part, retry next flush
                     self.write_failures += 1
                     self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     log.warning("events: writing to %s failed (%s); kept for the next flush", self.store.url, exc)
@@ -182,6 +200,16 @@ class EventWriter:
             self._failed_rows = sum(p.table.num_rows for p in self._failed)
             self.written += written
             return written
+
+    def _write(self, part: _Part) -> Exception | None:
+        """Write one part; returns what it raised (None: written)."""
+        try:
+            self.store.write_part(
+                part.kind, part.entity_code, part.hour, part.table, writer_id=self.writer_id, seq=part.seq
+            )
+        except Exception as exc:  # noqa: BLE001 - flush decides: dropped (InvalidConfig) or kept for a retry
+            return exc
+        return None
 
     def _take(self) -> list[_Part]:
         """Everything queued, as one table per (kind, entity, hour), each with the next sequence number."""
@@ -258,6 +286,10 @@ class EventWriter:
             if not self.buffered or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
+        with self._lock:  # a flush after this one writes in its own thread
+            writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.shutdown(wait=False)  # idle: the last flush above has returned
         if self.buffered:
             log.error(
                 "events: %d events could not be written to %s: %s", self.buffered, self.store.url, self.last_error

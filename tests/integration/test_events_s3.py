@@ -45,3 +45,28 @@ def test_the_writer_writes_parts_to_s3_and_retries_a_missing_bucket(s3_bucket, m
     assert pending.close() == 0
     assert open_event_store(f"s3://{later}/events").read(DECISIONS, "drugs_hcp")["request_id"].to_pylist() == ["c"]
     assert open_event_store(f"s3://{later}/events").read(NOTICES, "drugs_hcp").num_rows == 0
+
+
+def test_many_entities_parts_written_by_several_threads_all_land_and_read_back(s3_bucket, moto_server):
+    """A flush of a replica serving many entities writes one part each, several at once on S3
+    (``BIDOPT_EVENTS_WRITE_THREADS``); a missing bucket fails every one, and each is kept."""
+    url = f"s3://{s3_bucket}/events"
+    now = time.time()
+    writer = EventWriter(url, "host:1:many", flush_seconds=3600, write_threads=8, start=False)
+    entities = [f"e{i:02d}" for i in range(40)]
+    for entity in entities:
+        writer.add(DECISIONS, entity, now, _decision(now, f"{entity}-a") | {"entity_code": entity})
+    assert writer.flush() == 40 and writer.stats()["write_failures"] == 0
+    store = open_event_store(url)
+    assert all(store.read(DECISIONS, e)["request_id"].to_pylist() == [f"{e}-a"] for e in entities)
+    assert writer.close() == 0
+
+    missing = EventWriter(f"s3://{s3_bucket}-none/events", "w3", flush_seconds=3600, write_threads=8, start=False)
+    for entity in entities[:10]:
+        missing.add(DECISIONS, entity, now, _decision(now, f"{entity}-b") | {"entity_code": entity})
+    assert missing.flush() == 0 and missing.buffered == 10 and missing.write_failures == 10
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=f"{s3_bucket}-none")
+    assert missing.close() == 0
+    assert open_event_store(f"s3://{s3_bucket}-none/events").read(DECISIONS, "e03")["request_id"].to_pylist() == [
+        "e03-b"
+    ]

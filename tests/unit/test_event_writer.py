@@ -231,3 +231,80 @@ def store_rows(tmp_path):
         open_event_store(f"file://{tmp_path}").read(DECISIONS, "e1")["request_id"].to_pylist(),
         key=lambda r: (int(r[1:].rstrip("b")), r),
     )
+
+
+class SlowStore(FlakyStore):
+    """A store whose every write takes ``seconds`` (an object store's latency), counting the writes in
+    flight at once."""
+
+    def __init__(self, real, seconds=0.05):
+        import threading
+
+        super().__init__(real)
+        self.seconds, self.in_flight, self.most_in_flight = seconds, 0, 0
+        self._count = threading.Lock()
+
+    def write_part(self, kind, entity, hour, table, *, writer_id, seq):
+        with self._count:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(self.seconds)
+            if entity == "down":
+                self.attempts.append((kind, entity, seq))
+                raise ConnectionError("this entity's prefix is unreachable")
+            return super().write_part(kind, entity, hour, table, writer_id=writer_id, seq=seq)
+        finally:
+            with self._count:
+                self.in_flight -= 1
+
+
+def test_a_flushs_parts_are_written_by_several_threads_and_each_outcome_is_counted(tmp_path):
+    """Hundreds of entities mean hundreds of parts per flush: one after another at an object store's
+    latency they would outlast the flush interval. Written concurrently, each part's outcome still
+    counts as before: written, kept for a retry under the same key, or dropped."""
+    real = open_event_store(f"file://{tmp_path}")
+    local = SlowStore(real, seconds=0.01)
+    w0 = EventWriter(real, "w0", write_threads=4, start=False)
+    w0.store = local
+    for i in range(4):
+        add(w0, H10, f"l{i}", entity=f"e{i}")
+    # the local folder's writes are this process's CPU: threads would only contend for the GIL
+    assert w0.flush() == 4 and local.most_in_flight == 1
+    real.store.concurrent_puts = True  # as S3's are: they wait on the network
+    slow = SlowStore(real)
+    w = EventWriter(real, "w1", write_threads=4, start=False)
+    w.store = slow
+    for i in range(10):
+        add(w, H10, f"r{i}", entity=f"e{i}")
+    add(w, H10, "later", entity="down")
+    add(w, H10, "never", entity="Not Valid!")
+    assert w.flush() == 10
+    assert slow.most_in_flight >= 2  # in flight together, not one after another
+    assert (w.written, w.dropped, w.buffered, w.write_failures) == (10, 1, 1, 1)
+    assert all(f"r{i}" in real.read(DECISIONS, f"e{i}")["request_id"].to_pylist() for i in range(10))
+    seq = next(s for _, entity, s in slow.attempts if entity == "down")
+    slow.write_part = lambda kind, entity, hour, table, *, writer_id, seq: real.write_part(
+        kind, entity, hour, table, writer_id=writer_id, seq=seq
+    )
+    assert w.flush() == 1 and real.read(DECISIONS, "down")["request_id"].to_pylist() == ["later"]
+    assert [k for k in real.store.list_keys("decisions/entity_code=down/") if k.endswith(f"-{seq:08d}.parquet")]
+    assert w.close() == 0
+    add(w, H10 + 5, "after", entity="e1")  # a writer closed early still writes, in its own thread
+    assert w.flush() == 1
+
+    one = SlowStore(real, seconds=0.01)
+    w1 = EventWriter(real, "w2", start=False)  # the default: one thread, the flusher's own
+    w1.store = one
+    for i in range(4):
+        add(w1, H10, f"s{i}", entity=f"e{i}")
+    assert w1.flush() == 4 and one.most_in_flight == 1
+
+
+def test_write_threads_below_one_is_refused(tmp_path):
+    import pytest
+
+    from bidopt.errors import InvalidConfig
+
+    with pytest.raises(InvalidConfig, match="write_threads"):
+        EventWriter(open_event_store(f"file://{tmp_path}"), "w1", write_threads=0, start=False)

@@ -1,0 +1,158 @@
+"""Event writer at fleet size: one flush of a replica that served many entities in its interval.
+
+A flush writes one part per (kind, entity, hour) with traffic, so a replica serving 500 entities
+writes 500 parts a second at the default ``BIDOPT_EVENTS_FLUSH_SECONDS`` of 1. This measures one
+such flush, with ``write_threads`` 1 (one part after another) and N (``BIDOPT_EVENTS_WRITE_THREADS``),
+side by side in one run, against
+
+* ``file``: the local folder (the embedded default);
+* ``s3``: S3 as moto's server in a process of its own (on loopback: no network latency);
+* ``s3+20ms``: the same with 20 ms added to each write, standing for an object store across a
+  network (an assumption, not a measurement of S3).
+
+It prints each flush's wall time, this process's CPU time during it (Parquet encoding, boto3; not
+the moto server's), and the CPU per part, which is what a replica pays per entity per flush
+whatever the threads.
+
+    python benchmarks/event_writer.py [--entities 500] [--rows 4] [--threads 8] [--flushes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+from bidopt.events.schema import DECISIONS
+from bidopt.events.store import open_event_store
+from bidopt.events.writer import EventWriter
+
+
+def decision(ts: float, rid: str, entity: str) -> dict:
+    return {
+        "event_time": datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None),
+        "entity_code": entity,
+        "request_id": rid,
+        "imp_id": "1",
+        "test": False,
+        "bid": True,
+        "bid_cpm": 1.5,
+        "segment_key": "us-ca|ios",
+        "level": "segment",
+        "npi_matched": False,
+    }
+
+
+class Latency:
+    """An events store whose every write first waits ``seconds``."""
+
+    def __init__(self, real, seconds: float) -> None:
+        self.real, self.seconds, self.url = real, seconds, real.url
+
+    def write_part(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.real.write_part(*args, **kwargs)
+
+
+def one_flush(store, threads: int, entities: int, rows: int, tag: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one flush of ``entities`` parts."""
+    w = EventWriter(getattr(store, "real", store), f"bench-{tag}-{threads}", write_threads=threads, start=False)
+    w.store = store  # a wrapped store: EventWriter opens only URLs and EventStores
+    now = time.time()
+    for e in range(entities):
+        for i in range(rows):
+            w.add(DECISIONS, f"e{e:04d}", now, decision(now, f"{tag}-{e}-{i}", f"e{e:04d}"))
+    cpu, wall = time.process_time(), time.perf_counter()
+    written = w.flush()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    w.close()
+    if written != entities * rows:
+        raise SystemExit(f"flush wrote {written} rows, expected {entities * rows}: {w.stats()}")
+    return wall, cpu
+
+
+def moto_server() -> tuple[subprocess.Popen, str] | None:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entities", type=int, default=500, help="entities with traffic in the flush interval")
+    ap.add_argument("--rows", type=int, default=4, help="decisions per entity in the flush")
+    ap.add_argument("--threads", type=int, default=8, help="write_threads to compare with 1")
+    ap.add_argument("--flushes", type=int, default=3, help="flushes per setting, alternated")
+    args = ap.parse_args()
+    stores = {}
+    with tempfile.TemporaryDirectory(prefix="bidopt-events-") as tmp:
+        stores["file"] = open_event_store(f"file://{tmp}")
+        moto = moto_server()
+        if moto is not None:
+            import boto3
+
+            os.environ.update(
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+                BIDOPT_S3_ENDPOINT_URL=moto[1],
+            )
+            boto3.client("s3", endpoint_url=moto[1]).create_bucket(Bucket="bench")
+            stores["s3"] = open_event_store("s3://bench/events")
+            stores["s3+20ms"] = Latency(stores["s3"], 0.020)
+        else:
+            print("s3: skipped, moto is not installed")
+        print(
+            f"{os.cpu_count()} cores; one flush of {args.entities} entities x {args.rows} decisions "
+            f"({args.entities} parts); write_threads 1 and {args.threads}, {args.flushes} flushes each, alternated"
+        )
+        print(
+            f"  {'store':9s} {'threads':>7s} {'flush ms (each)':>28s} {'CPU ms':>8s} {'CPU ms/part':>11s}"
+            "  wall vs 1 thread"
+        )
+        try:
+            for name, store in stores.items():
+                figures: dict[int, list[tuple[float, float]]] = {1: [], args.threads: []}
+                for k in range(args.flushes):
+                    for threads in (1, args.threads) if k % 2 == 0 else (args.threads, 1):
+                        figures[threads].append(one_flush(store, threads, args.entities, args.rows, f"{name}{k}"))
+                base = sorted(w for w, _ in figures[1])[len(figures[1]) // 2]
+                for threads, runs in figures.items():
+                    walls = sorted(w for w, _ in runs)
+                    median, cpu = walls[len(walls) // 2], sorted(c for _, c in runs)[len(runs) // 2]
+                    each = " / ".join(f"{w * 1000:.0f}" for w, _ in runs)
+                    print(
+                        f"  {name:9s} {threads:>7d} {each:>28s} {cpu * 1000:>8.0f} {cpu * 1000 / args.entities:>11.2f}"
+                        f"  x{base / median:.2f}"
+                    )
+        finally:
+            if moto is not None:
+                moto[0].kill()
+                moto[0].wait()
+
+
+if __name__ == "__main__":
+    main()
