@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     events_write_threads: int = Field(
         default=8,
         ge=1,
-        le=64,
-        description="Threads a bidder writes one flush's event parts with (one part per entity with traffic)",
+        le=32,
+        description="Threads a bidder writes one flush's event parts to S3 with (one part per entity with traffic; "
+        "the local folder is written by one)",
     )
     notice_secret: SecretStr = Field(
         default=SecretStr(""),

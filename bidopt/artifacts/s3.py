@@ -13,7 +13,7 @@ from bidopt.errors import InvalidConfig, NotFound
 
 
 class S3ArtifactStore(ArtifactStore):
-    concurrent_puts = True  # boto3's client is thread-safe, with a pool of 10 connections
+    concurrent_puts = True  # boto3's client is thread-safe once made; its pool holds 32 connections
 
     def __init__(self, url: str, bucket: str, prefix: str) -> None:
         import boto3
@@ -25,7 +25,12 @@ class S3ArtifactStore(ArtifactStore):
         self._s3 = boto3.client(
             "s3",
             endpoint_url=os.environ.get("BIDOPT_S3_ENDPOINT_URL") or None,
-            config=Config(connect_timeout=5, read_timeout=20, retries={"mode": "standard", "max_attempts": 3}),
+            config=Config(
+                connect_timeout=5,
+                read_timeout=20,
+                retries={"mode": "standard", "max_attempts": 3},
+                max_pool_connections=32,  # BIDOPT_EVENTS_WRITE_THREADS' most: a connection per thread
+            ),
         )
 
     @classmethod

@@ -177,9 +177,13 @@ class EventWriter:
             self._failed = []
             written = 0
             kept = []
+            outcomes = None
             if self._writers is not None and len(parts) > 1:
-                outcomes = list(self._writers.map(self._write, parts))
-            else:
+                try:
+                    outcomes = list(self._writers.map(self._write, parts))
+                except RuntimeError as exc:  # no thread to be had (a limit, the interpreter exiting)
+                    log.warning("events: cannot write parts in threads (%s); writing them one at a time", exc)
+            if outcomes is None:  # a part the pool wrote before failing is rewritten: the same key, the same bytes
                 outcomes = [self._write(part) for part in parts]
             # the counters are this thread's alone: the writers only report what happened
             for part, exc in zip(parts, outcomes):

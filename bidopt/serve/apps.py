@@ -233,6 +233,9 @@ class ServeLifetime:
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
         self.stopping = False
+        # when this process began starting Ray: older processes are not its to stop, even in its group
+        # (``exec bidopt serve`` keeps the start time of a shell that may have started a Ray of its own)
+        self.ray_started_at: float | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
@@ -257,6 +260,7 @@ class ServeLifetime:
         from bidopt.jobs.ray_runtime import starts_local_ray
 
         owns_ray = starts_local_ray()
+        self.ray_started_at = time.time() - 1.0  # psutil's creation times are rounded: a second of slack
         self.install_handlers()
         try:
             try:
@@ -308,7 +312,7 @@ class ServeLifetime:
         # names a local session after the PID that starts it, so look for that too.
         started.update(_processes_of_session(session_dir))
         started.update(_processes_of_own_sessions())
-        started.update(_ray_processes_of_own_group())
+        started.update(_ray_processes_of_own_group(self.ray_started_at))
         killed = _kill_survivors(started.values(), self.LEFTOVER_GRACE_SECONDS)
         # A raylet we only killed now (its Ray never finished starting, so nothing shut it down) may
         # have spawned its agents during the grace period, after the scan: look again until nothing
@@ -318,7 +322,7 @@ class ServeLifetime:
                 **self.started_processes(),
                 **_processes_of_session(session_dir),
                 **_processes_of_own_sessions(),
-                **_ray_processes_of_own_group(),
+                **_ray_processes_of_own_group(self.ray_started_at),
             }
             alive = _still_running(late.values(), 0)
             if not alive:
@@ -381,9 +385,9 @@ def _processes_of_own_sessions(pid: int | None = None) -> dict:
     return found
 
 
-def _ray_processes_of_own_group() -> dict:
+def _ray_processes_of_own_group(since: float | None = None) -> dict:
     """Ray processes in this process's own process group or session (where this process leads it),
-    started after it: psutil processes by PID.
+    created since ``since`` (unix seconds; None: since this process started): psutil processes by PID.
 
     Ray's agents rename themselves (their command line becomes ``ray::DashboardAgent``, naming no
     session folder), and once the raylet that spawned them has gone they are nobody's descendants;
@@ -399,8 +403,8 @@ def _ray_processes_of_own_group() -> dict:
     session = os.getsid(0) if os.getsid(0) == me.pid else None
     if group is None and session is None:
         return {}
-    ray_folder = os.path.dirname(os.path.abspath(ray.__file__))
-    born = me.create_time()
+    ray_folder = os.path.dirname(os.path.abspath(ray.__file__)) + os.sep
+    born = me.create_time() if since is None else since
     found = {}
     for process in psutil.process_iter(["name", "cmdline", "create_time"]):
         try:

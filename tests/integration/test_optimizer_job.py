@@ -36,7 +36,7 @@ def _run(engine, run_id):
 
 
 def test_pending_runs_become_validated_bid_tables(platform):
-    a = _create(platform, target_win_rate="0.4", adjust_unchosen_features="true")
+    a = _create(platform, target_win_rate="0.4")  # adjust_unchosen_features: on by default
     b = _create(platform, "auto_intenders", adjust_unchosen_features="false")  # on by default: off honoured
     report = run_optimizer(once=True, use_ray=False)
     assert [r["status"] for r in report.processed] == ["completed", "completed"]

@@ -43,6 +43,10 @@ def lifetime(monkeypatch):
     monkeypatch.setattr(ray, "shutdown", lambda: calls.append("ray.shutdown"))
     monkeypatch.setattr(serve, "shutdown", lambda: calls.append("serve.shutdown"))
     monkeypatch.setattr(apps.ServeLifetime, "started_processes", staticmethod(dict))
+    # nor any process found by the stop's other scans: this pytest may lead its group, with Ray
+    # processes of other tests in it
+    for scan in ("_processes_of_session", "_processes_of_own_sessions", "_ray_processes_of_own_group"):
+        monkeypatch.setattr(apps, scan, lambda *args: {})
     life = apps.ServeLifetime(said.append)
     life.calls, life.said = calls, said
     yield life

@@ -259,7 +259,7 @@ class SlowStore(FlakyStore):
                 self.in_flight -= 1
 
 
-def test_a_flushs_parts_are_written_by_several_threads_and_each_outcome_is_counted(tmp_path):
+def test_a_flushs_parts_are_written_by_several_threads_and_each_outcome_is_counted(tmp_path, caplog):
     """Hundreds of entities mean hundreds of parts per flush: one after another at an object store's
     latency they would outlast the flush interval. Written concurrently, each part's outcome still
     counts as before: written, kept for a retry under the same key, or dropped."""
@@ -290,8 +290,22 @@ def test_a_flushs_parts_are_written_by_several_threads_and_each_outcome_is_count
     assert w.flush() == 1 and real.read(DECISIONS, "down")["request_id"].to_pylist() == ["later"]
     assert [k for k in real.store.list_keys("decisions/entity_code=down/") if k.endswith(f"-{seq:08d}.parquet")]
     assert w.close() == 0
-    add(w, H10 + 5, "after", entity="e1")  # a writer closed early still writes, in its own thread
-    assert w.flush() == 1
+    after = SlowStore(real, seconds=0.01)
+    w.store = after
+    for i in range(3):  # a writer closed early still writes, in its own thread
+        add(w, H10 + 5, f"after{i}", entity=f"e{i}")
+    assert w.flush() == 3 and after.most_in_flight == 1
+    assert "in threads" not in caplog.text  # not a pool shut down and refusing: no pool any more
+
+    class NoThreads:
+        def map(self, *_args):
+            raise RuntimeError("can't start new thread")
+
+    w2 = EventWriter(real, "w3", write_threads=4, start=False)
+    w2._writers = NoThreads()  # as a thread limit, or the interpreter exiting, would have it
+    for i in range(3):
+        add(w2, H10 + 6, f"nothread{i}", entity=f"e{i}")
+    assert w2.flush() == 3 and (w2.buffered, w2.dropped) == (0, 0)  # one at a time instead, none lost
 
     one = SlowStore(real, seconds=0.01)
     w1 = EventWriter(real, "w2", start=False)  # the default: one thread, the flusher's own

@@ -56,15 +56,54 @@ def test_a_renamed_ray_agent_in_the_group_it_leads_is_found_and_nothing_else():
     assert seen["found"] == [seen["agent"]], seen
 
 
+NOT_LEADER = """
+import json, os, subprocess, sys, time
+from bidopt.serve.apps import _ray_processes_of_own_group
+assert os.getpgrp() != os.getpid() and os.getsid(0) != os.getpid()
+agent = subprocess.Popen(["bash", "-c", 'exec -a "ray::DashboardAgent" sleep 30'])
+time.sleep(1.0)
+found = _ray_processes_of_own_group()
+print(json.dumps({"agent": agent.pid, "found": sorted(found)}))
+agent.kill()
+agent.wait()
+"""
+
+OLD_AGENT = """
+import json, subprocess, sys, time
+agent = subprocess.Popen(["bash", "-c", 'exec -a "ray::raylet" sleep 30'])  # a Ray this process did not start
+time.sleep(1.5)
+since = time.time()
+from bidopt.serve.apps import _ray_processes_of_own_group
+young = subprocess.Popen(["bash", "-c", 'exec -a "ray::DashboardAgent" sleep 30'])
+deadline = time.time() + 10
+while time.time() < deadline and young.pid not in _ray_processes_of_own_group(since):
+    time.sleep(0.1)
+print(json.dumps({"old": agent.pid, "young": young.pid, "found": sorted(_ray_processes_of_own_group(since))}))
+for p in (agent, young):
+    p.kill()
+    p.wait()
+"""
+
+
 def test_a_process_that_leads_neither_its_group_nor_its_session_finds_nothing_there():
-    """pytest here is not the leader of its group: the members of a group it merely belongs to (the
-    shell's pipeline, a CI runner) are not its to stop."""
-    import os
+    """A process in a group it merely belongs to (the shell's pipeline, a CI runner) does not stop its
+    members, a Ray agent of its own among them."""
+    import json
 
-    from bidopt.serve.apps import _ray_processes_of_own_group
+    out = subprocess.run([sys.executable, "-c", NOT_LEADER], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["found"] == [], seen
 
-    if os.getpgrp() == os.getpid() or os.getsid(0) == os.getpid():
-        import pytest
 
-        pytest.skip("this pytest leads its own group or session")
-    assert _ray_processes_of_own_group() == {}
+def test_a_ray_process_older_than_the_stops_start_of_ray_is_not_its_own():
+    """``exec bidopt serve`` keeps the start time of the shell that may have started a Ray of its own
+    first: only what is younger than the moment Ray was started counts."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", OLD_AGENT], capture_output=True, text=True, timeout=60, start_new_session=True
+    )
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["found"] == [seen["young"]], seen
