@@ -80,6 +80,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, seconds: float) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def setup_platform(home: Path) -> None:
     os.environ.update({"BIDOPT_HOME": str(home), "BIDOPT_BIDDER_REFRESH_SECONDS": "1", "RAY_AUTH_MODE": "disabled"})
     from bidopt.data import generate_into_warehouse, get_warehouse

@@ -42,7 +42,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bidder import free_port, start_serve, wrk  # noqa: E402 - the Serve machinery of benchmarks/bidder.py
+from bidder import free_port, start_serve, wait_for_port, wrk  # noqa: E402 - the Serve machinery of benchmarks/bidder.py
 
 REGION_CODES = [
     "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY",
@@ -214,13 +213,8 @@ def start_memcached(megabytes: int) -> tuple[subprocess.Popen, int]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
+    if wait_for_port(port, 10):
+        return proc, port
     proc.kill()
     raise SystemExit("memcached did not start")
 

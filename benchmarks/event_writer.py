@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from bidopt.events.schema import DECISIONS
 from bidopt.events.store import open_event_store
 from bidopt.events.writer import EventWriter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bidder import free_port, wait_for_port  # noqa: E402 - the benchmark next door
 
 
 def decision(ts: float, rid: str, entity: str) -> dict:
@@ -81,21 +84,14 @@ def moto_server() -> tuple[subprocess.Popen, str] | None:
         import moto.server  # noqa: F401
     except ImportError:
         return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
+    if wait_for_port(port, 30):
+        return proc, f"http://127.0.0.1:{port}"
     proc.kill()
     return None
 
