@@ -3,7 +3,8 @@
 A flush writes one part per (kind, entity, hour) with traffic, so a replica serving 500 entities
 writes 500 parts a second at the default ``BIDOPT_EVENTS_FLUSH_SECONDS`` of 1. This measures one
 such flush, with ``write_threads`` 1 (one part after another) and N (``BIDOPT_EVENTS_WRITE_THREADS``),
-side by side in one run, against
+side by side in one run (on the local folder the threads are forced: the writer itself uses one
+there), against
 
 * ``file``: the local folder (the embedded default);
 * ``s3``: S3 as moto's server in a process of its own (on loopback: no network latency);
@@ -64,7 +65,15 @@ class Latency:
 
 def one_flush(store, threads: int, entities: int, rows: int, tag: str) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one flush of ``entities`` parts."""
-    w = EventWriter(getattr(store, "real", store), f"bench-{tag}-{threads}", write_threads=threads, start=False)
+    real = getattr(store, "real", store)
+    forced = threads > 1 and not real.concurrent_puts
+    if forced:  # the writer would use one thread on the local folder: give it the threads, to measure them
+        real.store.concurrent_puts = True
+    try:
+        w = EventWriter(real, f"bench-{tag}-{threads}", write_threads=threads, start=False)
+    finally:
+        if forced:
+            del real.store.concurrent_puts
     w.store = store  # a wrapped store: EventWriter opens only URLs and EventStores
     now = time.time()
     for e in range(entities):

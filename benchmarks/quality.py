@@ -390,7 +390,7 @@ def evaluate_ipinyou(target: float) -> dict | None:
     tail, _ = market_price_anlp(result.model, rows[~inside], z_test[~inside], 0.01, floors=floors[~inside])
     print(
         f"  the optimizer's ANLP: {body:.3f} on the {inside.mean():.1%} of test rows priced within the train file's"
-        f" bids, {tail:.3f} on those above its highest bid (their price's shape is censored away)"
+        f" bids, {tail:.3f} on those at or above its highest bid (their price's shape is censored away)"
     )
     print("  uncensored references (histograms of the train file's TRUE prices, lost rows' included, which")
     print(

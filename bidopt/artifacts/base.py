@@ -11,7 +11,7 @@ class ArtifactStore(ABC):
     url: str
     # Whether writing several keys at once goes faster than one after another: a store across a
     # network, whose puts wait on it, not on this process (benchmarks/event_writer.py: 6x with 8
-    # threads on moto's S3 with 20 ms added to each put; 0.98x on the local folder, whose writes
+    # threads on moto's S3 with 20 ms added to each put; 0.73x on the local folder, whose writes
     # are this process's CPU)
     concurrent_puts: bool = False
 

@@ -183,7 +183,7 @@ class EventWriter:
                     outcomes = list(self._writers.map(self._write, parts))
                 except RuntimeError as exc:  # no thread to be had (a limit, the interpreter exiting)
                     log.warning("events: cannot write parts in threads (%s); writing them one at a time", exc)
-            if outcomes is None:  # a part the pool wrote before failing is rewritten: the same key, the same bytes
+            if outcomes is None:  # a part the pool wrote, or is still writing, is rewritten: the same key and bytes
                 outcomes = [self._write(part) for part in parts]
             # the counters are this thread's alone: the writers only report what happened
             for part, exc in zip(parts, outcomes):

@@ -233,8 +233,9 @@ class ServeLifetime:
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say = say
         self.stopping = False
-        # when this process began starting Ray: older processes are not its to stop, even in its group
-        # (``exec bidopt serve`` keeps the start time of a shell that may have started a Ray of its own)
+        # when this process began starting Ray, in seconds since boot: older processes are not its to
+        # stop, even in its group (``exec bidopt serve`` keeps the start time of a shell that may have
+        # started a Ray of its own)
         self.ray_started_at: float | None = None
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -260,7 +261,7 @@ class ServeLifetime:
         from bidopt.jobs.ray_runtime import starts_local_ray
 
         owns_ray = starts_local_ray()
-        self.ray_started_at = time.time() - 1.0  # psutil's creation times are rounded: a second of slack
+        self.ray_started_at = seconds_since_boot()
         self.install_handlers()
         try:
             try:
@@ -385,9 +386,16 @@ def _processes_of_own_sessions(pid: int | None = None) -> dict:
     return found
 
 
+def seconds_since_boot() -> float:
+    """The boot clock (``CLOCK_BOOTTIME``), which a process's start time in ``/proc`` counts on: unlike
+    the wall clock, no clock step (NTP, a VM resumed) moves one and not the other."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def _ray_processes_of_own_group(since: float | None = None) -> dict:
     """Ray processes in this process's own process group or session (where this process leads it),
-    created since ``since`` (unix seconds; None: since this process started): psutil processes by PID.
+    created since ``since`` (``seconds_since_boot``; None: since this process started): psutil
+    processes by PID.
 
     Ray's agents rename themselves (their command line becomes ``ray::DashboardAgent``, naming no
     session folder), and once the raylet that spawned them has gone they are nobody's descendants;
@@ -404,11 +412,14 @@ def _ray_processes_of_own_group(since: float | None = None) -> dict:
     if group is None and session is None:
         return {}
     ray_folder = os.path.dirname(os.path.abspath(ray.__file__)) + os.sep
-    born = me.create_time() if since is None else since
+    # psutil's create_time is the boot time it read once plus the start in clock ticks since boot:
+    # less that boot time, it is on the boot clock, to a tick (10 ms: the slack)
+    boot = psutil.boot_time()
+    born = (me.create_time() - boot if since is None else since) - 0.05
     found = {}
     for process in psutil.process_iter(["name", "cmdline", "create_time"]):
         try:
-            if process.pid == me.pid or (process.info["create_time"] or 0) < born:
+            if process.pid == me.pid or (process.info["create_time"] or 0) - boot < born:
                 continue
             if not (
                 (group is not None and os.getpgid(process.pid) == group)

@@ -71,9 +71,10 @@ agent.wait()
 OLD_AGENT = """
 import json, subprocess, sys, time
 agent = subprocess.Popen(["bash", "-c", 'exec -a "ray::raylet" sleep 30'])  # a Ray this process did not start
-time.sleep(1.5)
-since = time.time()
-from bidopt.serve.apps import _ray_processes_of_own_group
+time.sleep(0.5)
+from bidopt.serve.apps import _ray_processes_of_own_group, seconds_since_boot
+since = seconds_since_boot()
+time.sleep(0.2)
 young = subprocess.Popen(["bash", "-c", 'exec -a "ray::DashboardAgent" sleep 30'])
 deadline = time.time() + 10
 while time.time() < deadline and young.pid not in _ray_processes_of_own_group(since):
