@@ -45,10 +45,12 @@ def lifetime(monkeypatch):
     monkeypatch.setattr(apps.ServeLifetime, "started_processes", staticmethod(dict))
     # nor any process found by the stop's other scans: this pytest may lead its group, with Ray
     # processes of other tests in it
-    for scan in ("_processes_of_session", "_processes_of_own_sessions", "_ray_processes_of_own_group"):
+    for scan in ("_processes_of_session", "_processes_of_own_sessions"):
         monkeypatch.setattr(apps, scan, lambda *args: {})
+    group_scans: list = []  # the ``since`` of each scan of the group: the stop's own start of Ray
+    monkeypatch.setattr(apps, "_ray_processes_of_own_group", lambda since=None: group_scans.append(since) or {})
     life = apps.ServeLifetime(said.append)
-    life.calls, life.said = calls, said
+    life.calls, life.said, life.group_scans = calls, said, group_scans
     yield life
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
@@ -67,6 +69,8 @@ def test_a_signal_while_serving_shuts_serve_then_ray_down_and_says_so(lifetime, 
     assert result == STOPPED
     assert lifetime.calls == ["start_ray", "run_apps", "serve.shutdown", "ray.shutdown"]
     assert lifetime.said == [f"bidopt serve: {signal.Signals(signum).name} received, stopping"]
+    # Ray's processes in its group count from its start of Ray, not from its own start
+    assert lifetime.group_scans and set(lifetime.group_scans) == {lifetime.ray_started_at} != {None}
 
 
 def test_a_second_signal_while_stopping_does_not_cut_the_stop_short(lifetime, monkeypatch):
