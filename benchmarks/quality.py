@@ -371,9 +371,8 @@ def evaluate_ipinyou(target: float) -> dict | None:
     floors = df.floor_cpm.to_numpy(float)  # a floor-cleared model's P(win) is 0 under the floor
     model_auc = weighted_auc(result.model.predict_at_floors(rows, df.bid_cpm.to_numpy(), floors), won, ones)
     # market prices in the data's integer units (fen per CPM; the table holds CNY per CPM)
-    anlp, floored = market_price_anlp(
-        result.model, rows, np.round(df.truth_market_cpm.to_numpy() * 100), 0.01, floors=floors
-    )
+    z_test = np.round(df.truth_market_cpm.to_numpy() * 100)
+    anlp, floored = market_price_anlp(result.model, rows, z_test, 0.01, floors=floors)
     print(f"features {'+'.join(features)}; test rows {len(df):,}, test win rate {won.mean():.3f}")
     print(f"  {'':28s} {'win AUC (C-index at the bid)':>28s} {'ANLP':>7s}")
     print(
@@ -383,7 +382,6 @@ def evaluate_ipinyou(target: float) -> dict | None:
     print(f"  {'Wu et al. KDD15 (published)':28s} {0.6807:>28.4f} {7.372:>7.3f}")
     print(f"  {'survival tree STM (published)':28s} {0.6255:>28.4f} {5.594:>7.3f}")
     print(f"  {'bid only, same rows here':28s} {weighted_auc(df.bid_cpm, won, ones):>28.4f} {'':>7s}")
-    z_test = np.round(df.truth_market_cpm.to_numpy() * 100)
     # P(z) = F(z + 1) - F(z): inside the train bids' range when z + 1 is at most the highest bid
     inside = z_test < np.round(train.column("bid_cpm").to_numpy().max() * 100)
     body, _ = market_price_anlp(result.model, rows[inside], z_test[inside], 0.01, floors=floors[inside])
@@ -396,12 +394,13 @@ def evaluate_ipinyou(target: float) -> dict | None:
     print(
         f"  no model of the censored file sees; per feature cell, shrunk to the global one with weight {REF_SHRINK:g}):"
     )
+    train_rows = train.to_pandas()
     for label, columns in (
         ("no features", []),
         ("slot-price band", ["floor_cpm"]),  # the sample's floors: its 5 bands' lower edges (None: none)
         ("slot-price band + domain", ["floor_cpm", "domain"]),
     ):
-        auc_ref, anlp_ref = uncensored_histogram_reference(train.to_pandas(), df, columns)
+        auc_ref, anlp_ref = uncensored_histogram_reference(train_rows, df, columns)
         print(f"    {label:26s} {auc_ref:>28.4f} {anlp_ref:>7.3f}")
     print(
         f"run metrics: holdout AUC {result.metrics['win_rate_model']['auc']:.4f}, "

@@ -95,7 +95,7 @@ class EventWriter:
         # threads there only contend for the GIL (benchmarks/event_writer.py)
         self._writers = (
             ThreadPoolExecutor(write_threads, thread_name_prefix=f"event-parts-{writer_id}")
-            if write_threads > 1 and getattr(self.store, "concurrent_puts", False)
+            if write_threads > 1 and self.store.concurrent_puts
             else None
         )
         self._failed: list[_Part] = []  # parts whose write failed, retried first (flush thread only)

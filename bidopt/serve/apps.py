@@ -306,32 +306,34 @@ class ServeLifetime:
             except Exception as exc:  # noqa: BLE001 - Ray still has to go, and Ray's going stops Serve too
                 self.say(f"bidopt serve: Serve did not shut down cleanly ({exc}); shutting Ray down")
         ray.shutdown()
-        started.update(self.started_processes())
-        # An agent the raylet spawned after the first snapshot (a signal while Ray was starting) and
-        # orphaned by the shutdown is no descendant any more; it still names our session folder. A
-        # signal during ray.init can come before Ray knows that folder (no _global_node yet): Ray
-        # names a local session after the PID that starts it, so look for that too.
-        started.update(_processes_of_session(session_dir))
-        started.update(_processes_of_own_sessions())
-        started.update(_ray_processes_of_own_group(self.ray_started_at))
+        # Descendants still there, and what is no descendant any more: an agent the raylet spawned
+        # after the first snapshot (a signal while Ray was starting) and orphaned by the shutdown still
+        # names our session folder; a signal during ray.init can come before Ray knows that folder (no
+        # _global_node yet), and Ray names a local session after the PID that starts it; an agent that
+        # renamed itself names neither, but stays in our group.
+        started.update(self._processes_left(session_dir))
         killed = _kill_survivors(started.values(), self.LEFTOVER_GRACE_SECONDS)
         # A raylet we only killed now (its Ray never finished starting, so nothing shut it down) may
         # have spawned its agents during the grace period, after the scan: look again until nothing
         # of ours is left (CI saw a DashboardAgent and a RuntimeEnvAgent outlive the stop this way).
         for _ in range(5):
-            late = {
-                **self.started_processes(),
-                **_processes_of_session(session_dir),
-                **_processes_of_own_sessions(),
-                **_ray_processes_of_own_group(self.ray_started_at),
-            }
-            alive = _still_running(late.values(), 0)
+            alive = _still_running(self._processes_left(session_dir).values(), 0)
             if not alive:
                 break
             killed += _kill_survivors(alive, 2.0)
         if killed:
             self.say(f"bidopt serve: killed Ray processes that outlived the shutdown: {', '.join(killed)}")
         return STOPPED_LOCAL
+
+    def _processes_left(self, session_dir: str | None) -> dict:
+        """Every process of ours the stop can still find (psutil processes by PID): descendants, what
+        names our session folder or a session this process made, and Ray's in the group it leads."""
+        return {
+            **self.started_processes(),
+            **_processes_of_session(session_dir),
+            **_processes_of_own_sessions(),
+            **_ray_processes_of_own_group(self.ray_started_at),
+        }
 
     @staticmethod
     def started_processes() -> dict:
@@ -352,20 +354,26 @@ def _ray_session_dir() -> str | None:
         return None
 
 
-def _processes_of_session(session_dir: str | None) -> dict:
-    """Processes whose command line names ``session_dir`` (psutil processes by PID)."""
+def _processes_where(keep: Callable[[object], bool], attrs: tuple[str, ...] = ("cmdline",)) -> dict:
+    """The processes for which ``keep(process)`` is true (its ``info`` holds ``attrs``), psutil
+    processes by PID; one that exits, or may not be looked at, while ``keep`` reads it is skipped."""
     import psutil
 
-    if not session_dir:
-        return {}
     found = {}
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(list(attrs)):
         try:
-            if any(session_dir in arg for arg in process.info["cmdline"] or ()):
+            if keep(process):
                 found[process.pid] = process
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
             continue
     return found
+
+
+def _processes_of_session(session_dir: str | None) -> dict:
+    """Processes whose command line names ``session_dir`` (psutil processes by PID)."""
+    if not session_dir:
+        return {}
+    return _processes_where(lambda p: any(session_dir in arg for arg in p.info["cmdline"] or ()))
 
 
 def _processes_of_own_sessions(pid: int | None = None) -> dict:
@@ -373,17 +381,8 @@ def _processes_of_own_sessions(pid: int | None = None) -> dict:
     session ``session_<date>_<time>_<microseconds>_<pid of the process that made it>``."""
     import re
 
-    import psutil
-
     own = re.compile(rf"session_\d{{4}}-\d{{2}}-\d{{2}}_\d{{2}}-\d{{2}}-\d{{2}}_\d{{6}}_{pid or os.getpid()}(?![0-9])")
-    found = {}
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if process.pid != os.getpid() and any(own.search(arg) for arg in process.info["cmdline"] or ()):
-                found[process.pid] = process
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
+    return _processes_where(lambda p: p.pid != os.getpid() and any(own.search(arg) for arg in p.info["cmdline"] or ()))
 
 
 def seconds_since_boot() -> float:
@@ -416,22 +415,19 @@ def _ray_processes_of_own_group(since: float | None = None) -> dict:
     # less that boot time, it is on the boot clock, to a tick (10 ms: the slack)
     boot = psutil.boot_time()
     born = (me.create_time() - boot if since is None else since) - 0.05
-    found = {}
-    for process in psutil.process_iter(["name", "cmdline", "create_time"]):
-        try:
-            if process.pid == me.pid or (process.info["create_time"] or 0) - boot < born:
-                continue
-            if not (
-                (group is not None and os.getpgid(process.pid) == group)
-                or (session is not None and os.getsid(process.pid) == session)
-            ):
-                continue
-            command = " ".join(process.info["cmdline"] or ())
-            if (process.info["name"] or "").startswith("ray::") or command.startswith("ray::") or ray_folder in command:
-                found[process.pid] = process
-        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError, PermissionError):
-            continue
-    return found
+
+    def ours(process) -> bool:
+        if process.pid == me.pid or (process.info["create_time"] or 0) - boot < born:
+            return False
+        if not (
+            (group is not None and os.getpgid(process.pid) == group)
+            or (session is not None and os.getsid(process.pid) == session)
+        ):
+            return False
+        command = " ".join(process.info["cmdline"] or ())
+        return (process.info["name"] or "").startswith("ray::") or command.startswith("ray::") or ray_folder in command
+
+    return _processes_where(ours, ("name", "cmdline", "create_time"))
 
 
 def _kill_survivors(processes, grace_seconds: float) -> list[str]:

@@ -27,6 +27,18 @@ def test_processes_naming_a_session_of_this_pid_are_found_and_no_others():
             p.wait()
 
 
+def _what_the_script_found(script: str, *, leads_its_group: bool) -> dict:
+    """Run ``script`` in a Python of its own (leading a new session and group, or in pytest's) and
+    return the JSON of its last line."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, start_new_session=leads_its_group
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 LEADER = """
 import json, subprocess, sys, time
 from bidopt.serve.apps import _ray_processes_of_own_group
@@ -46,13 +58,7 @@ for p in (agent, other):
 def test_a_renamed_ray_agent_in_the_group_it_leads_is_found_and_nothing_else():
     """Ray's agents rename themselves (``ray::DashboardAgent``, no session folder in the command line)
     and are orphans once their raylet has gone; they are still in the stopping process's group."""
-    import json
-
-    out = subprocess.run(
-        [sys.executable, "-c", LEADER], capture_output=True, text=True, timeout=60, start_new_session=True
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = _what_the_script_found(LEADER, leads_its_group=True)
     assert seen["found"] == [seen["agent"]], seen
 
 
@@ -89,22 +95,12 @@ for p in (agent, young):
 def test_a_process_that_leads_neither_its_group_nor_its_session_finds_nothing_there():
     """A process in a group it merely belongs to (the shell's pipeline, a CI runner) does not stop its
     members, a Ray agent of its own among them."""
-    import json
-
-    out = subprocess.run([sys.executable, "-c", NOT_LEADER], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = _what_the_script_found(NOT_LEADER, leads_its_group=False)
     assert seen["found"] == [], seen
 
 
 def test_a_ray_process_older_than_the_stops_start_of_ray_is_not_its_own():
     """``exec bidopt serve`` keeps the start time of the shell that may have started a Ray of its own
     first: only what is younger than the moment Ray was started counts."""
-    import json
-
-    out = subprocess.run(
-        [sys.executable, "-c", OLD_AGENT], capture_output=True, text=True, timeout=60, start_new_session=True
-    )
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = _what_the_script_found(OLD_AGENT, leads_its_group=True)
     assert seen["found"] == [seen["young"]], seen
