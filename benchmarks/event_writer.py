@@ -15,7 +15,15 @@ It prints each flush's wall time, this process's CPU time during it (Parquet enc
 the moto server's), and the CPU per part, which is what a replica pays per entity per flush
 whatever the threads.
 
+A second table compares the two layouts at the writer's own threads (``--threads`` on S3, one on
+the local folder): a part per entity at every flush (``BIDOPT_EVENTS_SPLIT_SECONDS=0``), and the
+bidder's default, a mixed part per flush split into per-entity parts every ``--split-every``
+flushes (60: a minute at one flush a second). For the mixed layout it measures that many flushes
+and the split after them, and prints what a second of traffic costs the replica in CPU (the
+flushes and a share of the split) and how long the split holds the writer.
+
     python benchmarks/event_writer.py [--entities 500] [--rows 4] [--threads 8] [--flushes 3]
+                                      [--split-every 60]
 """
 
 from __future__ import annotations
@@ -53,14 +61,26 @@ def decision(ts: float, rid: str, entity: str) -> dict:
 
 
 class Latency:
-    """An events store whose every write first waits ``seconds``."""
+    """An events store whose every part write first waits ``seconds`` (the one DeleteObjects call of a
+    split does not)."""
 
     def __init__(self, real, seconds: float) -> None:
         self.real, self.seconds, self.url = real, seconds, real.url
 
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
     def write_part(self, *args, **kwargs):
         time.sleep(self.seconds)
         return self.real.write_part(*args, **kwargs)
+
+    def write_mixed_part(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.real.write_mixed_part(*args, **kwargs)
+
+    def write_split_part(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return self.real.write_split_part(*args, **kwargs)
 
 
 def one_flush(store, threads: int, entities: int, rows: int, tag: str) -> tuple[float, float]:
@@ -88,6 +108,73 @@ def one_flush(store, threads: int, entities: int, rows: int, tag: str) -> tuple[
     return wall, cpu
 
 
+def fill(w: EventWriter, entities: int, rows: int, tag: str) -> None:
+    now = time.time()
+    for e in range(entities):
+        for i in range(rows):
+            w.add(DECISIONS, f"e{e:04d}", now, decision(now, f"{tag}-{e}-{i}", f"e{e:04d}"))
+
+
+def timed(work) -> tuple[float, float, object]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = work()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def mixed_layout(store, threads: int, entities: int, rows: int, every: int, tag: str) -> dict[str, float]:
+    """``every`` flushes of the mixed layout and the split after them: the flushes' median wall and
+    CPU, the split's wall and CPU."""
+    real = getattr(store, "real", store)
+    w = EventWriter(real, f"bench-mixed-{tag}", write_threads=threads, split_seconds=3600, start=False)
+    w.store = store
+    flushes = []
+    for k in range(every):
+        fill(w, entities, rows, f"{tag}-{k}")
+        wall, cpu, written = timed(w.flush)
+        if written != entities * rows:
+            raise SystemExit(f"mixed flush wrote {written} rows, expected {entities * rows}: {w.stats()}")
+        flushes.append((wall, cpu))
+    split_wall, split_cpu, parts = timed(w.split)
+    w.close()
+    if parts != entities or w.unsplit:
+        raise SystemExit(f"the split wrote {parts} parts, expected {entities}: {w.stats()}")
+    walls, cpus = sorted(f[0] for f in flushes), sorted(f[1] for f in flushes)
+    return {
+        "flush": walls[len(walls) // 2],
+        "flush_cpu": cpus[len(cpus) // 2],
+        "split": split_wall,
+        "split_cpu": split_cpu,
+        "cpu_per_flush": (sum(cpus) + split_cpu) / every,
+    }
+
+
+def compare_layouts(stores: dict, args) -> None:
+    print(
+        f"\nlayouts: a part per entity each flush, against a mixed part per flush split every {args.split_every} "
+        f"flushes ({args.entities} entities x {args.rows} decisions a flush)"
+    )
+    print(
+        f"  {'store':9s} {'layout':10s} {'flush ms':>9s} {'flush CPU ms':>12s} {'split ms':>9s} {'split CPU ms':>12s}"
+        f" {'CPU ms/flush':>12s}  CPU vs per entity"
+    )
+    for name, store in stores.items():
+        real = getattr(store, "real", store)
+        threads = args.threads if real.concurrent_puts else 1  # what the writer itself uses
+        per_entity = [one_flush(store, threads, args.entities, args.rows, f"{name}-pe{k}") for k in range(3)]
+        wall = sorted(w for w, _ in per_entity)[1]
+        cpu = sorted(c for _, c in per_entity)[1]
+        mixed = mixed_layout(store, threads, args.entities, args.rows, args.split_every, name)
+        print(
+            f"  {name:9s} {'per entity':10s} {wall * 1000:>9.0f} {cpu * 1000:>12.0f} {'-':>9s} {'-':>12s}"
+            f" {cpu * 1000:>12.1f}  x1.00"
+        )
+        print(
+            f"  {name:9s} {'mixed':10s} {mixed['flush'] * 1000:>9.1f} {mixed['flush_cpu'] * 1000:>12.1f}"
+            f" {mixed['split'] * 1000:>9.0f} {mixed['split_cpu'] * 1000:>12.0f}"
+            f" {mixed['cpu_per_flush'] * 1000:>12.1f}  x{mixed['cpu_per_flush'] / cpu:.3f}"
+        )
+
+
 def moto_server() -> tuple[subprocess.Popen, str] | None:
     try:
         import moto.server  # noqa: F401
@@ -111,6 +198,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4, help="decisions per entity in the flush")
     ap.add_argument("--threads", type=int, default=8, help="write_threads to compare with 1")
     ap.add_argument("--flushes", type=int, default=3, help="flushes per setting, alternated")
+    ap.add_argument("--split-every", type=int, default=60, help="flushes per split in the mixed layout")
+    ap.add_argument("--layouts-only", action="store_true", help="skip the threads table")
     args = ap.parse_args()
     stores = {}
     with tempfile.TemporaryDirectory(prefix="bidopt-events-") as tmp:
@@ -140,6 +229,8 @@ def main() -> None:
         )
         try:
             for name, store in stores.items():
+                if args.layouts_only:
+                    break
                 figures: dict[int, list[tuple[float, float]]] = {1: [], args.threads: []}
                 for k in range(args.flushes):
                     for threads in (1, args.threads) if k % 2 == 0 else (args.threads, 1):
@@ -153,6 +244,7 @@ def main() -> None:
                         f"  {name:9s} {threads:>7d} {each:>28s} {cpu * 1000:>8.0f} {cpu * 1000 / args.entities:>11.2f}"
                         f"  x{base / median:.2f}"
                     )
+            compare_layouts(stores, args)
         finally:
             if moto is not None:
                 moto[0].kill()

@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         description="Threads a bidder writes one flush's event parts to S3 with (one part per entity with traffic; "
         "the local folder is written by one)",
     )
+    events_split_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="How often a bidder splits its flushes' parts (one per kind and hour, every entity in it) into "
+        "one part per entity; 0 writes a part per entity at every flush",
+    )
     notice_secret: SecretStr = Field(
         default=SecretStr(""),
         description="HMAC key that signs notice URLs (shared by every bidder); unset: a key kept in BIDOPT_HOME",
@@ -203,6 +211,7 @@ class Settings(BaseSettings):
             "events_url": redact_url(self.events_url),
             "events_flush_seconds": self.events_flush_seconds,
             "events_write_threads": self.events_write_threads,
+            "events_split_seconds": self.events_split_seconds,
             "notice_secret": "***" if self.notice_secret.get_secret_value() else "(kept in BIDOPT_HOME)",
             "notice_base_url": self.notice_base_url or None,
             "attribution_window_seconds": self.attribution_window_seconds,

@@ -29,6 +29,11 @@ class ArtifactStore(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` if present."""
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove each of ``keys`` that is present (stores that can, in one call)."""
+        for key in keys:
+            self.delete(key)
+
     @abstractmethod
     def list_keys(self, prefix: str = "") -> list[str]:
         """Every key that starts with ``prefix`` (a folder such as ``a/b/`` or any start of a key),

@@ -66,6 +66,14 @@ class S3ArtifactStore(ArtifactStore):
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
+            answer = self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if answer.get("Errors"):
+                errors = answer["Errors"]
+                raise RuntimeError(f"S3 refused to delete {len(errors)} keys, e.g. {errors[0]}")
+
     def list_keys(self, prefix: str = "") -> list[str]:
         full = f"{self.prefix}/{prefix.lstrip('/')}" if self.prefix else prefix.lstrip("/")
         strip = len(self.prefix) + 1 if self.prefix else 0

@@ -171,6 +171,7 @@ class BidderCore:
             s.events_flush_seconds,
             render={DECISIONS: decision_rows(self.replica_id)},
             write_threads=s.events_write_threads,
+            split_seconds=s.events_split_seconds,
             start=start,
         )
         self.refresher.counters = self.counters

@@ -4,8 +4,9 @@ Bidders write *decisions* (one row per impression of every bid request, bid or n
 *notices* (win, loss, billing, click) as Parquet to an events store chosen by URL
 (``BIDOPT_EVENTS_URL``: ``file:///folder`` on the embedded default, ``s3://bucket/prefix`` in
 production; the same scheme table as the artifact store), partitioned by kind, entity and hour:
-``<kind>/entity_code=<code>/hour=<YYYYMMDDTHH>/part-<writer>-<seq>.parquet``. The layout and the
-column schemas are in ``bidopt.events.schema``; reading and writing parts in
+``<kind>/entity_code=<code>/hour=<YYYYMMDDTHH>/``; a bidder's flush writes every entity's rows at
+once under ``<kind>/mixed/hour=<YYYYMMDDTHH>/`` and splits them per entity a minute later. The
+column schemas are in ``bidopt.events.schema``; the layout, reading and writing parts in
 ``bidopt.events.store``.
 """
 

@@ -2,22 +2,35 @@
 
 ``EventWriter.add`` only appends to an in-memory queue (no I/O, no Arrow on the request path).
 Every ``flush_seconds`` the writer's thread takes what is queued, turns it into rows (``render``,
-per kind: the bidder reads a decision's request features there, off the request path), and
-writes one part per (kind, entity, hour) through ``EventStore.write_part``, naming it with the
-writer's id and a sequence number it counts up. So a process that dies loses at most what was
-queued since its last flush: ``flush_seconds`` plus the time one flush takes.
+per kind and entity: the bidder reads a decision's request features there, off the request path),
+and writes them, naming each part with the writer's id and a sequence number it counts up. So a
+process that dies loses at most what was queued since its last flush: ``flush_seconds`` plus the
+time one flush takes.
 
-The parts of one flush are written by up to ``write_threads`` threads at once where the store's
-writes wait on a network (``concurrent_puts``: S3): a replica serving hundreds of entities writes
-that many parts per flush, and one after another at an object store's latency (tens of
-milliseconds a PUT) they would take longer than the interval between flushes.
+What a flush writes depends on ``split_seconds`` (``bidopt.events.store`` has the layout):
+
+* ``0``: one part per (kind, entity, hour) with events. A replica serving hundreds of entities
+  writes hundreds of parts a flush, at 1.2 ms of its CPU each on the local folder and 2.4-4 ms on
+  S3 (``benchmarks/event_writer.py``): as much CPU as the requests themselves at fleet size.
+* above 0 (the bidder's ``BIDOPT_EVENTS_SPLIT_SECONDS``, 60): one *mixed* part per (kind, hour),
+  holding every entity; every ``split_seconds`` the writer then writes what those mixed parts held
+  as one *split* part per (kind, entity, hour), from memory (they are not read back), and deletes
+  the mixed parts. A flush is then a put or two whatever the number of entities, and the
+  per-entity parts are 60 times fewer. Splitting only saves readers work: until it is done, and
+  for ever if it never is (the writer dies, the store refuses), readers read the mixed parts, so
+  nothing depends on it for correctness, and the writer may give up a split (its rows past
+  ``max_buffered``) without losing an event.
+
+Where the store's writes wait on a network (``concurrent_puts``: S3), up to ``write_threads``
+parts are written at once.
 
 A part that fails to write (the store is down) is kept, with its sequence number, and written
 again under the same key on the next flush: a write that did go through although it reported an
 error is overwritten by the same bytes, not duplicated. Kept parts are bounded (``max_buffered``
 events, and as many queued between two flushes): beyond it the oldest events are dropped and
 counted (``stats()["dropped"]``), so a store that stays down costs memory up to the bound, then
-the oldest events.
+the oldest events. A split waits until every mixed part it covers is written: a split covering a
+mixed part written later would hide that part's rows from readers.
 """
 
 from __future__ import annotations
@@ -33,10 +46,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bidopt.errors import InvalidConfig
 from bidopt.events.schema import rows_to_table
 from bidopt.events.store import EventStore, open_event_store
+from bidopt.warehouse.base import check_entity_code
 
 log = logging.getLogger("bidopt.events")
 RENDER_CHUNK = 200  # events turned into rows at a time (about 2 ms of the GIL in the bidder)
@@ -55,16 +70,33 @@ def dict_rows(entity_code: str, items: list[tuple[float, Any]]) -> list[dict]:
 @dataclass
 class _Part:
     kind: str
-    entity_code: str
+    entity_code: str | None  # None: a mixed part (every entity of a flush)
     hour: datetime
     seq: int
     table: pa.Table
 
 
+@dataclass
+class _Split:
+    """The split parts of this writer's mixed parts ``first`` to ``last``: what is left to write of
+    them (by kind, entity and hour), then the mixed parts to delete."""
+
+    first: int
+    last: int
+    groups: dict[tuple[str, str, datetime], pa.Table]
+    mixed_keys: list[str]
+
+    @property
+    def rows(self) -> int:
+        return sum(t.num_rows for t in self.groups.values())
+
+
 class EventWriter:
     """Buffers events and writes them as parts of an events store, from a daemon thread.
 
-    ``start=False`` leaves the thread off (tests call ``flush`` themselves)."""
+    ``split_seconds``: 0 writes a part per entity each flush; above 0, a mixed part per flush, split
+    into per-entity parts every ``split_seconds`` (module docstring). ``start=False`` leaves the
+    thread off (tests call ``flush`` and ``split`` themselves)."""
 
     def __init__(
         self,
@@ -76,6 +108,7 @@ class EventWriter:
         max_buffered: int = 500_000,
         max_queued_bytes: int = 256 * 1024 * 1024,
         write_threads: int = 1,
+        split_seconds: float = 0.0,
         start: bool = True,
     ) -> None:
         self.store = events_url if isinstance(events_url, EventStore) else open_event_store(events_url)
@@ -101,6 +134,17 @@ class EventWriter:
         self._failed: list[_Part] = []  # parts whose write failed, retried first (flush thread only)
         self._failed_rows = 0
         self._seq = 0
+        if not 0 <= split_seconds < float("inf"):
+            raise InvalidConfig(f"split_seconds must be 0 or more, got {split_seconds}")
+        self.split_seconds = split_seconds
+        # the mixed parts written since the last split began: their tables by (kind, hour), their keys;
+        # the next split covers the sequence numbers from _split_from to the newest part's
+        self._split_from = 1
+        self._unsplit: dict[tuple[str, datetime], list[pa.Table]] = {}
+        self._unsplit_keys: list[str] = []
+        self._splits: list[_Split] = []  # begun, not finished (oldest first)
+        self._last_split = time.monotonic()
+        self.splits_abandoned = 0
         self._lock = threading.Lock()  # one flush at a time (the thread and close/flush callers)
         self._stop = threading.Event()
         self.written = self.dropped = self.write_failures = 0
@@ -167,53 +211,142 @@ class EventWriter:
             "queued_bytes": self._queued_bytes,
             "write_failures": self.write_failures,
             "last_error": self.last_error,
+            "unsplit": self.unsplit,
+            "splits_abandoned": self.splits_abandoned,
         }
 
+    @property
+    def unsplit(self) -> int:
+        """Events in the store's mixed parts that this writer has not split yet (held in memory)."""
+        return sum(t.num_rows for tables in self._unsplit.values() for t in tables) + sum(
+            split.rows for split in self._splits
+        )
+
     def flush(self) -> int:
-        """Write what is queued (and retry parts that failed before); returns the rows written now.
+        """Write what is queued (and retry parts that failed before), then split the mixed parts if
+        ``split_seconds`` have passed since the last split; returns the rows written now.
         Never raises for a store that fails: the parts are kept for the next flush."""
         with self._lock:
-            parts = self._failed + self._take()
-            self._failed = []
-            written = 0
-            kept = []
-            outcomes = None
-            if self._writers is not None and len(parts) > 1:
-                try:
-                    outcomes = list(self._writers.map(self._write, parts))
-                except RuntimeError as exc:  # no thread to be had (a limit, the interpreter exiting)
-                    log.warning("events: cannot write parts in threads (%s); writing them one at a time", exc)
-            if outcomes is None:  # a part the pool wrote, or is still writing, is rewritten: the same key and bytes
-                outcomes = [self._write(part) for part in parts]
-            # the counters are this thread's alone: the writers only report what happened
-            for part, exc in zip(parts, outcomes):
-                if isinstance(exc, InvalidConfig):  # the part itself is wrong (a bad entity code): never writable
-                    self.dropped += part.table.num_rows
-                    log.error(
-                        "events: dropped %d %s events that cannot be written: %s", part.table.num_rows, part.kind, exc
-                    )
-                    continue
-                if exc is not None:  # store down: keep the part, retry next flush
-                    self.write_failures += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    log.warning("events: writing to %s failed (%s); kept for the next flush", self.store.url, exc)
-                    kept.append(part)  # and go on: other parts (other entities, other keys) may still go through
-                    continue
-                written += part.table.num_rows
-            self._failed = self._bounded(kept)
-            self._failed_rows = sum(p.table.num_rows for p in self._failed)
-            self.written += written
+            written = self._flush()
+            if self.split_seconds and time.monotonic() - self._last_split >= self.split_seconds:
+                self._split()
             return written
+
+    def split(self) -> int:
+        """Split every mixed part written so far, now (``close`` does; tests do); returns the split
+        parts written. Never raises for a store that fails: what is left is tried again next time."""
+        with self._lock:
+            return self._split()
+
+    def _map(self, work: Callable[[Any], Exception | None], items: list) -> list[Exception | None]:
+        """``work`` on each item, on the writer threads where there are some and more than one item."""
+        if self._writers is not None and len(items) > 1:
+            try:
+                return list(self._writers.map(work, items))
+            except RuntimeError as exc:  # no thread to be had (a limit, the interpreter exiting)
+                log.warning("events: cannot write parts in threads (%s); writing them one at a time", exc)
+        # a part the pool wrote, or is still writing, is rewritten: the same key and bytes
+        return [work(item) for item in items]
+
+    def _flush(self) -> int:
+        parts = self._failed + self._take()
+        self._failed = []
+        written = 0
+        kept = []
+        outcomes = self._map(self._write, parts)
+        # the counters are this thread's alone: the writers only report what happened
+        for part, exc in zip(parts, outcomes):
+            if isinstance(exc, InvalidConfig):  # the part itself is wrong (a bad entity code): never writable
+                self.dropped += part.table.num_rows
+                log.error(
+                    "events: dropped %d %s events that cannot be written: %s", part.table.num_rows, part.kind, exc
+                )
+                continue
+            if exc is not None:  # store down: keep the part, retry next flush
+                self.write_failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.warning("events: writing to %s failed (%s); kept for the next flush", self.store.url, exc)
+                kept.append(part)  # and go on: other parts (other entities, other keys) may still go through
+                continue
+            written += part.table.num_rows
+            if part.entity_code is None and part.seq >= self._split_from:
+                self._unsplit.setdefault((part.kind, part.hour), []).append(part.table)
+                self._unsplit_keys.append(self.store.mixed_part_key(part.kind, part.hour, self.writer_id, part.seq))
+        self._failed = self._bounded(kept)
+        self._failed_rows = sum(p.table.num_rows for p in self._failed)
+        self.written += written
+        self._bound_unsplit()
+        return written
 
     def _write(self, part: _Part) -> Exception | None:
         """Write one part; returns what it raised (None: written)."""
         try:
-            self.store.write_part(
-                part.kind, part.entity_code, part.hour, part.table, writer_id=self.writer_id, seq=part.seq
-            )
+            if part.entity_code is None:
+                self.store.write_mixed_part(part.kind, part.hour, part.table, writer_id=self.writer_id, seq=part.seq)
+            else:
+                self.store.write_part(
+                    part.kind, part.entity_code, part.hour, part.table, writer_id=self.writer_id, seq=part.seq
+                )
         except Exception as exc:  # noqa: BLE001 - flush decides: dropped (InvalidConfig) or kept for a retry
             return exc
         return None
+
+    def _split(self) -> int:
+        """Begin a split of the mixed parts written since the last one began (when no part it would
+        cover is still unwritten), then carry on every split begun: write its per-entity parts, and
+        once they are all written, delete its mixed parts."""
+        self._last_split = time.monotonic()
+        if not any(part.seq >= self._split_from for part in self._failed) and self._seq >= self._split_from:
+            if self._unsplit_keys:
+                self._splits.append(_Split(self._split_from, self._seq, _by_entity(self._unsplit), self._unsplit_keys))
+            # (seq numbers with no part written, all dropped, are covered by no split: nothing to hide)
+            self._split_from = self._seq + 1
+            self._unsplit, self._unsplit_keys = {}, []
+        written = 0
+        for split in list(self._splits):
+            groups = list(split.groups.items())
+            outcomes = self._map(lambda group, s=split: self._write_split(s, *group), groups)
+            for (group, table), exc in zip(groups, outcomes):
+                if exc is None or isinstance(exc, InvalidConfig):  # written, or never writable (read as mixed)
+                    del split.groups[group]
+                    written += exc is None
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    log.warning("events: splitting to %s failed (%s); tried again later", self.store.url, exc)
+            if split.groups:
+                break  # later splits wait: the store is failing (and the oldest is the one to finish first)
+            try:
+                self.store.store.delete_many(split.mixed_keys)
+            except Exception as exc:  # noqa: BLE001 - the mixed parts are covered now: left, they cost readers only
+                self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.warning("events: deleting %d split mixed parts failed (%s)", len(split.mixed_keys), exc)
+                break
+            self._splits.remove(split)
+        return written
+
+    def _write_split(self, split: _Split, group: tuple[str, str, datetime], table: pa.Table) -> Exception | None:
+        kind, entity, hour = group
+        try:
+            self.store.write_split_part(
+                kind, entity, hour, table, writer_id=self.writer_id, first=split.first, last=split.last
+            )
+        except Exception as exc:  # noqa: BLE001 - _split decides
+            return exc
+        return None
+
+    def _bound_unsplit(self) -> None:
+        """Forget splits beyond ``max_buffered`` rows, oldest first: their rows are in the store's mixed
+        parts, which readers go on reading (a split half written covers only the entities it wrote)."""
+        while self._splits and self.unsplit > self.max_buffered:
+            self._splits.pop(0)
+            self.splits_abandoned += 1
+            log.warning("events: gave up a split of mixed parts (more than %d events unsplit)", self.max_buffered)
+        if self.unsplit > self.max_buffered:
+            # no split will cover these parts: the next begins after the newest part numbered so far
+            self._unsplit, self._unsplit_keys = {}, []
+            self._split_from = self._seq + 1
+            self.splits_abandoned += 1
+            log.warning("events: gave up splitting mixed parts (more than %d events unsplit)", self.max_buffered)
 
     def _take(self) -> list[_Part]:
         """Everything queued, as one table per (kind, entity, hour), each with the next sequence number."""
@@ -229,16 +362,27 @@ class EventWriter:
                     self._queued_bytes -= nbytes
             groups.setdefault((kind, entity, int(ts // 3600)), []).append((ts, item))
         parts = []
+        mixed: dict[tuple[str, int], list[pa.Table]] = {}
         for (kind, entity, hour), items in groups.items():
             try:
+                check_entity_code(entity)  # a mixed part holds any code; its split would refuse this one
                 table = self._render(kind, entity, items)
+            except InvalidConfig as exc:
+                log.error("events: dropped %d %s events that cannot be written: %s", len(items), kind, exc)
+                self.dropped += len(items)
+                continue
             except Exception:  # a bug in a render or a row: lose this batch, loudly, not the writer
                 log.exception("events: cannot turn %d %s events of %s into rows; dropped", len(items), kind, entity)
                 self.dropped += len(items)
                 continue
+            if self.split_seconds:
+                mixed.setdefault((kind, hour), []).append(table)
+                continue
             self._seq += 1
-            start = datetime.fromtimestamp(hour * 3600, timezone.utc).replace(tzinfo=None)
-            parts.append(_Part(kind, entity, start, self._seq, table))
+            parts.append(_Part(kind, entity, _hour_start(hour), self._seq, table))
+        for (kind, hour), tables in mixed.items():
+            self._seq += 1
+            parts.append(_Part(kind, None, _hour_start(hour), self._seq, pa.concat_tables(tables)))
         return parts
 
     def _render(self, kind: str, entity: str, items: list[tuple[float, Any]]) -> pa.Table:
@@ -279,15 +423,18 @@ class EventWriter:
                 log.exception("events: flush failed")
 
     def close(self, timeout: float = 10.0) -> int:
-        """Stop the thread and write what is left, retrying a failing store until ``timeout`` seconds
-        have passed; returns the events left unwritten (0 when everything is in the store)."""
+        """Stop the thread and write what is left, and split the mixed parts, retrying a failing store
+        until ``timeout`` seconds have passed; returns the events left unwritten (0 when everything
+        is in the store, split or not)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         deadline = time.monotonic() + timeout
         while True:
             self.flush()
-            if not self.buffered or time.monotonic() >= deadline:
+            if not self.buffered and self.split_seconds:
+                self.split()  # left unsplit, the mixed parts are read as they are: this saves readers work
+            if (not self.buffered and not self.unsplit) or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
         with self._lock:  # a flush after this one writes in its own thread
@@ -299,3 +446,24 @@ class EventWriter:
                 "events: %d events could not be written to %s: %s", self.buffered, self.store.url, self.last_error
             )
         return self.buffered
+
+
+def _hour_start(hour: int) -> datetime:
+    """The naive UTC start of the hour numbered ``hour`` since the epoch."""
+    return datetime.fromtimestamp(hour * 3600, timezone.utc).replace(tzinfo=None)
+
+
+def _by_entity(tables: dict[tuple[str, datetime], list[pa.Table]]) -> dict[tuple[str, str, datetime], pa.Table]:
+    """The rows of mixed parts (by kind and hour) as one table per kind, entity and hour, each in the
+    order its rows were written: one stable sort by entity and zero-copy slices of it (a filter per
+    entity over a minute of flushes took 80 s for 500 entities, each filter a pass over every chunk)."""
+    groups = {}
+    for (kind, hour), parts in tables.items():
+        table = pa.concat_tables(parts).combine_chunks()
+        table = table.take(pc.sort_indices(table, sort_keys=[("entity_code", "ascending")]))  # stable
+        counts = pc.value_counts(table["entity_code"])  # in order of first appearance: the sorted order
+        offset = 0
+        for code, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            groups[(kind, code, hour)] = table.slice(offset, count)
+            offset += count
+    return groups

@@ -70,3 +70,29 @@ def test_many_entities_parts_written_by_several_threads_all_land_and_read_back(s
     assert open_event_store(f"s3://{s3_bucket}-none/events").read(DECISIONS, "e03")["request_id"].to_pylist() == [
         "e03-b"
     ]
+
+
+def test_mixed_parts_on_s3_are_split_per_entity_and_deleted_in_one_call(s3_bucket, moto_server):
+    """The bidder's layout: a flush of 40 entities is one put; the split writes a part per entity on
+    the writer threads and deletes the mixed parts with S3's DeleteObjects."""
+    url = f"s3://{s3_bucket}/mixed-events"
+    now = time.time()
+    writer = EventWriter(url, "host:1:mixed", flush_seconds=3600, write_threads=8, split_seconds=60, start=False)
+    entities = [f"e{i:02d}" for i in range(40)]
+    for round_ in range(3):
+        for entity in entities:
+            writer.add(DECISIONS, entity, now, _decision(now, f"{entity}-{round_}") | {"entity_code": entity})
+        assert writer.flush() == 40
+    client = boto3.client("s3", endpoint_url=moto_server)
+
+    def listed():
+        return [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="mixed-events/").get("Contents", [])]
+
+    assert len(listed()) == 3 and all("/mixed/" in k for k in listed())  # one put a flush
+    store = open_event_store(url)
+    want = {e: [f"{e}-{r}" for r in range(3)] for e in entities}
+    assert {e: sorted(store.read(DECISIONS, e)["request_id"].to_pylist()) for e in entities} == want
+    assert writer.split() == 40
+    assert len(listed()) == 40 and not [k for k in listed() if "/mixed/" in k]
+    assert {e: sorted(store.read(DECISIONS, e)["request_id"].to_pylist()) for e in entities} == want
+    assert writer.close() == 0

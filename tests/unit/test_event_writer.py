@@ -9,6 +9,8 @@ import textwrap
 import time
 from datetime import datetime, timezone
 
+import pytest
+
 from bidopt.events.schema import DECISIONS, NOTICES
 from bidopt.events.store import open_event_store
 from bidopt.events.writer import EventWriter
@@ -58,6 +60,8 @@ def test_one_part_per_kind_entity_and_hour_with_sequence_numbers(tmp_path):
         "write_failures": 0,
         "last_error": None,
         "queued_bytes": 0,
+        "unsplit": 0,
+        "splits_abandoned": 0,
     }
 
 
@@ -165,7 +169,7 @@ CRASHER = textwrap.dedent(
     from bidopt.events.schema import DECISIONS
     from bidopt.events.writer import EventWriter
 
-    writer = EventWriter(sys.argv[1], "crasher", float(sys.argv[2]))
+    writer = EventWriter(sys.argv[1], "crasher", float(sys.argv[2]), split_seconds=float(sys.argv[3]))
     i = 0
     while True:
         now = time.time()
@@ -180,11 +184,17 @@ CRASHER = textwrap.dedent(
 )
 
 
-def test_a_killed_process_loses_at_most_its_last_flush_interval(tmp_path):
+@pytest.mark.parametrize("split_seconds", [0, 1.7], ids=["parts per entity", "mixed parts split every 1.7 s"])
+def test_a_killed_process_loses_at_most_its_last_flush_interval(tmp_path, split_seconds):
+    """Killed at any moment, a split half done included, the writer leaves each event in the store
+    once or not at all, and only its last flush interval's are missing."""
     flush_seconds, margin = 0.5, 0.5
     url = f"file://{tmp_path / 'events'}"
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASHER, url, str(flush_seconds)], stdout=subprocess.PIPE, text=True, env=os.environ
+        [sys.executable, "-c", CRASHER, url, str(flush_seconds), str(split_seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ,
     )
     try:
         assert proc.stdout.readline().strip() == "recording"
@@ -199,6 +209,9 @@ def test_a_killed_process_loses_at_most_its_last_flush_interval(tmp_path):
     assert len(ids) == len(times) and ids == set(range(len(ids)))  # nothing twice, no gap
     assert max(times) > killed_at - flush_seconds - margin  # it lost at most the last interval (+ a flush)
     assert len(ids) > 100
+    if split_seconds:  # it split at 2 s, and was killed at 3 s with mixed parts not yet split
+        names = open_event_store(url).store.list_keys(DECISIONS)
+        assert any("/split-crasher-" in k for k in names) and any("/mixed/" in k for k in names)
 
 
 def test_a_large_flush_is_rendered_in_chunks_and_loses_nothing(tmp_path):

@@ -1,0 +1,272 @@
+"""The mixed layout: a flush writes one part per kind and hour for every entity, split into per-entity
+parts later; a reader sees each row once before, during and after a split, whatever the writer's
+failures, and a split given up loses nothing."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from bidopt.errors import NotFound
+from bidopt.events.schema import DECISIONS, NOTICES
+from bidopt.events.store import MIXED, open_event_store
+from bidopt.events.writer import EventWriter
+
+H10 = datetime(2026, 1, 1, 10, 5, tzinfo=timezone.utc).timestamp()
+H11 = H10 + 3600
+ENTITIES = [f"e{i}" for i in range(5)]
+
+
+def decision(ts: float, rid: str, entity: str) -> dict:
+    return {
+        "event_time": datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None),
+        "entity_code": entity,
+        "request_id": rid,
+        "imp_id": "1",
+        "test": False,
+        "bid": True,
+        "bid_cpm": 1.5,
+        "npi_matched": False,
+    }
+
+
+def notice(ts: float, rid: str, entity: str) -> dict:
+    at = datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
+    return {"event_time": at, "entity_code": entity, "request_id": rid, "imp_id": "1", "kind": "win"} | {
+        "run_id": "r",
+        "bid_cpm": 1.5,
+        "bid_time": at,
+        "price_cpm": 1.0,
+        "test": False,
+    }
+
+
+def fill(writer: EventWriter, flushes: int = 3, start: float = H10) -> dict[str, list[str]]:
+    """``flushes`` flushes of a decision per entity (and a notice for e0); what each entity should read."""
+    expected: dict[str, list[str]] = {e: [] for e in ENTITIES}
+    for f in range(flushes):
+        for e in ENTITIES:
+            rid = f"{e}-{start:.0f}-{f}"
+            writer.add(DECISIONS, e, start + f, decision(start + f, rid, e))
+            expected[e].append(rid)
+        writer.add(NOTICES, "e0", start + f, notice(start + f, f"e0-{f}", "e0"))
+        writer.flush()
+    return expected
+
+
+def reads(store) -> dict[str, list[str]]:
+    return {e: sorted(store.read(DECISIONS, e)["request_id"].to_pylist()) for e in ENTITIES}
+
+
+def keys(store, where: str) -> list[str]:
+    return [k for k in store.store.list_keys("") if where in k]
+
+
+class Watched:
+    """An events store that runs ``after_each`` after every part it writes and every delete, so a test
+    can read at each step of a split; ``fail`` decides which writes raise."""
+
+    def __init__(self, real):
+        self.real, self.url = real, real.url
+        self.after_each = lambda: None
+        self.fail = lambda key: False
+        self.store = self  # the artifact store's delete_many is reached through .store
+        self.deleted: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def _put(self, key, write):
+        if self.fail(key):
+            raise ConnectionError(f"store unreachable for {key}")
+        out = write()
+        self.after_each()
+        return out
+
+    def write_mixed_part(self, kind, hour, table, *, writer_id, seq):
+        key = self.real.mixed_part_key(kind, hour, writer_id, seq)
+        return self._put(key, lambda: self.real.write_mixed_part(kind, hour, table, writer_id=writer_id, seq=seq))
+
+    def write_split_part(self, kind, entity, hour, table, *, writer_id, first, last):
+        key = self.real.split_part_key(kind, entity, hour, writer_id, first, last)
+        return self._put(
+            key,
+            lambda: self.real.write_split_part(kind, entity, hour, table, writer_id=writer_id, first=first, last=last),
+        )
+
+    def delete_many(self, keys):
+        for key in keys:
+            if self.fail(key):
+                raise ConnectionError(f"cannot delete {key}")
+            self.real.store.delete(key)
+            self.deleted.append(key)
+            self.after_each()
+
+
+def writer_on(tmp_path, **kwargs):
+    real = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(real, "host:1:ab", split_seconds=3600, start=False, **kwargs)
+    watched = Watched(real)
+    w.store = watched
+    return real, watched, w
+
+
+def test_a_flush_is_one_part_per_kind_and_hour_for_every_entity_and_a_split_makes_them_per_entity(tmp_path):
+    real, _, w = writer_on(tmp_path)
+    expected = fill(w, flushes=3)
+    w.add(DECISIONS, "e1", H11, decision(H11, "late", "e1"))  # another hour: a mixed part of its own
+    expected["e1"].append("late")
+    w.flush()
+    mixed = keys(real, f"/{MIXED}/")
+    assert len(mixed) == 3 * 2 + 1 and not keys(real, "entity_code=")  # 5 entities, one put per kind a flush
+    assert reads(real) == {e: sorted(rids) for e, rids in expected.items()}
+    assert real.hours(DECISIONS, "e1") == [datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)]
+    assert real.hours(DECISIONS, "e2") == [datetime(2026, 1, 1, 10)]  # e2 has no row in 11's part
+    assert real.hours(NOTICES, "e0") == [datetime(2026, 1, 1, 10)] and real.hours(NOTICES, "e1") == []
+    assert w.unsplit == 3 * 6 + 1
+
+    assert w.split() == 5 + 1 + 1  # decisions of 5 entities in 10, e0's notices, e1's decision in 11
+    assert not keys(real, f"/{MIXED}/") and w.unsplit == 0
+    splits = keys(real, "split-")
+    assert len(splits) == 7 and all("split-host-1-ab-00000001-00000007.parquet" in k for k in splits)
+    assert reads(real) == {e: sorted(rids) for e, rids in expected.items()}
+    assert real.read(NOTICES, "e0").num_rows == 3 and real.hours(DECISIONS, "e1")[-1] == datetime(2026, 1, 1, 11)
+    assert w.split() == 0  # nothing new
+
+
+def test_a_reader_sees_every_row_once_at_every_step_of_a_split(tmp_path):
+    real, watched, w = writer_on(tmp_path)
+    expected = {e: sorted(r) for e, r in fill(w, flushes=4).items()}
+    seen = []
+
+    def check():
+        seen.append(reads(real))
+
+    watched.after_each = check
+    w.split()
+    assert len(seen) == 5 + 1 + 4 * 2  # after each split part and each delete
+    assert all(step == expected for step in seen)
+
+
+def test_a_split_landing_between_a_readers_two_listings_or_before_its_get_is_read_once(tmp_path, monkeypatch):
+    """The reader lists the mixed parts, then the entity's own: a split (parts written, mixed parts
+    deleted) in between hides the mixed parts; one after the listings makes the get fail, and the
+    reader lists again."""
+    for moment in ("between the listings", "before the get"):
+        folder = tmp_path / moment.replace(" ", "_")
+        real, _, w = writer_on(folder)
+        expected = sorted(fill(w, flushes=2)["e3"])
+        store_keys = real.store.list_keys
+        done = []
+
+        def list_then_split(prefix="", moment=moment):
+            got = store_keys(prefix)
+            if not done and (
+                (moment == "between the listings" and f"/{MIXED}/" in prefix)
+                or prefix.startswith(f"{DECISIONS}/entity_code=e3/")
+                and moment == "before the get"
+            ):
+                done.append(w.split())
+            return got
+
+        monkeypatch.setattr(real.store, "list_keys", list_then_split)
+        assert sorted(real.read(DECISIONS, "e3")["request_id"].to_pylist()) == expected, moment
+        assert done == [6], moment  # the split did happen mid-read (5 entities, e0's notices)
+        assert not store_keys(f"{DECISIONS}/{MIXED}/")
+
+
+def test_a_mixed_part_not_yet_written_holds_the_split_and_nothing_is_lost(tmp_path):
+    """A split covers a range of the writer's mixed parts: one covering a part written later would hide
+    that part's rows from readers, so the split waits for every part of its range."""
+    real, watched, w = writer_on(tmp_path)
+    down = {"on": True}
+    watched.fail = lambda key: down["on"] and f"/{MIXED}/" in key and key.endswith("-00000002.parquet")
+    expected = {e: sorted(r) for e, r in fill(w, flushes=2).items()}
+    assert w.buffered == 1  # the notice part of the first flush (seq 2) is kept for a retry
+    assert w.split() == 0 and keys(real, "split-") == []  # held: part 2 is not in the store
+    down["on"] = False
+    w.flush()  # part 2 written now
+    assert w.split() == 6 and reads(real) == expected and real.read(NOTICES, "e0").num_rows == 2
+    assert not keys(real, f"/{MIXED}/")
+
+
+def test_a_split_that_fails_half_way_is_finished_later_and_reads_stay_right(tmp_path):
+    real, watched, w = writer_on(tmp_path, write_threads=4)
+    expected = {e: sorted(r) for e, r in fill(w, flushes=2).items()}
+    down = {"on": True}
+    watched.fail = lambda key: down["on"] and ("entity_code=e2/" in key or f"/{MIXED}/" in key)
+    assert w.split() == 5  # all but e2's
+    assert reads(real) == expected and len(keys(real, f"/{MIXED}/")) == 4  # nothing deleted yet
+    fill(w, flushes=1, start=H10 + 100)  # fails: its mixed parts go nowhere (store down for them)
+    down["on"] = False
+    w.flush()
+    assert w.split() == 1 + 6  # e2's, then the second split
+    assert not keys(real, f"/{MIXED}/") and w.unsplit == 0
+    got = reads(real)
+    assert all(len(got[e]) == 3 for e in ENTITIES) and all(len(set(got[e])) == 3 for e in ENTITIES)
+    assert real.read(NOTICES, "e0").num_rows == 3
+
+
+def test_a_split_given_up_past_the_bound_loses_no_event(tmp_path):
+    real, watched, w = writer_on(tmp_path, max_buffered=12)
+    watched.fail = lambda key: "split-" in key  # splits never go through
+    expected = {e: sorted(r) for e, r in fill(w, flushes=2).items()}
+    w.split()  # begun, failing
+    expected2 = fill(w, flushes=2, start=H10 + 100)
+    assert w.splits_abandoned >= 1 and w.unsplit <= 12 and w.dropped == 0
+    assert reads(real) == {e: sorted(expected[e] + expected2[e]) for e in ENTITIES}
+    watched.fail = lambda key: False
+    w.split()
+    assert reads(real) == {e: sorted(expected[e] + expected2[e]) for e in ENTITIES}
+    assert keys(real, f"/{MIXED}/")  # the given-up parts are still read as they are
+
+
+def test_close_splits_and_a_bad_entity_code_is_dropped_not_written(tmp_path):
+    real = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(real, "w1", split_seconds=60, flush_seconds=3600)
+    w.add(DECISIONS, "Not Valid!", H10, decision(H10, "bad", "Not Valid!"))
+    w.add(DECISIONS, "e1", H10, decision(H10, "good", "e1"))
+    assert w.close() == 0 and w.dropped == 1 and w.unsplit == 0
+    assert keys(real, f"/{MIXED}/") == [] and real.read(DECISIONS, "e1")["request_id"].to_pylist() == ["good"]
+    assert w.stats()["splits_abandoned"] == 0
+
+
+def test_the_flush_splits_when_split_seconds_have_passed(tmp_path, monkeypatch):
+    import bidopt.events.writer as writer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
+    real = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(real, "w1", split_seconds=60, start=False)
+    fill(w, flushes=2)
+    assert keys(real, "split-") == []
+    clock["now"] += 61
+    fill(w, flushes=1, start=H10 + 50)
+    assert len(keys(real, "split-")) == 6 and not keys(real, f"/{MIXED}/")
+
+
+def test_split_seconds_below_zero_is_refused(tmp_path):
+    from bidopt.errors import InvalidConfig
+
+    with pytest.raises(InvalidConfig):
+        EventWriter(open_event_store(f"file://{tmp_path}"), "w1", split_seconds=-1, start=False)
+
+
+def test_a_reader_gives_up_when_parts_keep_vanishing(tmp_path, monkeypatch):
+    real, _, w = writer_on(tmp_path)
+    fill(w, flushes=1)
+    monkeypatch.setattr(type(real), "_read_part", lambda self, key, schema: (_ for _ in ()).throw(NotFound(key)))
+    from bidopt.events import store as store_module
+
+    monkeypatch.setattr(store_module, "_PARTS", store_module._PartCache(1))  # nothing cached
+    with pytest.raises(NotFound):
+        real.read(DECISIONS, "e1")
+
+
+def test_mixed_parts_given_up_before_a_split_began_are_covered_by_no_later_split(tmp_path):
+    real, _, w = writer_on(tmp_path, max_buffered=12)
+    expected = fill(w, flushes=3)  # 18 rows unsplit at the third flush: given up
+    assert w.splits_abandoned == 1 and w.unsplit == 0 and w.dropped == 0
+    later = fill(w, flushes=1, start=H10 + 100)
+    assert w.split() == 6
+    assert reads(real) == {e: sorted(expected[e] + later[e]) for e in ENTITIES}
+    assert len(keys(real, f"/{MIXED}/")) == 6  # the given-up ones, read as they are
