@@ -108,8 +108,7 @@ def one_flush(store, threads: int, entities: int, rows: int, tag: str) -> tuple[
     return wall, cpu
 
 
-def fill(w: EventWriter, entities: int, rows: int, tag: str) -> None:
-    now = time.time()
+def fill(w: EventWriter, entities: int, rows: int, tag: str, now: float) -> None:
     for e in range(entities):
         for i in range(rows):
             w.add(DECISIONS, f"e{e:04d}", now, decision(now, f"{tag}-{e}-{i}", f"e{e:04d}"))
@@ -128,8 +127,9 @@ def mixed_layout(store, threads: int, entities: int, rows: int, every: int, tag:
     w = EventWriter(real, f"bench-mixed-{tag}", write_threads=threads, split_seconds=3600, start=False)
     w.store = store
     flushes = []
+    now = time.time()  # one hour for every flush: a split of two hours writes two parts per entity
     for k in range(every):
-        fill(w, entities, rows, f"{tag}-{k}")
+        fill(w, entities, rows, f"{tag}-{k}", now)
         wall, cpu, written = timed(w.flush)
         if written != entities * rows:
             raise SystemExit(f"mixed flush wrote {written} rows, expected {entities * rows}: {w.stats()}")

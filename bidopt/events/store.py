@@ -16,17 +16,20 @@ bidders never write the same key. There are three kinds of part, all read the sa
 A reader of one entity reads its own parts and the mixed parts of the hours it asks for, skipping a
 mixed part that one of the entity's split parts covers: each row is read once, before, during and
 after a split. It lists the mixed parts before the entity's own (a split written between the two
-listings then hides its mixed part rather than adding to it), and lists again when a mixed part it
-listed has been deleted since (its splits were all written before the delete).
+listings then hides its mixed part rather than adding to it), and lists the entity's own parts
+again when a mixed part it listed has been deleted since (its splits were all written before the
+delete).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,25 +48,26 @@ HOUR_FORMAT = "%Y%m%dT%H"
 PART_CACHE_BYTES = 256 * 1024 * 1024
 READ_THREADS = 8  # parts fetched at once (S3 GETs wait on the network, Parquet decoding drops the GIL)
 MIXED = "mixed"  # the folder of the parts that hold every entity of a flush
-READ_ATTEMPTS = 3  # listings of one read, when mixed parts it listed are deleted under it
+# a read of at most this many hours lists their mixed folders one by one, a longer one the whole folder
+MIXED_LISTING_HOURS = timedelta(hours=48)
 
 
 class _PartCache:
-    """A least-recently-used map of parsed parts, bounded in bytes."""
+    """A least-recently-used map of parsed parts (tables, ``_MixedPart``), bounded in bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
-        self._tables: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
+        self._tables: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> pa.Table | None:
+    def get(self, key: tuple[str, str]) -> Any:
         with self._lock:
             table = self._tables.get(key)
             if table is not None:
                 self._tables.move_to_end(key)
             return table
 
-    def put(self, key: tuple[str, str], table: pa.Table) -> None:
+    def put(self, key: tuple[str, str], table: Any) -> None:
         size = table.nbytes
         if size > self.max_bytes:
             return
@@ -146,6 +150,10 @@ class EventStore:
         of ``hour`` (and nothing else: readers then skip those mixed parts for this entity)."""
         return self._put_table(kind, self.split_part_key(kind, entity_code, hour, writer_id, first, last), table)
 
+    def delete_parts(self, keys: list[str]) -> None:
+        """Delete the parts ``keys`` (a split's mixed parts, once its split parts are all written)."""
+        self.store.delete_many(keys)
+
     def _put_table(self, kind: str, key: str, table: pa.Table) -> str:
         table = table.cast(SCHEMAS[_kind(kind)])
         sink = io.BytesIO()
@@ -167,89 +175,100 @@ class EventStore:
             found.setdefault(hour, []).append(key)
         return found
 
-    def _listing(self, kind: str, entity_code: str) -> tuple[dict[datetime, list[str]], dict[datetime, list[str]]]:
-        """The mixed parts of ``kind`` not covered by one of ``entity_code``'s splits, and the entity's own
-        parts, each by hour. The mixed parts are listed first (module docstring)."""
-        mixed = self._keys_by_hour(f"{_kind(kind)}/{MIXED}/")
-        own = self._keys_by_hour(f"{kind}/entity_code={check_entity_code(entity_code)}/")
-        uncovered = {}
-        for hour, keys in mixed.items():
-            covered = _split_ranges(own.get(hour, []))
-            kept = [key for key in keys if not _is_covered(key, covered)]
-            if kept:
-                uncovered[hour] = kept
-        return uncovered, own
+    def _mixed_keys(self, kind: str, start: datetime | None, end: datetime | None) -> dict[datetime, list[str]]:
+        """The mixed parts of ``kind`` by hour: of the hours of ``[start, end)`` one folder at a time where
+        there are few (a compaction's, a guardrail tick's), else of every hour."""
+        prefix = f"{_kind(kind)}/{MIXED}/"
+        if start is None or end is None or not timedelta(0) < end - start <= MIXED_LISTING_HOURS:
+            return self._keys_by_hour(prefix)
+        found: dict[datetime, list[str]] = {}
+        hour = hour_of(start)
+        while hour < end:
+            for key_hour, keys in self._keys_by_hour(f"{prefix}hour={hour.strftime(HOUR_FORMAT)}/").items():
+                found.setdefault(key_hour, []).extend(keys)
+            hour += timedelta(hours=1)
+        return found
+
+    def _parts(
+        self, kind: str, entity_code: str, start: datetime | None, end: datetime | None
+    ) -> tuple[list[str], list[str], dict[str, pa.Table | _MixedPart]]:
+        """The entity's own parts and the mixed parts none of its splits covers, whose hour overlaps
+        ``[start, end)``, and what they hold (module docstring: the mixed parts are listed first; one
+        that is gone when read was split and deleted, its splits written before, so the entity's own
+        parts are listed again without it)."""
+        schema = SCHEMAS[_kind(kind)]
+        mixed = self._mixed_keys(kind, start, end)
+        prefix = f"{kind}/entity_code={check_entity_code(entity_code)}/"
+        gone: set[str] = set()
+        while True:
+            own = self._keys_by_hour(prefix)
+            own_keys = [key for hour in sorted(own) if _overlaps(hour, start, end) for key in own[hour]]
+            mixed_keys = []
+            for hour in sorted(mixed):
+                if _overlaps(hour, start, end):
+                    covered = _split_ranges(own.get(hour, []))
+                    mixed_keys += [k for k in mixed[hour] if k not in gone and not _is_covered(k, covered)]
+            parts, missing = self._fetch(own_keys + mixed_keys, schema)
+            if not missing:
+                return own_keys, mixed_keys, parts
+            if missing - set(mixed_keys):  # an entity's own part is never deleted
+                raise NotFound(f"event parts vanished while read: {sorted(missing - set(mixed_keys))[:3]}")
+            gone |= missing  # each round removes a part of the first listing: this ends
 
     def hours(self, kind: str, entity_code: str) -> list[datetime]:
         """The hours that have rows of ``kind`` for ``entity_code``, oldest first: those of its own parts,
         and those of the mixed parts that hold rows of it."""
-        for attempt in range(READ_ATTEMPTS):
-            mixed, own = self._listing(kind, entity_code)
-            found = set(own)
-            try:
-                for hour, keys in mixed.items():
-                    if hour not in found and any(
-                        pc.any(pc.equal(t["entity_code"], entity_code)).as_py()
-                        for t in self._tables(keys, SCHEMAS[kind]).values()
-                    ):
-                        found.add(hour)
-                return sorted(found)
-            except NotFound:  # split and deleted since the listing: its rows are in split parts, listed next time
-                if attempt == READ_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        own_keys, mixed_keys, parts = self._parts(kind, entity_code, None, None)
+        found = {self._hour_of_key(key) for key in own_keys}
+        found |= {self._hour_of_key(key) for key in mixed_keys if parts[key].rows_of(entity_code).num_rows}
+        return sorted(found)
+
+    @staticmethod
+    def _hour_of_key(key: str) -> datetime:
+        folder = key.rsplit("/", 2)[-2]
+        return datetime.strptime(folder[len("hour=") :], HOUR_FORMAT)
 
     def part_keys(
         self, kind: str, entity_code: str, start: datetime | None = None, end: datetime | None = None
     ) -> list[str]:
         """Keys of the parts to read for ``entity_code`` whose hour overlaps ``[start, end)`` (either bound
         open when None): its own parts, then the mixed parts none of its splits covers."""
-        mixed, own = self._listing(kind, entity_code)
+        own_keys, mixed_keys, _ = self._parts(kind, entity_code, start, end)
+        return own_keys + mixed_keys
 
-        def overlapping(by_hour: dict[datetime, list[str]]) -> list[str]:
-            return [
-                key
-                for hour in sorted(by_hour)
-                if not ((end is not None and hour >= end) or (start is not None and hour + timedelta(hours=1) <= start))
-                for key in by_hour[hour]
-            ]
+    def _read_part(self, key: str, schema: pa.Schema) -> pa.Table | _MixedPart:
+        table = conform_to_schema(pq.read_table(io.BytesIO(self.store.get_bytes(key))), schema)
+        return _MixedPart(table) if f"/{MIXED}/" in key else table
 
-        return overlapping(own) + overlapping(mixed)
+    def _fetch(self, keys: list[str], schema: pa.Schema) -> tuple[dict[str, pa.Table | _MixedPart], set[str]]:
+        """The parsed parts of ``keys`` (from the cache where it has them), and the keys not found."""
 
-    def _read_part(self, key: str, schema: pa.Schema) -> pa.Table:
-        return conform_to_schema(pq.read_table(io.BytesIO(self.store.get_bytes(key))), schema)
+        def fetch(key: str) -> pa.Table | _MixedPart | None:
+            try:
+                return self._read_part(key, schema)
+            except NotFound:
+                return None
 
-    def _tables(self, keys: list[str], schema: pa.Schema) -> dict[str, pa.Table]:
-        """The parsed parts of ``keys`` (from the cache where it has them); ``NotFound`` for a missing one."""
-        tables = {key: _PARTS.get((self.url, key)) for key in keys}
-        missing = [key for key, table in tables.items() if table is None]
+        parts = {key: _PARTS.get((self.url, key)) for key in keys}
+        missing = [key for key, part in parts.items() if part is None]
+        gone = set()
         if missing:
             with ThreadPoolExecutor(min(READ_THREADS, len(missing))) as pool:
-                for key, table in zip(missing, pool.map(lambda k: self._read_part(k, schema), missing)):
-                    tables[key] = table
-                    _PARTS.put((self.url, key), table)
-        return tables
+                for key, part in zip(missing, pool.map(fetch, missing)):
+                    if part is None:
+                        gone.add(key)
+                        continue
+                    parts[key] = part
+                    _PARTS.put((self.url, key), part)
+        return {k: v for k, v in parts.items() if v is not None}, gone
 
     def read(self, kind: str, entity_code: str, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
         """Every row of ``kind`` for ``entity_code`` with ``start <= event_time < end``, in ``kind``'s schema
         (in the order of their parts, not sorted by time)."""
         schema = SCHEMAS[_kind(kind)]
-        mixed_prefix = f"{kind}/{MIXED}/"
-        for attempt in range(READ_ATTEMPTS):
-            keys = self.part_keys(kind, entity_code, start, end)
-            try:
-                tables = self._tables(keys, schema)
-                break
-            except NotFound:  # a mixed part split and deleted since the listing: list again (module docstring)
-                if attempt == READ_ATTEMPTS - 1:
-                    raise
-        parts = [
-            tables[key].filter(pc.equal(tables[key]["entity_code"], entity_code))
-            if key.startswith(mixed_prefix)
-            else tables[key]
-            for key in keys
-        ]
-        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        own_keys, mixed_keys, parts = self._parts(kind, entity_code, start, end)
+        tables = [parts[key] for key in own_keys] + [parts[key].rows_of(entity_code) for key in mixed_keys]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
         if start is not None:
             table = table.filter(pc.greater_equal(table["event_time"], pa.scalar(start, pa.timestamp("us"))))
         if end is not None:
@@ -257,29 +276,51 @@ class EventStore:
         return table
 
 
+class _MixedPart:
+    """A parsed mixed part, sorted by entity (stably: each entity's rows in the order written), with
+    where each entity's rows are: a reader of one entity slices it instead of filtering every row, as
+    every entity's reader does every control-loop tick."""
+
+    def __init__(self, table: pa.Table) -> None:
+        table = table.combine_chunks()
+        self.table = table.take(pc.sort_indices(table, sort_keys=[("entity_code", "ascending")]))
+        counts = pc.value_counts(self.table["entity_code"])  # in order of first appearance: the sorted order
+        self.index, offset = {}, 0
+        for code, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            self.index[code] = (offset, count)
+            offset += count
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+    def rows_of(self, entity_code: str) -> pa.Table:
+        offset, count = self.index.get(entity_code, (0, 0))
+        return self.table.slice(offset, count)
+
+
+def _overlaps(hour: datetime, start: datetime | None, end: datetime | None) -> bool:
+    return not ((end is not None and hour >= end) or (start is not None and hour + timedelta(hours=1) <= start))
+
+
+_SPLIT_NAME = re.compile(r"split-(.+)-([0-9]{8,})-([0-9]{8,})\.parquet")
+_PART_NAME = re.compile(r"part-(.+)-([0-9]{8,})\.parquet")
+
+
 def _split_ranges(keys: list[str]) -> dict[str, list[tuple[int, int]]]:
-    """The mixed parts that the split parts among ``keys`` cover: writer -> ``(first, last)`` ranges."""
+    """The mixed parts that the split parts among ``keys`` cover: writer -> ``(first, last)`` ranges
+    (a split part whose name is not ours covers nothing, and is still read)."""
     ranges: dict[str, list[tuple[int, int]]] = {}
     for key in keys:
-        name = key.rsplit("/", 1)[-1]
-        if not name.startswith("split-"):
-            continue
-        try:
-            writer, first, last = name[len("split-") : -len(".parquet")].rsplit("-", 2)
-            ranges.setdefault(writer, []).append((int(first), int(last)))
-        except ValueError:
-            continue  # a split part whose name we cannot read covers nothing (and is still read)
+        match = _SPLIT_NAME.fullmatch(key.rsplit("/", 1)[-1])
+        if match:
+            ranges.setdefault(match[1], []).append((int(match[2]), int(match[3])))
     return ranges
 
 
 def _is_covered(mixed_key: str, ranges: dict[str, list[tuple[int, int]]]) -> bool:
-    name = mixed_key.rsplit("/", 1)[-1]
-    try:
-        writer, seq = name[len("part-") : -len(".parquet")].rsplit("-", 1)
-        number = int(seq)
-    except ValueError:
-        return False
-    return any(first <= number <= last for first, last in ranges.get(writer, ()))
+    match = _PART_NAME.fullmatch(mixed_key.rsplit("/", 1)[-1])
+    return bool(match) and any(first <= int(match[2]) <= last for first, last in ranges.get(match[1], ()))
 
 
 def open_event_store(url: str) -> EventStore:

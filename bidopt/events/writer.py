@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bidopt.errors import InvalidConfig
-from bidopt.events.schema import rows_to_table
+from bidopt.events.schema import SCHEMAS, conform_to_schema, rows_to_table
 from bidopt.events.store import EventStore, open_event_store
 from bidopt.warehouse.base import check_entity_code
 
@@ -85,17 +85,16 @@ class _Split:
     last: int
     groups: dict[tuple[str, str, datetime], pa.Table]
     mixed_keys: list[str]
-
-    @property
-    def rows(self) -> int:
-        return sum(t.num_rows for t in self.groups.values())
+    rows: int  # in groups (a counter: stats() reads it from other threads while the groups change)
+    keep_mixed: bool = False  # a group could not be written: its rows stay readable only in the mixed parts
 
 
 class EventWriter:
     """Buffers events and writes them as parts of an events store, from a daemon thread.
 
     ``split_seconds``: 0 writes a part per entity each flush; above 0, a mixed part per flush, split
-    into per-entity parts every ``split_seconds`` (module docstring). ``start=False`` leaves the
+    into per-entity parts every ``split_seconds``, or sooner once the rows waiting for it take
+    ``max_unsplit_bytes`` of memory (module docstring). ``start=False`` leaves the
     thread off (tests call ``flush`` and ``split`` themselves)."""
 
     def __init__(
@@ -109,6 +108,7 @@ class EventWriter:
         max_queued_bytes: int = 256 * 1024 * 1024,
         write_threads: int = 1,
         split_seconds: float = 0.0,
+        max_unsplit_bytes: int = 64 * 1024 * 1024,
         start: bool = True,
     ) -> None:
         self.store = events_url if isinstance(events_url, EventStore) else open_event_store(events_url)
@@ -136,12 +136,13 @@ class EventWriter:
         self._seq = 0
         if not 0 <= split_seconds < float("inf"):
             raise InvalidConfig(f"split_seconds must be 0 or more, got {split_seconds}")
-        self.split_seconds = split_seconds
+        self.split_seconds, self.max_unsplit_bytes = split_seconds, max_unsplit_bytes
         # the mixed parts written since the last split began: their tables by (kind, hour), their keys;
         # the next split covers the sequence numbers from _split_from to the newest part's
         self._split_from = 1
         self._unsplit: dict[tuple[str, datetime], list[pa.Table]] = {}
         self._unsplit_keys: list[str] = []
+        self._unsplit_rows = self._unsplit_bytes = 0  # counters of _unsplit, read by stats() from other threads
         self._splits: list[_Split] = []  # begun, not finished (oldest first)
         self._last_split = time.monotonic()
         self.splits_abandoned = 0
@@ -218,9 +219,7 @@ class EventWriter:
     @property
     def unsplit(self) -> int:
         """Events in the store's mixed parts that this writer has not split yet (held in memory)."""
-        return sum(t.num_rows for tables in self._unsplit.values() for t in tables) + sum(
-            split.rows for split in self._splits
-        )
+        return self._unsplit_rows + sum(split.rows for split in list(self._splits))
 
     def flush(self) -> int:
         """Write what is queued (and retry parts that failed before), then split the mixed parts if
@@ -228,7 +227,12 @@ class EventWriter:
         Never raises for a store that fails: the parts are kept for the next flush."""
         with self._lock:
             written = self._flush()
-            if self.split_seconds and time.monotonic() - self._last_split >= self.split_seconds:
+            # (the memory trigger only when a split can begin: with a part of its range unwritten, the store
+            # is failing, and retrying the pending splits every flush would spend the CPU splits save)
+            if self.split_seconds and (
+                time.monotonic() - self._last_split >= self.split_seconds
+                or (self._unsplit_bytes >= self.max_unsplit_bytes and self._split_can_begin())
+            ):
                 self._split()
             return written
 
@@ -271,6 +275,8 @@ class EventWriter:
             written += part.table.num_rows
             if part.entity_code is None and part.seq >= self._split_from:
                 self._unsplit.setdefault((part.kind, part.hour), []).append(part.table)
+                self._unsplit_rows += part.table.num_rows
+                self._unsplit_bytes += part.table.nbytes
                 self._unsplit_keys.append(self.store.mixed_part_key(part.kind, part.hour, self.writer_id, part.seq))
         self._failed = self._bounded(kept)
         self._failed_rows = sum(p.table.num_rows for p in self._failed)
@@ -296,33 +302,49 @@ class EventWriter:
         cover is still unwritten), then carry on every split begun: write its per-entity parts, and
         once they are all written, delete its mixed parts."""
         self._last_split = time.monotonic()
-        if not any(part.seq >= self._split_from for part in self._failed) and self._seq >= self._split_from:
+        if self._split_can_begin() and self._seq >= self._split_from:
             if self._unsplit_keys:
-                self._splits.append(_Split(self._split_from, self._seq, _by_entity(self._unsplit), self._unsplit_keys))
+                groups = _by_entity(self._unsplit)
+                rows = sum(t.num_rows for t in groups.values())
+                self._splits.append(_Split(self._split_from, self._seq, groups, self._unsplit_keys, rows))
             # (seq numbers with no part written, all dropped, are covered by no split: nothing to hide)
             self._split_from = self._seq + 1
-            self._unsplit, self._unsplit_keys = {}, []
+            self._forget_unsplit()
         written = 0
         for split in list(self._splits):
             groups = list(split.groups.items())
             outcomes = self._map(lambda group, s=split: self._write_split(s, *group), groups)
             for (group, table), exc in zip(groups, outcomes):
-                if exc is None or isinstance(exc, InvalidConfig):  # written, or never writable (read as mixed)
+                if exc is None or isinstance(exc, InvalidConfig):  # written, or never writable
                     del split.groups[group]
+                    split.rows -= table.num_rows
                     written += exc is None
+                    if exc is not None:  # its rows are readable in the mixed parts only: keep those
+                        split.keep_mixed = True
+                        log.error("events: cannot split %d %s events of %s: %s", table.num_rows, *group[:2], exc)
                 else:
                     self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     log.warning("events: splitting to %s failed (%s); tried again later", self.store.url, exc)
             if split.groups:
                 break  # later splits wait: the store is failing (and the oldest is the one to finish first)
             try:
-                self.store.store.delete_many(split.mixed_keys)
+                if not split.keep_mixed:
+                    self.store.delete_parts(split.mixed_keys)
             except Exception as exc:  # noqa: BLE001 - the mixed parts are covered now: left, they cost readers only
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 log.warning("events: deleting %d split mixed parts failed (%s)", len(split.mixed_keys), exc)
                 break
             self._splits.remove(split)
         return written
+
+    def _split_can_begin(self) -> bool:
+        """Whether every mixed part a split would cover now is written (or dropped): a split covering one
+        written later would hide that part's rows from readers."""
+        return not any(part.seq >= self._split_from for part in self._failed)
+
+    def _forget_unsplit(self) -> None:
+        self._unsplit, self._unsplit_keys = {}, []
+        self._unsplit_rows = self._unsplit_bytes = 0
 
     def _write_split(self, split: _Split, group: tuple[str, str, datetime], table: pa.Table) -> Exception | None:
         kind, entity, hour = group
@@ -343,7 +365,7 @@ class EventWriter:
             log.warning("events: gave up a split of mixed parts (more than %d events unsplit)", self.max_buffered)
         if self.unsplit > self.max_buffered:
             # no split will cover these parts: the next begins after the newest part numbered so far
-            self._unsplit, self._unsplit_keys = {}, []
+            self._forget_unsplit()
             self._split_from = self._seq + 1
             self.splits_abandoned += 1
             log.warning("events: gave up splitting mixed parts (more than %d events unsplit)", self.max_buffered)
@@ -362,7 +384,7 @@ class EventWriter:
                     self._queued_bytes -= nbytes
             groups.setdefault((kind, entity, int(ts // 3600)), []).append((ts, item))
         parts = []
-        mixed: dict[tuple[str, int], list[pa.Table]] = {}
+        mixed: dict[tuple[str, int], list[tuple[str, pa.Table]]] = {}
         for (kind, entity, hour), items in groups.items():
             try:
                 check_entity_code(entity)  # a mixed part holds any code; its split would refuse this one
@@ -376,14 +398,33 @@ class EventWriter:
                 self.dropped += len(items)
                 continue
             if self.split_seconds:
-                mixed.setdefault((kind, hour), []).append(table)
+                mixed.setdefault((kind, hour), []).append((entity, table))
                 continue
             self._seq += 1
             parts.append(_Part(kind, entity, _hour_start(hour), self._seq, table))
-        for (kind, hour), tables in mixed.items():
-            self._seq += 1
-            parts.append(_Part(kind, None, _hour_start(hour), self._seq, pa.concat_tables(tables)))
+        for (kind, hour), batches in mixed.items():
+            table = self._mixed_table(kind, batches)
+            if table is not None:
+                self._seq += 1
+                parts.append(_Part(kind, None, _hour_start(hour), self._seq, table))
         return parts
+
+    def _mixed_table(self, kind: str, batches: list[tuple[str, pa.Table]]) -> pa.Table | None:
+        """The entities' batches as one table in ``kind``'s schema, each row under the entity it was
+        queued for (which readers and the split go by). Checked here, not at the write: a batch that
+        does not fit the schema (a null in a required column) is dropped alone, where at the write it
+        would fail, and hold, every entity's rows of the part."""
+        try:
+            return _as_mixed(kind, batches)
+        except Exception:  # noqa: BLE001 - find the batches at fault, one at a time
+            kept = []
+            for entity, table in batches:
+                try:
+                    kept.append(_as_mixed(kind, [(entity, table)]))
+                except Exception as exc:  # noqa: BLE001 - this batch alone is lost, loudly
+                    log.error("events: dropped %d %s events of %s: %s", table.num_rows, kind, entity, exc)
+                    self.dropped += table.num_rows
+            return pa.concat_tables(kept) if kept else None
 
     def _render(self, kind: str, entity: str, items: list[tuple[float, Any]]) -> pa.Table:
         """``items`` as one table, rendered ``RENDER_CHUNK`` at a time with a pause between chunks: this
@@ -403,9 +444,11 @@ class EventWriter:
         excess = sum(p.table.num_rows for p in parts) - self.max_buffered
         while excess > 0 and parts:
             oldest = parts[0]
-            if oldest.table.num_rows <= excess:
+            if oldest.table.num_rows <= excess or oldest.entity_code is None:
+                # (a mixed part goes whole: its rest under a new key would be read twice beside the full
+                # part, had that been written after all, until a split covered both)
                 parts.pop(0)
-                excess -= oldest.table.num_rows
+                excess -= min(excess, oldest.table.num_rows)
                 self.dropped += oldest.table.num_rows
             else:  # what is left of it, under a new key: the full part may have been written after all
                 # (a PUT that timed out on our side), and a part is never rewritten with other rows
@@ -451,6 +494,13 @@ class EventWriter:
 def _hour_start(hour: int) -> datetime:
     """The naive UTC start of the hour numbered ``hour`` since the epoch."""
     return datetime.fromtimestamp(hour * 3600, timezone.utc).replace(tzinfo=None)
+
+
+def _as_mixed(kind: str, batches: list[tuple[str, pa.Table]]) -> pa.Table:
+    schema = SCHEMAS[kind]
+    table = conform_to_schema(pa.concat_tables([t for _, t in batches]), schema)
+    codes = pa.array([entity for entity, t in batches for _ in range(t.num_rows)], pa.string())
+    return table.set_column(schema.get_field_index("entity_code"), schema.field("entity_code"), codes)
 
 
 def _by_entity(tables: dict[tuple[str, datetime], list[pa.Table]]) -> dict[tuple[str, str, datetime], pa.Table]:

@@ -69,7 +69,6 @@ class Watched:
         self.real, self.url = real, real.url
         self.after_each = lambda: None
         self.fail = lambda key: False
-        self.store = self  # the artifact store's delete_many is reached through .store
         self.deleted: list[str] = []
 
     def __getattr__(self, name):
@@ -93,7 +92,7 @@ class Watched:
             lambda: self.real.write_split_part(kind, entity, hour, table, writer_id=writer_id, first=first, last=last),
         )
 
-    def delete_many(self, keys):
+    def delete_parts(self, keys):
         for key in keys:
             if self.fail(key):
                 raise ConnectionError(f"cannot delete {key}")
@@ -242,6 +241,9 @@ def test_the_flush_splits_when_split_seconds_have_passed(tmp_path, monkeypatch):
     clock["now"] += 61
     fill(w, flushes=1, start=H10 + 50)
     assert len(keys(real, "split-")) == 6 and not keys(real, f"/{MIXED}/")
+    small = EventWriter(real, "w2", split_seconds=60, max_unsplit_bytes=1, start=False)
+    fill(small, flushes=1, start=H10 + 80)  # a minute has not passed, but the rows waiting take too much memory
+    assert small.unsplit == 0 and len(keys(real, "split-w2-")) == 6
 
 
 def test_split_seconds_below_zero_is_refused(tmp_path):
@@ -251,14 +253,16 @@ def test_split_seconds_below_zero_is_refused(tmp_path):
         EventWriter(open_event_store(f"file://{tmp_path}"), "w1", split_seconds=-1, start=False)
 
 
-def test_a_reader_gives_up_when_parts_keep_vanishing(tmp_path, monkeypatch):
+def test_an_entitys_own_part_that_vanishes_is_an_error_not_an_empty_read(tmp_path, monkeypatch):
+    """Only mixed parts are deleted (once split): a missing own part is the store losing data."""
     real, _, w = writer_on(tmp_path)
     fill(w, flushes=1)
-    monkeypatch.setattr(type(real), "_read_part", lambda self, key, schema: (_ for _ in ()).throw(NotFound(key)))
+    w.split()
     from bidopt.events import store as store_module
 
     monkeypatch.setattr(store_module, "_PARTS", store_module._PartCache(1))  # nothing cached
-    with pytest.raises(NotFound):
+    monkeypatch.setattr(type(real), "_read_part", lambda self, key, schema: (_ for _ in ()).throw(NotFound(key)))
+    with pytest.raises(NotFound, match="vanished"):
         real.read(DECISIONS, "e1")
 
 
@@ -270,3 +274,52 @@ def test_mixed_parts_given_up_before_a_split_began_are_covered_by_no_later_split
     assert w.split() == 6
     assert reads(real) == {e: sorted(expected[e] + later[e]) for e in ENTITIES}
     assert len(keys(real, f"/{MIXED}/")) == 6  # the given-up ones, read as they are
+
+
+def test_a_bad_batch_is_dropped_alone_and_rows_go_by_the_entity_they_were_queued_for(tmp_path):
+    """One entity's batch that does not fit the schema (a null in a required column) must not hold the
+    mixed part of every other entity; a row naming another entity than the one it was queued for is
+    that entity's, as it was when each entity had parts of its own."""
+    real, _, w = writer_on(tmp_path)
+    w.add(DECISIONS, "e1", H10, decision(H10, "bad", "e1") | {"request_id": None})
+    w.add(DECISIONS, "e2", H10, decision(H10, "good", "e2"))
+    w.add(DECISIONS, "e3", H10, decision(H10, "queued for e3", "e4"))
+    assert w.flush() == 2 and w.dropped == 1 and w.buffered == 0
+    assert real.read(DECISIONS, "e2")["request_id"].to_pylist() == ["good"]
+    assert real.read(DECISIONS, "e3")["request_id"].to_pylist() == ["queued for e3"]
+    assert w.split() == 2 and real.read(DECISIONS, "e3")["request_id"].to_pylist() == ["queued for e3"]
+    assert real.read(DECISIONS, "e4").num_rows == 0 and not keys(real, f"/{MIXED}/")
+
+
+def test_a_failing_store_does_not_retry_the_splits_at_every_flush(tmp_path):
+    """With a part of the next split's range unwritten, the memory trigger must not run the pending
+    splits every flush: at a flush a second that would be hundreds of failing puts a second."""
+    real, watched, w = writer_on(tmp_path, max_unsplit_bytes=1)
+    attempts = []
+    watched.fail = lambda key: ("split-" in key and not attempts.append(key)) or key.endswith("-00000004.parquet")
+    fill(w, flushes=1)  # parts 1 and 2: the memory trigger begins a split, whose writes fail
+    tried = len(attempts)
+    assert tried == 6 and w.buffered == 0
+    fill(w, flushes=3, start=H10 + 10)  # part 4 (the notices of the second flush) keeps failing
+    assert len(attempts) == tried and w.buffered == 1  # no retry of the pending split at each flush
+    watched.fail = lambda key: False
+    w.flush()  # part 4 written: the memory trigger splits (the pending split, then the rest)
+    assert w.unsplit == 0 and not keys(real, f"/{MIXED}/") and len(keys(real, "split-")) == 6 + 6
+    assert all(len(rows) == 4 for rows in reads(real).values()) and real.read(NOTICES, "e0").num_rows == 4
+
+
+def test_a_mixed_part_past_the_bound_is_dropped_whole_never_re_keyed(tmp_path):
+    """Kept mixed parts beyond ``max_buffered`` go whole, oldest first: the rest of one under a new key
+    would be read twice beside the full part, had a write reported as failed gone through."""
+    real, watched, w = writer_on(tmp_path, max_buffered=4)
+    watched.fail = lambda key: True
+    for f in range(2):
+        for e in ENTITIES[:3]:
+            w.add(DECISIONS, e, H10 + f, decision(H10 + f, f"{e}-{f}", e))
+        w.flush()
+    assert (w.buffered, w.dropped) == (3, 3) and [p.seq for p in w._failed] == [2]
+    watched.fail = lambda key: False
+    w.flush()
+    assert {e: real.read(DECISIONS, e)["request_id"].to_pylist() for e in ENTITIES[:3]} == {
+        e: [f"{e}-1"] for e in ENTITIES[:3]
+    }
