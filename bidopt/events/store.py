@@ -161,10 +161,12 @@ class EventStore:
         self.store.put_bytes(key, sink.getvalue())
         return key
 
-    def _keys_by_hour(self, prefix: str) -> dict[datetime, list[str]]:
-        """The parts below ``prefix`` by the ``hour=`` folder they are in."""
+    def _keys_by_hour(self, prefix: str, hour: datetime | None = None) -> dict[datetime, list[str]]:
+        """The parts below ``prefix`` by the ``hour=`` folder they are in (only ``hour``'s, listing that
+        folder alone, when given)."""
         found: dict[datetime, list[str]] = {}
-        for key in self.store.list_keys(prefix):
+        within = f"hour={hour.strftime(HOUR_FORMAT)}/" if hour is not None else ""
+        for key in self.store.list_keys(prefix + within):
             folder, _, name = key[len(prefix) :].partition("/")
             if not folder.startswith("hour=") or "/" in name or not name.endswith(".parquet"):
                 continue  # not a part of ours
@@ -184,18 +186,18 @@ class EventStore:
         found: dict[datetime, list[str]] = {}
         hour = hour_of(start)
         while hour < end:
-            for key_hour, keys in self._keys_by_hour(f"{prefix}hour={hour.strftime(HOUR_FORMAT)}/").items():
-                found.setdefault(key_hour, []).extend(keys)
+            found.update(self._keys_by_hour(prefix, hour))
             hour += timedelta(hours=1)
         return found
 
     def _parts(
-        self, kind: str, entity_code: str, start: datetime | None, end: datetime | None
+        self, kind: str, entity_code: str, start: datetime | None, end: datetime | None, fetch: str = "all"
     ) -> tuple[list[str], list[str], dict[str, pa.Table | _MixedPart]]:
         """The entity's own parts and the mixed parts none of its splits covers, whose hour overlaps
         ``[start, end)``, and what they hold (module docstring: the mixed parts are listed first; one
         that is gone when read was split and deleted, its splits written before, so the entity's own
-        parts are listed again without it)."""
+        parts are listed again without it). ``fetch``: which parts to read, ``all``, or ``mixed``
+        only those in hours with no part of the entity's own (what ``hours`` needs to know)."""
         schema = SCHEMAS[_kind(kind)]
         mixed = self._mixed_keys(kind, start, end)
         prefix = f"{kind}/entity_code={check_entity_code(entity_code)}/"
@@ -208,7 +210,13 @@ class EventStore:
                 if _overlaps(hour, start, end):
                     covered = _split_ranges(own.get(hour, []))
                     mixed_keys += [k for k in mixed[hour] if k not in gone and not _is_covered(k, covered)]
-            parts, missing = self._fetch(own_keys + mixed_keys, schema)
+            own_hours = set(own)
+            wanted = (
+                own_keys + mixed_keys
+                if fetch == "all"
+                else [key for key in mixed_keys if self._hour_of_key(key) not in own_hours]
+            )
+            parts, missing = self._fetch(wanted, schema)
             if not missing:
                 return own_keys, mixed_keys, parts
             if missing - set(mixed_keys):  # an entity's own part is never deleted
@@ -218,9 +226,9 @@ class EventStore:
     def hours(self, kind: str, entity_code: str) -> list[datetime]:
         """The hours that have rows of ``kind`` for ``entity_code``, oldest first: those of its own parts,
         and those of the mixed parts that hold rows of it."""
-        own_keys, mixed_keys, parts = self._parts(kind, entity_code, None, None)
+        own_keys, _, parts = self._parts(kind, entity_code, None, None, fetch="mixed")
         found = {self._hour_of_key(key) for key in own_keys}
-        found |= {self._hour_of_key(key) for key in mixed_keys if parts[key].rows_of(entity_code).num_rows}
+        found |= {self._hour_of_key(key) for key, part in parts.items() if part.rows_of(entity_code).num_rows}
         return sorted(found)
 
     @staticmethod

@@ -2,7 +2,7 @@
 parts later; a reader sees each row once before, during and after a split, whatever the writer's
 failures, and a split given up loses nothing."""
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -323,3 +323,35 @@ def test_a_mixed_part_past_the_bound_is_dropped_whole_never_re_keyed(tmp_path):
     assert {e: real.read(DECISIONS, e)["request_id"].to_pylist() for e in ENTITIES[:3]} == {
         e: [f"{e}-1"] for e in ENTITIES[:3]
     }
+
+
+def test_hours_lists_an_entitys_own_parts_and_reads_only_mixed_parts_of_other_hours(tmp_path, monkeypatch):
+    """Compaction asks every entity's hours: that must not read the entity's whole history."""
+    from bidopt.events import store as store_module
+
+    real, _, w = writer_on(tmp_path)
+    fill(w, flushes=2)
+    w.split()
+    fill(w, flushes=1, start=H11)  # hour 11 only in mixed parts
+    monkeypatch.setattr(store_module, "_PARTS", store_module._PartCache(1))  # nothing cached
+    read = []
+    original = type(real)._read_part
+    monkeypatch.setattr(
+        type(real), "_read_part", lambda self, key, schema: read.append(key) or original(self, key, schema)
+    )
+    assert real.hours(DECISIONS, "e1") == [datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)]
+    assert read and all(f"/{MIXED}/hour=20260101T11/" in key for key in read)
+
+
+def test_a_read_of_a_few_hours_finds_the_mixed_parts_of_those_hours(tmp_path):
+    """Compaction and guardrail ticks read bounded windows: their mixed folders are listed hour by hour."""
+    real, _, w = writer_on(tmp_path)
+    early = fill(w, flushes=2)
+    late = fill(w, flushes=1, start=H11)
+    h10, h11 = datetime(2026, 1, 1, 10), datetime(2026, 1, 1, 11)
+    for e in ENTITIES:
+        window = real.read(DECISIONS, e, h10 - timedelta(minutes=1), h11 + timedelta(minutes=1))
+        assert sorted(window["request_id"].to_pylist()) == sorted(early[e]), e
+        assert sorted(real.read(DECISIONS, e, h11, h11 + timedelta(hours=2))["request_id"].to_pylist()) == late[e]
+        assert real.read(DECISIONS, e, h10 + timedelta(hours=2), h10 + timedelta(hours=3)).num_rows == 0
+    assert real.read(NOTICES, "e0", h10, h10 + timedelta(hours=49)).num_rows == 3  # the whole folder listed
