@@ -53,7 +53,7 @@ MIXED_LISTING_HOURS = timedelta(hours=48)
 
 
 class _PartCache:
-    """A least-recently-used map of parsed parts (tables, ``_MixedPart``), bounded in bytes."""
+    """A least-recently-used map of parsed parts (tables, ``MixedPart``), bounded in bytes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
@@ -192,7 +192,7 @@ class EventStore:
 
     def _parts(
         self, kind: str, entity_code: str, start: datetime | None, end: datetime | None, fetch: str = "all"
-    ) -> tuple[list[str], list[str], dict[str, pa.Table | _MixedPart]]:
+    ) -> tuple[list[str], list[str], dict[str, pa.Table | MixedPart]]:
         """The entity's own parts and the mixed parts none of its splits covers, whose hour overlaps
         ``[start, end)``, and what they hold (module docstring: the mixed parts are listed first; one
         that is gone when read was split and deleted, its splits written before, so the entity's own
@@ -244,14 +244,14 @@ class EventStore:
         own_keys, mixed_keys, _ = self._parts(kind, entity_code, start, end)
         return own_keys + mixed_keys
 
-    def _read_part(self, key: str, schema: pa.Schema) -> pa.Table | _MixedPart:
+    def _read_part(self, key: str, schema: pa.Schema) -> pa.Table | MixedPart:
         table = conform_to_schema(pq.read_table(io.BytesIO(self.store.get_bytes(key))), schema)
-        return _MixedPart(table) if f"/{MIXED}/" in key else table
+        return MixedPart(table) if f"/{MIXED}/" in key else table
 
-    def _fetch(self, keys: list[str], schema: pa.Schema) -> tuple[dict[str, pa.Table | _MixedPart], set[str]]:
+    def _fetch(self, keys: list[str], schema: pa.Schema) -> tuple[dict[str, pa.Table | MixedPart], set[str]]:
         """The parsed parts of ``keys`` (from the cache where it has them), and the keys not found."""
 
-        def fetch(key: str) -> pa.Table | _MixedPart | None:
+        def fetch(key: str) -> pa.Table | MixedPart | None:
             try:
                 return self._read_part(key, schema)
             except NotFound:
@@ -284,10 +284,10 @@ class EventStore:
         return table
 
 
-class _MixedPart:
+class MixedPart:
     """A parsed mixed part, sorted by entity (stably: each entity's rows in the order written), with
     where each entity's rows are: a reader of one entity slices it instead of filtering every row, as
-    every entity's reader does every control-loop tick."""
+    every entity's reader does every control-loop tick; the writer's split cuts its parts the same way."""
 
     def __init__(self, table: pa.Table) -> None:
         table = table.combine_chunks()
