@@ -114,7 +114,7 @@ def through_the_bidder(state: BidderState, requests: pa.Table, seed: int, start:
 def platform_rows(items, notices, start: datetime) -> pa.Table:
     """The hours' bid-log rows as ``bidopt events compact`` makes them."""
     render = decision_rows("bench")
-    decisions = render(ENTITY, items)
+    decisions = render([(ENTITY, ts, d) for ts, d in items])
     notes = rows_to_table(NOTICES, notices)
     hours = []
     for h in range(HOURS):

@@ -98,15 +98,16 @@ def _features(d: Decision) -> list:
 
 def decision_rows(replica_id: str):
     """The decision render of the event writer: reads each decision's request features (its
-    ``readers``, reusing what the bid's lookup read) off the request path, straight into columns."""
+    ``readers``, reusing what the bid's lookup read) off the request path, straight into columns.
+    ``items``: (entity code, unix time, decision), of one entity or of many."""
 
-    def render(entity_code: str, items: list[tuple[float, Decision]]) -> pa.Table:
+    def render(items: list[tuple[str, float, Decision]]) -> pa.Table:
         n = len(items)
-        decisions = [d for _, d in items]
+        decisions = [d for _, _, d in items]
         hashes: dict[str, str] = {}
         cols = {
-            "event_time": [int(ts * 1_000_000) for ts, _ in items],  # microseconds: cheaper than datetimes
-            "entity_code": [entity_code] * n,
+            "event_time": [int(ts * 1_000_000) for _, ts, _ in items],  # microseconds: cheaper than datetimes
+            "entity_code": [entity for entity, _, _ in items],
             "request_id": [d.request_id for d in decisions],
             "imp_id": [d.impid for d in decisions],
             "split_id": [d.split_id for d in decisions],

@@ -2,10 +2,10 @@
 
 ``EventWriter.add`` only appends to an in-memory queue (no I/O, no Arrow on the request path).
 Every ``flush_seconds`` the writer's thread takes what is queued, turns it into rows (``render``,
-per kind and entity: the bidder reads a decision's request features there, off the request path),
-and writes them, naming each part with the writer's id and a sequence number it counts up. So a
-process that dies loses at most what was queued since its last flush: ``flush_seconds`` plus the
-time one flush takes.
+per kind, per entity or for every entity at once by the layout: the bidder reads a decision's
+request features there, off the request path), and writes them, naming each part with the
+writer's id and a sequence number it counts up. So a process that dies loses at most what was
+queued since its last flush: ``flush_seconds`` plus the time one flush takes.
 
 What a flush writes depends on ``split_seconds`` (``bidopt.events.store`` has the layout):
 
@@ -56,14 +56,17 @@ log = logging.getLogger("bidopt.events")
 RENDER_CHUNK = 200  # events turned into rows at a time (about 2 ms of the GIL in the bidder)
 RENDER_PAUSE_SECONDS = 0.001
 
-# kind -> turns an entity's batch of (event time in unix seconds, queued item) into rows of that kind's
-# schema: a list of dicts, or a table in the schema
-Render = Callable[[str, list[tuple[float, Any]]], "list[dict] | pa.Table"]
+# kind -> turns a batch of (entity code, event time in unix seconds, queued item) into rows of that
+# kind's schema, one per item and in order: a list of dicts, or a table in the schema. A batch holds
+# one entity's events where the writer writes a part per entity, and every entity's of a kind and hour
+# in the mixed layout (RENDER_CHUNK at a time: a table per entity was most of a flush's CPU at fleet
+# size, benchmarks/event_writer.py)
+Render = Callable[[list[tuple[str, float, Any]]], "list[dict] | pa.Table"]
 
 
-def dict_rows(entity_code: str, items: list[tuple[float, Any]]) -> list[dict]:
+def dict_rows(items: list[tuple[str, float, Any]]) -> list[dict]:
     """The default render: each item is already a row (a dict with the schema's names)."""
-    return [row for _, row in items]
+    return [row for _, _, row in items]
 
 
 @dataclass
@@ -370,8 +373,10 @@ class EventWriter:
             log.warning("events: gave up splitting mixed parts (more than %d events unsplit)", self.max_buffered)
 
     def _take(self) -> list[_Part]:
-        """Everything queued, as one table per (kind, entity, hour), each with the next sequence number."""
-        groups: dict[tuple[str, str, int], list[tuple[float, Any]]] = {}
+        """Everything queued, as one table per (kind, entity, hour), or per (kind, hour) in the mixed
+        layout, each with the next sequence number."""
+        groups: dict[tuple, list[tuple[str, float, Any]]] = {}
+        mixed = bool(self.split_seconds)
         queue = self._queue
         while queue:
             try:
@@ -381,51 +386,71 @@ class EventWriter:
             if nbytes:
                 with self._bytes_lock:
                     self._queued_bytes -= nbytes
-            groups.setdefault((kind, entity, int(ts // 3600)), []).append((ts, item))
+            hour = int(ts // 3600)
+            groups.setdefault((kind, hour) if mixed else (kind, entity, hour), []).append((entity, ts, item))
         parts = []
-        mixed: dict[tuple[str, int], list[tuple[str, pa.Table]]] = {}
-        for (kind, entity, hour), items in groups.items():
-            try:
-                check_entity_code(entity)  # a mixed part holds any code; its split would refuse this one
-                table = self._render(kind, entity, items)
-            except InvalidConfig as exc:
-                log.error("events: dropped %d %s events that cannot be written: %s", len(items), kind, exc)
-                self.dropped += len(items)
-                continue
-            except Exception:  # a bug in a render or a row: lose this batch, loudly, not the writer
-                log.exception("events: cannot turn %d %s events of %s into rows; dropped", len(items), kind, entity)
-                self.dropped += len(items)
-                continue
-            if self.split_seconds:
-                mixed.setdefault((kind, hour), []).append((entity, table))
-                continue
-            self._seq += 1
-            parts.append(_Part(kind, entity, _hour_start(hour), self._seq, table))
-        for (kind, hour), batches in mixed.items():
-            table = self._mixed_table(kind, batches)
+        for group, items in groups.items():
+            kind, hour = group[0], group[-1]
+            items = self._writable(kind, items)
+            table = (self._mixed_table if mixed else self._entity_table)(kind, items) if items else None
             if table is not None:
                 self._seq += 1
-                parts.append(_Part(kind, None, _hour_start(hour), self._seq, table))
+                parts.append(_Part(kind, None if mixed else group[1], _hour_start(hour), self._seq, table))
         return parts
 
-    def _mixed_table(self, kind: str, batches: list[tuple[str, pa.Table]]) -> pa.Table | None:
-        """The entities' batches as one table in ``kind``'s schema, each row under the entity it was
-        queued for (which readers and the split go by). Checked here, not at the write: a batch that
-        does not fit the schema (a null in a required column) is dropped alone, where at the write it
-        would fail, and hold, every entity's rows of the part."""
+    def _writable(self, kind: str, items: list[tuple[str, float, Any]]) -> list[tuple[str, float, Any]]:
+        """``items`` without those of entity codes no part can be written under (dropped, counted): a
+        mixed part holds any code, but its split would refuse the part of such a one."""
+        bad: dict[str, str] = {}
+        for entity in {entity for entity, _, _ in items}:
+            try:
+                check_entity_code(entity)
+            except InvalidConfig as exc:
+                bad[entity] = str(exc)
+        if not bad:
+            return items
+        for entity, reason in bad.items():
+            n = sum(1 for e, _, _ in items if e == entity)
+            log.error("events: dropped %d %s events that cannot be written: %s", n, kind, reason)
+            self.dropped += n
+        return [item for item in items if item[0] not in bad]
+
+    def _entity_table(self, kind: str, items: list[tuple[str, float, Any]]) -> pa.Table | None:
+        """One entity's events as rows (None: they cannot be, and are dropped, loudly)."""
         try:
-            return _as_mixed(kind, batches)
-        except Exception:  # noqa: BLE001 - find the batches at fault, one at a time
+            return self._render(kind, items)
+        except InvalidConfig as exc:
+            log.error("events: dropped %d %s events that cannot be written: %s", len(items), kind, exc)
+        except Exception:  # a bug in a render or a row: lose this batch, loudly, not the writer
+            log.exception("events: cannot turn %d %s events of %s into rows; dropped", len(items), kind, items[0][0])
+        self.dropped += len(items)
+        return None
+
+    def _mixed_table(self, kind: str, items: list[tuple[str, float, Any]]) -> pa.Table | None:
+        """Every entity's events as one table in ``kind``'s schema, each row under the entity it was
+        queued for (which readers and the split go by). Checked here, not at the write: where the
+        rows cannot be rendered, or do not fit the schema (a null in a required column), each
+        entity's are tried alone and only those at fault are dropped, where at the write they would
+        fail, and hold, every entity's rows of the part."""
+        try:
+            return _as_mixed(kind, self._render(kind, items), [entity for entity, _, _ in items])
+        except Exception:  # noqa: BLE001 - find the entities at fault, one at a time
+            by_entity: dict[str, list[tuple[str, float, Any]]] = {}
+            for item in items:
+                by_entity.setdefault(item[0], []).append(item)
             kept = []
-            for entity, table in batches:
+            for entity, batch in by_entity.items():
+                table = self._entity_table(kind, batch)
+                if table is None:
+                    continue
                 try:
-                    kept.append(_as_mixed(kind, [(entity, table)]))
+                    kept.append(_as_mixed(kind, table, [entity] * table.num_rows))
                 except Exception as exc:  # noqa: BLE001 - this batch alone is lost, loudly
                     log.error("events: dropped %d %s events of %s: %s", table.num_rows, kind, entity, exc)
                     self.dropped += table.num_rows
             return pa.concat_tables(kept) if kept else None
 
-    def _render(self, kind: str, entity: str, items: list[tuple[float, Any]]) -> pa.Table:
+    def _render(self, kind: str, items: list[tuple[str, float, Any]]) -> pa.Table:
         """``items`` as one table, rendered ``RENDER_CHUNK`` at a time with a pause between chunks: this
         thread shares the GIL with the request path, and one long stretch of Python here (thousands of
         rows) would hold every request behind it (the tail latency of the bidder)."""
@@ -434,7 +459,7 @@ class EventWriter:
         for start in range(0, len(items), RENDER_CHUNK):
             if start:
                 time.sleep(RENDER_PAUSE_SECONDS)
-            rows = render(entity, items[start : start + RENDER_CHUNK])
+            rows = render(items[start : start + RENDER_CHUNK])
             tables.append(rows if isinstance(rows, pa.Table) else rows_to_table(kind, rows))
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
@@ -495,11 +520,15 @@ def _hour_start(hour: int) -> datetime:
     return datetime.fromtimestamp(hour * 3600, timezone.utc).replace(tzinfo=None)
 
 
-def _as_mixed(kind: str, batches: list[tuple[str, pa.Table]]) -> pa.Table:
+def _as_mixed(kind: str, table: pa.Table, codes: list[str]) -> pa.Table:
+    """``table`` in ``kind``'s schema, its ``entity_code`` column ``codes`` (one per row)."""
+    if len(codes) != table.num_rows:
+        raise ValueError(f"the render made {table.num_rows} rows of {len(codes)} events")
     schema = SCHEMAS[kind]
-    table = conform_to_schema(pa.concat_tables([t for _, t in batches]), schema)
-    codes = pa.array([entity for entity, t in batches for _ in range(t.num_rows)], pa.string())
-    return table.set_column(schema.get_field_index("entity_code"), schema.field("entity_code"), codes)
+    table = conform_to_schema(table, schema)
+    return table.set_column(
+        schema.get_field_index("entity_code"), schema.field("entity_code"), pa.array(codes, pa.string())
+    )
 
 
 def _by_entity(tables: dict[tuple[str, datetime], list[pa.Table]]) -> dict[tuple[str, str, datetime], pa.Table]:

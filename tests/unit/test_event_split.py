@@ -355,3 +355,35 @@ def test_a_read_of_a_few_hours_finds_the_mixed_parts_of_those_hours(tmp_path):
         assert sorted(real.read(DECISIONS, e, h11, h11 + timedelta(hours=2))["request_id"].to_pylist()) == late[e]
         assert real.read(DECISIONS, e, h10 + timedelta(hours=2), h10 + timedelta(hours=3)).num_rows == 0
     assert real.read(NOTICES, "e0", h10, h10 + timedelta(hours=49)).num_rows == 3  # the whole folder listed
+
+
+def test_a_mixed_flush_renders_every_entity_together_and_a_failing_render_loses_one_entity(tmp_path):
+    """The mixed layout renders a chunk of every entity's events at a time, not a table per entity
+    (at 500 entities a flush, the tables were most of its CPU); where a render fails, each entity is
+    tried alone and only the one at fault is dropped."""
+    from bidopt.events.writer import RENDER_CHUNK, dict_rows
+
+    calls = []
+
+    def render(items):
+        calls.append({entity for entity, _, _ in items})
+        if any(row["request_id"] == "boom" for _, _, row in items):
+            raise RuntimeError("a bug in the render")
+        return dict_rows(items)
+
+    real = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(real, "w1", split_seconds=60, start=False, render={DECISIONS: render})
+    entities = [f"e{i}" for i in range(RENDER_CHUNK + 50)]
+    for e in entities:
+        w.add(DECISIONS, e, H10, decision(H10, f"{e}-r", e))
+    assert w.flush() == len(entities)
+    assert len(calls) == 2 and len(calls[0]) == RENDER_CHUNK  # two chunks, not a table per entity
+    assert real.read(DECISIONS, "e7")["request_id"].to_pylist() == ["e7-r"]
+    calls.clear()
+    for e in entities[:3]:
+        w.add(DECISIONS, e, H10 + 1, decision(H10 + 1, "boom" if e == "e1" else f"{e}-s", e))
+    assert w.flush() == 2 and w.dropped == 1
+    assert calls[0] == {"e0", "e1", "e2"} and calls[1:] == [{"e0"}, {"e1"}, {"e2"}]
+    assert w.split() == len(entities)
+    assert real.read(DECISIONS, "e1")["request_id"].to_pylist() == ["e1-r"]
+    assert real.read(DECISIONS, "e2")["request_id"].to_pylist() == ["e2-r", "e2-s"]
