@@ -25,12 +25,18 @@ miss read from memcached on the request path) and ``tiered-small`` (backoff with
 of every table), each replica's RSS, and the time from a split change of one entity until every
 replica reports serving it (refresh interval 1 s).
 
+``--one-entity``: after the warm-up, ``--rounds`` rounds of a point of the fleet's traffic and a point
+of the same traffic to ``fleet000`` alone, on the same replicas, alternated, and their medians side by
+side: what spreading the traffic over the fleet costs a request (each entity's events, metric series
+and near-cache keys), apart from what the host costs any request that day.
+
 First, in this process, the request-path options for a miss, measured alone: a near-cache hit, a miss
 queued for the background fill, a synchronous ``get_many`` from memcached, and the same in a thread pool
 awaited from an event loop (what the replica's loop would spend, and wait).
 
     apt-get install wrk memcached
     flock /tmp/bidopt-serve.lock python benchmarks/bidder_fleet.py [--entities 500 --segments 20000]
+                                         [--modes tiered --zipf 1.6 --one-entity --rounds 2]
 """
 
 from __future__ import annotations
@@ -261,6 +267,21 @@ def wrk_point(url: str, connections: int, seconds: int, script: Path, args: list
     return point
 
 
+def measure_point(engine, pids: set[int], url: str, seconds: int, script: Path, wargs: list[str]) -> dict:
+    """One c=8 point, with the near-cache hit ratio over it (the replicas' status rows before and after)."""
+    before = near_totals(live_rows(engine, pids))
+    p = wrk_point(url, 8, seconds, script, wargs)
+    time.sleep(2.5)  # a refresh or two: the counters in the rows are current
+    after = near_totals(live_rows(engine, pids))
+    hits, misses = after[0] - before[0], after[1] - before[1]
+    p["hit_ratio"] = hits / (hits + misses) if hits + misses else None
+    total = sum(p["statuses"].values()) or 1
+    p["segment_share"] = p["segment"] / total
+    p["other"] = {k: v for k, v in p["statuses"].items() if k != 200}
+    p["load"] = os.getloadavg()[0]  # the host's 1-minute load: other work shares these 2 cores
+    return p
+
+
 def wait_replicas(engine, want: int, timeout: float = 120) -> list[dict]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -313,24 +334,35 @@ def run_mode(name: str, env: dict, fleet: dict, args, script: Path, results: dic
             wargs = [str(args.entities), str(args.segments), str(zipf), "7"]
             wrk_point(url, 32, args.warm, script, wargs)
             time.sleep(1.5)  # one refresh: the counters in the rows are current
-            before = near_totals(live_rows(engine, pids))
-            p = wrk_point(url, 8, args.seconds, script, wargs)
-            time.sleep(2.5)
-            after = near_totals(live_rows(engine, pids))
-            hits, misses = after[0] - before[0], after[1] - before[1]
-            p["hit_ratio"] = hits / (hits + misses) if hits + misses else None
-            total = sum(p["statuses"].values()) or 1
-            p["segment_share"] = p["segment"] / total
-            p["other"] = {k: v for k, v in p["statuses"].items() if k != 200}
-            p["load"] = os.getloadavg()[0]  # the host's 1-minute load: other work shares these 2 cores
-            r["points"][zipf] = p
-            hr = f"{p['hit_ratio']:6.1%}" if p["hit_ratio"] is not None else "     -"
-            print(
-                f"  {name:12s} zipf {zipf:<4} c=8 {p['rps']:>7,.0f} req/s  p50 {p['p50']:5.2f} ms  "
-                f"p99 {p['p99']:6.2f} ms  segment-level bids {p['segment_share']:6.1%}  near-cache hit ratio {hr}  "
-                f"non-200 {p['other'] or 'none'}  host load {p['load']:.1f}",
-                flush=True,
-            )
+            # with --one-entity, rounds of the fleet's traffic and of fleet000's alone on the same replicas,
+            # alternated (fleet first in odd rounds): what spreading the traffic over the fleet costs
+            order = ["fleet"]
+            if args.one_entity:
+                order = [t for k in range(args.rounds) for t in (("fleet", "one") if k % 2 == 0 else ("one", "fleet"))]
+            for traffic in order:
+                targs = wargs if traffic == "fleet" else ["1", *wargs[1:]]
+                label = name if traffic == "fleet" else f"{name} 1 entity"
+                p = measure_point(engine, pids, url, args.seconds, script, targs)
+                r.setdefault("rounds", {}).setdefault((zipf, traffic), []).append(p)
+                if traffic == "fleet":
+                    r["points"].setdefault(zipf, p)  # the first: what the side-by-side against memory reads
+                hr = f"{p['hit_ratio']:6.1%}" if p["hit_ratio"] is not None else "     -"
+                print(
+                    f"  {label:12s} zipf {zipf:<4} c=8 {p['rps']:>7,.0f} req/s  p50 {p['p50']:5.2f} ms  "
+                    f"p99 {p['p99']:6.2f} ms  segment-level bids {p['segment_share']:6.1%}  near-cache hit ratio {hr}  "
+                    f"non-200 {p['other'] or 'none'}  host load {p['load']:.1f}",
+                    flush=True,
+                )
+            if args.one_entity:
+                fleet_runs, one_runs = r["rounds"][(zipf, "fleet")], r["rounds"][(zipf, "one")]
+                rps = statistics.median(p["rps"] for p in fleet_runs) / statistics.median(p["rps"] for p in one_runs)
+                p99s = statistics.median(p["p99"] for p in fleet_runs), statistics.median(p["p99"] for p in one_runs)
+                print(
+                    f"  {name:12s} zipf {zipf:<4} the fleet's traffic against fleet000's alone, medians of "
+                    f"{args.rounds}: throughput {rps:.2f}x, p99 {p99s[0]:.2f} vs {p99s[1]:.2f} ms "
+                    f"({p99s[0] / p99s[1]:.2f}x)",
+                    flush=True,
+                )
         r["rss_end"] = [rss_mb(p) for p in sorted(pids)]
         rows = live_rows(engine, pids)
         r["near"] = [row["counters"].get("near_cache") for row in rows]
@@ -517,6 +549,13 @@ def main() -> None:
         choices=["memory", "tiered", "tiered-fetch", "tiered-small"],
         help="in this order (reverse it in a second run: the host's load drifts)",
     )
+    ap.add_argument(
+        "--one-entity",
+        action="store_true",
+        help="after each point, the same traffic to one entity (fleet000) alone on the same replicas, alternated "
+        "with the fleet's over --rounds: the fleet's cost as ratios measured side by side",
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of fleet and one-entity points (--one-entity)")
     ap.add_argument(
         "--guardrails",
         action="store_true",
