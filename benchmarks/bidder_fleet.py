@@ -347,8 +347,9 @@ def run_mode(name: str, env: dict, fleet: dict, args, script: Path, results: dic
                 if traffic == "fleet":
                     r["points"].setdefault(zipf, p)  # the first: what the side-by-side against memory reads
                 hr = f"{p['hit_ratio']:6.1%}" if p["hit_ratio"] is not None else "     -"
+                label = f"{label:{21 if args.one_entity else 12}s}"
                 print(
-                    f"  {label:12s} zipf {zipf:<4} c=8 {p['rps']:>7,.0f} req/s  p50 {p['p50']:5.2f} ms  "
+                    f"  {label} zipf {zipf:<4} c=8 {p['rps']:>7,.0f} req/s  p50 {p['p50']:5.2f} ms  "
                     f"p99 {p['p99']:6.2f} ms  segment-level bids {p['segment_share']:6.1%}  near-cache hit ratio {hr}  "
                     f"non-200 {p['other'] or 'none'}  host load {p['load']:.1f}",
                     flush=True,
