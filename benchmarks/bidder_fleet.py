@@ -571,6 +571,8 @@ def main() -> None:
         help="a setting for every mode's Serve (repeatable), e.g. BIDOPT_EVENTS_FLUSH_SECONDS=10",
     )
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     near_bytes = str(int(args.near_mb * 2**20))

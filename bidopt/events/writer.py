@@ -16,10 +16,11 @@ What a flush writes depends on ``split_seconds`` (``bidopt.events.store`` has th
   holding every entity; every ``split_seconds`` the writer then writes what those mixed parts held
   as one *split* part per (kind, entity, hour), from memory (they are not read back), and deletes
   the mixed parts. A flush is then a put or two whatever the number of entities, and the
-  per-entity parts are 60 times fewer. Splitting only saves readers work: until it is done, and
-  for ever if it never is (the writer dies, the store refuses), readers read the mixed parts, so
-  nothing depends on it for correctness, and the writer may give up a split (its rows past
-  ``max_buffered``) without losing an event.
+  per-entity parts are 60 times fewer. A split is written a slice of ``split_parts_per_flush``
+  parts a flush (hundreds of parts at fleet size would hold a flush for seconds). Splitting only
+  saves readers work: until it is done, and for ever if it never is (the writer dies, the store
+  refuses), readers read the mixed parts, so nothing depends on it for correctness, and the
+  writer may give up a split (its rows past ``max_buffered``) without losing an event.
 
 Where the store's writes wait on a network (``concurrent_puts``: S3), up to ``write_threads``
 parts are written at once.
@@ -57,7 +58,9 @@ RENDER_CHUNK = 200  # events turned into rows at a time (about 2 ms of the GIL i
 RENDER_PAUSE_SECONDS = 0.001
 
 # kind -> turns a batch of (entity code, event time in unix seconds, queued item) into rows of that
-# kind's schema, one per item and in order: a list of dicts, or a table in the schema. A batch holds
+# kind's schema, one per item and in the items' order (the writer puts each row under its item's
+# entity by position; a batch that makes another number of rows is refused, an order changed is not
+# seen): a list of dicts, or a table in the schema. A batch holds
 # one entity's events where the writer writes a part per entity, and every entity's of a kind and hour
 # in the mixed layout (RENDER_CHUNK at a time: a table per entity was most of a flush's CPU at fleet
 # size, benchmarks/event_writer.py)
@@ -96,7 +99,8 @@ class EventWriter:
 
     ``split_seconds``: 0 writes a part per entity each flush; above 0, a mixed part per flush, split
     into per-entity parts every ``split_seconds``, or sooner once the rows waiting for it take
-    ``max_unsplit_bytes`` of memory (module docstring). ``start=False`` leaves the
+    ``max_unsplit_bytes`` of memory (module docstring); a flush writes up to ``split_parts_per_flush``
+    parts of a split, which so takes several flushes at fleet size. ``start=False`` leaves the
     thread off (tests call ``flush`` and ``split`` themselves)."""
 
     def __init__(
@@ -111,6 +115,7 @@ class EventWriter:
         write_threads: int = 1,
         split_seconds: float = 0.0,
         max_unsplit_bytes: int = 64 * 1024 * 1024,
+        split_parts_per_flush: int = 64,
         start: bool = True,
     ) -> None:
         self.store = events_url if isinstance(events_url, EventStore) else open_event_store(events_url)
@@ -139,6 +144,8 @@ class EventWriter:
         if not 0 <= split_seconds < float("inf"):
             raise InvalidConfig(f"split_seconds must be 0 or more, got {split_seconds}")
         self.split_seconds, self.max_unsplit_bytes = split_seconds, max_unsplit_bytes
+        if split_parts_per_flush < 1:
+            raise InvalidConfig(f"split_parts_per_flush must be at least 1, got {split_parts_per_flush}")
         # the mixed parts written since the last split began: their tables by (kind, hour), their keys;
         # the next split covers the sequence numbers from _split_from to the newest part's
         self._split_from = 1
@@ -146,6 +153,8 @@ class EventWriter:
         self._unsplit_keys: list[str] = []
         self._unsplit_rows = self._unsplit_bytes = 0  # counters of _unsplit, read by stats() from other threads
         self._splits: list[_Split] = []  # begun, not finished (oldest first)
+        self.split_parts_per_flush = split_parts_per_flush
+        self._split_failed = False  # the last slice of a split met a failing store
         self._last_split = time.monotonic()
         self.splits_abandoned = 0
         self._lock = threading.Lock()  # one flush at a time (the thread and close/flush callers)
@@ -224,25 +233,35 @@ class EventWriter:
         return self._unsplit_rows + sum(split.rows for split in list(self._splits))
 
     def flush(self) -> int:
-        """Write what is queued (and retry parts that failed before), then split the mixed parts if
-        ``split_seconds`` have passed since the last split; returns the rows written now.
+        """Write what is queued (and retry parts that failed before), then begin a split of the mixed
+        parts if ``split_seconds`` have passed since the last one began, and write up to
+        ``split_parts_per_flush`` parts of the splits begun; returns the rows written now.
         Never raises for a store that fails: the parts are kept for the next flush."""
         with self._lock:
             written = self._flush()
+            if not self.split_seconds:
+                return written
             # (the memory trigger only when a split can begin: with a part of its range unwritten, the store
             # is failing, and retrying the pending splits every flush would spend the CPU splits save)
-            if self.split_seconds and (
-                time.monotonic() - self._last_split >= self.split_seconds
-                or (self._unsplit_bytes >= self.max_unsplit_bytes and self._split_can_begin())
-            ):
-                self._split()
+            due = time.monotonic() - self._last_split >= self.split_seconds or (
+                self._unsplit_bytes >= self.max_unsplit_bytes and self._split_can_begin()
+            )
+            if due:
+                self._begin_split()
+            # A split is written a slice a flush: at 500 entities a whole one is 500 parts or more, 1.4 to
+            # 6 s of this thread, and a flush that waits that long breaks the bound on what a crash loses
+            # (flush_seconds plus one flush). After a failure the rest waits until the next split is due,
+            # not the next flush (no retry storm against a failing store).
+            if self._splits and (due or not self._split_failed):
+                self._write_splits(self.split_parts_per_flush)
             return written
 
     def split(self) -> int:
-        """Split every mixed part written so far, now (``close`` does; tests do); returns the split
+        """Split every mixed part written so far, now, whole (``close`` does; tests do); returns the split
         parts written. Never raises for a store that fails: what is left is tried again next time."""
         with self._lock:
-            return self._split()
+            self._begin_split()
+            return self._write_splits(None)
 
     def _map(self, work: Callable[[Any], Exception | None], items: list) -> list[Exception | None]:
         """``work`` on each item, on the writer threads where there are some and more than one item."""
@@ -299,10 +318,9 @@ class EventWriter:
             return exc
         return None
 
-    def _split(self) -> int:
+    def _begin_split(self) -> None:
         """Begin a split of the mixed parts written since the last one began (when no part it would
-        cover is still unwritten), then carry on every split begun: write its per-entity parts, and
-        once they are all written, delete its mixed parts."""
+        cover is still unwritten)."""
         self._last_split = time.monotonic()
         if self._split_can_begin() and self._seq >= self._split_from:
             if self._unsplit_keys:
@@ -312,9 +330,19 @@ class EventWriter:
             # (seq numbers with no part written, all dropped, are covered by no split: nothing to hide)
             self._split_from = self._seq + 1
             self._forget_unsplit()
-        written = 0
+
+    def _write_splits(self, limit: int | None) -> int:
+        """Carry on the splits begun, oldest first: write up to ``limit`` of their per-entity parts (all:
+        None), and delete a split's mixed parts once its parts are all written; returns the parts written."""
+        written = attempted = 0
+        self._split_failed = False
         for split in list(self._splits):
             groups = list(split.groups.items())
+            if limit is not None:
+                if groups and attempted >= limit:
+                    break  # (a split with no group left only has its delete to retry: that goes on)
+                groups = groups[: limit - attempted]
+            attempted += len(groups)
             outcomes = self._map(lambda group, s=split: self._write_split(s, *group), groups)
             for (group, table), exc in zip(groups, outcomes):
                 if exc is None or isinstance(exc, InvalidConfig):  # written, or never writable
@@ -325,14 +353,16 @@ class EventWriter:
                         split.keep_mixed = True
                         log.error("events: cannot split %d %s events of %s: %s", table.num_rows, *group[:2], exc)
                 else:
+                    self._split_failed = True
                     self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     log.warning("events: splitting to %s failed (%s); tried again later", self.store.url, exc)
             if split.groups:
-                break  # later splits wait: the store is failing (and the oldest is the one to finish first)
+                break  # later splits wait: the store is failing, or this flush's slice is written
             try:
                 if not split.keep_mixed:
                     self.store.delete_parts(split.mixed_keys)
             except Exception as exc:  # noqa: BLE001 - the mixed parts are covered now: left, they cost readers only
+                self._split_failed = True
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 log.warning("events: deleting %d split mixed parts failed (%s)", len(split.mixed_keys), exc)
                 break
@@ -428,27 +458,46 @@ class EventWriter:
 
     def _mixed_table(self, kind: str, items: list[tuple[str, float, Any]]) -> pa.Table | None:
         """Every entity's events as one table in ``kind``'s schema, each row under the entity it was
-        queued for (which readers and the split go by). Checked here, not at the write: where the
-        rows cannot be rendered, or do not fit the schema (a null in a required column), each
-        entity's are tried alone and only those at fault are dropped, where at the write they would
+        queued for (which readers and the split go by), rendered ``RENDER_CHUNK`` events at a time
+        with a pause between chunks (``_render``). Checked here, not at the write: where a chunk
+        cannot be rendered, or does not fit the schema (a null in a required column), each entity of
+        that chunk is tried alone and only those at fault are dropped, where at the write they would
         fail, and hold, every entity's rows of the part."""
-        try:
-            return _as_mixed(kind, self._render(kind, items), [entity for entity, _, _ in items])
-        except Exception:  # noqa: BLE001 - find the entities at fault, one at a time
-            by_entity: dict[str, list[tuple[str, float, Any]]] = {}
-            for item in items:
-                by_entity.setdefault(item[0], []).append(item)
-            kept = []
-            for entity, batch in by_entity.items():
-                table = self._entity_table(kind, batch)
-                if table is None:
-                    continue
-                try:
-                    kept.append(_as_mixed(kind, table, [entity] * table.num_rows))
-                except Exception as exc:  # noqa: BLE001 - this batch alone is lost, loudly
-                    log.error("events: dropped %d %s events of %s: %s", table.num_rows, kind, entity, exc)
-                    self.dropped += table.num_rows
-            return pa.concat_tables(kept) if kept else None
+        render = self.render.get(kind, dict_rows)
+        tables = []
+        for start in range(0, len(items), RENDER_CHUNK):
+            if start:
+                time.sleep(RENDER_PAUSE_SECONDS)
+            chunk = items[start : start + RENDER_CHUNK]
+            try:
+                tables.append(_as_mixed(kind, _rendered(kind, render, chunk), [entity for entity, _, _ in chunk]))
+                continue
+            except Exception as exc:  # noqa: BLE001 - find the entities at fault, one at a time (below)
+                log.warning(
+                    "events: cannot turn %d %s events of several entities into rows together (%s); "
+                    "trying each entity alone",
+                    len(chunk),
+                    kind,
+                    f"{type(exc).__name__}: {exc}".splitlines()[0],
+                )
+            tables += self._mixed_by_entity(kind, chunk)  # (out of the except: no chained traceback)
+        return pa.concat_tables(tables) if tables else None
+
+    def _mixed_by_entity(self, kind: str, chunk: list[tuple[str, float, Any]]) -> list[pa.Table]:
+        by_entity: dict[str, list[tuple[str, float, Any]]] = {}
+        for item in chunk:
+            by_entity.setdefault(item[0], []).append(item)
+        kept = []
+        for entity, batch in by_entity.items():
+            table = self._entity_table(kind, batch)
+            if table is None:
+                continue
+            try:
+                kept.append(_as_mixed(kind, table, [entity] * table.num_rows))
+            except Exception as exc:  # noqa: BLE001 - this batch alone is lost, loudly
+                log.error("events: dropped %d %s events of %s: %s", table.num_rows, kind, entity, exc)
+                self.dropped += table.num_rows
+        return kept
 
     def _render(self, kind: str, items: list[tuple[str, float, Any]]) -> pa.Table:
         """``items`` as one table, rendered ``RENDER_CHUNK`` at a time with a pause between chunks: this
@@ -459,8 +508,7 @@ class EventWriter:
         for start in range(0, len(items), RENDER_CHUNK):
             if start:
                 time.sleep(RENDER_PAUSE_SECONDS)
-            rows = render(items[start : start + RENDER_CHUNK])
-            tables.append(rows if isinstance(rows, pa.Table) else rows_to_table(kind, rows))
+            tables.append(_rendered(kind, render, items[start : start + RENDER_CHUNK]))
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def _bounded(self, parts: list[_Part]) -> list[_Part]:
@@ -520,10 +568,18 @@ def _hour_start(hour: int) -> datetime:
     return datetime.fromtimestamp(hour * 3600, timezone.utc).replace(tzinfo=None)
 
 
+def _rendered(kind: str, render: Render, items: list[tuple[str, float, Any]]) -> pa.Table:
+    """``render(items)`` as a table, one row per item (a render that makes more or fewer rows than it
+    was given events is refused: their rows could not be told apart)."""
+    rows = render(items)
+    table = rows if isinstance(rows, pa.Table) else rows_to_table(kind, rows)
+    if table.num_rows != len(items):
+        raise ValueError(f"the {kind} render made {table.num_rows} rows of {len(items)} events")
+    return table
+
+
 def _as_mixed(kind: str, table: pa.Table, codes: list[str]) -> pa.Table:
     """``table`` in ``kind``'s schema, its ``entity_code`` column ``codes`` (one per row)."""
-    if len(codes) != table.num_rows:
-        raise ValueError(f"the render made {table.num_rows} rows of {len(codes)} events")
     schema = SCHEMAS[kind]
     table = conform_to_schema(table, schema)
     return table.set_column(

@@ -387,3 +387,67 @@ def test_a_mixed_flush_renders_every_entity_together_and_a_failing_render_loses_
     assert w.split() == len(entities)
     assert real.read(DECISIONS, "e1")["request_id"].to_pylist() == ["e1-r"]
     assert real.read(DECISIONS, "e2")["request_id"].to_pylist() == ["e2-r", "e2-s"]
+
+
+def test_a_render_that_makes_fewer_rows_than_events_loses_its_entity_counted_not_silently(tmp_path):
+    """Rows go under their entities by position: a render that drops a row must not shift the others,
+    nor lose the row uncounted."""
+    from bidopt.events.writer import dict_rows
+
+    def render(items):
+        rows = dict_rows(items)
+        return [r for r in rows if r["request_id"] != "a-2"]  # a bug: one of a's rows lost
+
+    real = open_event_store(f"file://{tmp_path}")
+    w = EventWriter(real, "w1", split_seconds=60, start=False, render={DECISIONS: render})
+    for e, n in (("a", 3), ("b", 2)):
+        for i in range(1, n + 1):
+            w.add(DECISIONS, e, H10 + i, decision(H10 + i, f"{e}-{i}", e))
+    assert w.flush() == 2 and w.dropped == 3 and w.buffered == 0
+    assert real.read(DECISIONS, "b")["request_id"].to_pylist() == ["b-1", "b-2"]
+    assert real.read(DECISIONS, "a").num_rows == 0
+
+
+def test_a_split_is_written_a_slice_a_flush_and_each_row_is_read_once_meanwhile(tmp_path, monkeypatch):
+    """At fleet size a split is hundreds of parts: a flush writes ``split_parts_per_flush`` of them, so
+    a flush never waits for a whole split (what a crash loses stays one flush); a failing store
+    stops the slices until the next split is due, not at every flush."""
+    import bidopt.events.writer as writer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
+    real = open_event_store(f"file://{tmp_path}")
+    watched = Watched(real)
+    w = EventWriter(real, "w1", split_seconds=60, split_parts_per_flush=4, start=False)
+    w.store = watched
+    entities = [f"s{i:02d}" for i in range(10)]
+    for e in entities:
+        w.add(DECISIONS, e, H10, decision(H10, f"{e}-r", e))
+    w.flush()
+    clock["now"] += 61
+
+    def read_once():
+        assert {e: real.read(DECISIONS, e)["request_id"].to_pylist() for e in entities} == {
+            e: [f"{e}-r"] for e in entities
+        }
+
+    watched.after_each = read_once
+    w.flush()  # due: the split begins, and its first slice is written
+    assert len(keys(real, "split-")) == 4 and keys(real, f"/{MIXED}/") and w.unsplit == 6
+    attempts = []
+    watched.fail = lambda key: "split-" in key and not attempts.append(key)
+    w.flush()  # the next slice meets a failing store
+    tried = len(attempts)
+    assert tried == 4 and w.unsplit == 6
+    w.flush()
+    w.flush()
+    assert len(attempts) == tried  # not retried at every flush
+    watched.fail = lambda key: False
+    w.flush()
+    assert len(keys(real, "split-")) == 4  # still waiting for the next split to be due
+    clock["now"] += 61
+    w.flush()  # due: the next slice of the split begun
+    assert len(keys(real, "split-")) == 8 and keys(real, f"/{MIXED}/")
+    w.flush()  # the last slice, then the delete
+    assert len(keys(real, "split-")) == 10 and not keys(real, f"/{MIXED}/") and w.unsplit == 0
+    read_once()
