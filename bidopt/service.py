@@ -644,6 +644,29 @@ def _compaction_view(row) -> dict[str, Any]:
     }
 
 
+def sweep_event_parts(*, older_than_hours: Any = None, now: Any = None) -> dict[str, Any]:
+    """Split and delete the mixed event parts bidders left (one killed before its split, a split
+    given up or a delete that failed) in the hours that ended ``older_than_hours`` (at least and by
+    default 6) before ``now`` (default: now; ISO 8601 UTC), for both kinds of event
+    (``EventStore.sweep_mixed_parts``). Younger hours are refused: a writer may still act on them.
+    Returns ``{kind: {mixed_parts_deleted, split_parts_written, mixed_parts_kept}}`` and ``ended_by``
+    (the hours swept are those that ended by then)."""
+    from bidopt.events.schema import EVENT_KINDS
+    from bidopt.events.store import SWEEP_AFTER, open_event_store
+
+    minimum = SWEEP_AFTER / timedelta(hours=1)
+    hours = minimum if older_than_hours is None else older_than_hours
+    if not isinstance(hours, (int, float)) or isinstance(hours, bool) or not minimum <= hours <= 24 * 366:
+        raise InvalidConfig(f"older_than_hours must be a number from {minimum:g} to {24 * 366}, got {hours!r}")
+    now = utcnow() if now is None else parse_utc_time(now, "now")
+    store = open_event_store(get_settings().events_url)
+    after = timedelta(hours=hours)
+    out: dict[str, Any] = {"ended_by": format_ts(now - after)}
+    for kind in EVENT_KINDS:
+        out[kind] = store.sweep_mixed_parts(kind, now, after)
+    return out
+
+
 def compact_events(session: Session, entity_code: str, *, until: Any = None, compacted_by: str) -> dict[str, Any]:
     """Load the entity's bidder events into its warehouse as bid-log rows of its own traffic
     (``traffic_source = platform``), one whole hour H at a time once ``H + 1h + max(attribution

@@ -43,6 +43,39 @@ def events_compact(entity_code: str, until: str | None, compacted_by: str | None
         print_table(result["hours"], ["hour", "decisions", "rows_loaded", "wins", "clicks"])
 
 
+@events.command("sweep")
+@click.option(
+    "--older-than-hours",
+    default=6.0,
+    show_default=True,
+    type=float,
+    help="Sweep the hours that ended this long ago (at least 6: bidders may still split younger ones).",
+)
+@json_option
+def events_sweep(older_than_hours: float, as_json: bool) -> None:
+    """Split and delete the mixed event parts bidders left behind.
+
+    A bidder writes one mixed part per kind and hour holding every entity, and splits them into
+    per-entity parts every minute. One killed before its split, or a split given up, leaves mixed
+    parts that every reader of those hours goes on reading. This writes what they hold as
+    per-entity parts and deletes them; readers see each event once throughout. The control loop
+    runs it every hour.
+    """
+    result = service.sweep_event_parts(older_than_hours=older_than_hours)
+    if as_json:
+        print_json(result)
+        return
+    from bidopt.events.schema import EVENT_KINDS
+
+    for kind in EVENT_KINDS:
+        r = result[kind]
+        click.echo(
+            f"{kind}: {r['mixed_parts_deleted']} mixed part(s) split and deleted, {r['split_parts_written']} "
+            f"per-entity part(s) written, {r['mixed_parts_kept']} kept (tried again next time)"
+        )
+    click.echo(f"(hours that ended by {result['ended_by']})")
+
+
 @events.command("show")
 @click.argument("entity_code")
 @click.option("--limit", default=48, show_default=True, type=click.IntRange(1, 100_000), help="Newest hours shown.")

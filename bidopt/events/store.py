@@ -19,11 +19,20 @@ after a split. It lists the mixed parts before the entity's own (a split written
 listings then hides its mixed part rather than adding to it), and lists the entity's own parts
 again when a mixed part it listed has been deleted since (its splits were all written before the
 delete).
+
+Mixed parts that no split takes over (a writer killed before its split, a split given up, a delete
+that failed) are read as they are until ``sweep_mixed_parts`` (``bidopt events sweep``, the control
+loop once an hour) splits and deletes those of hours that ended ``SWEEP_AFTER`` (6 h) ago, the same
+way; writers never write or split a mixed part two hours after its events (``LATE_SECONDS`` in
+``bidopt.events.writer``), so none acts on those any more. (A writer paused for four hours between
+that check and its put could still: the margin is an assumption, as is a sweeper's clock within
+an hour of the bidders'.)
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -41,6 +50,7 @@ from bidopt.errors import InvalidConfig, NotFound
 from bidopt.events.schema import EVENT_KINDS, SCHEMAS, conform_to_schema
 from bidopt.warehouse.base import check_entity_code
 
+log = logging.getLogger("bidopt.events")
 HOUR_FORMAT = "%Y%m%dT%H"
 # Parsed parts kept in memory per process, by (store URL, key): a part is never rewritten with other
 # rows, so a reader that comes back (the control loop every tick, the management API) reads only the
@@ -54,6 +64,13 @@ READ_THREADS = 8  # parts fetched at once (S3 GETs wait on the network, Parquet 
 MIXED = "mixed"  # the folder of the parts that hold every entity of a flush
 # a read of at most this many hours lists their mixed folders one by one, a longer one the whole folder
 MIXED_LISTING_HOURS = timedelta(hours=48)
+# The sweeper takes the mixed parts left in hours that ended this long ago (a replica killed before its
+# split, a split given up or not deleted): a writer never writes or splits a mixed part 2 h after its
+# events (bidopt.events.writer.LATE_SECONDS), so none acts on these any more
+SWEEP_AFTER = timedelta(hours=6)
+# it splits a writer's mixed parts of an hour in fixed ranges of sequence numbers: the same range whoever
+# sweeps and whenever (two sweepers write the same keys with the same rows), and a bounded read each
+SWEEP_SEQS = 256
 
 
 class _PartCache:
@@ -157,6 +174,70 @@ class EventStore:
     def delete_parts(self, keys: list[str]) -> None:
         """Delete the parts ``keys`` (a split's mixed parts, once its split parts are all written)."""
         self.store.delete_many(keys)
+
+    def sweep_mixed_parts(self, kind: str, now: datetime, after: timedelta = SWEEP_AFTER) -> dict[str, int]:
+        """Split, and then delete, the mixed parts of ``kind`` left in the hours that ended ``after`` or
+        more before ``now`` (naive UTC); returns the mixed parts deleted, the split parts written, and
+        the mixed parts kept (a part that cannot be split, or that another sweeper is deleting: the
+        next sweep tries again).
+
+        A writer's mixed parts of an hour go in fixed ranges of ``SWEEP_SEQS`` sequence numbers: for
+        each entity with rows in a range that no split of its own covers, one split part named after
+        the whole range with those rows, then the range's mixed parts are deleted. Readers see each
+        row once throughout (the writer's split protocol: splits before deletes). Two sweepers at once
+        write the same keys with the same rows: a sweeper that lists a range after another began
+        deleting it finds every entity's split part already written, and writes nothing."""
+        schema = SCHEMAS[_kind(kind)]
+        out = {"mixed_parts_deleted": 0, "split_parts_written": 0, "mixed_parts_kept": 0}
+        for hour, keys in sorted(self._keys_by_hour(f"{kind}/{MIXED}/").items()):
+            if hour + timedelta(hours=1) + after > now:
+                continue
+            ranges: dict[tuple[str, int], list[tuple[int, str]]] = {}
+            for key in keys:
+                match = _PART_NAME.fullmatch(key.rsplit("/", 1)[-1])
+                if match:
+                    seq = int(match[2])
+                    ranges.setdefault((match[1], (seq - 1) // SWEEP_SEQS), []).append((seq, key))
+            for (writer, bucket), parts in sorted(ranges.items()):
+                first, last = bucket * SWEEP_SEQS + 1, (bucket + 1) * SWEEP_SEQS
+                written = self._sweep_range(kind, hour, writer, first, last, sorted(parts), schema)
+                if written is None:
+                    out["mixed_parts_kept"] += len(parts)
+                else:
+                    out["split_parts_written"] += written
+                    out["mixed_parts_deleted"] += len(parts)
+        return out
+
+    def _sweep_range(
+        self, kind: str, hour: datetime, writer: str, first: int, last: int, parts: list[tuple[int, str]], schema
+    ) -> int | None:
+        """One range of one writer's mixed parts of ``hour`` split and deleted; None: kept."""
+        keys = [key for _, key in parts]
+        fetched, missing = self._fetch(keys, schema)
+        if missing:  # another sweeper is deleting them: its split parts are written, the rest is its
+            return None
+        written = 0
+        for entity in sorted({code for part in fetched.values() for code in part.index}):
+            try:
+                prefix = f"{kind}/entity_code={check_entity_code(entity)}/"
+            except InvalidConfig as exc:  # no part can hold it: its rows stay readable in the mixed parts
+                log.warning("events: cannot sweep %s's mixed parts %d-%d of %s: %s", writer, first, last, hour, exc)
+                return None
+            covered = _split_ranges(self._keys_by_hour(prefix, hour).get(hour, []))
+            tables = [fetched[key].rows_of(entity) for key in keys if not _is_covered(key, covered)]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                continue
+            try:
+                self.write_split_part(
+                    kind, entity, hour, pa.concat_tables(tables), writer_id=writer, first=first, last=last
+                )
+            except Exception as exc:  # noqa: BLE001 - kept: the next sweep finds this entity uncovered still
+                log.warning("events: cannot sweep %s's mixed parts %d-%d of %s: %s", writer, first, last, hour, exc)
+                return None
+            written += 1
+        self.delete_parts(keys)
+        return written
 
     def _put_table(self, kind: str, key: str, table: pa.Table) -> str:
         table = table.cast(SCHEMAS[_kind(kind)])

@@ -56,6 +56,11 @@ from bidopt.warehouse.base import check_entity_code
 log = logging.getLogger("bidopt.events")
 RENDER_CHUNK = 200  # events turned into rows at a time (about 2 ms of the GIL in the bidder)
 RENDER_PAUSE_SECONDS = 0.001
+# A mixed part not written this long after its events were taken (a store down for hours) is dropped,
+# and a split not written this long after the oldest of its mixed parts is given up (the mixed parts stay):
+# the sweeper (EventStore.sweep_mixed_parts) takes over the mixed parts of hours that ended
+# SWEEP_AFTER ago, and a writer acting on them after it would hide or double rows. So 2 h, against 6.
+LATE_SECONDS = 2 * 3600
 
 # kind -> turns a batch of (entity code, event time in unix seconds, queued item) into rows of that
 # kind's schema, one per item and in the items' order (the writer puts each row under its item's
@@ -79,6 +84,7 @@ class _Part:
     hour: datetime
     seq: int
     table: pa.Table
+    taken_at: float = 0.0  # time.monotonic() when its events were taken from the queue
 
 
 @dataclass
@@ -91,6 +97,7 @@ class _Split:
     groups: dict[tuple[str, str, datetime], pa.Table]
     mixed_keys: list[str]
     rows: int  # in groups (a counter: stats() reads it from other threads while the groups change)
+    oldest: float  # time.monotonic() when the oldest of its mixed parts was taken from the queue
     keep_mixed: bool = False  # a group could not be written: its rows stay readable only in the mixed parts
 
 
@@ -152,6 +159,7 @@ class EventWriter:
         self._unsplit: dict[tuple[str, datetime], list[pa.Table]] = {}
         self._unsplit_keys: list[str] = []
         self._unsplit_rows = self._unsplit_bytes = 0  # counters of _unsplit, read by stats() from other threads
+        self._unsplit_oldest: float | None = None  # taken_at of the oldest part in _unsplit
         self._splits: list[_Split] = []  # begun, not finished (oldest first)
         self.split_parts_per_flush = split_parts_per_flush
         self._split_failed = False  # the last slice of a split met a failing store
@@ -274,7 +282,7 @@ class EventWriter:
         return [work(item) for item in items]
 
     def _flush(self) -> int:
-        parts = self._failed + self._take()
+        parts = self._without_late(self._failed + self._take())
         self._failed = []
         written = 0
         kept = []
@@ -296,6 +304,8 @@ class EventWriter:
             written += part.table.num_rows
             if part.entity_code is None and part.seq >= self._split_from:
                 self._unsplit.setdefault((part.kind, part.hour), []).append(part.table)
+                if self._unsplit_oldest is None:
+                    self._unsplit_oldest = part.taken_at
                 self._unsplit_rows += part.table.num_rows
                 self._unsplit_bytes += part.table.nbytes
                 self._unsplit_keys.append(self.store.mixed_part_key(part.kind, part.hour, self.writer_id, part.seq))
@@ -326,7 +336,8 @@ class EventWriter:
             if self._unsplit_keys:
                 groups = _by_entity(self._unsplit)
                 rows = sum(t.num_rows for t in groups.values())
-                self._splits.append(_Split(self._split_from, self._seq, groups, self._unsplit_keys, rows))
+                oldest = self._unsplit_oldest if self._unsplit_oldest is not None else time.monotonic()
+                self._splits.append(_Split(self._split_from, self._seq, groups, self._unsplit_keys, rows, oldest))
             # (seq numbers with no part written, all dropped, are covered by no split: nothing to hide)
             self._split_from = self._seq + 1
             self._forget_unsplit()
@@ -377,9 +388,34 @@ class EventWriter:
     def _forget_unsplit(self) -> None:
         self._unsplit, self._unsplit_keys = {}, []
         self._unsplit_rows = self._unsplit_bytes = 0
+        self._unsplit_oldest = None
+
+    def _without_late(self, parts: list[_Part]) -> list[_Part]:
+        """``parts`` without the mixed parts whose events were taken more than ``LATE_SECONDS`` ago (dropped,
+        counted): ``EventStore.sweep_mixed_parts`` splits and deletes the mixed parts of hours that ended
+        ``SWEEP_AFTER`` ago, and a part written after the sweeper's split parts would be hidden by them."""
+        now = time.monotonic()
+        kept = []
+        for part in parts:
+            if part.entity_code is None and now - part.taken_at > LATE_SECONDS:
+                self.dropped += part.table.num_rows
+                log.error(
+                    "events: dropped %d %s events not written within %d s (the mixed parts of their hour may be "
+                    "swept by now)",
+                    part.table.num_rows,
+                    part.kind,
+                    LATE_SECONDS,
+                )
+                continue
+            kept.append(part)
+        return kept
 
     def _write_split(self, split: _Split, group: tuple[str, str, datetime], table: pa.Table) -> Exception | None:
         kind, entity, hour = group
+        if time.monotonic() - split.oldest > LATE_SECONDS:
+            # never writable: its rows stay in the mixed parts, for readers and then the sweeper, which may
+            # have split those parts already (a second split of the same rows would double them)
+            return InvalidConfig(f"its mixed parts were written more than {LATE_SECONDS} s ago")
         try:
             self.store.write_split_part(
                 kind, entity, hour, table, writer_id=self.writer_id, first=split.first, last=split.last
@@ -407,6 +443,7 @@ class EventWriter:
         layout, each with the next sequence number."""
         groups: dict[tuple, list[tuple[str, float, Any]]] = {}
         mixed = bool(self.split_seconds)
+        taken = time.monotonic()
         queue = self._queue
         while queue:
             try:
@@ -425,7 +462,7 @@ class EventWriter:
             table = (self._mixed_table if mixed else self._entity_table)(kind, items) if items else None
             if table is not None:
                 self._seq += 1
-                parts.append(_Part(kind, None if mixed else group[1], _hour_start(hour), self._seq, table))
+                parts.append(_Part(kind, None if mixed else group[1], _hour_start(hour), self._seq, table, taken))
         return parts
 
     def _writable(self, kind: str, items: list[tuple[str, float, Any]]) -> list[tuple[str, float, Any]]:
@@ -525,7 +562,9 @@ class EventWriter:
             else:  # what is left of it, under a new key: the full part may have been written after all
                 # (a PUT that timed out on our side), and a part is never rewritten with other rows
                 self._seq += 1
-                parts[0] = _Part(oldest.kind, oldest.entity_code, oldest.hour, self._seq, oldest.table.slice(excess))
+                parts[0] = _Part(
+                    oldest.kind, oldest.entity_code, oldest.hour, self._seq, oldest.table.slice(excess), oldest.taken_at
+                )
                 self.dropped += excess
                 excess = 0
         return parts

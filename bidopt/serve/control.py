@@ -1,4 +1,5 @@
-"""The control loop: guardrails and optimizer schedules, every ``BIDOPT_CONTROL_LOOP_SECONDS``.
+"""The control loop: guardrails and optimizer schedules, every ``BIDOPT_CONTROL_LOOP_SECONDS``, and
+once an hour the sweep of the mixed event parts bidders left (``service.sweep_event_parts``).
 
 ``ControlLoop`` is the loop without Ray (a daemon thread; ``tick`` is one pass).
 ``ControlLoopDeployment`` runs it as the Ray Serve application ``control``: one replica, no CPU
@@ -16,7 +17,8 @@ Why a Serve background deployment rather than a Ray task (or a detached actor):
 Concurrent copies are harmless (two clusters' loops on one database, a replica the controller
 is replacing while the old one still ticks, ``bidopt deploy guard`` or ``bidopt schedules tick``
 at the same time): every action is a compare-and-set, a guardrail's split replacement on the
-split id it judged, a schedule's run on ``next_due_at`` backed by a unique index.
+split id it judged, a schedule's run on ``next_due_at`` backed by a unique index; two sweeps write
+the same per-entity parts with the same rows.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bidopt import service
 from bidopt.db.engine import get_engine, session_scope
 
 log = logging.getLogger("bidopt.control")
+SWEEP_EVERY_SECONDS = 3600
 
 
 class ControlLoop:
@@ -51,9 +54,11 @@ class ControlLoop:
         self.ticks = 0
         self.last_tick_at: float | None = None
         self.last_error: str | None = None
+        self._last_sweep: float | None = None  # time.monotonic() of the last sweep of the events' mixed parts
 
     def tick(self) -> dict[str, Any]:
-        """One pass: ``{"guardrails": [...entries...], "scheduled_runs": [run ids], "errors": [...]}``."""
+        """One pass: ``{"guardrails": [...entries...], "scheduled_runs": [run ids], "errors": [...]}``, and
+        ``"swept"`` (``service.sweep_event_parts``) in the first tick and then once an hour."""
         engine = get_engine(self.database_url)
         out: dict[str, Any] = {"guardrails": [], "scheduled_runs": [], "errors": []}
         try:
@@ -70,6 +75,13 @@ class ControlLoop:
                 out["scheduled_runs"] = service.create_due_scheduled_runs(s)
         except Exception as exc:  # noqa: BLE001
             out["errors"].append(f"schedules: {type(exc).__name__}: {exc}".splitlines()[0])
+        now = time.monotonic()
+        if self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY_SECONDS:
+            try:
+                out["swept"] = service.sweep_event_parts()
+                self._last_sweep = now
+            except Exception as exc:  # noqa: BLE001 - an events store outage: tried again next tick
+                out["errors"].append(f"sweep: {type(exc).__name__}: {exc}".splitlines()[0])
         for entry in out["guardrails"]:
             if entry["action"] not in ("none", "disabled"):
                 log.warning(

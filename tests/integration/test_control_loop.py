@@ -78,3 +78,39 @@ def test_an_unreachable_database_is_an_error_of_the_tick(platform_db):
     out = loop.tick()
     assert len(out["errors"]) == 2 and all("cannot reach the metadata database" in e for e in out["errors"])
     assert loop.last_error == out["errors"][-1]
+
+
+def test_the_first_tick_and_then_one_an_hour_sweep_the_mixed_event_parts_left(platform_db, monkeypatch):
+    import bidopt.serve.control as control
+    from bidopt.events.schema import DECISIONS
+    from bidopt.events.store import open_event_store
+    from bidopt.events.writer import EventWriter
+    from bidopt.settings import get_settings
+
+    store = open_event_store(get_settings().events_url)
+    killed = EventWriter(store, "host:9:dead", split_seconds=3600, start=False)  # never splits
+    old = 1767261600.0  # 2026-01-01T10:00Z: long ended
+    killed.add(DECISIONS, "drugs_hcp", old, no_bid_row(old, "r1"))
+    assert killed.flush() == 1 and store.store.list_keys("decisions/mixed/")
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(control.time, "monotonic", lambda: clock["now"])
+    loop = ControlLoop(interval=60)
+    first = loop.tick()
+    assert first["swept"]["decisions"]["mixed_parts_deleted"] == 1 and not first["errors"]
+    assert not store.store.list_keys("decisions/mixed/")
+    assert store.read(DECISIONS, "drugs_hcp")["request_id"].to_pylist() == ["r1"]
+    clock["now"] += 60
+    assert "swept" not in loop.tick()
+    clock["now"] += control.SWEEP_EVERY_SECONDS
+    assert loop.tick()["swept"]["decisions"]["mixed_parts_deleted"] == 0
+
+
+def no_bid_row(ts: float, request_id: str) -> dict:
+    from datetime import datetime, timezone
+
+    at = datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None)
+    return {"event_time": at, "entity_code": "drugs_hcp", "request_id": request_id, "imp_id": "1"} | {
+        "test": False,
+        "bid": False,
+        "npi_matched": False,
+    }

@@ -451,3 +451,144 @@ def test_a_split_is_written_a_slice_a_flush_and_each_row_is_read_once_meanwhile(
     w.flush()  # the last slice, then the delete
     assert len(keys(real, "split-")) == 10 and not keys(real, f"/{MIXED}/") and w.unsplit == 0
     read_once()
+
+
+# ----------------------------------------------------------------------------- the sweeper
+
+SWEEP_NOW = datetime(2026, 1, 1, 17, 0)  # hour 10 ended 6 h before: sweepable
+
+
+def left_behind(tmp_path):
+    """Two writers' mixed parts of hour 10 that no split took over: w1 split its first flush, then split
+    its next two for every entity but e3 and e4 (the store failing), and was killed; w2 never split;
+    what each entity should read."""
+    real = open_event_store(f"file://{tmp_path}")
+    w1 = EventWriter(real, "host:1:aa", split_seconds=3600, start=False)
+    expected = fill(w1, flushes=1)
+    w1.split()
+    for e, rows in fill(w1, flushes=2, start=H10 + 10).items():
+        expected[e] += rows
+    w1.store = Watched(real)
+    w1.store.fail = lambda key: "entity_code=e3/" in key or "entity_code=e4/" in key
+    assert w1.split() == 4  # e0-e2 and e0's notices: their rows of parts 3-6 are in split parts now
+    w2 = EventWriter(real, "host:2:bb", split_seconds=3600, start=False)
+    for e, rows in fill(w2, flushes=2, start=H10 + 20).items():
+        expected[e] += rows
+    return real, {e: sorted(rows) for e, rows in expected.items()}
+
+
+def each_step_reads(real, expected, monkeypatch):
+    """Check every entity's reads after each put and delete of the store below ``real``."""
+    artifacts = real.store
+    put, delete_many = artifacts.put_bytes, artifacts.delete_many
+    steps = []
+
+    def check():
+        steps.append(1)
+        assert reads(real) == expected
+        assert real.read(NOTICES, "e0").num_rows == 5
+
+    monkeypatch.setattr(artifacts, "put_bytes", lambda key, data: (put(key, data), check()))
+    monkeypatch.setattr(artifacts, "delete_many", lambda keys: (delete_many(keys), check()))
+    return steps
+
+
+def test_the_sweeper_splits_and_deletes_the_mixed_parts_left_and_each_row_is_read_once(tmp_path, monkeypatch):
+    real, expected = left_behind(tmp_path)
+    assert reads(real) == expected and len(keys(real, f"/{MIXED}/")) == 8
+    steps = each_step_reads(real, expected, monkeypatch)
+    decisions = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW)
+    notices = real.sweep_mixed_parts(NOTICES, SWEEP_NOW)
+    # w1's parts 3 and 5 for e3 and e4 only (the others' rows are in w1's own split), w2's for all five
+    assert decisions == {"mixed_parts_deleted": 4, "split_parts_written": 2 + 5, "mixed_parts_kept": 0}
+    assert notices == {"mixed_parts_deleted": 4, "split_parts_written": 1, "mixed_parts_kept": 0}
+    assert not keys(real, f"/{MIXED}/") and len(steps) == 7 + 1 + 4  # a check after each put and delete
+    assert reads(real) == expected
+    names = {e: sorted(k.rsplit("/", 1)[-1] for k in keys(real, f"{DECISIONS}/entity_code={e}/")) for e in ("e1", "e3")}
+    assert names == {
+        "e1": [
+            "split-host-1-aa-00000001-00000002.parquet",
+            "split-host-1-aa-00000003-00000006.parquet",
+            "split-host-2-bb-00000001-00000256.parquet",
+        ],
+        "e3": [  # w1's parts 3-6 in its range 1-256, beside its own split of parts 1-2
+            "split-host-1-aa-00000001-00000002.parquet",
+            "split-host-1-aa-00000001-00000256.parquet",
+            "split-host-2-bb-00000001-00000256.parquet",
+        ],
+    }
+    again = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW)
+    assert again == {"mixed_parts_deleted": 0, "split_parts_written": 0, "mixed_parts_kept": 0}
+
+
+def test_the_sweeper_leaves_the_hours_writers_may_still_split(tmp_path):
+    real, expected = left_behind(tmp_path)
+    young = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW - timedelta(minutes=1))  # hour 10 ended 5:59 ago
+    assert young["mixed_parts_deleted"] == 0 and len(keys(real, f"/{MIXED}/")) == 8
+    assert reads(real) == expected
+
+
+def test_two_sweepers_at_once_read_each_row_once(tmp_path, monkeypatch):
+    """A second sweeper running whole between the first one's puts: both write the same keys with the
+    same rows, or find them written."""
+    real, expected = left_behind(tmp_path)
+    other = open_event_store(f"file://{tmp_path}")
+    artifacts = real.store
+    put = artifacts.put_bytes
+    ran = []
+
+    def put_then_sweep(key, data):
+        put(key, data)
+        if not ran:
+            ran.append(other.sweep_mixed_parts(DECISIONS, SWEEP_NOW))
+        assert reads(real) == expected
+
+    monkeypatch.setattr(artifacts, "put_bytes", put_then_sweep)
+    first = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW)
+    assert ran[0]["mixed_parts_deleted"] == 4 and first["mixed_parts_deleted"] + first["mixed_parts_kept"] == 4
+    assert reads(real) == expected and not keys(real, f"/{DECISIONS}/{MIXED}/")
+
+
+def test_a_writer_never_writes_nor_splits_mixed_parts_older_than_late_seconds(tmp_path, monkeypatch):
+    """What the sweeper relies on: a mixed part retried for LATE_SECONDS is dropped, counted, and a split
+    of mixed parts that old is given up, its rows left readable in them (for the sweeper)."""
+    import bidopt.events.writer as writer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
+    real, watched, w = writer_on(tmp_path)
+    watched.fail = lambda key: "/mixed/" in key
+    w.add(DECISIONS, "e1", H10, decision(H10, "late", "e1"))
+    w.flush()
+    assert w.buffered == 1
+    clock["now"] += writer_module.LATE_SECONDS + 1
+    watched.fail = lambda key: False
+    w.flush()
+    assert w.buffered == 0 and w.dropped == 1 and not keys(real, f"/{MIXED}/")
+    expected = fill(w, flushes=1, start=H10 + 5)
+    clock["now"] += writer_module.LATE_SECONDS + 1
+    assert w.split() == 0 and w.unsplit == 0  # given up: nothing split, nothing deleted
+    assert keys(real, f"/{MIXED}/") and not keys(real, "split-")
+    assert reads(real) == {e: sorted(rows) for e, rows in expected.items()}
+
+
+def test_bidopt_events_sweep_sweeps_both_kinds_and_refuses_hours_writers_may_still_split(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from bidopt.cli.main import cli
+    from bidopt.settings import get_settings
+
+    real, expected = left_behind(open_event_store(get_settings().events_url).store.root)
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["events", "sweep", "--older-than-hours", "2"])
+    assert refused.exit_code != 0 and "older_than_hours must be a number from 6" in refused.output
+    assert len(keys(real, f"/{MIXED}/")) == 8
+    out = runner.invoke(cli, ["events", "sweep", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["decisions"]["mixed_parts_deleted"] == 4 and result["notices"]["mixed_parts_deleted"] == 4
+    assert not keys(real, f"/{MIXED}/") and reads(real) == expected
+    text = runner.invoke(cli, ["events", "sweep"])
+    assert text.exit_code == 0 and "decisions: 0 mixed part(s) split and deleted" in text.output
