@@ -17,7 +17,7 @@ What a flush writes depends on ``split_seconds`` (``bidopt.events.store`` has th
   as one *split* part per (kind, entity, hour), from memory (they are not read back), and deletes
   the mixed parts. A flush is then a put or two whatever the number of entities, and the
   per-entity parts are 60 times fewer. A split is written a slice of ``split_parts_per_flush``
-  parts a flush (hundreds of parts at fleet size would hold a flush for seconds). Splitting only
+  parts or more a flush (``_slice``: hundreds of parts at fleet size would hold a flush for seconds). Splitting only
   saves readers work: until it is done, and for ever if it never is (the writer dies, the store
   refuses), readers read the mixed parts, so nothing depends on it for correctness, and the
   writer may give up a split (its rows past ``max_buffered``) without losing an event.
@@ -37,6 +37,7 @@ mixed part written later would hide that part's rows from readers.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -98,6 +99,8 @@ class _Split:
     mixed_keys: list[str]
     rows: int  # in groups (a counter: stats() reads it from other threads while the groups change)
     oldest: float  # time.monotonic() when the oldest of its mixed parts was taken from the queue
+    nbytes: int  # what its tables hold in memory (their slices share it until the last is written)
+    parts: int  # its groups when it began (the pace of its slices)
     keep_mixed: bool = False  # a group could not be written: its rows stay readable only in the mixed parts
 
 
@@ -106,8 +109,9 @@ class EventWriter:
 
     ``split_seconds``: 0 writes a part per entity each flush; above 0, a mixed part per flush, split
     into per-entity parts every ``split_seconds``, or sooner once the rows waiting for it take
-    ``max_unsplit_bytes`` of memory (module docstring); a flush writes up to ``split_parts_per_flush``
-    parts of a split, which so takes several flushes at fleet size. ``start=False`` leaves the
+    ``max_unsplit_bytes`` of memory (module docstring); a flush writes ``split_parts_per_flush``
+    parts of the splits begun (more where that would not write them before the next is due; all
+    of them past ``max_unsplit_bytes``), so a split takes several flushes at fleet size. ``start=False`` leaves the
     thread off (tests call ``flush`` and ``split`` themselves)."""
 
     def __init__(
@@ -162,7 +166,8 @@ class EventWriter:
         self._unsplit_oldest: float | None = None  # taken_at of the oldest part in _unsplit
         self._splits: list[_Split] = []  # begun, not finished (oldest first)
         self.split_parts_per_flush = split_parts_per_flush
-        self._split_failed = False  # the last slice of a split met a failing store
+        self._split_failures = 0  # slices in a row that met a failing store
+        self._split_backoff = 0  # flushes to wait before the next slice
         self._last_split = time.monotonic()
         self.splits_abandoned = 0
         self._lock = threading.Lock()  # one flush at a time (the thread and close/flush callers)
@@ -242,8 +247,8 @@ class EventWriter:
 
     def flush(self) -> int:
         """Write what is queued (and retry parts that failed before), then begin a split of the mixed
-        parts if ``split_seconds`` have passed since the last one began, and write up to
-        ``split_parts_per_flush`` parts of the splits begun; returns the rows written now.
+        parts if ``split_seconds`` have passed since the last one began, and write a slice of the
+        splits begun (``_slice``); returns the rows written now.
         Never raises for a store that fails: the parts are kept for the next flush."""
         with self._lock:
             written = self._flush()
@@ -258,18 +263,39 @@ class EventWriter:
                 self._begin_split()
             # A split is written a slice a flush: at 500 entities a whole one is 500 parts or more, 1.4 to
             # 6 s of this thread, and a flush that waits that long breaks the bound on what a crash loses
-            # (flush_seconds plus one flush). After a failure the rest waits until the next split is due,
-            # not the next flush (no retry storm against a failing store).
-            if self._splits and (due or not self._split_failed):
-                self._write_splits(self.split_parts_per_flush)
+            # (flush_seconds plus one flush). After a failure the slices wait 2, 4, 8... flushes, up to a
+            # split interval (no retry storm against a failing store), or until the next split is due.
+            if self._splits and (due or self._split_backoff <= 0):
+                self._write_splits(self._slice())
+            elif self._split_backoff > 0:
+                self._split_backoff -= 1
             return written
 
-    def split(self) -> int:
-        """Split every mixed part written so far, now, whole (``close`` does; tests do); returns the split
-        parts written. Never raises for a store that fails: what is left is tried again next time."""
+    def split(self, deadline: float | None = None) -> int:
+        """Split every mixed part written so far, now (``close`` does; tests do), whole, or slice after
+        slice until ``time.monotonic()`` passes ``deadline`` or a slice fails; returns the split parts
+        written. Never raises for a store that fails: what is left is tried again next time."""
         with self._lock:
             self._begin_split()
-            return self._write_splits(None)
+            if deadline is None:
+                return self._write_splits(None)
+            written = 0
+            while self._splits and time.monotonic() < deadline:
+                written += self._write_splits(self.split_parts_per_flush)
+                if self._split_failures:
+                    break
+            return written
+
+    def _slice(self) -> int | None:
+        """The split parts this flush writes: ``split_parts_per_flush``, or more where that would not
+        write the splits begun before the next is due (twice the pace that writes them in one split
+        interval), or all of them once the rows they and the next split hold take
+        ``max_unsplit_bytes`` (None)."""
+        if self._unsplit_bytes + sum(split.nbytes for split in self._splits) >= self.max_unsplit_bytes:
+            return None
+        parts = sum(split.parts for split in self._splits)
+        flushes = max(self.split_seconds / max(self.flush_seconds, 1e-3), 1.0)
+        return max(self.split_parts_per_flush, math.ceil(2 * parts / flushes))
 
     def _map(self, work: Callable[[Any], Exception | None], items: list) -> list[Exception | None]:
         """``work`` on each item, on the writer threads where there are some and more than one item."""
@@ -337,7 +363,18 @@ class EventWriter:
                 groups = _by_entity(self._unsplit)
                 rows = sum(t.num_rows for t in groups.values())
                 oldest = self._unsplit_oldest if self._unsplit_oldest is not None else time.monotonic()
-                self._splits.append(_Split(self._split_from, self._seq, groups, self._unsplit_keys, rows, oldest))
+                split = _Split(
+                    self._split_from,
+                    self._seq,
+                    groups,
+                    self._unsplit_keys,
+                    rows,
+                    oldest,
+                    self._unsplit_bytes,
+                    len(groups),
+                )
+                self._forget_unsplit()  # (first: stats() would count these rows twice in between)
+                self._splits.append(split)
             # (seq numbers with no part written, all dropped, are covered by no split: nothing to hide)
             self._split_from = self._seq + 1
             self._forget_unsplit()
@@ -346,7 +383,7 @@ class EventWriter:
         """Carry on the splits begun, oldest first: write up to ``limit`` of their per-entity parts (all:
         None), and delete a split's mixed parts once its parts are all written; returns the parts written."""
         written = attempted = 0
-        self._split_failed = False
+        failed = False
         for split in list(self._splits):
             groups = list(split.groups.items())
             if limit is not None:
@@ -364,7 +401,7 @@ class EventWriter:
                         split.keep_mixed = True
                         log.error("events: cannot split %d %s events of %s: %s", table.num_rows, *group[:2], exc)
                 else:
-                    self._split_failed = True
+                    failed = True
                     self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     log.warning("events: splitting to %s failed (%s); tried again later", self.store.url, exc)
             if split.groups:
@@ -373,11 +410,17 @@ class EventWriter:
                 if not split.keep_mixed:
                     self.store.delete_parts(split.mixed_keys)
             except Exception as exc:  # noqa: BLE001 - the mixed parts are covered now: left, they cost readers only
-                self._split_failed = True
+                failed = True  # (and the later splits go on: a store that never deletes must not stop them)
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 log.warning("events: deleting %d split mixed parts failed (%s)", len(split.mixed_keys), exc)
-                break
+                continue
             self._splits.remove(split)
+        if failed:
+            self._split_failures += 1
+            most = max(int(self.split_seconds / max(self.flush_seconds, 1e-3)), 1)
+            self._split_backoff = min(2**self._split_failures, most)
+        else:
+            self._split_failures = self._split_backoff = 0
         return written
 
     def _split_can_begin(self) -> bool:
@@ -427,8 +470,13 @@ class EventWriter:
     def _bound_unsplit(self) -> None:
         """Forget splits beyond ``max_buffered`` rows, oldest first: their rows are in the store's mixed
         parts, which readers go on reading (a split half written covers only the entities it wrote)."""
-        while self._splits and self.unsplit > self.max_buffered:
-            self._splits.pop(0)
+        while self.unsplit > self.max_buffered:
+            # the oldest that holds rows (one with only its delete left holds none: given up, its mixed parts
+            # would stay for ever)
+            split = next((split for split in self._splits if split.rows), None)
+            if split is None:
+                break
+            self._splits.remove(split)
             self.splits_abandoned += 1
             log.warning("events: gave up a split of mixed parts (more than %d events unsplit)", self.max_buffered)
         if self.unsplit > self.max_buffered:
@@ -587,7 +635,7 @@ class EventWriter:
         while True:
             self.flush()
             if not self.buffered and self.split_seconds:
-                self.split()  # left unsplit, the mixed parts are read as they are: this saves readers work
+                self.split(deadline)  # left unsplit, the mixed parts are read as they are: this saves readers work
             if (not self.buffered and not self.unsplit) or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))

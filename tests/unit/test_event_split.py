@@ -301,7 +301,10 @@ def test_a_failing_store_does_not_retry_the_splits_at_every_flush(tmp_path):
     tried = len(attempts)
     assert tried == 6 and w.buffered == 0
     fill(w, flushes=3, start=H10 + 10)  # part 4 (the notices of the second flush) keeps failing
-    assert len(attempts) == tried and w.buffered == 1  # no retry of the pending split at each flush
+    for _ in range(27):
+        w.flush()
+    # no retry of the pending split at each flush: after 2, 4, 8, 16 flushes (up to a split interval)
+    assert len(attempts) == tried * 4 and w.buffered == 1
     watched.fail = lambda key: False
     w.flush()  # part 4 written: the memory trigger splits (the pending split, then the rest)
     assert w.unsplit == 0 and not keys(real, f"/{MIXED}/") and len(keys(real, "split-")) == 6 + 6
@@ -410,8 +413,8 @@ def test_a_render_that_makes_fewer_rows_than_events_loses_its_entity_counted_not
 
 def test_a_split_is_written_a_slice_a_flush_and_each_row_is_read_once_meanwhile(tmp_path, monkeypatch):
     """At fleet size a split is hundreds of parts: a flush writes ``split_parts_per_flush`` of them, so
-    a flush never waits for a whole split (what a crash loses stays one flush); a failing store
-    stops the slices until the next split is due, not at every flush."""
+    a flush never waits for a whole split's writes (what a crash loses stays one flush); after a
+    slice meets a failing store the next waits 2, 4, 8... flushes, not one."""
     import bidopt.events.writer as writer_module
 
     clock = {"now": 1000.0}
@@ -441,12 +444,9 @@ def test_a_split_is_written_a_slice_a_flush_and_each_row_is_read_once_meanwhile(
     assert tried == 4 and w.unsplit == 6
     w.flush()
     w.flush()
-    assert len(attempts) == tried  # not retried at every flush
+    assert len(attempts) == tried  # two flushes without a slice
     watched.fail = lambda key: False
-    w.flush()
-    assert len(keys(real, "split-")) == 4  # still waiting for the next split to be due
-    clock["now"] += 61
-    w.flush()  # due: the next slice of the split begun
+    w.flush()  # the next slice
     assert len(keys(real, "split-")) == 8 and keys(real, f"/{MIXED}/")
     w.flush()  # the last slice, then the delete
     assert len(keys(real, "split-")) == 10 and not keys(real, f"/{MIXED}/") and w.unsplit == 0
@@ -592,3 +592,50 @@ def test_bidopt_events_sweep_sweeps_both_kinds_and_refuses_hours_writers_may_sti
     assert not keys(real, f"/{MIXED}/") and reads(real) == expected
     text = runner.invoke(cli, ["events", "sweep"])
     assert text.exit_code == 0 and "decisions: 0 mixed part(s) split and deleted" in text.output
+
+
+def test_slices_keep_pace_with_the_splits_and_their_memory_and_a_failing_delete_stops_no_later_split(
+    tmp_path, monkeypatch
+):
+    """A slice grows where ``split_parts_per_flush`` would not write a split before the next is due
+    (few flushes a split), every part is written at once past ``max_unsplit_bytes``, and a store that
+    never deletes holds no later split."""
+    import bidopt.events.writer as writer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
+    real = open_event_store(f"file://{tmp_path}")
+    watched = Watched(real)
+    slow = EventWriter(real, "w1", flush_seconds=10, split_seconds=60, split_parts_per_flush=4, start=False)
+    slow.store = watched
+    entities = [f"s{i:02d}" for i in range(30)]
+    for e in entities:
+        slow.add(DECISIONS, e, H10, decision(H10, f"{e}-r", e))
+    slow.flush()
+    clock["now"] += 61
+    slow.flush()  # 6 flushes a split: 10 parts a flush (twice the pace), not 4
+    assert len(keys(real, "split-")) == 10
+    slow.flush()
+    slow.flush()
+    assert len(keys(real, "split-")) == 30 and not keys(real, f"/{MIXED}/")
+
+    big = EventWriter(real, "w2", split_seconds=60, split_parts_per_flush=4, max_unsplit_bytes=10**9, start=False)
+    for e in entities:
+        big.add(DECISIONS, e, H11, decision(H11, f"{e}-big", e))
+    big.flush()
+    big.max_unsplit_bytes = 1  # what the split begun holds is past the bound: all of it at once
+    clock["now"] += 61
+    big.flush()
+    assert len(keys(real, "split-w2-")) == 30 and big.unsplit == 0
+
+    watched.delete_parts = lambda keys: (_ for _ in ()).throw(ConnectionError("no delete"))
+    for k in range(2):
+        for e in entities[:3]:
+            slow.add(DECISIONS, e, H11 + k, decision(H11 + k, f"{e}-{k}", e))
+        slow.flush()
+        clock["now"] += 61
+        slow.flush()
+    assert len(keys(real, "split-w1-")) == 30 + 6  # the second split is written, the first's delete failing
+    assert {e: sorted(real.read(DECISIONS, e)["request_id"].to_pylist()) for e in entities[:3]} == {
+        e: [f"{e}-0", f"{e}-1", f"{e}-big", f"{e}-r"] for e in entities[:3]
+    }
