@@ -411,23 +411,30 @@ def test_a_render_that_makes_fewer_rows_than_events_loses_its_entity_counted_not
     assert real.read(DECISIONS, "a").num_rows == 0
 
 
-def test_a_split_is_written_a_slice_a_flush_and_each_row_is_read_once_meanwhile(tmp_path, monkeypatch):
-    """At fleet size a split is hundreds of parts: a flush writes ``split_parts_per_flush`` of them, so
-    a flush never waits for a whole split's writes (what a crash loses stays one flush); after a
-    slice meets a failing store the next waits 2, 4, 8... flushes, not one."""
+def one_flush_due_to_split(tmp_path, monkeypatch, n, **kwargs):
+    """A writer (split_seconds 60, 4 parts a flush) on a watched store, after one flush of a decision
+    for each of ``n`` entities, its clock 61 s later: its next flush begins a split."""
     import bidopt.events.writer as writer_module
 
     clock = {"now": 1000.0}
     monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
     real = open_event_store(f"file://{tmp_path}")
     watched = Watched(real)
-    w = EventWriter(real, "w1", split_seconds=60, split_parts_per_flush=4, start=False)
+    w = EventWriter(real, "w1", split_seconds=60, split_parts_per_flush=4, start=False, **kwargs)
     w.store = watched
-    entities = [f"s{i:02d}" for i in range(10)]
+    entities = [f"s{i:02d}" for i in range(n)]
     for e in entities:
         w.add(DECISIONS, e, H10, decision(H10, f"{e}-r", e))
     w.flush()
     clock["now"] += 61
+    return clock, real, watched, w, entities
+
+
+def test_a_split_is_written_a_slice_a_flush_and_each_row_is_read_once_meanwhile(tmp_path, monkeypatch):
+    """At fleet size a split is hundreds of parts: a flush writes ``split_parts_per_flush`` of them, so
+    a flush never waits for a whole split's writes (what a crash loses stays one flush); after a
+    slice meets a failing store the next waits 2, 4, 8... flushes, not one."""
+    clock, real, watched, w, entities = one_flush_due_to_split(tmp_path, monkeypatch, 10)
 
     def read_once():
         assert {e: real.read(DECISIONS, e)["request_id"].to_pylist() for e in entities} == {
@@ -600,19 +607,7 @@ def test_slices_keep_pace_with_the_splits_and_their_memory_and_a_failing_delete_
     """A slice grows where ``split_parts_per_flush`` would not write a split before the next is due
     (few flushes a split), every part is written at once past ``max_unsplit_bytes``, and a store that
     never deletes holds no later split."""
-    import bidopt.events.writer as writer_module
-
-    clock = {"now": 1000.0}
-    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
-    real = open_event_store(f"file://{tmp_path}")
-    watched = Watched(real)
-    slow = EventWriter(real, "w1", flush_seconds=10, split_seconds=60, split_parts_per_flush=4, start=False)
-    slow.store = watched
-    entities = [f"s{i:02d}" for i in range(30)]
-    for e in entities:
-        slow.add(DECISIONS, e, H10, decision(H10, f"{e}-r", e))
-    slow.flush()
-    clock["now"] += 61
+    clock, real, watched, slow, entities = one_flush_due_to_split(tmp_path, monkeypatch, 30, flush_seconds=10)
     slow.flush()  # 6 flushes a split: 10 parts a flush (twice the pace), not 4
     assert len(keys(real, "split-")) == 10
     slow.flush()
