@@ -658,7 +658,7 @@ def sweep_event_parts(*, older_than_hours: Any = None, now: Any = None) -> dict[
     hours = minimum if older_than_hours is None else older_than_hours
     if not isinstance(hours, (int, float)) or isinstance(hours, bool) or not minimum <= hours <= 24 * 366:
         raise InvalidConfig(f"older_than_hours must be a number from {minimum:g} to {24 * 366}, got {hours!r}")
-    now = utcnow() if now is None else parse_utc_time(now, "now")
+    now = utcnow() if now is None else min(parse_utc_time(now, "now"), utcnow())  # never hours still live
     store = open_event_store(get_settings().events_url)
     after = timedelta(hours=hours)
     out: dict[str, Any] = {"ended_by": format_ts(now - after)}

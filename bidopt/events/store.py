@@ -23,10 +23,10 @@ delete).
 Mixed parts that no split takes over (a writer killed before its split, a split given up, a delete
 that failed) are read as they are until ``sweep_mixed_parts`` (``bidopt events sweep``, the control
 loop once an hour) splits and deletes those of hours that ended ``SWEEP_AFTER`` (6 h) ago, the same
-way; writers never write or split a mixed part two hours after its events (``LATE_SECONDS`` in
-``bidopt.events.writer``), so none acts on those any more. (A writer paused for four hours between
-that check and its put could still: the margin is an assumption, as is a sweeper's clock within
-an hour of the bidders'.)
+way; writers never write a mixed part, nor a split part, of an hour that ended two hours ago by
+their wall clock just before each put (``LATE_SECONDS`` in ``bidopt.events.writer``), so none acts
+on those any more. (What this assumes: the four hours between the two bounds exceed any pause of a
+writer between that check and its put plus the skew between its clock and the sweeper's.)
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ MIXED = "mixed"  # the folder of the parts that hold every entity of a flush
 # a read of at most this many hours lists their mixed folders one by one, a longer one the whole folder
 MIXED_LISTING_HOURS = timedelta(hours=48)
 # The sweeper takes the mixed parts left in hours that ended this long ago (a replica killed before its
-# split, a split given up or not deleted): a writer never writes or splits a mixed part 2 h after its
-# events (bidopt.events.writer.LATE_SECONDS), so none acts on these any more
+# split, a split given up or not deleted): a writer never writes a mixed or split part of an hour that
+# ended 2 h ago (bidopt.events.writer.LATE_SECONDS), so none acts on these any more
 SWEEP_AFTER = timedelta(hours=6)
 # it splits a writer's mixed parts of an hour in fixed ranges of sequence numbers: the same range whoever
 # sweeps and whenever (two sweepers write the same keys with the same rows), and a bounded read each
@@ -200,29 +200,31 @@ class EventStore:
                     ranges.setdefault((match[1], (seq - 1) // SWEEP_SEQS), []).append((seq, key))
             for (writer, bucket), parts in sorted(ranges.items()):
                 first, last = bucket * SWEEP_SEQS + 1, (bucket + 1) * SWEEP_SEQS
-                written = self._sweep_range(kind, hour, writer, first, last, sorted(parts), schema)
-                if written is None:
-                    out["mixed_parts_kept"] += len(parts)
-                else:
-                    out["split_parts_written"] += written
-                    out["mixed_parts_deleted"] += len(parts)
+                written, deleted = self._sweep_range(kind, hour, writer, first, last, sorted(parts), schema)
+                out["split_parts_written"] += written
+                out["mixed_parts_deleted" if deleted else "mixed_parts_kept"] += len(parts)
         return out
 
     def _sweep_range(
         self, kind: str, hour: datetime, writer: str, first: int, last: int, parts: list[tuple[int, str]], schema
-    ) -> int | None:
-        """One range of one writer's mixed parts of ``hour`` split and deleted; None: kept."""
+    ) -> tuple[int, bool]:
+        """One range of one writer's mixed parts of ``hour`` split and deleted: the split parts written,
+        and whether the mixed parts were deleted (else kept, for the next sweep)."""
         keys = [key for _, key in parts]
-        fetched, missing = self._fetch(keys, schema)
+        try:
+            fetched, missing = self._fetch(keys, schema, cache=False)  # (parts about to go: not readers' cache)
+        except Exception as exc:  # noqa: BLE001 - an unreadable part: this range is kept, the others go on
+            log.warning("events: cannot sweep %s's mixed parts %d-%d of %s: %s", writer, first, last, hour, exc)
+            return 0, False
         if missing:  # another sweeper is deleting them: its split parts are written, the rest is its
-            return None
+            return 0, False
         written = 0
         for entity in sorted({code for part in fetched.values() for code in part.index}):
             try:
                 prefix = f"{kind}/entity_code={check_entity_code(entity)}/"
             except InvalidConfig as exc:  # no part can hold it: its rows stay readable in the mixed parts
                 log.warning("events: cannot sweep %s's mixed parts %d-%d of %s: %s", writer, first, last, hour, exc)
-                return None
+                return written, False
             covered = _split_ranges(self._keys_by_hour(prefix, hour).get(hour, []))
             tables = [fetched[key].rows_of(entity) for key in keys if not _is_covered(key, covered)]
             tables = [t for t in tables if t.num_rows]
@@ -234,10 +236,14 @@ class EventStore:
                 )
             except Exception as exc:  # noqa: BLE001 - kept: the next sweep finds this entity uncovered still
                 log.warning("events: cannot sweep %s's mixed parts %d-%d of %s: %s", writer, first, last, hour, exc)
-                return None
+                return written, False
             written += 1
-        self.delete_parts(keys)
-        return written
+        try:
+            self.delete_parts(keys)
+        except Exception as exc:  # noqa: BLE001 - covered now: the next sweep deletes them, the other ranges go on
+            log.warning("events: cannot delete %s's swept mixed parts %d-%d of %s: %s", writer, first, last, hour, exc)
+            return written, False
+        return written, True
 
     def _put_table(self, kind: str, key: str, table: pa.Table) -> str:
         table = table.cast(SCHEMAS[_kind(kind)])
@@ -325,8 +331,11 @@ class EventStore:
         table = conform_to_schema(pq.read_table(io.BytesIO(self.store.get_bytes(key))), schema)
         return MixedPart(table) if f"/{MIXED}/" in key else table
 
-    def _fetch(self, keys: list[str], schema: pa.Schema) -> tuple[dict[str, pa.Table | MixedPart], set[str]]:
-        """The parsed parts of ``keys`` (from the cache where it has them), and the keys not found."""
+    def _fetch(
+        self, keys: list[str], schema: pa.Schema, cache: bool = True
+    ) -> tuple[dict[str, pa.Table | MixedPart], set[str]]:
+        """The parsed parts of ``keys`` (from the cache where it has them; put in it with ``cache``), and the
+        keys not found."""
 
         def fetch(key: str) -> pa.Table | MixedPart | None:
             try:
@@ -344,7 +353,8 @@ class EventStore:
                         gone.add(key)
                         continue
                     parts[key] = part
-                    _PARTS.put((self.url, key), part)
+                    if cache:
+                        _PARTS.put((self.url, key), part)
         return {k: v for k, v in parts.items() if v is not None}, gone
 
     def read(self, kind: str, entity_code: str, start: datetime | None = None, end: datetime | None = None) -> pa.Table:

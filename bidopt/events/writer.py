@@ -57,11 +57,23 @@ from bidopt.warehouse.base import check_entity_code
 log = logging.getLogger("bidopt.events")
 RENDER_CHUNK = 200  # events turned into rows at a time (about 2 ms of the GIL in the bidder)
 RENDER_PAUSE_SECONDS = 0.001
-# A mixed part not written this long after its events were taken (a store down for hours) is dropped,
-# and a split not written this long after the oldest of its mixed parts is given up (the mixed parts stay):
-# the sweeper (EventStore.sweep_mixed_parts) takes over the mixed parts of hours that ended
-# SWEEP_AFTER ago, and a writer acting on them after it would hide or double rows. So 2 h, against 6.
+# A mixed part of an hour that ended this long ago (by the wall clock, checked before each put: a
+# store down for hours, a writer stalled with events queued) is never written but dropped, counted,
+# and a split part of such an hour never written (its rows stay in the mixed parts): the sweep
+# (EventStore.sweep_mixed_parts) takes over the mixed parts of hours that ended SWEEP_AFTER (6 h)
+# ago, and a writer acting on them after it would hide or double rows.
 LATE_SECONDS = 2 * 3600
+
+
+def wall_clock() -> float:
+    """Unix time, by which an hour's events are late (a function of its own: tests move it)."""
+    return time.time()
+
+
+def _late(hour: datetime) -> bool:
+    """Whether ``hour`` (naive UTC) ended ``LATE_SECONDS`` ago or more."""
+    return wall_clock() >= hour.replace(tzinfo=timezone.utc).timestamp() + 3600 + LATE_SECONDS
+
 
 # kind -> turns a batch of (entity code, event time in unix seconds, queued item) into rows of that
 # kind's schema, one per item and in the items' order (the writer puts each row under its item's
@@ -85,7 +97,6 @@ class _Part:
     hour: datetime
     seq: int
     table: pa.Table
-    taken_at: float = 0.0  # time.monotonic() when its events were taken from the queue
 
 
 @dataclass
@@ -98,7 +109,7 @@ class _Split:
     groups: dict[tuple[str, str, datetime], pa.Table]
     mixed_keys: list[str]
     rows: int  # in groups (a counter: stats() reads it from other threads while the groups change)
-    oldest: float  # time.monotonic() when the oldest of its mixed parts was taken from the queue
+    begun: float  # time.monotonic() when it began
     nbytes: int  # what its tables hold in memory (their slices share it until the last is written)
     parts: int  # its groups when it began (the pace of its slices)
     keep_mixed: bool = False  # a group could not be written: its rows stay readable only in the mixed parts
@@ -163,7 +174,6 @@ class EventWriter:
         self._unsplit: dict[tuple[str, datetime], list[pa.Table]] = {}
         self._unsplit_keys: list[str] = []
         self._unsplit_rows = self._unsplit_bytes = 0  # counters of _unsplit, read by stats() from other threads
-        self._unsplit_oldest: float | None = None  # taken_at of the oldest part in _unsplit
         self._splits: list[_Split] = []  # begun, not finished (oldest first)
         self.split_parts_per_flush = split_parts_per_flush
         self._split_failures = 0  # slices in a row that met a failing store
@@ -308,7 +318,7 @@ class EventWriter:
         return [work(item) for item in items]
 
     def _flush(self) -> int:
-        parts = self._without_late(self._failed + self._take())
+        parts = self._failed + self._take()
         self._failed = []
         written = 0
         kept = []
@@ -330,8 +340,6 @@ class EventWriter:
             written += part.table.num_rows
             if part.entity_code is None and part.seq >= self._split_from:
                 self._unsplit.setdefault((part.kind, part.hour), []).append(part.table)
-                if self._unsplit_oldest is None:
-                    self._unsplit_oldest = part.taken_at
                 self._unsplit_rows += part.table.num_rows
                 self._unsplit_bytes += part.table.nbytes
                 self._unsplit_keys.append(self.store.mixed_part_key(part.kind, part.hour, self.writer_id, part.seq))
@@ -343,6 +351,8 @@ class EventWriter:
 
     def _write(self, part: _Part) -> Exception | None:
         """Write one part; returns what it raised (None: written)."""
+        if part.entity_code is None and _late(part.hour):  # never writable (LATE_SECONDS): dropped, counted
+            return InvalidConfig(f"its hour ended {LATE_SECONDS} s ago or more: the sweep's now")
         try:
             if part.entity_code is None:
                 self.store.write_mixed_part(part.kind, part.hour, part.table, writer_id=self.writer_id, seq=part.seq)
@@ -362,14 +372,13 @@ class EventWriter:
             if self._unsplit_keys:
                 groups = _by_entity(self._unsplit)
                 rows = sum(t.num_rows for t in groups.values())
-                oldest = self._unsplit_oldest if self._unsplit_oldest is not None else time.monotonic()
                 split = _Split(
                     self._split_from,
                     self._seq,
                     groups,
                     self._unsplit_keys,
                     rows,
-                    oldest,
+                    time.monotonic(),
                     self._unsplit_bytes,
                     len(groups),
                 )
@@ -406,6 +415,7 @@ class EventWriter:
                     log.warning("events: splitting to %s failed (%s); tried again later", self.store.url, exc)
             if split.groups:
                 break  # later splits wait: the store is failing, or this flush's slice is written
+            split.nbytes = split.parts = 0  # written: only its delete is left, which holds no rows
             try:
                 if not split.keep_mixed:
                     self.store.delete_parts(split.mixed_keys)
@@ -413,7 +423,11 @@ class EventWriter:
                 failed = True  # (and the later splits go on: a store that never deletes must not stop them)
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 log.warning("events: deleting %d split mixed parts failed (%s)", len(split.mixed_keys), exc)
-                continue
+                if time.monotonic() - split.begun < LATE_SECONDS:
+                    continue
+                # given up: the sweep deletes them (they are covered), and a store that never deletes must
+                # not grow this list, nor the deletes tried each flush, for ever
+                log.warning("events: left %d split mixed parts to the sweep", len(split.mixed_keys))
             self._splits.remove(split)
         if failed:
             self._split_failures += 1
@@ -431,34 +445,13 @@ class EventWriter:
     def _forget_unsplit(self) -> None:
         self._unsplit, self._unsplit_keys = {}, []
         self._unsplit_rows = self._unsplit_bytes = 0
-        self._unsplit_oldest = None
-
-    def _without_late(self, parts: list[_Part]) -> list[_Part]:
-        """``parts`` without the mixed parts whose events were taken more than ``LATE_SECONDS`` ago (dropped,
-        counted): ``EventStore.sweep_mixed_parts`` splits and deletes the mixed parts of hours that ended
-        ``SWEEP_AFTER`` ago, and a part written after the sweeper's split parts would be hidden by them."""
-        now = time.monotonic()
-        kept = []
-        for part in parts:
-            if part.entity_code is None and now - part.taken_at > LATE_SECONDS:
-                self.dropped += part.table.num_rows
-                log.error(
-                    "events: dropped %d %s events not written within %d s (the mixed parts of their hour may be "
-                    "swept by now)",
-                    part.table.num_rows,
-                    part.kind,
-                    LATE_SECONDS,
-                )
-                continue
-            kept.append(part)
-        return kept
 
     def _write_split(self, split: _Split, group: tuple[str, str, datetime], table: pa.Table) -> Exception | None:
         kind, entity, hour = group
-        if time.monotonic() - split.oldest > LATE_SECONDS:
-            # never writable: its rows stay in the mixed parts, for readers and then the sweeper, which may
+        if _late(hour):
+            # never writable: its rows stay in the mixed parts, for readers and then the sweep, which may
             # have split those parts already (a second split of the same rows would double them)
-            return InvalidConfig(f"its mixed parts were written more than {LATE_SECONDS} s ago")
+            return InvalidConfig(f"its hour ended {LATE_SECONDS} s ago or more (the sweep's now)")
         try:
             self.store.write_split_part(
                 kind, entity, hour, table, writer_id=self.writer_id, first=split.first, last=split.last
@@ -491,7 +484,6 @@ class EventWriter:
         layout, each with the next sequence number."""
         groups: dict[tuple, list[tuple[str, float, Any]]] = {}
         mixed = bool(self.split_seconds)
-        taken = time.monotonic()
         queue = self._queue
         while queue:
             try:
@@ -510,7 +502,7 @@ class EventWriter:
             table = (self._mixed_table if mixed else self._entity_table)(kind, items) if items else None
             if table is not None:
                 self._seq += 1
-                parts.append(_Part(kind, None if mixed else group[1], _hour_start(hour), self._seq, table, taken))
+                parts.append(_Part(kind, None if mixed else group[1], _hour_start(hour), self._seq, table))
         return parts
 
     def _writable(self, kind: str, items: list[tuple[str, float, Any]]) -> list[tuple[str, float, Any]]:
@@ -610,9 +602,7 @@ class EventWriter:
             else:  # what is left of it, under a new key: the full part may have been written after all
                 # (a PUT that timed out on our side), and a part is never rewritten with other rows
                 self._seq += 1
-                parts[0] = _Part(
-                    oldest.kind, oldest.entity_code, oldest.hour, self._seq, oldest.table.slice(excess), oldest.taken_at
-                )
+                parts[0] = _Part(oldest.kind, oldest.entity_code, oldest.hour, self._seq, oldest.table.slice(excess))
                 self.dropped += excess
                 excess = 0
         return parts

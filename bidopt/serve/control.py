@@ -77,9 +77,9 @@ class ControlLoop:
             out["errors"].append(f"schedules: {type(exc).__name__}: {exc}".splitlines()[0])
         now = time.monotonic()
         if self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY_SECONDS:
+            self._last_sweep = now  # (an events store down: tried again in an hour, not every tick)
             try:
                 out["swept"] = service.sweep_event_parts()
-                self._last_sweep = now
             except Exception as exc:  # noqa: BLE001 - an events store outage: tried again next tick
                 out["errors"].append(f"sweep: {type(exc).__name__}: {exc}".splitlines()[0])
         for entry in out["guardrails"]:

@@ -16,6 +16,17 @@ H11 = H10 + 3600
 ENTITIES = [f"e{i}" for i in range(5)]
 
 
+@pytest.fixture(autouse=True)
+def writers_clock(monkeypatch):
+    """The wall clock the writers judge an hour late by (LATE_SECONDS): 11:15 on the day of these
+    events, so hours 10 and 11 are not; a test moves ``clock["now"]``."""
+    import bidopt.events.writer as writer_module
+
+    clock = {"now": H11 + 600}
+    monkeypatch.setattr(writer_module, "wall_clock", lambda: clock["now"])
+    return clock
+
+
 def decision(ts: float, rid: str, entity: str) -> dict:
     return {
         "event_time": datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None),
@@ -528,6 +539,27 @@ def test_the_sweeper_splits_and_deletes_the_mixed_parts_left_and_each_row_is_rea
     assert again == {"mixed_parts_deleted": 0, "split_parts_written": 0, "mixed_parts_kept": 0}
 
 
+def test_a_delete_or_a_part_the_sweep_cannot_read_keeps_its_range_alone(tmp_path, monkeypatch):
+    real, expected = left_behind(tmp_path)
+    delete = real.delete_parts
+    refused = []
+
+    def delete_but_the_first(keys):
+        if not refused:
+            refused.append(keys)
+            raise ConnectionError("delete refused")
+        delete(keys)
+
+    monkeypatch.setattr(real, "delete_parts", delete_but_the_first)
+    decisions = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW)
+    assert decisions == {"mixed_parts_deleted": 2, "split_parts_written": 7, "mixed_parts_kept": 2}
+    assert real.sweep_mixed_parts(NOTICES, SWEEP_NOW)["mixed_parts_deleted"] == 4
+    assert reads(real) == expected
+    again = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW)  # the range kept, now covered: deleted
+    assert again == {"mixed_parts_deleted": 2, "split_parts_written": 0, "mixed_parts_kept": 0}
+    assert reads(real) == expected and not keys(real, f"/{MIXED}/")
+
+
 def test_the_sweeper_leaves_the_hours_writers_may_still_split(tmp_path):
     real, expected = left_behind(tmp_path)
     young = real.sweep_mixed_parts(DECISIONS, SWEEP_NOW - timedelta(minutes=1))  # hour 10 ended 5:59 ago
@@ -556,27 +588,30 @@ def test_two_sweepers_at_once_read_each_row_once(tmp_path, monkeypatch):
     assert reads(real) == expected and not keys(real, f"/{DECISIONS}/{MIXED}/")
 
 
-def test_a_writer_never_writes_nor_splits_mixed_parts_older_than_late_seconds(tmp_path, monkeypatch):
-    """What the sweeper relies on: a mixed part retried for LATE_SECONDS is dropped, counted, and a split
-    of mixed parts that old is given up, its rows left readable in them (for the sweeper)."""
-    import bidopt.events.writer as writer_module
+def test_a_writer_never_writes_nor_splits_mixed_parts_of_hours_ended_late_seconds_ago(tmp_path, writers_clock):
+    """What the sweep relies on, by the wall clock before each put: a mixed part of an hour that ended
+    LATE_SECONDS ago is dropped, counted (retried that long, or queued before the writer stalled),
+    and a split part of such an hour is not written, its rows left readable in the mixed parts."""
+    from bidopt.events.writer import LATE_SECONDS
 
-    clock = {"now": 1000.0}
-    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock["now"])
     real, watched, w = writer_on(tmp_path)
+    hour_10_late = H10 - 5 * 60 + 3600 + LATE_SECONDS
     watched.fail = lambda key: "/mixed/" in key
-    w.add(DECISIONS, "e1", H10, decision(H10, "late", "e1"))
+    w.add(DECISIONS, "e1", H10, decision(H10, "retried", "e1"))
     w.flush()
     assert w.buffered == 1
-    clock["now"] += writer_module.LATE_SECONDS + 1
     watched.fail = lambda key: False
+    w.add(DECISIONS, "e2", H10, decision(H10, "queued before a stall", "e2"))
+    writers_clock["now"] = hour_10_late
+    w.add(DECISIONS, "e3", H11, decision(H11, "hour 11", "e3"))
+    assert w.flush() == 1 and w.buffered == 0 and w.dropped == 2
+    assert real.read(DECISIONS, "e1").num_rows == real.read(DECISIONS, "e2").num_rows == 0
+    w.add(DECISIONS, "e4", H11, decision(H11, "split late", "e4"))
     w.flush()
-    assert w.buffered == 0 and w.dropped == 1 and not keys(real, f"/{MIXED}/")
-    expected = fill(w, flushes=1, start=H10 + 5)
-    clock["now"] += writer_module.LATE_SECONDS + 1
+    writers_clock["now"] = hour_10_late + 3600  # hour 11 late too
     assert w.split() == 0 and w.unsplit == 0  # given up: nothing split, nothing deleted
-    assert keys(real, f"/{MIXED}/") and not keys(real, "split-")
-    assert reads(real) == {e: sorted(rows) for e, rows in expected.items()}
+    assert len(keys(real, f"/{MIXED}/")) == 2 and not keys(real, "split-")
+    assert [real.read(DECISIONS, e)["request_id"].to_pylist() for e in ("e3", "e4")] == [["hour 11"], ["split late"]]
 
 
 def test_bidopt_events_sweep_sweeps_both_kinds_and_refuses_hours_writers_may_still_split(tmp_path):
@@ -631,6 +666,8 @@ def test_slices_keep_pace_with_the_splits_and_their_memory_and_a_failing_delete_
         clock["now"] += 61
         slow.flush()
     assert len(keys(real, "split-w1-")) == 30 + 6  # the second split is written, the first's delete failing
+    slow.max_unsplit_bytes = 1  # splits with only their delete left hold no rows: slices stay slices
+    assert slow._slice() == 4
     assert {e: sorted(real.read(DECISIONS, e)["request_id"].to_pylist()) for e in entities[:3]} == {
         e: [f"{e}-0", f"{e}-1", f"{e}-big", f"{e}-r"] for e in entities[:3]
     }
