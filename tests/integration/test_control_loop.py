@@ -81,6 +81,7 @@ def test_an_unreachable_database_is_an_error_of_the_tick(platform_db):
 
 
 def test_the_first_tick_and_then_one_an_hour_sweep_the_mixed_event_parts_left(platform_db, monkeypatch):
+    import bidopt.events.writer as writer_module
     import bidopt.serve.control as control
     from bidopt.events.schema import DECISIONS
     from bidopt.events.store import open_event_store
@@ -89,7 +90,8 @@ def test_the_first_tick_and_then_one_an_hour_sweep_the_mixed_event_parts_left(pl
 
     store = open_event_store(get_settings().events_url)
     killed = EventWriter(store, "host:9:dead", split_seconds=3600, start=False)  # never splits
-    old = 1767261600.0  # 2026-01-01T10:00Z: long ended
+    old = 1767261600.0  # 2026-01-01T10:00Z: long ended, but not when this writer flushed
+    monkeypatch.setattr(writer_module, "wall_clock", lambda: old + 60)
     killed.add(DECISIONS, "drugs_hcp", old, no_bid_row(old, "r1"))
     assert killed.flush() == 1 and store.store.list_keys("decisions/mixed/")
     clock = {"now": 1000.0}
