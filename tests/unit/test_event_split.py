@@ -287,6 +287,27 @@ def test_mixed_parts_given_up_before_a_split_began_are_covered_by_no_later_split
     assert len(keys(real, f"/{MIXED}/")) == 6  # the given-up ones, read as they are
 
 
+def test_the_bound_gives_up_splits_that_hold_rows_not_one_with_only_its_delete_left(tmp_path):
+    """A split written whole but not yet deleted holds no rows: giving it up frees nothing and would
+    leave its mixed parts for ever."""
+    real, watched, w = writer_on(tmp_path, max_buffered=12)
+    expected = fill(w, flushes=1)
+    watched.fail = lambda key: "/mixed/" in key and key.endswith("-00000001.parquet")  # its delete fails
+    assert w.split() == 6 and keys(real, f"/{MIXED}/")
+    first_delete = watched.fail
+    watched.fail = lambda key: "split-" in key or first_delete(key)  # and the next split's parts: 12 rows held
+    for e, rows in fill(w, flushes=2, start=H10 + 10).items():
+        expected[e] += rows
+    w.split()
+    for e, rows in fill(w, flushes=1, start=H10 + 20).items():  # 18 rows held: past the bound
+        expected[e] += rows
+    assert w.splits_abandoned == 1
+    watched.fail = lambda key: False
+    w.split()  # the first split's delete goes through now; the one given up stays readable as it is
+    assert not any(k.endswith(("-00000001.parquet", "-00000002.parquet")) for k in keys(real, f"/{MIXED}/"))
+    assert reads(real) == {e: sorted(rows) for e, rows in expected.items()}
+
+
 def test_a_bad_batch_is_dropped_alone_and_rows_go_by_the_entity_they_were_queued_for(tmp_path):
     """One entity's batch that does not fit the schema (a null in a required column) must not hold the
     mixed part of every other entity; a row naming another entity than the one it was queued for is
