@@ -41,7 +41,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -304,8 +304,11 @@ class EventWriter:
         if self._unsplit_bytes + sum(split.nbytes for split in self._splits) >= self.max_unsplit_bytes:
             return None
         parts = sum(split.parts for split in self._splits)
-        flushes = max(self.split_seconds / max(self.flush_seconds, 1e-3), 1.0)
-        return max(self.split_parts_per_flush, math.ceil(2 * parts / flushes))
+        return max(self.split_parts_per_flush, math.ceil(2 * parts / self._flushes_per_split))
+
+    @property
+    def _flushes_per_split(self) -> float:
+        return max(self.split_seconds / max(self.flush_seconds, 1e-3), 1.0)
 
     def _map(self, work: Callable[[Any], Exception | None], items: list) -> list[Exception | None]:
         """``work`` on each item, on the writer threads where there are some and more than one item."""
@@ -369,24 +372,24 @@ class EventWriter:
         cover is still unwritten)."""
         self._last_split = time.monotonic()
         if self._split_can_begin() and self._seq >= self._split_from:
+            split = None
             if self._unsplit_keys:
                 groups = _by_entity(self._unsplit)
-                rows = sum(t.num_rows for t in groups.values())
                 split = _Split(
-                    self._split_from,
-                    self._seq,
-                    groups,
-                    self._unsplit_keys,
-                    rows,
-                    time.monotonic(),
-                    self._unsplit_bytes,
-                    len(groups),
+                    first=self._split_from,
+                    last=self._seq,
+                    groups=groups,
+                    mixed_keys=self._unsplit_keys,
+                    rows=sum(t.num_rows for t in groups.values()),
+                    begun=time.monotonic(),
+                    nbytes=self._unsplit_bytes,
+                    parts=len(groups),
                 )
-                self._forget_unsplit()  # (first: stats() would count these rows twice in between)
-                self._splits.append(split)
             # (seq numbers with no part written, all dropped, are covered by no split: nothing to hide)
             self._split_from = self._seq + 1
-            self._forget_unsplit()
+            self._forget_unsplit()  # (before the append: stats() would count these rows twice in between)
+            if split is not None:
+                self._splits.append(split)
 
     def _write_splits(self, limit: int | None) -> int:
         """Carry on the splits begun, oldest first: write up to ``limit`` of their per-entity parts (all:
@@ -431,8 +434,7 @@ class EventWriter:
             self._splits.remove(split)
         if failed:
             self._split_failures += 1
-            most = max(int(self.split_seconds / max(self.flush_seconds, 1e-3)), 1)
-            self._split_backoff = min(2**self._split_failures, most)
+            self._split_backoff = min(2**self._split_failures, int(self._flushes_per_split))
         else:
             self._split_failures = self._split_backoff = 0
         return written
@@ -542,10 +544,7 @@ class EventWriter:
         fail, and hold, every entity's rows of the part."""
         render = self.render.get(kind, dict_rows)
         tables = []
-        for start in range(0, len(items), RENDER_CHUNK):
-            if start:
-                time.sleep(RENDER_PAUSE_SECONDS)
-            chunk = items[start : start + RENDER_CHUNK]
+        for chunk in _chunks(items):
             try:
                 tables.append(_as_mixed(kind, _rendered(kind, render, chunk), [entity for entity, _, _ in chunk]))
                 continue
@@ -581,11 +580,7 @@ class EventWriter:
         thread shares the GIL with the request path, and one long stretch of Python here (thousands of
         rows) would hold every request behind it (the tail latency of the bidder)."""
         render = self.render.get(kind, dict_rows)
-        tables = []
-        for start in range(0, len(items), RENDER_CHUNK):
-            if start:
-                time.sleep(RENDER_PAUSE_SECONDS)
-            tables.append(_rendered(kind, render, items[start : start + RENDER_CHUNK]))
+        tables = [_rendered(kind, render, chunk) for chunk in _chunks(items)]
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def _bounded(self, parts: list[_Part]) -> list[_Part]:
@@ -643,6 +638,15 @@ class EventWriter:
 def _hour_start(hour: int) -> datetime:
     """The naive UTC start of the hour numbered ``hour`` since the epoch."""
     return datetime.fromtimestamp(hour * 3600, timezone.utc).replace(tzinfo=None)
+
+
+def _chunks(items: list) -> Iterator[list]:
+    """``items`` ``RENDER_CHUNK`` at a time, with a pause of ``RENDER_PAUSE_SECONDS`` between chunks (the
+    writer's thread gives the GIL to the request path)."""
+    for start in range(0, len(items), RENDER_CHUNK):
+        if start:
+            time.sleep(RENDER_PAUSE_SECONDS)
+        yield items[start : start + RENDER_CHUNK]
 
 
 def _rendered(kind: str, render: Render, items: list[tuple[str, float, Any]]) -> pa.Table:
